@@ -1,0 +1,32 @@
+"""dynamtl: dynamic task weighting for multi-task and auxiliary learning in PyTorch."""
+
+from dynamtl.aggregation import Aggregation, Sum
+from dynamtl.context import StepContext
+from dynamtl.lookahead import LookAhead
+from dynamtl.objective import Objective
+from dynamtl.step import MultiTask, NonFiniteLossError, StepInfo
+from dynamtl.tasks import Tasks
+from dynamtl.weighting import DWA, RLW, AutoLambda, Equal, HydaLearn, LossWeighting, Static, Uncertainty, Weighting
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DWA",
+    "RLW",
+    "Aggregation",
+    "AutoLambda",
+    "Equal",
+    "HydaLearn",
+    "LookAhead",
+    "LossWeighting",
+    "MultiTask",
+    "NonFiniteLossError",
+    "Objective",
+    "Static",
+    "StepContext",
+    "StepInfo",
+    "Sum",
+    "Tasks",
+    "Uncertainty",
+    "Weighting",
+]

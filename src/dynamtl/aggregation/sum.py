@@ -1,0 +1,27 @@
+"""Sum: the gradient of the weighted loss."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dynamtl.aggregation.base import Aggregation, accumulate, weighting_backward
+from dynamtl.context import StepContext, combine_gradients
+
+
+class Sum(Aggregation):
+    """g = Σᵢ λᵢ ∇θ Lᵢ, the gradient of the weighted loss Σᵢ λᵢ Lᵢ (the default).
+
+    One backward pass of the weighted loss; when the weighting already computed the
+    per-task gradients (HydaLearn, GradNorm...), their weighted sum is formed directly and
+    no backward pass is made at all.
+    """
+
+    def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
+        if ctx.has_task_gradients:
+            accumulate(ctx, combine_gradients(ctx.task_gradients(), weights.detach()))
+            weighting_backward(ctx, weights, regularizer)
+            return
+        total = (weights * ctx.losses).sum()
+        if regularizer is not None:
+            total = total + regularizer
+        total.backward()

@@ -1,0 +1,76 @@
+"""What one training step knows, shared by the weighting and the aggregation of that step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dynamtl.lookahead import LookAhead
+from dynamtl.objective import Objective, RngState
+
+Gradients = dict[str, Tensor | None]
+
+
+@dataclass
+class StepContext:
+    """One step's inputs and the quantities computed once and reused by every method.
+
+    Attributes:
+        objective: the model's per-task losses at any parameters.
+        batch: the training batch; ``meta_batch``: the meta (validation) batch or ``None``.
+        losses: ``[L_1, …, L_T]`` on ``batch`` at the current parameters, with a graph.
+        rng: the random state the forward pass of ``losses`` started from (replay it to get
+            the same dropout masks at other parameters).
+        step: the number of steps taken before this one.
+        lookahead: the optimizer's step as a function, or ``None`` without an optimizer.
+    """
+
+    objective: Objective
+    batch: Any
+    meta_batch: Any
+    losses: Tensor
+    rng: RngState
+    step: int
+    lookahead: LookAhead | None = None
+    _task_gradients: list[Gradients] | None = field(default=None, repr=False)
+
+    @property
+    def params(self) -> dict[str, torch.nn.Parameter]:
+        return self.objective.params
+
+    def current_params(self) -> dict[str, Tensor]:
+        """The current parameter values, detached (for functional evaluations)."""
+        return {n: p.detach() for n, p in self.params.items()}
+
+    def task_gradients(self) -> list[Gradients]:
+        """∇θ L_k for every task k (``None`` where L_k does not depend on a parameter).
+
+        Computed once per step by one backward pass per task through the shared graph
+        (measured as fast as ``vmap`` on CPU) and cached for every method that asks.
+        """
+        if self._task_gradients is None:
+            params = list(self.params.values())
+            names = list(self.params)
+            grads = []
+            for loss in self.losses:
+                g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                grads.append(dict(zip(names, g)))
+            self._task_gradients = grads
+        return self._task_gradients
+
+    @property
+    def has_task_gradients(self) -> bool:
+        return self._task_gradients is not None
+
+
+def combine_gradients(task_grads: Sequence[Gradients], weights: Sequence[float | Tensor]) -> Gradients:
+    """Σₖ wₖ gₖ for every parameter (``None`` where no gₖ has that parameter)."""
+    out: Gradients = {}
+    for name in task_grads[0]:
+        parts = [w * g[name] for w, g in zip(weights, task_grads) if g[name] is not None]
+        out[name] = sum(parts[1:], parts[0]) if parts else None
+    return out

@@ -1,0 +1,143 @@
+"""Every task's loss of a model on a batch, at the model's parameters or at any others.
+
+Methods such as Auto-Lambda and HydaLearn evaluate the losses at parameters the model
+does not hold (a look-ahead θ', perturbed θ ± εu). :class:`Objective` does that with
+:func:`torch.func.functional_call`, without copying the model, and such extra evaluations
+run on *copies* of the buffers, so BatchNorm running statistics only ever see the real
+forward pass. Random layers (dropout) can replay the random state of an earlier forward
+pass so that all evaluations of one step see the same dropout masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from dynamtl.tasks import Tasks
+
+RngState = tuple[Tensor, list[Tensor]]
+
+
+def capture_rng(device: torch.device) -> RngState:
+    """The CPU random state and, on CUDA, the device's, to replay a forward pass exactly."""
+    cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
+    return torch.get_rng_state(), cuda
+
+
+@contextlib.contextmanager
+def replayed_rng(state: RngState | None, device: torch.device) -> Iterator[None]:
+    """Run the block with the random state ``state``, restoring the current one afterwards."""
+    if state is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state[0])
+        if devices:
+            torch.cuda.set_rng_state(state[1][0], device)
+        yield
+
+
+class Objective:
+    """The per-task losses ``L(θ; batch) = [L_1, …, L_T]`` of ``model`` for ``tasks``.
+
+    Args:
+        model: an ``nn.Module``; see :class:`~dynamtl.Tasks` for the call convention.
+        tasks: the tasks and their losses.
+
+    Only parameters with ``requires_grad=True`` are "the parameters" θ that methods
+    differentiate and move; frozen ones stay as they are.
+    """
+
+    def __init__(self, model: nn.Module, tasks: Tasks) -> None:
+        self.model = model
+        self.tasks = tasks
+        self.params: dict[str, nn.Parameter] = {
+            name: p for name, p in model.named_parameters() if p.requires_grad
+        }
+        if not self.params:
+            raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
+        self.device = next(iter(self.params.values())).device
+
+    def losses(
+        self,
+        batch: Any,
+        params: Mapping[str, Tensor] | None = None,
+        rng: RngState | None = None,
+    ) -> Tensor:
+        """The vector of task losses, in task order.
+
+        Args:
+            batch: ``(inputs, {task: target})``, or ``{task: (inputs, target)}`` for
+                multi-input tasks.
+            params: parameter name -> value to evaluate at instead of the model's own
+                (any subset of the trainable parameters). When given, the model's buffers
+                are not modified (the call runs on copies of them).
+            rng: a random state from :func:`capture_rng` to replay (same dropout masks).
+
+        Whether a graph is built follows the autograd mode of the caller.
+        """
+        with replayed_rng(rng, self.device):
+            if params is None:
+                return self._losses(batch, self.model)
+            buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+            call = _FunctionalModel(self.model, {**params, **buffers})
+            return self._losses(batch, call)
+
+    def _losses(self, batch: Any, model: Any) -> Tensor:
+        names = self.tasks.names
+        if self.tasks.multi_input:
+            if not isinstance(batch, Mapping):
+                raise TypeError(
+                    "multi-input tasks take a batch {task: (inputs, target)}, "
+                    f"got {type(batch).__name__}"
+                )
+            _check_keys(batch, names, "the batch")
+            losses = [self._loss(n, model(batch[n][0], n), batch[n][1]) for n in names]
+        else:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Mapping)):
+                raise TypeError(
+                    "a batch is a pair (inputs, {task: target}); for one input batch per task "
+                    "build Tasks(..., multi_input=True)"
+                )
+            inputs, targets = batch
+            _check_keys(targets, names, "the batch's targets")
+            outputs = model(inputs)
+            if not isinstance(outputs, Mapping):
+                raise TypeError(
+                    f"the model must return a mapping task -> prediction, got {type(outputs).__name__}"
+                )
+            _check_keys(outputs, names, "the model's outputs")
+            losses = [self._loss(n, outputs[n], targets[n]) for n in names]
+        return torch.stack(losses)
+
+    def _loss(self, name: str, prediction: Tensor, target: Tensor) -> Tensor:
+        loss = self.tasks.losses[name](prediction, target)
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(
+                f"the loss of task {name!r} returned {shape}; a task loss must be a scalar "
+                "tensor: reduce it (e.g. reduction='mean')"
+            )
+        return loss
+
+
+class _FunctionalModel:
+    """``model`` called with the tensors ``values`` in place of its own."""
+
+    def __init__(self, model: nn.Module, values: dict[str, Tensor]) -> None:
+        self.model, self.values = model, values
+
+    def __call__(self, *args: Any) -> Any:
+        return functional_call(self.model, self.values, args)
+
+
+def _check_keys(found: Mapping[str, Any], names: tuple[str, ...], what: str) -> None:
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise KeyError(f"{what} lack task(s) {missing}; expected keys {list(names)}, got {list(found)}")

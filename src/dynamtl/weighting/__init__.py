@@ -1,0 +1,12 @@
+"""Weightings: who decides the task weights λ at every step."""
+
+from dynamtl.weighting.auto_lambda import AutoLambda
+from dynamtl.weighting.base import LossWeighting, Weighting
+from dynamtl.weighting.dwa import DWA
+from dynamtl.weighting.equal import Equal
+from dynamtl.weighting.hydalearn import HydaLearn
+from dynamtl.weighting.rlw import RLW
+from dynamtl.weighting.static import Static
+from dynamtl.weighting.uncertainty import Uncertainty
+
+__all__ = ["DWA", "RLW", "AutoLambda", "Equal", "HydaLearn", "LossWeighting", "Static", "Uncertainty", "Weighting"]

@@ -1,0 +1,219 @@
+"""Auto-Lambda (Liu, James, Davison & Johns, TMLR 2022): meta-learned task weights."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from dynamtl.context import StepContext
+from dynamtl.objective import Objective, RngState
+from dynamtl.tasks import task_indices
+from dynamtl.weighting.base import Weighting, check_choice
+
+MetaOptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass
+class _Pending:
+    """What the lagged variant keeps from step t to update λ at step t+1."""
+
+    theta: dict[str, Tensor]
+    jacobian: dict[str, Tensor]
+    batch: Any
+    rng: RngState
+
+
+class AutoLambda(Weighting):
+    r"""Task weights λ learned so that one training step most reduces the primary tasks'
+    loss on a meta (validation) batch.
+
+    From *Auto-Lambda: Disentangling Dynamic Task Relationships* (Liu, James, Davison &
+    Johns, TMLR 2022). With the training loss Σᵢ λᵢ Lᵢ(θ) on the training batch, the
+    optimizer's step θ' = step(θ, g), g = Σᵢ λᵢ ∇θ Lᵢ(θ), and the meta loss
+    L_val(θ') = Σ_{p ∈ primary} L_p(θ'; meta batch), λ follows
+
+        ∂L_val/∂λᵢ = ⟨∇θ Lᵢ(θ), u⟩,   u = (∂θ'/∂g)ᵀ ∇θ' L_val(θ')
+
+    (for plain SGD, u = −α ∇θ' L_val, the paper's formula). The inner product is a
+    directional derivative, computed by central finite differences with two extra
+    forward passes and no graph (default, ``hypergradient="finite_difference"``):
+    ⟨∇Lᵢ, u⟩ ≈ (Lᵢ(θ + εu) − Lᵢ(θ − εu)) / 2ε with ε = ``epsilon``/‖u‖, i.e. a
+    perturbation of norm ``epsilon`` (0.01 as in the paper). ``hypergradient="exact"``
+    differentiates through the step instead (double backward), for checking. λ is then
+    updated by its own optimizer (Adam, lr ``lr``).
+
+    The virtual step is the *real optimizer's* step (SGD with momentum, Adam…, emulated by
+    :class:`~dynamtl.lookahead.LookAhead` from its state), not a plain SGD step as in the
+    paper's code; for plain SGD without momentum the two agree. The perturbed forward
+    passes replay the random state of the training forward pass (same dropout masks) and
+    never touch BatchNorm running statistics.
+
+    Modes: multi-task learning (``primary=None``: every task is primary) and auxiliary
+    learning (``primary`` a subset; the others only help).
+
+    Order (``order``):
+
+    * ``"lookahead"`` (default, the paper's): at step t, update λ from a virtual step on
+      the current training batch, then take the real step with the new λ. The training
+      forward pass is shared by both: cost ≈ 1 forward + 2 backward on the training batch,
+      1 forward + 1 backward on the meta batch, 2 forward passes without graph.
+    * ``"lagged"``: the real step θ_{t+1} *is* the virtual step; at step t+1 λ is updated
+      from ∇L_val(θ_{t+1}) and the training batch of step t, so λ lags one step.
+      Saves one backward pass on the training batch; keeps a copy of θ_t and of the
+      look-ahead Jacobian diagonal between steps. It assumes the optimizer stepped once on
+      the gradient that ``backward()`` left (no clipping in between).
+
+    Meta batch: pass one with every step. A *held-out split* (as in the paper's auxiliary
+    experiments) measures generalisation but takes data from training; a *reshuffled
+    training loader* (the paper's multi-task setup) uses all data, at the risk of λ fitting
+    training noise.
+
+    Args:
+        primary: the primary task names, or ``None`` for every task.
+        init: initial value of every λᵢ (0.1, as in the paper's code).
+        lr: learning rate of the default λ optimizer, Adam (paper: 1e-4 on NYUv2,
+            3e-5 CityScapes, 3e-4 CIFAR-100).
+        meta_optimizer: optional ``factory(params) -> optimizer`` replacing that Adam.
+        hypergradient: ``"finite_difference"`` (default) or ``"exact"``.
+        order: ``"lookahead"`` (default) or ``"lagged"``.
+        interval: update λ every ``interval`` steps (1 = every step).
+        nonnegative: clamp λ at 0 after every update. Off by default: the paper leaves λ
+            unconstrained, and a negative λ lets an auxiliary task be "unlearned".
+        epsilon: norm of the finite-difference perturbation.
+    """
+
+    needs_meta_batch = True
+    needs_optimizer = True
+
+    def __init__(
+        self,
+        primary: Sequence[str] | str | None = None,
+        *,
+        init: float = 0.1,
+        lr: float = 1e-4,
+        meta_optimizer: MetaOptimizerFactory | None = None,
+        hypergradient: Literal["finite_difference", "exact"] = "finite_difference",
+        order: Literal["lookahead", "lagged"] = "lookahead",
+        interval: int = 1,
+        nonnegative: bool = False,
+        epsilon: float = 0.01,
+    ) -> None:
+        super().__init__()
+        check_choice("hypergradient", hypergradient, ("finite_difference", "exact"))
+        check_choice("order", order, ("lookahead", "lagged"))
+        if hypergradient == "exact" and order == "lagged":
+            raise ValueError("the exact hypergradient differentiates through the virtual step: use order='lookahead'")
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        if lr <= 0 or epsilon <= 0:
+            raise ValueError(f"lr and epsilon must be > 0, got lr={lr}, epsilon={epsilon}")
+        self.primary_names = [primary] if isinstance(primary, str) else primary
+        self.init, self.lr, self.factory = init, lr, meta_optimizer
+        self.hypergradient, self.order, self.interval = hypergradient, order, interval
+        self.nonnegative, self.epsilon = nonnegative, epsilon
+        self.lambdas = nn.Parameter(torch.zeros(0))
+        self.primary: tuple[int, ...] = ()
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        self._pending: _Pending | None = None
+        self.last_hypergradient: Tensor | None = None
+
+    def _on_bind(self) -> None:
+        names = self.task_names or ()
+        self.primary = tuple(range(len(names))) if self.primary_names is None else task_indices(
+            names, self.primary_names, role="primary"
+        )
+        self.lambdas.data = torch.full((len(names),), float(self.init))
+        params = [self.lambdas]
+        self.meta_optimizer = self.factory(params) if self.factory else torch.optim.Adam(params, lr=self.lr)
+
+    def model_optimizer_parameters(self) -> list[nn.Parameter]:
+        return []  # λ has its own optimizer
+
+    def weights(self, ctx: StepContext) -> Tensor:
+        due = ctx.step % self.interval == 0
+        if self.order == "lookahead" and due:
+            self._update(self._hypergradient_lookahead(ctx))
+        elif self.order == "lagged" and self._pending is not None:
+            pending, self._pending = self._pending, None
+            theta_next = ctx.current_params()
+            self._update(self._finite_difference(ctx.objective, pending, theta_next, ctx.meta_batch))
+        return self.lambdas.detach().clone()
+
+    def after_backward(self, ctx: StepContext) -> None:
+        if self.order != "lagged" or ctx.step % self.interval != 0:
+            return
+        assert ctx.lookahead is not None
+        grads = {n: p.grad for n, p in ctx.params.items()}
+        self._pending = _Pending(
+            {n: p.detach().clone() for n, p in ctx.params.items()},
+            ctx.lookahead.jacobian_diagonal(grads),
+            ctx.batch,
+            ctx.rng,
+        )
+
+    def _hypergradient_lookahead(self, ctx: StepContext) -> Tensor:
+        assert ctx.lookahead is not None
+        names, params = list(ctx.params), list(ctx.params.values())
+        exact = self.hypergradient == "exact"
+        lam = self.lambdas.detach().requires_grad_(exact)
+        grads = torch.autograd.grad(
+            (lam * ctx.losses).sum(), params, retain_graph=True, create_graph=exact, allow_unused=True
+        )
+        grads_by_name = dict(zip(names, grads))
+        if exact:
+            moved = ctx.lookahead.step(grads_by_name)
+            meta_loss = self._meta_loss(ctx.objective, moved, ctx.meta_batch)
+            return torch.autograd.grad(meta_loss, lam)[0]
+        with torch.no_grad():
+            moved = ctx.lookahead.step(grads_by_name)
+        pending = _Pending(ctx.current_params(), ctx.lookahead.jacobian_diagonal(grads_by_name), ctx.batch, ctx.rng)
+        return self._finite_difference(ctx.objective, pending, moved, ctx.meta_batch)
+
+    def _finite_difference(
+        self, objective: Objective, at: _Pending, theta_next: dict[str, Tensor], meta_batch: Any
+    ) -> Tensor:
+        """⟨∇θ Lᵢ(θ; batch), u⟩ for every task i, u = J ⊙ ∇θ' L_val(θ'), by central differences."""
+        leaves = {n: t.detach().requires_grad_() for n, t in theta_next.items()}
+        meta_loss = self._meta_loss(objective, leaves, meta_batch)
+        v = torch.autograd.grad(meta_loss, list(leaves.values()), allow_unused=True)
+        u = {n: at.jacobian[n] * g for n, g in zip(leaves, v) if g is not None and n in at.jacobian}
+        norm = math.sqrt(sum(float((d * d).sum()) for d in u.values()))
+        if norm == 0.0:
+            return torch.zeros_like(self.lambdas)
+        eps = self.epsilon / norm
+        with torch.no_grad():
+            plus = objective.losses(at.batch, _shifted(at.theta, u, eps), at.rng)
+            minus = objective.losses(at.batch, _shifted(at.theta, u, -eps), at.rng)
+        return (plus - minus) / (2 * eps)
+
+    def _meta_loss(self, objective: Objective, params: dict[str, Tensor], meta_batch: Any) -> Tensor:
+        return objective.losses(meta_batch, params)[list(self.primary)].sum()
+
+    def _update(self, hypergradient: Tensor) -> None:
+        assert self.meta_optimizer is not None
+        self.last_hypergradient = hypergradient.detach()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        self.lambdas.grad = hypergradient.detach().to(self.lambdas)
+        self.meta_optimizer.step()
+        if self.nonnegative:
+            with torch.no_grad():
+                self.lambdas.clamp_(min=0.0)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        assert self.meta_optimizer is not None
+        return {"meta_optimizer": self.meta_optimizer.state_dict(), "pending": self._pending}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        assert self.meta_optimizer is not None
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self._pending = state["pending"]
+
+
+def _shifted(theta: dict[str, Tensor], direction: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+    return {n: t + scale * direction[n] if n in direction else t for n, t in theta.items()}
+

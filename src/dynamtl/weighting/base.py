@@ -1,0 +1,115 @@
+"""The two kinds of weighting: any weighting (sees the whole step), and loss-only weightings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dynamtl.context import StepContext
+from dynamtl.tasks import Tasks
+
+
+class Weighting(nn.Module):
+    """Decides the task weights λ of a step.
+
+    A weighting is bound to the task names (``bind``, done by :class:`~dynamtl.MultiTask`)
+    and returns, at every step, a vector of weights in task order. Subclasses declare what
+    they need: ``needs_meta_batch`` and ``needs_optimizer`` are checked when the step is
+    built or run, with a message that names the fix.
+    """
+
+    needs_meta_batch: bool = False
+    needs_optimizer: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.task_names: tuple[str, ...] | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        if self.task_names is None:
+            raise RuntimeError(f"{type(self).__name__} is not bound to tasks yet: call .bind(task_names)")
+        return len(self.task_names)
+
+    def bind(self, tasks: Tasks | Sequence[str]) -> Weighting:
+        """Fix the task names (and so the number of weights); returns ``self``."""
+        names = tasks.names if isinstance(tasks, Tasks) else tuple(tasks)
+        if self.task_names is not None:
+            if names != self.task_names:
+                raise ValueError(
+                    f"{type(self).__name__} is bound to tasks {list(self.task_names)}, "
+                    f"not {list(names)}: use one weighting per task set"
+                )
+            return self
+        if not names:
+            raise ValueError("a weighting needs at least one task")
+        self.task_names = names
+        self._on_bind()
+        return self
+
+    def _on_bind(self) -> None:
+        """Create what depends on the tasks (parameters, indices of primary tasks...)."""
+
+    def weights(self, ctx: StepContext) -> Tensor:
+        """The weights λ for this step, shape ``[T]``, in task order."""
+        raise NotImplementedError
+
+    def after_backward(self, ctx: StepContext) -> None:
+        """Called once the step's gradients are in ``.grad`` (before ``optimizer.step()``)."""
+
+    def end_epoch(self) -> None:
+        """Called at the end of every epoch (DWA's loss history lives here)."""
+
+    def regularizer(self) -> Tensor | None:
+        """A term added to the weighted loss to train the weighting's own parameters."""
+        return None
+
+    def model_optimizer_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the weighting that the *model's* optimizer must train."""
+        return list(self.parameters())
+
+    def forward(self, losses: Mapping[str, Tensor] | Tensor) -> Tensor:
+        raise TypeError(
+            f"{type(self).__name__} needs more than the losses (the model, an optimizer or a "
+            "meta batch): use dynamtl.MultiTask(model, tasks, optimizer, weighting=...).step(...)"
+        )
+
+
+class LossWeighting(Weighting):
+    """A weighting that needs nothing but the losses; also usable as ``loss = w(losses)``.
+
+    ``w(losses)`` returns Σᵢ λᵢ Lᵢ (+ the weighting's regularizer), with ``losses`` a mapping
+    task -> scalar loss (which binds the task names on the first call) or a vector in task
+    order.
+    """
+
+    def loss_weights(self, losses: Tensor) -> Tensor:
+        """λ from the detached loss vector ``losses`` (shape ``[T]``)."""
+        raise NotImplementedError
+
+    def weights(self, ctx: StepContext) -> Tensor:
+        return self.loss_weights(ctx.losses.detach())
+
+    def forward(self, losses: Mapping[str, Tensor] | Tensor) -> Tensor:
+        if isinstance(losses, Mapping):
+            self.bind(list(losses))
+            vector = torch.stack([losses[n] for n in self.task_names or ()])
+        else:
+            vector = losses
+            if vector.dim() != 1 or vector.numel() != self.num_tasks:
+                raise ValueError(
+                    f"{type(self).__name__} expects {self.num_tasks} losses in task order, "
+                    f"got shape {list(vector.shape)}"
+                )
+        total = (self.loss_weights(vector.detach()) * vector).sum()
+        reg = self.regularizer()
+        return total if reg is None else total + reg
+
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -1,0 +1,150 @@
+"""HydaLearn (Verboven, Chaudhary, Berrevoets & Verbeke, 2020): weights from main-task gains."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.objective import capture_rng
+from dynamtl.tasks import task_indices
+from dynamtl.weighting.base import Weighting, check_choice
+
+
+class HydaLearn(Weighting):
+    r"""Per-mini-batch weights proportional to the gain each task's gradient brings to the
+    main task.
+
+    From *HydaLearn: Highly Dynamic Task Weighting for Multi-task Learning with Auxiliary
+    Tasks* (Verboven et al., 2020). At every step, for every task k (the main task(s)
+    included), the gain of a gradient step with ∇Lₖ alone on the main loss
+    L_main = Σ_{m ∈ main} L_m is
+
+    * ``gain="lookahead"`` (default): δₖ = L_main(θ) − L_main(θ − η ∇θ Lₖ(θ)), one
+      forward pass without graph per task;
+    * ``gain="first_order"``: δₖ ≈ η ⟨∇θ L_main(θ), ∇θ Lₖ(θ)⟩, no extra forward pass.
+
+    Negative gains are clipped to 0 and the weights follow the gains, wᵢ/wⱼ = δᵢ/δⱼ:
+    sₖ = max(max(δₖ, 0)/Σⱼ max(δⱼ, 0), ``floor``), then ``normalize="sum"`` scales s to sum
+    to ``total`` (default T, the scale of equal weights) and ``normalize="main"`` scales it
+    so the main task(s) weigh 1 on average. When no task has a positive gain (the step
+    size is too large for even the main task's gradient to help) the weights fall back to
+    1 for every task, and :attr:`fallbacks` counts how often.
+
+    The paper's full text is not available to us; these are our readings, all parameters:
+    the look-ahead is a plain gradient step of size η (the optimizer's learning rate of
+    each parameter's group unless ``step_size`` is given), not the optimizer's own step
+    (momentum is shared by all tasks and would blur their gains); gains are measured on the
+    current training batch (``gain_batch="current"``) or on a meta batch (``"meta"``).
+    The per-task gradients are computed once (T backward passes) and the step's gradient
+    is their weighted sum, with no further backward pass.
+
+    Args:
+        main: the main task name(s).
+        gain: ``"lookahead"`` or ``"first_order"``.
+        gain_batch: ``"current"`` or ``"meta"``.
+        step_size: η; ``None`` uses the optimizer's learning rates.
+        floor: the smallest share a task keeps (0 = tasks with no gain get no weight).
+        normalize: ``"sum"`` or ``"main"``.
+        total: what the weights sum to with ``normalize="sum"`` (default: T).
+    """
+
+    def __init__(
+        self,
+        main: Sequence[str] | str,
+        *,
+        gain: Literal["lookahead", "first_order"] = "lookahead",
+        gain_batch: Literal["current", "meta"] = "current",
+        step_size: float | None = None,
+        floor: float = 0.0,
+        normalize: Literal["sum", "main"] = "sum",
+        total: float | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice("gain", gain, ("lookahead", "first_order"))
+        check_choice("gain_batch", gain_batch, ("current", "meta"))
+        check_choice("normalize", normalize, ("sum", "main"))
+        if step_size is not None and step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
+        if not 0.0 <= floor < 1.0:
+            raise ValueError(f"floor is a share of the weight and must lie in [0, 1), got {floor}")
+        if total is not None and total <= 0:
+            raise ValueError(f"total must be > 0, got {total}")
+        self.main_names = [main] if isinstance(main, str) else list(main)
+        self.gain, self.gain_batch, self.step_size = gain, gain_batch, step_size
+        self.floor, self.normalize, self.total = floor, normalize, total
+        self.needs_meta_batch = gain_batch == "meta"
+        self.needs_optimizer = step_size is None
+        self.main: tuple[int, ...] = ()
+        self.fallbacks = 0
+        self.last_gains: Tensor | None = None
+
+    def _on_bind(self) -> None:
+        self.main = task_indices(self.task_names or (), self.main_names, role="main")
+
+    def weights(self, ctx: StepContext) -> Tensor:
+        grads = ctx.task_gradients()
+        rates = self._step_sizes(ctx)
+        if self.gain == "first_order":
+            main_grad = self._main_gradient(ctx, grads)
+            gains = torch.stack([_dot(main_grad, g, rates, ctx.losses) for g in grads])
+        else:
+            gains = self._lookahead_gains(ctx, grads, rates)
+        self.last_gains = gains.detach()
+        return self._weights_from_gains(gains.detach())
+
+    def _step_sizes(self, ctx: StepContext) -> dict[str, float]:
+        if self.step_size is not None:
+            return dict.fromkeys(ctx.params, self.step_size)
+        assert ctx.lookahead is not None
+        return ctx.lookahead.learning_rates()
+
+    def _main_loss(self, losses: Tensor) -> Tensor:
+        return losses[list(self.main)].sum()
+
+    def _main_gradient(self, ctx: StepContext, grads: list[Gradients]) -> Gradients:
+        if self.gain_batch == "current":
+            return combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
+        leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
+        loss = self._main_loss(ctx.objective.losses(ctx.meta_batch, leaves))
+        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)))
+
+    def _lookahead_gains(self, ctx: StepContext, grads: list[Gradients], rates: dict[str, float]) -> Tensor:
+        theta = ctx.current_params()
+        with torch.no_grad():
+            if self.gain_batch == "current":
+                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(ctx.losses.detach())
+            else:
+                batch, rng = ctx.meta_batch, capture_rng(ctx.objective.device)
+                base = self._main_loss(ctx.objective.losses(batch, theta, rng))
+            gains = []
+            for g in grads:
+                moved = {n: t - rates[n] * g[n] if g[n] is not None and n in rates else t for n, t in theta.items()}
+                gains.append(base - self._main_loss(ctx.objective.losses(batch, moved, rng)))
+        return torch.stack(gains)
+
+    def _weights_from_gains(self, gains: Tensor) -> Tensor:
+        positive = gains.clamp(min=0.0)
+        main = list(self.main)
+        if float(positive.sum()) <= 0.0 or (self.normalize == "main" and float(positive[main].sum()) <= 0.0):
+            self.fallbacks += 1
+            return torch.ones_like(gains)
+        share = (positive / positive.sum()).clamp(min=self.floor)
+        if self.normalize == "main":
+            return share / share[main].mean()
+        total = self.total if self.total is not None else float(self.num_tasks)
+        return total * share / share.sum()
+
+
+def _dot(a: Gradients, b: Gradients, rates: dict[str, float], like: Tensor) -> Tensor:
+    """Σ over parameters of η_p ⟨a_p, b_p⟩ (parameters missing from either count 0)."""
+    total = torch.zeros((), dtype=like.dtype, device=like.device)
+    for n, x in a.items():
+        y = b.get(n)
+        if x is not None and y is not None and n in rates:
+            total = total + rates[n] * (x * y).sum()
+    return total
+

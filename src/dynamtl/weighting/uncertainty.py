@@ -1,0 +1,49 @@
+"""Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dynamtl.weighting.base import LossWeighting
+
+
+class Uncertainty(LossWeighting):
+    r"""Homoscedastic-uncertainty weighting: learn one log-variance sᵢ = log σᵢ² per task.
+
+    The loss is Σᵢ ½ e^{−sᵢ} Lᵢ + ½ sᵢ, the Gaussian negative log-likelihood form of
+    *Multi-Task Learning Using Uncertainty to Weigh Losses for Scene Geometry and
+    Semantics* (Kendall et al., 2018), used for every task (the paper's classification
+    variant differs only by a factor 2 on the weight). So λᵢ = ½ e^{−sᵢ} and the
+    regularizer is ½ Σ sᵢ. At the optimum in sᵢ, e^{sᵢ} = Lᵢ: tasks with larger loss get
+    smaller weight. s starts at 0 (λᵢ = ½).
+
+    The sᵢ are parameters trained by the model's optimizer: :class:`~dynamtl.MultiTask`
+    adds them as their own parameter group (no weight decay) when the optimizer lacks
+    them; in a loop of your own, give ``weighting.parameters()`` to your optimizer after
+    ``bind``.
+
+    Args:
+        tasks: optionally the task names, to bind at once.
+
+    >>> import torch
+    >>> u = Uncertainty(tasks=["a", "b"])
+    >>> u({"a": torch.tensor(2.0), "b": torch.tensor(4.0)})
+    tensor(3., grad_fn=<AddBackward0>)
+    """
+
+    def __init__(self, tasks: list[str] | None = None) -> None:
+        super().__init__()
+        self.log_vars = nn.Parameter(torch.zeros(0))
+        if tasks is not None:
+            self.bind(tasks)
+
+    def _on_bind(self) -> None:
+        with torch.no_grad():
+            self.log_vars.data = torch.zeros(self.num_tasks, dtype=self.log_vars.dtype, device=self.log_vars.device)
+
+    def loss_weights(self, losses: Tensor) -> Tensor:
+        return 0.5 * torch.exp(-self.log_vars)
+
+    def regularizer(self) -> Tensor:
+        return 0.5 * self.log_vars.sum()
