@@ -1,0 +1,105 @@
+"""What a benchmark is: data splits, tasks with losses and metrics, and a model builder."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from dynamtl.metrics import Metric
+from dynamtl.tasks import LossFn, Tasks, task_indices
+
+
+class MultiTaskTensors(Dataset):
+    """Samples ``(inputs[i], {task: targets[task][i]})`` from tensors held in memory."""
+
+    def __init__(self, inputs: Tensor, targets: Mapping[str, Tensor]) -> None:
+        for task, t in targets.items():
+            if len(t) != len(inputs):
+                raise ValueError(f"task {task!r} has {len(t)} targets for {len(inputs)} inputs")
+        self.inputs, self.targets = inputs, dict(targets)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.inputs[i], {task: t[i] for task, t in self.targets.items()}
+
+
+@dataclass
+class Splits:
+    """Training, validation (model selection, meta batches) and test data."""
+
+    train: MultiTaskTensors
+    val: MultiTaskTensors
+    test: MultiTaskTensors
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a benchmark: its loss, its metrics (the first one is the headline), the
+    width of its output head."""
+
+    loss: LossFn
+    metrics: tuple[Metric, ...]
+    out_features: int
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """The hyper-parameters a benchmark is run with unless told otherwise."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    optimizer: str = "adam"
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Benchmark(ABC):
+    """A real multi-task benchmark.
+
+    Subclasses set ``name``, ``description``, ``specs`` (task -> :class:`TaskSpec`),
+    ``primary`` (the primary task(s) of its auxiliary-learning mode) and ``defaults``, and
+    implement :meth:`splits` (reading canonical files under ``root``, filling ``root`` from an
+    offline source when it is empty) and :meth:`model` (a shared trunk with one head per
+    requested task).
+    """
+
+    name: str
+    description: str
+    specs: dict[str, TaskSpec]
+    primary: tuple[str, ...]
+    defaults: TrainingDefaults
+
+    @abstractmethod
+    def splits(self, root: Path, seed: int, limit: int | None = None) -> Splits:
+        """The data; ``limit`` caps the number of training samples (tests, quick runs)."""
+
+    @abstractmethod
+    def model(self, heads: Mapping[str, int]) -> nn.Module:
+        """A fresh model returning ``{task: prediction}`` for the heads ``task -> width``."""
+
+    def tasks(self, names: Sequence[str] | None = None) -> Tasks:
+        """The :class:`~dynamtl.Tasks` of ``names`` (default: all), validated."""
+        names = list(self.specs) if names is None else list(names)
+        task_indices(tuple(self.specs), names)
+        return Tasks({n: self.specs[n].loss for n in names})
+
+
+def default_root() -> Path:
+    """Where data live unless a root is given: ``$DYNAMTL_DATA`` or ``~/.cache/dynamtl``."""
+    return Path(os.environ.get("DYNAMTL_DATA", Path.home() / ".cache" / "dynamtl"))
+
+
+def seeded_permutation(n: int, seed: int) -> Tensor:
+    """A permutation of ``range(n)`` fixed by ``seed`` (for reproducible splits)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
