@@ -6,21 +6,39 @@ from dynamtl.lookahead import LookAhead
 from dynamtl.objective import Objective
 from dynamtl.step import MultiTask, NonFiniteLossError, StepInfo
 from dynamtl.tasks import Tasks
-from dynamtl.weighting import DWA, RLW, AutoLambda, Equal, HydaLearn, LossWeighting, Static, Uncertainty, Weighting
+from dynamtl.weighting import (
+    DWA,
+    FAMO,
+    GCS,
+    RLW,
+    AutoLambda,
+    Equal,
+    GradNorm,
+    HydaLearn,
+    LossWeighting,
+    OLAux,
+    Static,
+    Uncertainty,
+    Weighting,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DWA",
+    "FAMO",
+    "GCS",
     "RLW",
     "Aggregation",
     "AutoLambda",
     "Equal",
+    "GradNorm",
     "HydaLearn",
     "LookAhead",
     "LossWeighting",
     "MultiTask",
     "NonFiniteLossError",
+    "OLAux",
     "Objective",
     "Static",
     "StepContext",

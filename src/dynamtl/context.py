@@ -22,21 +22,32 @@ class StepContext:
     Attributes:
         objective: the model's per-task losses at any parameters.
         batch: the training batch; ``meta_batch``: the meta (validation) batch or ``None``.
-        losses: ``[L_1, …, L_T]`` on ``batch`` at the current parameters, with a graph.
+        task_losses: ``[L_1, …, L_T]`` on ``batch`` at the current parameters, each a
+            scalar with its own graph; ``losses`` is the same stacked into one vector.
         rng: the random state the forward pass of ``losses`` started from (replay it to get
             the same dropout masks at other parameters).
         step: the number of steps taken before this one.
-        lookahead: the optimizer's step as a function, or ``None`` without an optimizer.
+        optimizer: the model's optimizer, or ``None`` when none was given.
+        lookahead: the optimizer's step as a function, for weightings that need it.
     """
 
     objective: Objective
     batch: Any
     meta_batch: Any
-    losses: Tensor
+    task_losses: list[Tensor]
     rng: RngState
     step: int
+    optimizer: torch.optim.Optimizer | None = None
     lookahead: LookAhead | None = None
     _task_gradients: list[Gradients] | None = field(default=None, repr=False)
+    _losses: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def losses(self) -> Tensor:
+        """The task losses as one vector ``[T]``, with a graph."""
+        if self._losses is None:
+            self._losses = torch.stack(self.task_losses)
+        return self._losses
 
     @property
     def params(self) -> dict[str, torch.nn.Parameter]:
@@ -56,7 +67,7 @@ class StepContext:
             params = list(self.params.values())
             names = list(self.params)
             grads = []
-            for loss in self.losses:
+            for loss in self.task_losses:
                 g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
                 grads.append(dict(zip(names, g)))
             self._task_gradients = grads

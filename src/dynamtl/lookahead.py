@@ -57,10 +57,6 @@ class LookAhead:
                 out[name] = _adam(p.detach(), g, group, self.optimizer.state.get(p, {}))
         return out
 
-    def learning_rates(self) -> dict[str, float]:
-        """The current learning rate of every parameter the optimizer owns (per group)."""
-        return {n: float(self._group[id(p)]["lr"]) for n, p in self.params.items() if id(p) in self._group}
-
     def jacobian_diagonal(self, grads: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
         """diag(∂θ'/∂g) at ``grads``: exact because every supported update is elementwise."""
         names = [n for n in self.params if grads.get(n) is not None]
@@ -74,6 +70,12 @@ class LookAhead:
                 allow_unused=True,
             )
         return {n: torch.zeros_like(leaves[n]) if d is None else d for n, d in zip(names, diag)}
+
+
+def learning_rates(optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter]) -> dict[str, float]:
+    """The current learning rate of every parameter in ``params`` that ``optimizer`` owns."""
+    rate = {id(p): float(group["lr"]) for group in optimizer.param_groups for p in group["params"]}
+    return {n: rate[id(p)] for n, p in params.items() if id(p) in rate}
 
 
 def _sgd(p: Tensor, g: Tensor, group: dict[str, Any], state: dict[str, Any]) -> Tensor:

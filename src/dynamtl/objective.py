@@ -70,7 +70,16 @@ class Objective:
         params: Mapping[str, Tensor] | None = None,
         rng: RngState | None = None,
     ) -> Tensor:
-        """The vector of task losses, in task order.
+        """The vector of task losses ``[L_1, …, L_T]`` in task order; see :meth:`task_losses`."""
+        return torch.stack(self.task_losses(batch, params, rng))
+
+    def task_losses(
+        self,
+        batch: Any,
+        params: Mapping[str, Tensor] | None = None,
+        rng: RngState | None = None,
+    ) -> list[Tensor]:
+        """Every task's scalar loss, in task order.
 
         Args:
             batch: ``(inputs, {task: target})``, or ``{task: (inputs, target)}`` for
@@ -80,7 +89,9 @@ class Objective:
                 are not modified (the call runs on copies of them).
             rng: a random state from :func:`capture_rng` to replay (same dropout masks).
 
-        Whether a graph is built follows the autograd mode of the caller.
+        Whether a graph is built follows the autograd mode of the caller. Each loss is a
+        separate graph root, so differentiating one task's loss reaches only the parameters
+        it depends on (other heads get ``None``, not zeros).
         """
         with replayed_rng(rng, self.device):
             if params is None:
@@ -89,7 +100,7 @@ class Objective:
             call = _FunctionalModel(self.model, {**params, **buffers})
             return self._losses(batch, call)
 
-    def _losses(self, batch: Any, model: Any) -> Tensor:
+    def _losses(self, batch: Any, model: Any) -> list[Tensor]:
         names = self.tasks.names
         if self.tasks.multi_input:
             if not isinstance(batch, Mapping):
@@ -114,7 +125,7 @@ class Objective:
                 )
             _check_keys(outputs, names, "the model's outputs")
             losses = [self._loss(n, outputs[n], targets[n]) for n in names]
-        return torch.stack(losses)
+        return losses
 
     def _loss(self, name: str, prediction: Tensor, target: Tensor) -> Tensor:
         loss = self.tasks.losses[name](prediction, target)
@@ -140,4 +151,4 @@ class _FunctionalModel:
 def _check_keys(found: Mapping[str, Any], names: tuple[str, ...], what: str) -> None:
     missing = [n for n in names if n not in found]
     if missing:
-        raise KeyError(f"{what} lack task(s) {missing}; expected keys {list(names)}, got {list(found)}")
+        raise KeyError(f"{what}: missing task(s) {missing}; expected keys {list(names)}, got {list(found)}")

@@ -84,9 +84,10 @@ class MultiTask:
         name = type(self.weighting).__name__
         if self.weighting.needs_optimizer and optimizer is None:
             raise ValueError(
-                f"{name} needs the model's optimizer to look ahead: MultiTask(model, tasks, optimizer, weighting=...)"
+                f"{name} needs the model's optimizer: MultiTask(model, tasks, optimizer, weighting=...)"
             )
-        self.lookahead = LookAhead(optimizer, self.objective.params) if self.weighting.needs_optimizer else None
+        needs_lookahead = self.weighting.needs_lookahead and optimizer is not None
+        self.lookahead = LookAhead(optimizer, self.objective.params) if needs_lookahead else None
         if optimizer is not None:
             self._give_weighting_parameters_to(optimizer)
 
@@ -105,10 +106,13 @@ class MultiTask:
                 "with a batch from a held-out split or a reshuffled training loader"
             )
         rng = capture_rng(self.objective.device)
-        losses = self.objective.losses(batch)
+        task_losses = self.objective.task_losses(batch)
+        ctx = StepContext(
+            self.objective, batch, meta_batch, task_losses, rng, self.steps, self.optimizer, self.lookahead
+        )
+        losses = ctx.losses
         if self.check_finite:
             self._check_finite(losses)
-        ctx = StepContext(self.objective, batch, meta_batch, losses, rng, self.steps, self.lookahead)
         weights = self.weighting.weights(ctx)
         self.aggregation.backward(ctx, weights, self.weighting.regularizer())
         self.weighting.after_backward(ctx)
@@ -144,10 +148,11 @@ class MultiTask:
         self.steps = int(state["steps"])
 
     def _check_finite(self, losses: Tensor) -> None:
-        bad = ~torch.isfinite(losses.detach())
+        values = losses.detach()
+        bad = ~torch.isfinite(values)
         if bool(bad.any()):
             names = [n for n, b in zip(self.tasks.names, bad.tolist()) if b]
-            values = {n: float(losses[self.tasks.names.index(n)]) for n in names}
+            values = {n: float(values[self.tasks.names.index(n)]) for n in names}
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.steps} for task(s) {values}: lower the learning rate, "
                 "check the inputs and targets of that task, or clip gradients"

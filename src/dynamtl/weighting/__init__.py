@@ -4,9 +4,27 @@ from dynamtl.weighting.auto_lambda import AutoLambda
 from dynamtl.weighting.base import LossWeighting, Weighting
 from dynamtl.weighting.dwa import DWA
 from dynamtl.weighting.equal import Equal
+from dynamtl.weighting.famo import FAMO
+from dynamtl.weighting.gcs import GCS
+from dynamtl.weighting.gradnorm import GradNorm
 from dynamtl.weighting.hydalearn import HydaLearn
+from dynamtl.weighting.ol_aux import OLAux
 from dynamtl.weighting.rlw import RLW
 from dynamtl.weighting.static import Static
 from dynamtl.weighting.uncertainty import Uncertainty
 
-__all__ = ["DWA", "RLW", "AutoLambda", "Equal", "HydaLearn", "LossWeighting", "Static", "Uncertainty", "Weighting"]
+__all__ = [
+    "DWA",
+    "FAMO",
+    "GCS",
+    "RLW",
+    "AutoLambda",
+    "Equal",
+    "GradNorm",
+    "HydaLearn",
+    "LossWeighting",
+    "OLAux",
+    "Static",
+    "Uncertainty",
+    "Weighting",
+]

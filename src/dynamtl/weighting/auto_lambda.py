@@ -89,6 +89,7 @@ class AutoLambda(Weighting):
 
     needs_meta_batch = True
     needs_optimizer = True
+    needs_lookahead = True
 
     def __init__(
         self,

@@ -17,11 +17,13 @@ class Weighting(nn.Module):
     A weighting is bound to the task names (``bind``, done by :class:`~dynamtl.MultiTask`)
     and returns, at every step, a vector of weights in task order. Subclasses declare what
     they need: ``needs_meta_batch`` and ``needs_optimizer`` are checked when the step is
-    built or run, with a message that names the fix.
+    built or run, with a message that names the fix; ``needs_lookahead`` asks for the
+    optimizer's step as a function (:class:`~dynamtl.lookahead.LookAhead`).
     """
 
     needs_meta_batch: bool = False
     needs_optimizer: bool = False
+    needs_lookahead: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,7 +96,12 @@ class LossWeighting(Weighting):
 
     def forward(self, losses: Mapping[str, Tensor] | Tensor) -> Tensor:
         if isinstance(losses, Mapping):
-            self.bind(list(losses))
+            if self.task_names is None:
+                self.bind(list(losses))
+            elif set(losses) != set(self.task_names):
+                raise ValueError(
+                    f"{type(self).__name__} is bound to tasks {list(self.task_names)}, got losses for {list(losses)}"
+                )
             vector = torch.stack([losses[n] for n in self.task_names or ()])
         else:
             vector = losses

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.lookahead import learning_rates
 from dynamtl.objective import capture_rng
 from dynamtl.tasks import task_indices
 from dynamtl.weighting.base import Weighting, check_choice
@@ -99,8 +100,8 @@ class HydaLearn(Weighting):
     def _step_sizes(self, ctx: StepContext) -> dict[str, float]:
         if self.step_size is not None:
             return dict.fromkeys(ctx.params, self.step_size)
-        assert ctx.lookahead is not None
-        return ctx.lookahead.learning_rates()
+        assert ctx.optimizer is not None
+        return learning_rates(ctx.optimizer, ctx.params)
 
     def _main_loss(self, losses: Tensor) -> Tensor:
         return losses[list(self.main)].sum()

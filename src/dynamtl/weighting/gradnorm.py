@@ -1,0 +1,168 @@
+"""GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018): weights that balance gradient norms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dynamtl.aggregation.base import shared_parameters
+from dynamtl.context import Gradients, StepContext
+from dynamtl.weighting.auto_lambda import MetaOptimizerFactory
+from dynamtl.weighting.base import Weighting
+
+
+class GradNorm(Weighting):
+    r"""Learned weights wᵢ that make every task's gradient norm on a shared layer W follow
+    its relative training rate.
+
+    From *GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep Multitask
+    Networks* (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018). With
+
+        Gᵢ = ‖∇_W (wᵢ Lᵢ)‖ = wᵢ ‖∇_W Lᵢ‖,   Ḡ = meanⱼ Gⱼ,
+        L̃ᵢ = Lᵢ(t) / Lᵢ(0),   rᵢ = L̃ᵢ / meanⱼ L̃ⱼ,
+
+    the GradNorm loss L_grad = Σᵢ |Gᵢ − Ḡ · rᵢ^α| is differentiated with respect to w
+    only, the target Ḡ · rᵢ^α held constant, so ∂L_grad/∂wᵢ = sign(Gᵢ − Ḡ rᵢ^α) ‖∇_W Lᵢ‖.
+    w is updated by its own optimizer, then renormalised to Σᵢ wᵢ = T. The step's
+    weights are w *before* that update, as in the paper's algorithm. Tasks that train
+    slowly (large rᵢ) get a larger gradient share; α sets how strongly. Lᵢ(0) is the loss
+    of the first step this weighting sees (saved in the state dict).
+
+    Because Gᵢ = wᵢ ‖∇_W Lᵢ‖, the per-task gradients of the step
+    (:meth:`StepContext.task_gradients`, one backward pass per task, shared with the
+    aggregation, which then needs no further backward pass) give L_grad and its gradient
+    without the double backward pass of the paper's formulation.
+
+    W is ``layer``: one parameter name or several (their gradients are concatenated, e.g.
+    the weight and bias of one layer); every task's loss must depend on it. By default it
+    is the weight of the last shared layer, the paper's choice: among the parameters that
+    every task's loss depends on, the last with two or more dimensions (a weight matrix or
+    kernel), or the last of all if none has. "Last" follows the model's parameter
+    registration order, which is usually but not always the forward order: name the layer
+    when in doubt.
+
+    Differences to the paper: the paper trains w with the network's optimizer (its learning
+    rate for w is not given separately); here w has its own optimizer, Adam with learning
+    rate ``lr``, so that how fast the weights move does not depend on the model's optimizer.
+    Adam moves each wᵢ by at most about ``lr`` per step (lr = 1e-3: a weight can travel by
+    1 in about a thousand steps). No official code was released.
+
+    Args:
+        alpha: α, the strength of the pull towards equal training rates (1.5 by default;
+            the paper tunes it per problem, larger for more different tasks).
+        lr: learning rate of the default Adam optimizer of w.
+        meta_optimizer: optional ``factory(params) -> optimizer`` replacing that Adam.
+        layer: the name(s) of the shared parameter(s) W, or ``None`` for the default above.
+
+    Attributes:
+        layer_names: the parameter names used as W (resolved at the first step).
+        last_loss: L_grad of the last step.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.5,
+        *,
+        lr: float = 1e-3,
+        meta_optimizer: MetaOptimizerFactory | None = None,
+        layer: str | Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"GradNorm's alpha must be >= 0 (0 equalises the gradient norms), got {alpha}")
+        if lr <= 0:
+            raise ValueError(f"GradNorm's lr must be > 0, got {lr}")
+        if isinstance(layer, str):
+            layer = [layer]
+        if layer is not None and not layer:
+            raise ValueError("layer is empty: name at least one shared parameter, or pass None for the default")
+        self.alpha, self.lr, self.factory = alpha, lr, meta_optimizer
+        self.layer = None if layer is None else tuple(layer)
+        self.task_weights = nn.Parameter(torch.zeros(0))
+        self.register_buffer("initial_losses", torch.zeros(0))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        self.layer_names: tuple[str, ...] = ()
+        self.last_loss: Tensor | None = None
+
+    def _on_bind(self) -> None:
+        self.task_weights.data = torch.ones(self.num_tasks)
+        self.initial_losses = torch.zeros(self.num_tasks)
+        params = [self.task_weights]
+        self.meta_optimizer = self.factory(params) if self.factory else torch.optim.Adam(params, lr=self.lr)
+
+    def model_optimizer_parameters(self) -> list[nn.Parameter]:
+        return []  # w has its own optimizer
+
+    def weights(self, ctx: StepContext) -> Tensor:
+        grads = ctx.task_gradients()
+        self.layer_names = self._resolve_layer(grads)
+        w = self.task_weights
+        norms = torch.stack([_norm(g, self.layer_names) for g in grads]).to(w)
+        losses = ctx.losses.detach().to(w)
+        if not bool(self.started):
+            if bool((losses <= 0).any()):
+                raise ValueError(
+                    f"GradNorm divides by the first losses {losses.tolist()}: every task loss must be > 0 "
+                    "(shift a loss that can reach 0 or below by a constant)"
+                )
+            self.initial_losses = losses.clone()
+            self.started.fill_(True)
+        ratios = losses / self.initial_losses
+        rates = ratios / ratios.mean()
+        used = w.detach().clone()
+        with torch.enable_grad():
+            gradnorms = w * norms
+            target = (gradnorms.mean() * rates**self.alpha).detach()
+            loss = (gradnorms - target).abs().sum()
+            (grad,) = torch.autograd.grad(loss, w)
+        self.last_loss = loss.detach()
+        assert self.meta_optimizer is not None
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        w.grad = grad
+        self.meta_optimizer.step()
+        with torch.no_grad():
+            w.mul_(self.num_tasks / w.sum())
+        return used.to(ctx.losses)
+
+    def _resolve_layer(self, grads: list[Gradients]) -> tuple[str, ...]:
+        shared = shared_parameters(grads)
+        if self.layer is None:
+            common = [n for n in shared if all(g[n] is not None for g in grads)]
+            if not common:
+                raise ValueError(
+                    "GradNorm found no parameter that every task's loss depends on: it needs a shared "
+                    f"layer W; name one with GradNorm(layer=...) among the shared parameters {shared}"
+                )
+            matrices = [n for n in common if grads[0][n].dim() >= 2]  # type: ignore[union-attr]
+            return ((matrices or common)[-1],)
+        bad = [n for n in self.layer if n not in shared]
+        if bad:
+            raise ValueError(
+                f"GradNorm's layer {bad} is not a shared trainable parameter; "
+                f"choose among the shared parameters {shared}"
+            )
+        unused = [t for t, g in zip(self.task_names or (), grads) if all(g[n] is None for n in self.layer)]
+        if unused:
+            raise ValueError(
+                f"the loss of task(s) {unused} does not depend on GradNorm's layer {list(self.layer)}: "
+                f"choose a layer every task uses among {shared}"
+            )
+        return self.layer
+
+    def get_extra_state(self) -> dict[str, Any]:
+        assert self.meta_optimizer is not None
+        return {"meta_optimizer": self.meta_optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        assert self.meta_optimizer is not None
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+
+
+def _norm(grads: Gradients, names: tuple[str, ...]) -> Tensor:
+    """‖(g_n)_{n ∈ names}‖₂ over the concatenated gradients (a missing gradient counts 0)."""
+    parts = [grads[n].detach().reshape(-1) for n in names if grads[n] is not None]  # type: ignore[union-attr]
+    return torch.cat(parts).norm() if parts else torch.zeros(())
