@@ -4,21 +4,59 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 
+class MetricState(Protocol):
+    """A metric being accumulated over a split, batch by batch."""
+
+    def update(self, predictions: Tensor, targets: Tensor) -> None: ...
+
+    def compute(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A metric of one task: ``fn(predictions, targets) -> value`` over a whole split.
+    """A metric of one task over a whole split.
 
-    ``higher_is_better`` fixes the sign lᵢ in Δ_MTL (lᵢ = 1 when lower is better).
+    ``fn(predictions, targets) -> value`` takes the whole split's predictions at once
+    (fine for tabular and image-level tasks); metrics of dense predictions that do not
+    fit in memory give ``streaming``, a factory of :class:`MetricState` accumulators
+    (a confusion matrix, running sums). ``higher_is_better`` fixes the sign lᵢ in Δ_MTL
+    (lᵢ = 1 when lower is better).
     """
 
     name: str
-    fn: Callable[[Tensor, Tensor], float]
+    fn: Callable[[Tensor, Tensor], float] | None
     higher_is_better: bool
+    streaming: Callable[[], MetricState] | None = None
+
+    def start(self) -> MetricState:
+        """A fresh accumulator: ``update`` it with every batch, then ``compute``."""
+        if self.streaming is not None:
+            return self.streaming()
+        if self.fn is None:
+            raise ValueError(f"metric {self.name!r} has neither fn nor streaming")
+        return _Collected(self.fn)
+
+
+class _Collected:
+    """Keeps every batch's predictions and targets, then applies ``fn`` to the whole split."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], float]) -> None:
+        self.fn = fn
+        self.predictions: list[Tensor] = []
+        self.targets: list[Tensor] = []
+
+    def update(self, predictions: Tensor, targets: Tensor) -> None:
+        self.predictions.append(predictions.detach().cpu())
+        self.targets.append(targets.detach().cpu())
+
+    def compute(self) -> float:
+        return self.fn(torch.cat(self.predictions), torch.cat(self.targets))
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
