@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from dynamtl.metrics import Metric
 from dynamtl.tasks import LossFn, Tasks, task_indices
@@ -34,11 +35,13 @@ class MultiTaskTensors(Dataset):
 
 @dataclass
 class Splits:
-    """Training, validation (model selection, meta batches) and test data."""
+    """Training, validation (model selection, meta batches) and test data: in-memory
+    :class:`MultiTaskTensors`, or any dataset whose samples the benchmark's
+    :meth:`Benchmark.loader` turns into batches."""
 
-    train: MultiTaskTensors
-    val: MultiTaskTensors
-    test: MultiTaskTensors
+    train: Dataset
+    val: Dataset
+    test: Dataset
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,11 @@ class Benchmark(ABC):
     @abstractmethod
     def model(self, heads: Mapping[str, int]) -> nn.Module:
         """A fresh model returning ``{task: prediction}`` for the heads ``task -> width``."""
+
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator) -> Iterable[Any]:
+        """Batches of ``dataset`` as :class:`~dynamtl.Tasks` expects them: ``(inputs, {task:
+        target})`` by default. Multi-input benchmarks (one batch per task) override this."""
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
     def tasks(self, names: Sequence[str] | None = None) -> Tasks:
         """The :class:`~dynamtl.Tasks` of ``names`` (default: all), validated."""
