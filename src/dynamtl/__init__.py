@@ -1,6 +1,18 @@
 """dynamtl: dynamic task weighting for multi-task and auxiliary learning in PyTorch."""
 
-from dynamtl.aggregation import Aggregation, Sum
+from dynamtl.aggregation import (
+    IMTLG,
+    MGDA,
+    Aggregation,
+    AlignedMTL,
+    CAGrad,
+    GradDrop,
+    GradientAggregation,
+    GradVac,
+    NashMTL,
+    PCGrad,
+    Sum,
+)
 from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
 from dynamtl.objective import Objective
@@ -25,6 +37,15 @@ from dynamtl.weighting import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMTLG",
+    "MGDA",
+    "AlignedMTL",
+    "CAGrad",
+    "GradDrop",
+    "GradVac",
+    "GradientAggregation",
+    "NashMTL",
+    "PCGrad",
     "DWA",
     "FAMO",
     "GCS",

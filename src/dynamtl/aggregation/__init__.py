@@ -1,6 +1,26 @@
 """Aggregations: how the λ-weighted task gradients of the shared parameters are combined."""
 
+from dynamtl.aggregation.aligned_mtl import AlignedMTL
 from dynamtl.aggregation.base import Aggregation, GradientAggregation
+from dynamtl.aggregation.cagrad import CAGrad
+from dynamtl.aggregation.graddrop import GradDrop
+from dynamtl.aggregation.gradvac import GradVac
+from dynamtl.aggregation.imtl_g import IMTLG
+from dynamtl.aggregation.mgda import MGDA
+from dynamtl.aggregation.nash_mtl import NashMTL
+from dynamtl.aggregation.pcgrad import PCGrad
 from dynamtl.aggregation.sum import Sum
 
-__all__ = ["Aggregation", "GradientAggregation", "Sum"]
+__all__ = [
+    "IMTLG",
+    "MGDA",
+    "Aggregation",
+    "AlignedMTL",
+    "CAGrad",
+    "GradDrop",
+    "GradVac",
+    "GradientAggregation",
+    "NashMTL",
+    "PCGrad",
+    "Sum",
+]

@@ -1,0 +1,293 @@
+"""Shared numerics of the gradient aggregations.
+
+The Gram matrix of the task gradients and the solvers that work on it (min-norm point of
+a simplex, CAGrad's dual, Nash-MTL's bargaining equation), all in float64 NumPy on the CPU
+(the matrices are T × T); seeded random streams whose state goes into a state dict; the
+lazy import of the optional SciPy; warnings logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+LOGGER = logging.getLogger("dynamtl")
+
+
+def check_jacobian(owner: str, jacobian: Tensor) -> None:
+    """``ValueError`` unless ``jacobian`` is a non-empty matrix ``[T, D]``."""
+    if jacobian.dim() != 2 or jacobian.shape[0] == 0:
+        raise ValueError(
+            f"{owner}.combine expects the task gradients as a matrix [T, D] with one row per task, "
+            f"got shape {list(jacobian.shape)}: stack the flattened gradients with torch.stack"
+        )
+
+
+def gramian(jacobian: Tensor) -> np.ndarray:
+    """The Gram matrix ``J Jᵀ`` (computed in ``J``'s dtype, at least float32), as a symmetric
+    float64 array."""
+    j = jacobian.detach()
+    if j.dtype in (torch.float16, torch.bfloat16):
+        j = j.float()
+    gram = (j @ j.T).cpu().double().numpy()
+    return 0.5 * (gram + gram.T)
+
+
+def rank_tolerance(jacobian: Tensor) -> float:
+    """Relative accuracy of a Gram matrix computed in ``jacobian``'s dtype."""
+    return 10.0 * float(torch.finfo(jacobian.dtype).eps)
+
+
+def combine_rows(weights: np.ndarray | Sequence[float], jacobian: Tensor) -> Tensor:
+    """Σₖ wₖ Jₖ, in ``jacobian``'s dtype and on its device."""
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64), dtype=jacobian.dtype, device=jacobian.device)
+    return w @ jacobian.detach()
+
+
+def nonzero_rows(gram: np.ndarray) -> np.ndarray:
+    """Mask of the rows with a non-zero gradient (tasks with λₖ = 0 or no shared parameter are not)."""
+    return np.diag(gram) > 0.0
+
+
+def per_task(owner: str, name: str, value: float | Sequence[float], num_tasks: int) -> np.ndarray:
+    """``value`` as one float per task; ``ValueError`` if a sequence has the wrong length."""
+    if isinstance(value, (int, float)):
+        return np.full(num_tasks, float(value))
+    values = np.asarray(value, dtype=np.float64)
+    if values.shape != (num_tasks,):
+        raise ValueError(
+            f"{owner} has {values.size} values of {name} but the Jacobian has {num_tasks} rows (tasks): "
+            f"give one value per task, in task order"
+        )
+    return values
+
+
+def warn_once(warned: set[str], message: str) -> None:
+    """Log ``message`` on the ``dynamtl`` logger, the first time only (``warned`` remembers)."""
+    if message not in warned:
+        warned.add(message)
+        LOGGER.warning(message)
+
+
+def import_scipy_optimize(owner: str) -> ModuleType:
+    """``scipy.optimize``, or an ``ImportError`` that names the extra to install."""
+    try:
+        from scipy import optimize
+    except ImportError as error:
+        raise ImportError(f"{owner} needs SciPy for its solver: pip install 'dynamtl[solvers]'") from error
+    return optimize
+
+
+class SeededGenerator:
+    """A :class:`torch.Generator` seeded with ``seed``, created on the device of its first use.
+
+    :meth:`state` and :meth:`load` carry its state through a state dict, so a reloaded
+    aggregation draws exactly what the saved one would have drawn next. Asked for on
+    another device than the one it lives on (the model was moved), it restarts from the seed
+    there.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._generator: torch.Generator | None = None
+        self._loaded: dict[str, Any] | None = None
+
+    def on(self, device: torch.device) -> torch.Generator:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self._generator is not None and self._generator.device == device:
+            return self._generator
+        generator = torch.Generator(device=device)
+        if self._loaded is not None and self._loaded["device"] == str(device):
+            generator.set_state(self._loaded["state"])
+        else:
+            generator.manual_seed(self.seed)
+        self._generator, self._loaded = generator, None
+        return generator
+
+    def state(self) -> dict[str, Any] | None:
+        if self._generator is None:
+            return self._loaded
+        return {"device": str(self._generator.device), "state": self._generator.get_state()}
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        self._generator, self._loaded = None, state
+
+
+def random_orders(generator: SeededGenerator, num_tasks: int) -> list[list[int]]:
+    """For every task i, the other tasks j ≠ i in a uniformly random order (one draw per call)."""
+    keys = torch.rand((num_tasks, num_tasks), generator=generator.on(torch.device("cpu")), dtype=torch.float64)
+    return [[j for j in row if j != i] for i, row in enumerate(keys.argsort(dim=1).tolist())]
+
+
+def _affine_min_norm(gram: np.ndarray) -> np.ndarray:
+    """Weights v (Σv = 1) of the min-norm point of the affine hull: G v = μ 1, 1ᵀv = 1."""
+    n = len(gram)
+    kkt = np.zeros((n + 1, n + 1))
+    kkt[:n, :n] = gram
+    kkt[:n, n] = -1.0
+    kkt[n, :n] = 1.0
+    rhs = np.zeros(n + 1)
+    rhs[n] = 1.0
+    try:
+        solution = np.linalg.solve(kkt, rhs)
+    except np.linalg.LinAlgError:
+        solution = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+    return solution[:n]
+
+
+def min_norm_weights(gram: np.ndarray, tol: float, max_iters: int) -> tuple[np.ndarray, bool]:
+    """Weights α on the simplex of the min-norm point of conv{g₁…g_T}, from G = [gᵢ·gⱼ].
+
+    Wolfe's exact algorithm (*Finding the nearest point in a polytope*, Wolfe, 1976): grow
+    a set of corrals whose affine min-norm point lies inside their hull; it stops when no
+    vertex gᵢ has gᵢ·x < ‖x‖² − tol (the optimality condition of the min-norm point x),
+    which it reaches in finitely many steps. Returns ``(α, converged)``; without
+    convergence in ``max_iters`` major cycles α is the last (feasible) iterate.
+    """
+    num = len(gram)
+    scale = float(np.max(np.diag(gram)))
+    if scale <= 0.0:
+        return np.full(num, 1.0 / num), True
+    g = gram / scale
+    first = int(np.argmin(np.diag(g)))
+    support = [first]
+    alpha = np.zeros(num)
+    alpha[first] = 1.0
+    for _ in range(max_iters):
+        products = g @ alpha
+        j = int(np.argmin(products))
+        if products[j] >= alpha @ products - tol or j in support:
+            return alpha, True
+        support.append(j)
+        while True:
+            v = _affine_min_norm(g[np.ix_(support, support)])
+            if np.all(v > 0.0):
+                alpha[:] = 0.0
+                alpha[support] = v
+                break
+            current = alpha[support]
+            outside = np.flatnonzero(v <= 0.0)
+            gaps = current[outside] - v[outside]
+            ratios = np.divide(current[outside], gaps, out=np.zeros_like(gaps), where=gaps > 0.0)
+            current = current + float(ratios.min()) * (v - current)
+            current[outside[int(np.argmin(ratios))]] = 0.0
+            keep = current > 0.0
+            support = [s for s, k in zip(support, keep) if k]
+            alpha[:] = 0.0
+            alpha[support] = current[keep]
+            if j not in support:  # only by rounding: the new vertex cannot shorten x
+                return alpha, True
+    return alpha, False
+
+
+def frank_wolfe_weights(gram: np.ndarray, tol: float, max_iters: int) -> tuple[np.ndarray, bool]:
+    """Algorithm 2 of Sener & Koltun (2018): Frank-Wolfe on the simplex from α = 1/T.
+
+    Each iteration moves α towards the vertex eₜ with the smallest gₜ·x, with the exact
+    line search of their Algorithm 1 (min-norm point of a segment), and stops once the step
+    γ falls below ``tol``. Returns ``(α, converged)``.
+    """
+    num = len(gram)
+    alpha = np.full(num, 1.0 / num)
+    for _ in range(max_iters):
+        products = gram @ alpha
+        t = int(np.argmin(products))
+        x_g, x_x, g_g = products[t], alpha @ products, gram[t, t]
+        if g_g <= x_g:
+            gamma = 1.0
+        elif x_x <= x_g:
+            gamma = 0.0
+        else:
+            gamma = float((x_x - x_g) / (x_x + g_g - 2.0 * x_g))
+        alpha *= 1.0 - gamma
+        alpha[t] += gamma
+        if gamma < tol:
+            return alpha, True
+    return alpha, False
+
+
+def cagrad_weights(gram: np.ndarray, c: float, owner: str) -> tuple[np.ndarray, bool]:
+    """Weights (on the rows) of CAGrad's direction d = g₀ + c‖g₀‖ g_w / ‖g_w‖.
+
+    w minimises F(w) = g_wᵀg₀ + c‖g₀‖ ‖g_w‖ over the simplex (g_w = Σ wᵢ gᵢ, g₀ the mean of
+    the rows), solved with SciPy's SLSQP on the trace-normalised Gram matrix (F's minimiser
+    does not depend on the scale). Where g_w = 0 (0 is in the hull: a Pareto-stationary
+    point) d = g₀. Returns ``(weights, converged)``; when SLSQP fails the weights are 1/T.
+    """
+    num = len(gram)
+    mean = np.full(num, 1.0 / num)
+    scale = float(np.trace(gram)) / num
+    if c == 0.0 or scale <= 0.0:
+        return mean, True
+    g = gram / scale
+    b = g @ mean
+    radius = c * float(np.sqrt(max(mean @ b, 0.0)))
+    tiny = 1e-20
+
+    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        gw = g @ w
+        norm = float(np.sqrt(max(w @ gw, 0.0) + tiny))
+        return float(w @ b) + radius * norm, b + radius * gw / norm
+
+    optimize = import_scipy_optimize(owner)
+    result = optimize.minimize(
+        objective,
+        mean,
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * num,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+        options={"maxiter": 200, "ftol": 1e-12},
+    )
+    if not result.success or not np.all(np.isfinite(result.x)):
+        return mean, False
+    w = np.clip(result.x, 0.0, None)
+    w /= w.sum()
+    norm = float(np.sqrt(max(w @ g @ w, 0.0)))
+    if norm <= 1e-10:
+        return mean, True
+    return mean + (radius / norm) * w, True
+
+
+def bargaining_weights(gram: np.ndarray, start: np.ndarray, tol: float, max_iters: int) -> tuple[np.ndarray, bool]:
+    """α > 0 with (Gα)ᵢ = 1/αᵢ for all i: Nash-MTL's bargaining solution.
+
+    It is the unique minimiser of the strictly convex f(α) = ½ αᵀGα − Σᵢ log αᵢ over α > 0
+    (∇f = Gα − 1/α), found by damped Newton steps (Hessian G + diag(1/α²)) that stay inside
+    α > 0, with Armijo backtracking, from ``start``. It exists unless 0 is in the convex hull
+    of the gradients (then f is unbounded below). Stops when maxᵢ |αᵢ(Gα)ᵢ − 1| ≤ ``tol``.
+    Returns ``(α, converged)``.
+    """
+    alpha = start.copy()
+
+    def f(a: np.ndarray) -> float:
+        return float(0.5 * a @ gram @ a - np.log(a).sum())
+
+    for _ in range(max_iters):
+        products = gram @ alpha
+        if np.max(np.abs(alpha * products - 1.0)) <= tol:
+            return alpha, True
+        grad = products - 1.0 / alpha
+        try:
+            step = -np.linalg.solve(gram + np.diag(1.0 / alpha**2), grad)
+        except np.linalg.LinAlgError:  # α ran off to infinity: no solution
+            return alpha, False
+        shrinking = step < 0.0
+        t = min(1.0, 0.99 * float(np.min(-alpha[shrinking] / step[shrinking]))) if shrinking.any() else 1.0
+        value, slope = f(alpha), float(grad @ step)
+        slack = 1e-14 * (abs(value) + 1.0)  # rounding of f: lets Newton finish near the solution
+        while f(alpha + t * step) > value + 1e-4 * t * slope + slack:
+            t *= 0.5
+            if t < 1e-12:
+                return alpha, False
+        alpha = alpha + t * step
+        if not np.all(np.isfinite(alpha)):
+            return start, False
+    return alpha, False

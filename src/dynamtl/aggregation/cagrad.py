@@ -1,0 +1,64 @@
+"""CAGrad: the best worst-case improvement near the mean gradient (Liu et al., 2021)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dynamtl.aggregation._solvers import cagrad_weights, check_jacobian, combine_rows, gramian, warn_once
+from dynamtl.aggregation.base import GradientAggregation
+
+
+class CAGrad(GradientAggregation):
+    r"""Conflict-Averse Gradient descent.
+
+    The update d maximises the worst improvement rate of the tasks in a ball around the
+    mean gradient g₀ = (1/T) Σᵢ gᵢ:
+
+    .. math::
+
+        \max_d \min_i \; g_i \cdot d \quad \text{s.t.} \quad \lVert d - g_0 \rVert \le c \lVert g_0 \rVert .
+
+    Its dual is a problem over the simplex, w* = argmin_w g_wᵀg₀ + c‖g₀‖ ‖g_w‖ with
+    g_w = Σᵢ wᵢ gᵢ, and d = g₀ + c‖g₀‖ g_w* / ‖g_w*‖. With ``rescale`` the update is divided
+    by 1 + c², which keeps its size comparable across c. For c = 0, d = g₀ exactly.
+
+    From *Conflict-Averse Gradient Descent for Multi-task Learning* (Liu, Liu, Jin, Stone,
+    Liu, NeurIPS 2021), Algorithm 1. The dual is solved with SciPy's SLSQP on the T × T
+    Gram matrix, as the official code does (``pip install 'dynamtl[solvers]'``; c = 0 needs
+    no SciPy).
+
+    Weighted rows: the rows are λₖ ∇Lₖ, so g₀ is the mean of the weighted gradients, 1/T
+    times the gradient of Σ λₖ Lₖ, and the worst case is over the weighted task rates
+    λᵢ gᵢ·d. This is how Auto-Lambda combines with CAGrad.
+
+    Args:
+        c: radius of the ball around g₀, relative to ‖g₀‖ (the paper's c; default 0.4).
+            c = 0 is the mean gradient.
+        rescale: divide d by 1 + c² (the official code's default ``rescale=1``). Its
+            ``rescale=2`` (division by 1 + c) is not offered.
+
+    When SLSQP does not converge, a warning is logged (once) and the mean gradient g₀ is
+    returned; where g_w* = 0 (0 is in the convex hull of the rows: a Pareto-stationary
+    point) d = g₀.
+
+    >>> import torch
+    >>> CAGrad(c=0.0).combine(torch.tensor([[1.0, 0.0], [-1.0, 2.0]]))
+    tensor([0., 1.])
+    """
+
+    def __init__(self, c: float = 0.4, rescale: bool = True) -> None:
+        super().__init__()
+        if c < 0:
+            raise ValueError(f"CAGrad's c is the relative radius of a ball and must be >= 0, got {c}")
+        self.c = float(c)
+        self.rescale = rescale
+        self._warned: set[str] = set()
+
+    def combine(self, jacobian: Tensor) -> Tensor:
+        check_jacobian(type(self).__name__, jacobian)
+        weights, converged = cagrad_weights(gramian(jacobian), self.c, type(self).__name__)
+        if not converged:
+            warn_once(self._warned, "CAGrad: SLSQP did not converge on the dual; the mean gradient is used instead")
+        elif self.rescale:
+            weights = weights / (1.0 + self.c**2)
+        return combine_rows(weights, jacobian)

@@ -1,0 +1,98 @@
+"""GradVac: pull pairwise gradient similarities up to their running targets (Wang et al., 2021)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, combine_rows, gramian, random_orders
+from dynamtl.aggregation.base import GradientAggregation
+
+
+class GradVac(GradientAggregation):
+    r"""Gradient Vaccine: set the cosine of each pair of gradients to at least its target.
+
+    For every task i, starting from gᵢ' = gᵢ, the other tasks j are visited in a random
+    order. With φᵢⱼ = cos(gᵢ', gⱼ) and the target φ̂ᵢⱼ, if φᵢⱼ < φ̂ᵢⱼ then
+
+    .. math::
+
+        g_i' \leftarrow g_i' + \frac{\lVert g_i' \rVert \big(\hat\phi_{ij}\sqrt{1-\phi_{ij}^2}
+        - \phi_{ij}\sqrt{1-\hat\phi_{ij}^2}\big)}{\lVert g_j \rVert \sqrt{1-\hat\phi_{ij}^2}}\; g_j ,
+
+    which makes cos(gᵢ', gⱼ) = φ̂ᵢⱼ exactly; then the target follows the observed similarity,
+    φ̂ᵢⱼ ← (1 − β) φ̂ᵢⱼ + β φᵢⱼ (targets start at 0). d = Σᵢ gᵢ'. From *Gradient Vaccine:
+    Investigating and Improving Multi-task Optimization in Massively Multilingual Models*
+    (Wang, Tsvetkov, Firat, Cao, ICLR 2021), Algorithm 1. With targets 0 the rule is
+    PCGrad's; when every cosine is at or above its target, d = Σᵢ gᵢ. All of it runs on the
+    T × T Gram matrix.
+
+    Weighted rows: the rows are λₖ ∇Lₖ. Cosines, and so the targets and which pairs are
+    corrected, do not depend on λ > 0; a correction adds a multiple of gⱼ sized by ‖gᵢ'‖, so
+    λᵢ scales task i's whole contribution, and with no correction d is the gradient of
+    Σ λₖ Lₖ (:class:`Sum`).
+
+    Args:
+        beta: the EMA rate β of the targets (the paper's 1e-2).
+        seed: seed of the generator of the random task orders.
+
+    The targets φ̂ (a T × T tensor) and the generator's state are saved in the state dict.
+    Pairs where a gradient is zero have no cosine and are skipped (target unchanged); a
+    target of exactly 1 cannot be reached by a finite correction and is not enforced.
+
+    Differences to the paper: it applies the rule per layer or per group of parameters
+    (its "granularity"), with targets per group; here it acts on all shared parameters at
+    once (the paper's whole-model granularity).
+
+    >>> import torch
+    >>> GradVac().combine(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    tensor([2., 1.])
+    """
+
+    def __init__(self, beta: float = 0.01, seed: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"GradVac's beta is an EMA rate and must lie in [0, 1], got {beta}")
+        self.beta = beta
+        self.generator = SeededGenerator(seed)
+        self.targets: list[list[float]] | None = None
+
+    def combine(self, jacobian: Tensor) -> Tensor:
+        check_jacobian(type(self).__name__, jacobian)
+        gram = gramian(jacobian).tolist()
+        num = len(gram)
+        if self.targets is None or len(self.targets) != num:
+            self.targets = [[0.0] * num for _ in range(num)]
+        targets = self.targets
+        weights = [0.0] * num
+        for i, order in enumerate(random_orders(self.generator, num)):
+            coefficients = [0.0] * num
+            coefficients[i] = 1.0
+            products = list(gram[i])  # gᵢ' · gₖ for every k
+            norm2 = gram[i][i]  # ‖gᵢ'‖²
+            for j in order:
+                if norm2 <= 0.0 or gram[j][j] <= 0.0:
+                    continue
+                norm_i, norm_j = math.sqrt(norm2), math.sqrt(gram[j][j])
+                phi = max(-1.0, min(1.0, products[j] / (norm_i * norm_j)))
+                target = targets[i][j]
+                room = math.sqrt(max(1.0 - target * target, 0.0))
+                if phi < target and room > 0.0:
+                    shift = norm_i * (target * math.sqrt(1.0 - phi * phi) - phi * room) / (norm_j * room)
+                    coefficients[j] += shift
+                    norm2 += 2.0 * shift * products[j] + shift * shift * gram[j][j]
+                    products = [p + shift * q for p, q in zip(products, gram[j])]
+                targets[i][j] = (1.0 - self.beta) * target + self.beta * phi
+            weights = [w + c for w, c in zip(weights, coefficients)]
+        return combine_rows(weights, jacobian)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        targets = None if self.targets is None else torch.tensor(self.targets, dtype=torch.float64)
+        return {"targets": targets, "generator": self.generator.state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.targets = None if state["targets"] is None else state["targets"].double().tolist()
+        self.generator.load(state["generator"])
