@@ -29,6 +29,8 @@ class StepContext:
         step: the number of steps taken before this one.
         optimizer: the model's optimizer, or ``None`` when none was given.
         lookahead: the optimizer's step as a function, for weightings that need it.
+        representation: the outputs Z of the shared representation module in the forward
+            pass of ``losses`` (empty unless ``MultiTask(..., representation=...)``).
     """
 
     objective: Objective
@@ -39,6 +41,7 @@ class StepContext:
     step: int
     optimizer: torch.optim.Optimizer | None = None
     lookahead: LookAhead | None = None
+    representation: list[Tensor] = field(default_factory=list)
     _task_gradients: list[Gradients] | None = field(default=None, repr=False)
     _losses: Tensor | None = field(default=None, repr=False)
 
@@ -72,6 +75,21 @@ class StepContext:
                 grads.append(dict(zip(names, g)))
             self._task_gradients = grads
         return self._task_gradients
+
+    def representation_gradients(self) -> Tensor:
+        """Rows ∇_Z L_k, flattened over every captured representation output: shape [T, D_Z].
+
+        One backward pass per task through the heads only (the MGDA-UB shortcut)."""
+        if not self.representation:
+            raise ValueError(
+                "no shared representation was captured: build MultiTask(..., representation='NAME') "
+                "with the name of the submodule whose output the task heads read"
+            )
+        rows = []
+        for loss in self.task_losses:
+            grads = torch.autograd.grad(loss, self.representation, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]))
+        return torch.stack(rows)
 
     @property
     def has_task_gradients(self) -> bool:

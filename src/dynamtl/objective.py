@@ -50,13 +50,21 @@ class Objective:
         model: an ``nn.Module``; see :class:`~dynamtl.Tasks` for the call convention.
         tasks: the tasks and their losses.
 
+        representation: optionally the name of the submodule whose output Z every task's
+            head reads (e.g. ``"trunk"``); the real forward pass then keeps Z so that
+            methods can differentiate the losses down to Z only (the MGDA-UB shortcut).
+
     Only parameters with ``requires_grad=True`` are "the parameters" θ that methods
     differentiate and move; frozen ones stay as they are.
     """
 
-    def __init__(self, model: nn.Module, tasks: Tasks) -> None:
+    def __init__(self, model: nn.Module, tasks: Tasks, representation: str | None = None) -> None:
         self.model = model
         self.tasks = tasks
+        self.representation: list[Tensor] = []
+        self._capturing = False
+        if representation is not None:
+            _submodule(model, representation).register_forward_hook(self._capture)
         self.params: dict[str, nn.Parameter] = {
             name: p for name, p in model.named_parameters() if p.requires_grad
         }
@@ -95,10 +103,21 @@ class Objective:
         """
         with replayed_rng(rng, self.device):
             if params is None:
-                return self._losses(batch, self.model)
+                self.representation, self._capturing = [], True
+                try:
+                    return self._losses(batch, self.model)
+                finally:
+                    self._capturing = False
             buffers = {name: b.clone() for name, b in self.model.named_buffers()}
             call = _FunctionalModel(self.model, {**params, **buffers})
             return self._losses(batch, call)
+
+    def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        """Forward hook of the representation module: keep Z of the real forward pass."""
+        if self._capturing:
+            if not isinstance(output, Tensor):
+                raise TypeError(f"the representation module must return a tensor, got {type(output).__name__}")
+            self.representation.append(output)
 
     def _losses(self, batch: Any, model: Any) -> list[Tensor]:
         names = self.tasks.names
@@ -146,6 +165,14 @@ class _FunctionalModel:
 
     def __call__(self, *args: Any) -> Any:
         return functional_call(self.model, self.values, args)
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(f"the model has no submodule {name!r} to take the representation from; its submodules: {names}") from None
 
 
 def _check_keys(found: Mapping[str, Any], names: tuple[str, ...], what: str) -> None:

@@ -55,6 +55,9 @@ class MultiTask:
             :class:`~dynamtl.Sum`, one backward pass).
         check_finite: raise :class:`NonFiniteLossError` on a NaN/inf loss (one device
             synchronisation per step).
+        representation: the name of the submodule whose output every head reads, for
+            aggregations that can work on the gradients of that shared representation
+            instead of the shared parameters (``MGDA(upper_bound=True)``).
 
     Use :meth:`step` for the whole step, or :meth:`backward` to leave ``optimizer.step()``
     to your loop (gradient clipping, ``GradScaler``, schedulers). Call :meth:`end_epoch`
@@ -70,8 +73,9 @@ class MultiTask:
         weighting: Weighting | None = None,
         aggregation: Aggregation | None = None,
         check_finite: bool = True,
+        representation: str | None = None,
     ) -> None:
-        self.objective = Objective(model, tasks)
+        self.objective = Objective(model, tasks, representation)
         self.tasks = tasks
         self.optimizer = optimizer
         self.weighting = (weighting or Equal()).bind(tasks)
@@ -108,7 +112,15 @@ class MultiTask:
         rng = capture_rng(self.objective.device)
         task_losses = self.objective.task_losses(batch)
         ctx = StepContext(
-            self.objective, batch, meta_batch, task_losses, rng, self.steps, self.optimizer, self.lookahead
+            self.objective,
+            batch,
+            meta_batch,
+            task_losses,
+            rng,
+            self.steps,
+            self.optimizer,
+            self.lookahead,
+            self.objective.representation,
         )
         losses = ctx.losses
         if self.check_finite:
@@ -116,6 +128,7 @@ class MultiTask:
         weights = self.weighting.weights(ctx)
         self.aggregation.backward(ctx, weights, self.weighting.regularizer())
         self.weighting.after_backward(ctx)
+        self.objective.representation = []  # free Z of this step
         self.steps += 1
         return StepInfo(self.tasks.names, losses.detach(), weights.detach(), time.perf_counter() - start)
 

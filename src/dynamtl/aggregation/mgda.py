@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from dynamtl.aggregation._solvers import (
@@ -17,7 +18,8 @@ from dynamtl.aggregation._solvers import (
     rank_tolerance,
     warn_once,
 )
-from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.aggregation.base import GradientAggregation, weighting_backward
+from dynamtl.context import StepContext
 from dynamtl.weighting.base import check_choice
 
 Solver = Literal["exact", "frank-wolfe"]
@@ -64,9 +66,14 @@ class MGDA(GradientAggregation):
     A solver that does not converge within ``max_iters`` logs a warning (once) and returns
     its last iterate, a point of the convex hull.
 
-    Differences to the paper: the MGDA-UB shortcut (gradients of the shared representation
-    instead of the shared parameters) is not made here: :meth:`combine` works on any rows.
-    The official code initialises Frank-Wolfe with the best pair of gradients; this one
+        upper_bound: the paper's MGDA-UB: α* is computed from the gradients of the shared
+            *representation* Z (rows λₖ∇_Z Lₖ, one cheap backward pass per task through the
+            heads only) instead of the shared parameters, and the step is then a single
+            backward pass of Σₖ α*ₖ λₖ Lₖ. It minimises an upper bound of the MGDA objective,
+            so its α* differs from the exact one; task heads then get α*ₖλₖ∇Lₖ (as in the
+            paper's code) instead of λₖ∇Lₖ. Needs ``MultiTask(..., representation="NAME")``.
+
+    Differences to the paper: the official code initialises Frank-Wolfe with the best pair of gradients; this one
     starts from α = 1/T as Algorithm 2 does.
 
     >>> import torch
@@ -80,6 +87,7 @@ class MGDA(GradientAggregation):
         normalize: Normalize = "none",
         tol: float | None = None,
         max_iters: int = 250,
+        upper_bound: bool = False,
     ) -> None:
         super().__init__()
         check_choice("MGDA's solver", solver, ("exact", "frank-wolfe"))
@@ -92,15 +100,29 @@ class MGDA(GradientAggregation):
         self.normalize = normalize
         self.tol = tol
         self.max_iters = max_iters
+        self.upper_bound = upper_bound
         self._warned: set[str] = set()
 
+    def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
+        if not self.upper_bound:
+            super().backward(ctx, weights, regularizer)
+            return
+        w = weights.detach()
+        alpha = self.row_weights(w[:, None] * ctx.representation_gradients())
+        (torch.as_tensor(alpha, dtype=w.dtype, device=w.device) * w * ctx.losses).sum().backward()
+        weighting_backward(ctx, weights, regularizer)
+
     def combine(self, jacobian: Tensor) -> Tensor:
+        return combine_rows(self.row_weights(jacobian), jacobian)
+
+    def row_weights(self, jacobian: Tensor) -> np.ndarray:
+        """α* on the simplex (zero for all-zero rows) such that d = Σₖ α*ₖ Jₖ."""
         check_jacobian(type(self).__name__, jacobian)
         gram = gramian(jacobian)
         active = nonzero_rows(gram)
         weights = np.zeros(len(gram))
         if not active.any():
-            return combine_rows(weights, jacobian)
+            return weights
         sub = gram[np.ix_(active, active)]
         if self.normalize == "l2":
             norms = np.sqrt(np.diag(sub))
@@ -117,4 +139,4 @@ class MGDA(GradientAggregation):
                 "its last iterate is used",
             )
         weights[active] = alpha
-        return combine_rows(weights, jacobian)
+        return weights
