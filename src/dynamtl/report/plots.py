@@ -1,0 +1,287 @@
+"""Plots of run folders: task weights over steps, validation metrics over epochs.
+
+Needs matplotlib (``pip install 'dynamtl[report]'``). Figures are drawn on
+:class:`matplotlib.figure.Figure` objects, never through ``pyplot``: no global state and no
+backend is touched, and nothing stays open after a plot is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+LOG_SCALE_RATIO = 100.0
+"""Weights are drawn on a log scale when all are positive and the largest is at least this
+many times the median of the lowest task's line; on a linear scale otherwise."""
+
+DPI = 150
+
+
+@dataclass(frozen=True)
+class _WeightLog:
+    """The task weights of a run at every logged step (``steps.jsonl``)."""
+
+    steps: list[int]
+    weights: dict[str, list[float]]
+
+
+def plot_run(run_dir: Path, *, smooth: int = 1) -> list[Path]:
+    """Save :func:`weights_figure` as ``run_dir/plots/weights.png`` and :func:`metrics_figure`
+    as ``run_dir/plots/metrics.png`` (once an epoch has been logged); return the paths."""
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    figures = {"weights.png": weights_figure(run_dir, smooth=smooth), "metrics.png": metrics_figure(run_dir)}
+    plots.mkdir(exist_ok=True)
+    return [_save(figure, plots / name) for name, figure in figures.items() if figure is not None]
+
+
+def plot_weights_comparison(run_dirs: Mapping[str, Path], out: Path, *, smooth: int = 1) -> Path:
+    """Save :func:`weights_comparison_figure` to ``out`` (a ``.png``) and return it."""
+    figure = weights_comparison_figure(run_dirs, smooth=smooth)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _save(figure, out)
+
+
+def weights_figure(run_dir: Path, *, smooth: int = 1) -> Figure:
+    """Every task's weight over the logged steps of a run, one line per task.
+
+    With ``smooth`` > 1 the lines are trailing moving averages over that many logged steps,
+    drawn over the faint raw weights. The y axis is logarithmic when the weights span
+    :data:`LOG_SCALE_RATIO` or more (and are all positive), linear otherwise.
+    """
+    run_dir = Path(run_dir)
+    log = _read_weights(run_dir)
+    colours = _task_colours(list(log.weights))
+    figure = _figure(9.0, 4.5)
+    axes = figure.add_subplot()
+    _draw_weights(axes, log, colours, smooth)
+    axes.set_xlabel("step")
+    axes.set_ylabel("task weight")
+    figure.suptitle(f"Task weights — {_describe(run_dir)}{_smoothing_note(smooth)}")
+    _task_legend(figure, colours)
+    return figure
+
+
+def metrics_figure(run_dir: Path) -> Figure | None:
+    """One panel per validation metric (``val/<task>/<metric>`` in ``epochs.jsonl``) over
+    epochs, the epoch selected for testing (``best_epoch`` of ``results.json``, once the run
+    has finished) dotted; ``None`` while no epoch has been logged."""
+    run_dir = Path(run_dir)
+    series = _validation_series(_read_jsonl(run_dir / "epochs.jsonl", required=False))
+    if not series:
+        return None
+    best_epoch = _best_epoch(run_dir)
+    colours = _task_colours(list(dict.fromkeys(key.split("/", 1)[0] for key in series)))
+    locator = _matplotlib().ticker.MaxNLocator
+    rows, columns = _grid(len(series))
+    figure = _figure(3.8 * columns, 2.8 * rows + 0.6)
+    for index, (key, (epochs, values)) in enumerate(series.items()):
+        task, metric = key.split("/", 1)
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.plot(epochs, values, marker="o", markersize=3, color=colours[task])
+        if best_epoch is not None:
+            axes.axvline(best_epoch, color="grey", linestyle=":", linewidth=1.2)
+        axes.set_title(f"{task} · {metric}")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.xaxis.set_major_locator(locator(integer=True))
+        axes.grid(alpha=0.3)
+    selected = "" if best_epoch is None else f" (dotted: epoch {best_epoch}, selected for testing)"
+    figure.suptitle(f"Validation metrics — {_describe(run_dir)}{selected}")
+    return figure
+
+
+def weights_comparison_figure(run_dirs: Mapping[str, Path], *, smooth: int = 1) -> Figure:
+    """The task weights of several runs side by side, one panel per run, titled by its key
+    in ``run_dirs`` (the method); the figure's title names the benchmark(s) and seed(s).
+
+    A task has the same colour in every panel; each panel has its own y scale (chosen as in
+    :func:`weights_figure`), since methods weight on different scales. ``smooth`` as in
+    :func:`weights_figure`.
+    """
+    if not run_dirs:
+        raise ValueError("a comparison of weights needs at least one run folder")
+    logs = {label: _read_weights(Path(run_dir)) for label, run_dir in run_dirs.items()}
+    configs = [_config(Path(run_dir)) for run_dir in run_dirs.values()]
+    benchmarks = ", ".join(dict.fromkeys(str(config["benchmark"]) for config in configs))
+    seeds = ", ".join(dict.fromkeys(str(config["seed"]) for config in configs))
+    colours = _task_colours(list(dict.fromkeys(task for log in logs.values() for task in log.weights)))
+    rows, columns = _grid(len(logs))
+    figure = _figure(4.2 * columns + 1.6, 3.0 * rows + 0.6)
+    for index, (label, log) in enumerate(logs.items()):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        _draw_weights(axes, log, colours, smooth)
+        axes.set_title(label)
+        if index % columns == 0:
+            axes.set_ylabel("task weight")
+        if index >= len(logs) - columns:
+            axes.set_xlabel("step")
+    figure.suptitle(f"Task weights — {benchmarks}, seed {seeds}{_smoothing_note(smooth)}")
+    _task_legend(figure, colours)
+    return figure
+
+
+def _read_weights(run_dir: Path) -> _WeightLog:
+    """The ``weight/<task>`` series of ``run_dir/steps.jsonl`` in logged task order, without
+    the batches skipped for a non-finite loss."""
+    path = run_dir / "steps.jsonl"
+    if not path.exists() and (run_dir / "tasks").is_dir():
+        raise FileNotFoundError(
+            f"{run_dir} is a single-task baseline with no weights of its own: plot its per-task runs under "
+            f"{run_dir / 'tasks'}/<task>/"
+        )
+    records = [r for r in _read_jsonl(path, required=True) if not r.get("skipped")]
+    tasks = list(dict.fromkeys(key.removeprefix("weight/") for r in records for key in r if key.startswith("weight/")))
+    if not tasks:
+        raise ValueError(f"{path} logs no 'weight/<task>' values: is the run still at its first step?")
+    weights = {task: [float(r[f"weight/{task}"]) for r in records] for task in tasks}
+    return _WeightLog([int(r["step"]) for r in records], weights)
+
+
+def _draw_weights(axes: Axes, log: _WeightLog, colours: Mapping[str, Any], smooth: int) -> None:
+    if smooth < 1:
+        raise ValueError(f"smooth is a window of logged steps and must be >= 1, got {smooth}")
+    lines: dict[str, Sequence[float]] = {}
+    for task, values in log.weights.items():
+        if smooth > 1:
+            axes.plot(log.steps, values, color=colours[task], alpha=0.25, linewidth=0.8)
+            values = _moving_average(values, smooth)
+        axes.plot(log.steps, values, color=colours[task], linewidth=1.5)
+        lines[task] = values
+    if _needs_log_scale(lines.values()):
+        axes.set_yscale("log")
+    axes.grid(alpha=0.3)
+
+
+def _needs_log_scale(lines: Iterable[Sequence[float]]) -> bool:
+    """Whether some line would look flat at zero on a linear scale: every value is positive
+    and the largest is at least :data:`LOG_SCALE_RATIO` times the smallest line's median."""
+    finite = [[v for v in values if math.isfinite(v)] for values in lines]
+    finite = [values for values in finite if values]
+    if not finite or min(min(values) for values in finite) <= 0:
+        return False
+    return max(max(values) for values in finite) >= LOG_SCALE_RATIO * min(statistics.median(v) for v in finite)
+
+
+def _smoothing_note(smooth: int) -> str:
+    return f"\n(moving average over {smooth} steps; raw weights faint)" if smooth > 1 else ""
+
+
+def _moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at every position (fewer at the start)."""
+    sums = [0.0]
+    for value in values:
+        sums.append(sums[-1] + value)
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
+
+
+def _validation_series(epochs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """``"task/metric"`` -> (epochs, values) for every ``val/<task>/<metric>`` logged."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for record in epochs:
+        for key, value in record.items():
+            if key.startswith("val/") and value is not None:
+                xs, ys = series.setdefault(key.removeprefix("val/"), ([], []))
+                xs.append(int(record["epoch"]))
+                ys.append(float(value))
+    return series
+
+
+def _grid(panels: int) -> tuple[int, int]:
+    """Rows and columns for ``panels`` panels: one row up to 3, then near-square, at most
+    8 columns."""
+    columns = panels if panels <= 3 else min(8, math.ceil(math.sqrt(panels)))
+    return math.ceil(panels / columns), columns
+
+
+def _task_colours(tasks: Sequence[str]) -> dict[str, Any]:
+    """A colour per task that depends only on its position, so a task keeps its colour in
+    every figure of a run: tab10, then tab20's light shades, then golden-ratio steps
+    through a spectrum."""
+    colormaps = _matplotlib().colormaps
+    light = colormaps["tab20"].colors[1::2]
+
+    def colour(i: int) -> Any:
+        if i < 10:
+            return colormaps["tab10"](i)
+        if i < 20:
+            return light[i - 10]
+        return colormaps["nipy_spectral"](0.05 + 0.9 * ((i * 0.618034) % 1.0))
+
+    return {task: colour(i) for i, task in enumerate(tasks)}
+
+
+def _task_legend(figure: Figure, colours: Mapping[str, Any]) -> None:
+    handles = [_matplotlib().lines.Line2D([], [], color=colour, linewidth=2) for colour in colours.values()]
+    figure.legend(
+        handles, list(colours), loc="outside right upper", title="task", fontsize="small",
+        ncols=math.ceil(len(colours) / 20),
+    )
+
+
+def _figure(width: float, height: float) -> Figure:
+    return _matplotlib().figure.Figure(figsize=(width, height), layout="constrained")
+
+
+def _matplotlib() -> ModuleType:
+    """matplotlib with the submodules used here, or an error saying how to install it."""
+    try:
+        import matplotlib
+        import matplotlib.figure
+        import matplotlib.lines
+        import matplotlib.ticker
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError("dynamtl's plots need matplotlib: pip install 'dynamtl[report]'") from error
+    return matplotlib
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a dynamtl run folder (made by `dynamtl train`)")
+    return json.loads(path.read_text())
+
+
+def _describe(run_dir: Path) -> str:
+    config = _config(run_dir)
+    return f"{config['method']} on {config['benchmark']}, seed {config['seed']}"
+
+
+def _best_epoch(run_dir: Path) -> int | None:
+    path = run_dir / "results.json"
+    best = json.loads(path.read_text()).get("best_epoch") if path.exists() else None
+    return None if best is None else int(best)
+
+
+def _read_jsonl(path: Path, *, required: bool) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log; a last line still being written is left out."""
+    if not path.exists():
+        if required:
+            raise FileNotFoundError(
+                f"{path} is missing: {path.parent} is not a dynamtl run folder (made by `dynamtl train`)"
+            )
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        try:
+            records.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+            pass  # the line the run is writing now
+    return records
