@@ -1,0 +1,124 @@
+"""Shared helpers of the data loaders: IDX files, files shipped inside pip packages, and
+tensor caches of derived data."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import math
+import os
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+IDX_UNSIGNED_BYTE = 0x08
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def find_file(folder: Path, name: str) -> Path | None:
+    """``folder/name`` or ``folder/name.gz``, whichever exists (the plain file first)."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def require_files(folder: Path, names: Sequence[str], how_to_get: str) -> dict[str, Path]:
+    """Each of ``names`` in ``folder`` (plain or ``.gz``); ``FileNotFoundError`` naming every
+    missing file, the folder and ``how_to_get`` them."""
+    found = {name: find_file(folder, name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise FileNotFoundError(
+            f"{', '.join(repr(m) for m in missing)} (plain or .gz) missing from {folder}: {how_to_get}"
+        )
+    return {name: path for name, path in found.items() if path is not None}
+
+
+def read_idx(path: Path, ndim: int) -> Tensor:
+    """The unsigned-byte array of ``ndim`` dimensions in the IDX file ``path`` (plain or gzip).
+
+    The IDX format (LeCun's MNIST files): two zero bytes, the element type (0x08: unsigned
+    byte), the number of dimensions, each dimension as a big-endian int32, then the data.
+    ``ValueError`` for another magic number or a file whose length does not match its header.
+    """
+    raw = path.read_bytes()
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise ValueError(f"{path} is a damaged gzip file ({error}): replace it with an intact copy") from error
+    expected_magic = (IDX_UNSIGNED_BYTE << 8) | ndim
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if magic != expected_magic:
+        found = "too short for a header" if magic is None else f"0x{magic:08x}"
+        raise ValueError(
+            f"{path} is not an IDX file of {ndim}-dimensional unsigned bytes: magic number 0x{expected_magic:08x} "
+            f"expected, found {found}; replace it with the published file"
+        )
+    header = 4 + 4 * ndim
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if len(raw) != header + math.prod(shape):
+        raise ValueError(
+            f"{path} is truncated or padded: its header announces shape {shape}, i.e. "
+            f"{header + math.prod(shape)} bytes, but it holds {len(raw)}; replace it with the published file"
+        )
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def write_idx(path: Path, data: Tensor) -> None:
+    """Write the ``uint8`` tensor ``data`` as an uncompressed IDX file (see :func:`read_idx`),
+    atomically (a partly written file never carries the final name)."""
+    if data.dtype != torch.uint8:
+        raise ValueError(f"write_idx writes unsigned bytes only, got {data.dtype}: convert with .to(torch.uint8)")
+    header = bytes([0, 0, IDX_UNSIGNED_BYTE, data.dim()]) + b"".join(d.to_bytes(4, "big") for d in data.shape)
+    temporary = path.with_name(path.name + ".part")
+    temporary.write_bytes(header + data.contiguous().numpy().tobytes())
+    os.replace(temporary, path)
+
+
+def package_file(package: str, relative: str, pip_name: str) -> Path:
+    """The file ``relative`` inside the installed package ``package``, located without
+    importing it; ``FileNotFoundError`` saying ``pip install pip_name`` when absent."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {package!r} is not installed: pip install {pip_name}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing from the installed {package!r}: pip install --force-reinstall {pip_name}"
+        )
+    return path
+
+
+def seeded_generators(seed: int, count: int) -> list[torch.Generator]:
+    """``count`` independent random streams fixed by ``seed``: what one stream draws does not
+    depend on how much the others draw (a split's size never shifts another split's data)."""
+    master = torch.Generator().manual_seed(seed)
+    return [torch.Generator().manual_seed(int(s)) for s in torch.randint(2**62, (count,), generator=master)]
+
+
+def load_or_build(
+    path: Path, recipe: Mapping[str, int | str], build: Callable[[], dict[str, Tensor]]
+) -> dict[str, Tensor]:
+    """The tensors cached in ``path`` if it was built with the same ``recipe``, else
+    ``build()``, saved to ``path`` (atomically) for the next call.
+
+    A cache is derived data: a missing, unreadable or differently built file is rebuilt.
+    """
+    if path.is_file():
+        try:
+            cached = torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+            cached = None
+        if isinstance(cached, dict) and cached.get("recipe") == dict(recipe):
+            return cached["tensors"]
+    tensors = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".part")
+    torch.save({"recipe": dict(recipe), "tensors": tensors}, temporary)
+    os.replace(temporary, path)
+    return tensors
