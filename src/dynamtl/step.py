@@ -44,7 +44,10 @@ class MultiTask:
     """Trains ``model`` on ``tasks`` with a task weighting and a gradient aggregation.
 
     Args:
-        model: returns ``{task: prediction}`` (see :class:`~dynamtl.Tasks`).
+        model: returns ``{task: prediction}`` (see :class:`~dynamtl.Tasks`); under torchrun,
+            its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper, each process
+            with an equal shard of the global batch: every method then takes the step one
+            process would take on the global batch (see :mod:`dynamtl.distributed`).
         tasks: the tasks and their losses.
         optimizer: the model's optimizer; required by :meth:`step` and by weightings that
             look ahead (Auto-Lambda, HydaLearn). Learnable parameters of the weighting
@@ -167,6 +170,6 @@ class MultiTask:
             names = [n for n, b in zip(self.tasks.names, bad.tolist()) if b]
             values = {n: float(values[self.tasks.names.index(n)]) for n in names}
             raise NonFiniteLossError(
-                f"non-finite loss at step {self.steps} for task(s) {values}: lower the learning rate, "
+                f"non-finite loss in step {self.steps + 1} (1-based) for task(s) {values}: lower the learning rate, "
                 "check the inputs and targets of that task, or clip gradients"
             )

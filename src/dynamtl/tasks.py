@@ -50,19 +50,21 @@ class Tasks:
     def __repr__(self) -> str:
         return f"Tasks({list(self.names)}, multi_input={self.multi_input})"
 
-    def indices(self, names: Iterable[str] | str, role: str = "task") -> tuple[int, ...]:
+    def indices(self, names: Iterable[str] | str, role: str = "") -> tuple[int, ...]:
         """Positions of ``names`` in the task order; a clear error for unknown or no names."""
         return task_indices(self.names, names, role)
 
 
-def task_indices(all_names: Sequence[str], names: Iterable[str] | str, role: str = "task") -> tuple[int, ...]:
-    """Positions of ``names`` in ``all_names``; ``ValueError`` naming unknown, repeated or no names."""
+def task_indices(all_names: Sequence[str], names: Iterable[str] | str, role: str = "") -> tuple[int, ...]:
+    """Positions of ``names`` in ``all_names``; ``ValueError`` naming unknown, repeated or no
+    names. ``role`` (e.g. ``"primary"``) qualifies the tasks in the messages."""
+    role = f"{role} " if role else ""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError(f"the set of {role} tasks is empty: name at least one of {list(all_names)}")
+        raise ValueError(f"the set of {role}tasks is empty: name at least one of {list(all_names)}")
     unknown = [n for n in names if n not in all_names]
     if unknown:
-        raise ValueError(f"unknown {role} task(s) {unknown}: they are not among the tasks {list(all_names)}")
+        raise ValueError(f"unknown {role}task(s) {unknown}: they are not among the tasks {list(all_names)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"{role} tasks are named twice: {names}")
+        raise ValueError(f"{role}tasks are named twice: {names}")
     return tuple(list(all_names).index(n) for n in names)
