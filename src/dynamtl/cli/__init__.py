@@ -1,0 +1,5 @@
+"""The ``dynamtl`` command line (``python -m dynamtl.cli``)."""
+
+from dynamtl.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,253 @@
+"""The ``dynamtl`` command: train, compare, resume, plot, list (documented in ``docs/cli.md``).
+
+Every run setting is a flag named after its :class:`~dynamtl.train.config.RunConfig` field
+(``batch_size`` -> ``--batch-size``); ``--config FILE`` reads the same keys from a TOML or
+JSON file, and flags given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+try:
+    import click
+except ModuleNotFoundError as missing:  # pragma: no cover - depends on the installed extras
+    raise ModuleNotFoundError("the dynamtl command needs click: pip install 'dynamtl[cli]'") from missing
+
+from dynamtl.registry import (
+    AGGREGATIONS,
+    BENCHMARKS,
+    WEIGHTINGS,
+    Method,
+    RegistryError,
+    benchmark,
+)
+from dynamtl.report.plots import plot_run
+from dynamtl.train.checkpoint import CheckpointError
+from dynamtl.train.compare import compare as run_comparison
+from dynamtl.train.config import ConfigError, RunConfig, read_config_file
+from dynamtl.train.folder import RunFolderError
+from dynamtl.train.runs import resume as resume_run
+from dynamtl.train.runs import train as train_run
+from dynamtl.train.session import DataError, TrainingStopped
+
+USER_ERRORS = (ConfigError, RegistryError, RunFolderError, CheckpointError, TrainingStopped, DataError)
+COMPARE_KEYS = ("methods", "seeds")
+TABLES = {"options": "--option", "benchmark_options": "--benchmark-option"}
+"""Config fields that are tables, and the repeatable NAME=VALUE flag of each."""
+
+HELP: dict[str, str] = {
+    "benchmark": "benchmark name (see `dynamtl list`)",
+    "method": "WEIGHTING[+AGGREGATION], e.g. auto-lambda+cagrad, or stl (single-task baselines)",
+    "tasks": "comma-separated tasks of the benchmark to train (default: all)",
+    "mode": "multi-task: every task counts; auxiliary: only --primary counts, the others help",
+    "primary": "comma-separated primary tasks of auxiliary mode (default: the benchmark's)",
+    "noise_task": "add an auxiliary task of pure noise (its weight should fall)",
+    "epochs": "epochs (default: the benchmark's)",
+    "batch_size": "batch size (default: the benchmark's)",
+    "optimizer": "the model's optimizer (default: the benchmark's)",
+    "lr": "learning rate (default: the benchmark's)",
+    "momentum": "SGD momentum (default: the benchmark's)",
+    "weight_decay": "weight decay (default: the benchmark's)",
+    "schedule": "learning-rate schedule, stepped every epoch (default: the benchmark's)",
+    "step_epochs": "with --schedule step: decay every this many epochs (default: a third of the epochs)",
+    "step_gamma": "with --schedule step: the decay factor",
+    "meta_source": "meta batches from the validation split (held out) or a reshuffled training split",
+    "shuffle": "shuffle the training data every epoch (default: the benchmark's)",
+    "seed": "seed of the initialisation, the data order and random methods",
+    "limit": "use at most this many training samples",
+    "root": "data folder (default: $DYNAMTL_DATA or ~/.cache/dynamtl)",
+    "device": "cpu, cuda, cuda:N",
+    "checkpoint_every": "also checkpoint every N steps (0: at every epoch's end only)",
+    "on_nonfinite": "on a NaN/inf loss: stop (keeping the last checkpoint) or skip the batch",
+}
+
+
+class _Cli(click.Group):
+    """Turns the errors a user can fix into one-line messages (exit status 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:
+            raise click.ClickException(str(error)) from error
+        except KeyboardInterrupt as interrupt:
+            raise click.ClickException(
+                "interrupted: an unfinished run continues from its last checkpoint with `dynamtl resume RUN_DIR`"
+            ) from interrupt
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Dynamic task weighting for multi-task and auxiliary learning."""
+
+
+def _run_flags(exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Click options for every field of RunConfig but ``options`` and ``exclude``, typed
+    from the field's type hint, all defaulting to ``None`` (= not given)."""
+    hints = typing.get_type_hints(RunConfig)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed([n for n in HELP if n not in exclude]):
+            flag = "--" + name.replace("_", "-")
+            kind = _click_type(hints[name])
+            if kind is bool:
+                command = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=HELP[name])(command)
+            else:
+                command = click.option(flag, name, type=kind, default=None, help=HELP[name])(command)
+        command = click.option(
+            "--option", "options", multiple=True, metavar="NAME=VALUE",
+            help="a method option, e.g. lr=3e-4 or cagrad.c=0.2 (repeatable)",
+        )(command)
+        command = click.option(
+            "--benchmark-option", "benchmark_options", multiple=True, metavar="NAME=VALUE",
+            help="an option of the benchmark's constructor, e.g. cycles=2 (repeatable)",
+        )(command)
+        return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                            help="TOML or JSON file of the same settings; flags override it")(command)
+
+    return decorate
+
+
+def _click_type(hint: Any) -> Any:
+    arguments = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is not Literal and arguments:
+        hint = arguments[0]  # X | None -> X
+    if typing.get_origin(hint) is Literal:
+        return click.Choice(typing.get_args(hint))
+    if hint in (bool, int, float):
+        return hint
+    return str  # names, comma-separated lists: parsed by RunConfig.from_mapping
+
+
+def _settings(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """The config file's settings, overridden by the flags given; the ``NAME=VALUE``
+    flags of a table (``--option``) are merged into the file's table."""
+    values = read_config_file(config_file) if config_file else {}
+    for table, flag in TABLES.items():
+        from_file = values.pop(table, {})
+        if not isinstance(from_file, Mapping):
+            raise ConfigError(f"{table!r} in {config_file} must be a table of NAME = VALUE")
+        values[table] = {**from_file, **_parse_pairs(flags.pop(table), flag)}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    return values
+
+
+def _parse_pairs(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+    parsed = {}
+    for item in pairs:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"{flag} takes NAME=VALUE (e.g. {flag} lr=3e-4), got {item!r}")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+@main.command()
+@_run_flags()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="the run folder (default: runs/BENCHMARK/METHOD/seedSEED)")
+@click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines")
+def train(config_file: Path | None, out: Path | None, quiet: bool, **flags: Any) -> None:
+    """Train one run and write its folder."""
+    config = RunConfig.from_mapping(_settings(config_file, flags), _source(config_file))
+    out = out or Path("runs") / config.benchmark / config.method / f"seed{config.seed}"
+    results = train_run(config, out, progress=not quiet)
+    _report(results, out)
+
+
+@main.command()
+@_run_flags(exclude=("method", "seed"))
+@click.option("--methods", help="comma-separated method specs to compare (stl is always added)")
+@click.option("--seeds", help="comma-separated seeds (default: 0)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="the comparison folder (default: comparisons/BENCHMARK)")
+@click.option("--quiet", is_flag=True, help="no progress bars and no epoch lines")
+def compare(config_file: Path | None, methods: str | None, seeds: str | None, out: Path | None, quiet: bool,
+            **flags: Any) -> None:
+    """Train several methods over several seeds, with single-task baselines, and tabulate
+    the test metrics and Δ_MTL (mean ± std, best in bold)."""
+    values = _settings(config_file, flags)
+    listed = {key: values.pop(key, None) for key in COMPARE_KEYS}
+    method_list = _listed(methods if methods is not None else listed["methods"], "methods", str)
+    seed_list = _listed(seeds if seeds is not None else listed["seeds"], "seeds", int) or [0]
+    if not method_list:
+        raise ConfigError("give the methods to compare: --methods auto-lambda,hydalearn,equal")
+    base = RunConfig.from_mapping(values, _source(config_file))
+    out = out or Path("comparisons") / base.benchmark
+    comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet)
+    click.echo(comparison.markdown)
+    click.echo("\nwritten: " + ", ".join(str(f) for f in comparison.files))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", "which", type=click.Choice(["last", "previous"]), default="last", show_default=True,
+              help="the checkpoint to continue from")
+@click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines")
+def resume(run_dir: Path, which: str, quiet: bool) -> None:
+    """Continue an interrupted run from its checkpoint."""
+    results = resume_run(run_dir, which=which, progress=not quiet)
+    _report(results, run_dir)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def plot(run_dir: Path) -> None:
+    """Draw the plots of a run folder, or of every run below a folder (a comparison)."""
+    runs = sorted({path.parent for path in run_dir.rglob("steps.jsonl")})
+    if not runs:
+        raise click.ClickException(f"no run folder (with a steps.jsonl) in {run_dir}")
+    try:
+        for run in runs:
+            for path in plot_run(run):
+                click.echo(str(path))
+    except ModuleNotFoundError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@main.command(name="list")
+def list_() -> None:
+    """The benchmarks and methods, with what each method costs per step."""
+    click.echo("Benchmarks:")
+    for name in BENCHMARKS:
+        bench = benchmark(name)
+        click.echo(f"  {name:<12} {bench.description}")
+        click.echo(f"  {'':<12} tasks: {', '.join(bench.specs)}; primary: {', '.join(bench.primary)}")
+    for title, table in (("Weightings", WEIGHTINGS), ("Aggregations", AGGREGATIONS)):
+        click.echo(f"\n{title} (extra passes per step: forward / backward, T tasks):")
+        for method in table.values():
+            click.echo(_method_line(method))
+    click.echo("\nCompose as WEIGHTING+AGGREGATION (e.g. auto-lambda+cagrad); set options with --option NAME=VALUE.")
+
+
+def _method_line(method: Method) -> str:
+    defaults = method.option_defaults()
+    options = ", ".join(f"{n}={'(required)' if d is inspect.Parameter.empty else d}" for n, d in defaults.items()) or "none"
+    notes = " [auxiliary mode]" if method.auxiliary_only else ""
+    return (f"  {method.name:<12} {method.family}{notes}; extra {method.extra_forward} / {method.extra_backward}\n"
+            f"  {'':<12} {method.paper}\n  {'':<12} options: {options}")
+
+
+def _listed(value: Any, what: str, kind: type) -> list[Any]:
+    if value is None:
+        return []
+    items = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
+    try:
+        return [kind(item) for item in items]
+    except ValueError as error:
+        raise ConfigError(f"--{what} takes a comma-separated list of {kind.__name__}s, got {value!r}") from error
+
+
+def _source(config_file: Path | None) -> str:
+    return f"{config_file} and the flags" if config_file else "the flags"
+
+
+def _report(results: Mapping[str, Any], out: Path) -> None:
+    click.echo(f"test metrics: {json.dumps(results['test'])}")
+    click.echo(f"run folder: {out}")

@@ -1,0 +1,478 @@
+"""Names for the command line: benchmarks, weightings and aggregations, and method specs.
+
+A *method spec* names a weighting, an aggregation, or both joined by ``+``
+(``"auto-lambda+cagrad"``); the missing half is ``equal`` or ``sum``. Options
+(``{"lr": "3e-4"}``, from ``--option lr=3e-4``) go to the half whose class takes them; a
+name accepted by both halves is qualified with the half's name (``cagrad.c=0.2``).
+
+Every entry maps a small :class:`MethodContext` (task names, primary tasks, seed) to its
+class's own parameters (``AutoLambda(primary=…)``, ``HydaLearn(main=…)``), and its options
+to the other keyword arguments, parsed by the type hints of the class's ``__init__``. Code
+that trains never looks at a method's name: it asks the entry (:attr:`Method.single_task`,
+:attr:`Method.auxiliary_only`) or the built objects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from torch import nn
+
+from dynamtl.aggregation.aligned_mtl import AlignedMTL
+from dynamtl.aggregation.base import Aggregation
+from dynamtl.aggregation.cagrad import CAGrad
+from dynamtl.aggregation.graddrop import GradDrop
+from dynamtl.aggregation.gradvac import GradVac
+from dynamtl.aggregation.imtl_g import IMTLG
+from dynamtl.aggregation.mgda import MGDA
+from dynamtl.aggregation.nash_mtl import NashMTL
+from dynamtl.aggregation.pcgrad import PCGrad
+from dynamtl.aggregation.sum import Sum
+from dynamtl.benchmarks.base import Benchmark
+from dynamtl.weighting import (
+    DWA,
+    FAMO,
+    GCS,
+    RLW,
+    AutoLambda,
+    Equal,
+    GradNorm,
+    HydaLearn,
+    OLAux,
+    Static,
+    Uncertainty,
+    Weighting,
+)
+
+OptionValue = str | int | float | bool | Sequence[Any] | Mapping[str, Any]
+Kind = Literal["weighting", "aggregation"]
+
+
+class RegistryError(ValueError):
+    """An unknown name or option, or a method spec that does not compose."""
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may be built from.
+
+    Attributes:
+        tasks: the run's task names, in task order.
+        primary: the tasks whose performance counts: the primary tasks in auxiliary mode,
+            every task of the benchmark in multi-task mode (never the noise task).
+        auxiliary: the run is in auxiliary mode.
+        seed: the run's seed (for methods that draw random numbers).
+    """
+
+    tasks: tuple[str, ...]
+    primary: tuple[str, ...]
+    auxiliary: bool
+    seed: int
+
+
+def _primary(context: MethodContext) -> list[str]:
+    return list(context.primary)
+
+
+def _seed(context: MethodContext) -> int:
+    return context.seed
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registry entry: a weighting or an aggregation under its command-line name.
+
+    Attributes:
+        name: the command-line name.
+        kind: ``"weighting"`` or ``"aggregation"``.
+        factory: the class built.
+        family: what the method looks at (``"losses"``, ``"gradients"``, ``"meta-learning"``,
+            ``"look-ahead"``, ``"gradient aggregation"``, ``"single-task"``).
+        paper: authors, title, venue.
+        extra_forward, extra_backward: forward and backward passes per step beyond those of
+            Equal weighting with Sum (1 forward, 1 backward) for T tasks. The T per-task
+            backward passes of gradient-based methods are shared between a weighting and
+            an aggregation that both need them.
+        options: the keyword arguments of ``factory`` that users may set.
+        context: keyword arguments of ``factory`` filled from the :class:`MethodContext`.
+        auxiliary_only: the method weighs auxiliary tasks: it needs auxiliary mode.
+        single_task: the method trains one model per task (the ``stl`` baseline).
+    """
+
+    name: str
+    kind: Kind
+    factory: type[nn.Module]
+    family: str
+    paper: str
+    extra_forward: str
+    extra_backward: str
+    options: tuple[str, ...] = ()
+    context: Mapping[str, Callable[[MethodContext], Any]] = field(default_factory=dict)
+    auxiliary_only: bool = False
+    single_task: bool = False
+
+    def option_types(self) -> dict[str, Any]:
+        """Option name -> its type hint in ``factory.__init__``."""
+        hints = typing.get_type_hints(self.factory.__init__)
+        return {name: hints[name] for name in self.options}
+
+    def option_defaults(self) -> dict[str, Any]:
+        """Option name -> its default value (``inspect.Parameter.empty`` when required)."""
+        parameters = inspect.signature(self.factory.__init__).parameters
+        return {name: parameters[name].default for name in self.options}
+
+    def parse_options(self, given: Mapping[str, OptionValue]) -> dict[str, Any]:
+        """``given`` parsed by the type hints of the factory; ``RegistryError`` naming an
+        unknown option or a value that does not parse."""
+        types_ = self.option_types()
+        parsed = {}
+        for name, value in given.items():
+            if name not in types_:
+                accepted = ", ".join(self.options) or "none"
+                raise RegistryError(f"method {self.name!r} takes no option {name!r}; it accepts: {accepted}")
+            parsed[name] = parse_value(value, types_[name], f"option {name!r} of {self.name!r}")
+        missing = [n for n, d in self.option_defaults().items() if d is inspect.Parameter.empty and n not in parsed]
+        if missing:
+            raise RegistryError(
+                f"method {self.name!r} needs the option(s) {missing}: give --option {missing[0]}=VALUE"
+            )
+        return parsed
+
+    def build(self, context: MethodContext, options: Mapping[str, Any]) -> nn.Module:
+        """The weighting or aggregation, from the context and already parsed ``options``."""
+        if self.auxiliary_only and not context.auxiliary:
+            raise RegistryError(
+                f"{self.name!r} weighs auxiliary tasks against primary ones: run it with --mode auxiliary "
+                "(and --primary TASK, or the benchmark's default primary task)"
+            )
+        arguments = {name: fill(context) for name, fill in self.context.items()}
+        try:
+            return self.factory(**arguments, **options)
+        except (TypeError, ValueError) as error:
+            raise RegistryError(f"cannot build {self.name!r}: {error}") from error
+
+
+def _weighting(name: str, factory: type[Weighting], family: str, paper: str, forward: str, backward: str,
+               **more: Any) -> Method:
+    return Method(name, "weighting", factory, family, paper, forward, backward, **more)
+
+
+def _aggregation(name: str, factory: type[Aggregation], paper: str, **more: Any) -> Method:
+    return Method(name, "aggregation", factory, "gradient aggregation", paper, "0", "T−1", **more)
+
+
+WEIGHTINGS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        _weighting("equal", Equal, "losses", "the plain sum of the losses", "0", "0"),
+        _weighting("static", Static, "losses", "fixed hand-chosen weights", "0", "0", options=("weights",)),
+        _weighting(
+            "uncertainty", Uncertainty, "losses",
+            "Kendall, Gal & Cipolla, Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018", "0", "0",
+        ),
+        _weighting(
+            "dwa", DWA, "losses", "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019",
+            "0", "0", options=("temperature",),
+        ),
+        _weighting(
+            "rlw", RLW, "losses", "Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022", "0", "0",
+            context={"seed": _seed},
+        ),
+        _weighting(
+            "famo", FAMO, "losses", "Liu, Feng, Stone & Liu, FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023",
+            "0", "0", options=("lr", "weight_decay", "min_losses", "epsilon"),
+        ),
+        _weighting(
+            "gradnorm", GradNorm, "gradients",
+            "Chen, Badrinarayanan, Lee & Rabinovich, GradNorm, ICML 2018", "0", "T−1",
+            options=("alpha", "lr", "layer"),
+        ),
+        _weighting(
+            "gcs", GCS, "gradients", "Du et al., Adapting Auxiliary Losses Using Gradient Similarity, 2018",
+            "0", "T−1", options=("variant",), context={"main": _primary}, auxiliary_only=True,
+        ),
+        _weighting(
+            "ol-aux", OLAux, "gradients",
+            "Lin, Baweja, Kantor & Held, Adaptive Auxiliary Task Weighting for Reinforcement Learning, NeurIPS 2019",
+            "0", "T−1", options=("interval", "beta", "init", "nonnegative"), context={"main": _primary},
+            auxiliary_only=True,
+        ),
+        _weighting(
+            "auto-lambda", AutoLambda, "meta-learning",
+            "Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, TMLR 2022",
+            "3 (1 on the meta batch, 2 without graph)", "2 (1 on the meta batch)",
+            options=("init", "lr", "hypergradient", "order", "interval", "nonnegative", "epsilon"),
+            context={"primary": _primary},
+        ),
+        _weighting(
+            "hydalearn", HydaLearn, "look-ahead",
+            "Verboven, Chaudhary, Berrevoets & Verbeke, HydaLearn: Highly Dynamic Task Weighting, 2020",
+            "T without graph (0 with gain=first_order)", "T−1",
+            options=("gain", "gain_batch", "step_size", "floor", "normalize", "total"),
+            context={"main": _primary},
+        ),
+        _weighting("stl", Equal, "single-task", "one model per task: the reference of Δ_MTL", "0", "0",
+                   single_task=True),
+    ]
+}
+
+AGGREGATIONS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("sum", "aggregation", Sum, "gradient aggregation", "the gradient of the weighted loss", "0", "0"),
+        _aggregation("pcgrad", PCGrad, "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
+                     context={"seed": _seed}),
+        _aggregation("graddrop", GradDrop, "Chen et al., Just Pick a Sign: GradDrop, NeurIPS 2020",
+                     options=("leak",), context={"seed": _seed}),
+        _aggregation("cagrad", CAGrad, "Liu et al., Conflict-Averse Gradient Descent, NeurIPS 2021",
+                     options=("c", "rescale")),
+        _aggregation("mgda", MGDA, "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
+                     options=("solver", "normalize", "tol", "max_iters")),
+        _aggregation("imtl-g", IMTLG, "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"),
+        _aggregation("nash-mtl", NashMTL, "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
+                     options=("update_every", "max_norm", "tol", "max_iters")),
+        _aggregation("aligned-mtl", AlignedMTL, "Senushkin et al., Independent Component Alignment, CVPR 2023",
+                     options=("scale", "pref")),
+        _aggregation("gradvac", GradVac, "Wang et al., Gradient Vaccine, ICLR 2021", options=("beta",),
+                     context={"seed": _seed}),
+    ]
+}
+
+BENCHMARKS: dict[str, str] = {
+    "census": "dynamtl.benchmarks.census:Census",
+    "drift": "dynamtl.benchmarks.drift:RelevanceDrift",
+    "multimnist": "dynamtl.benchmarks.multimnist:MultiMNIST",
+    "nyuv2": "dynamtl.benchmarks.nyuv2:NYUv2",
+    "cityscapes": "dynamtl.benchmarks.cityscapes:CityScapes",
+    "cifar100": "dynamtl.benchmarks.cifar100:CIFAR100MultiDomain",
+    "qm9": "dynamtl.benchmarks.qm9:QM9",
+}
+"""Benchmark name -> ``module:class``, imported only when that benchmark is used."""
+
+
+def benchmark(name: str, options: Mapping[str, OptionValue] | None = None) -> Benchmark:
+    """A fresh instance of the benchmark ``name`` built with ``options`` (see
+    :func:`benchmark_options`); ``RegistryError`` listing the valid names."""
+    cls = _benchmark_class(name)
+    try:
+        return cls(**benchmark_options(name, options or {}))
+    except (TypeError, ValueError) as error:
+        raise RegistryError(f"cannot build benchmark {name!r}: {error}") from error
+
+
+def benchmark_options(name: str, options: Mapping[str, OptionValue]) -> dict[str, Any]:
+    """``options`` parsed by the type hints of the benchmark's constructor;
+    ``RegistryError`` listing the accepted ones."""
+    hints = typing.get_type_hints(_benchmark_class(name).__init__)
+    accepted = benchmark_parameters(name)
+    parsed = {}
+    for key, value in options.items():
+        if key not in accepted:
+            raise RegistryError(f"benchmark {name!r} takes no option {key!r}; it accepts: {', '.join(accepted) or 'none'}")
+        parsed[key] = parse_value(value, hints[key], f"option {key!r} of benchmark {name!r}")
+    return parsed
+
+
+def benchmark_parameters(name: str) -> list[str]:
+    """The keyword arguments of the constructor of the benchmark ``name``."""
+    parameters = inspect.signature(_benchmark_class(name).__init__).parameters.values()
+    return [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _benchmark_class(name: str) -> type[Benchmark]:
+    if name not in BENCHMARKS:
+        raise RegistryError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(BENCHMARKS)}")
+    module, cls = BENCHMARKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed method spec: a weighting, an aggregation and the options of each."""
+
+    weighting: Method
+    aggregation: Method
+    weighting_options: Mapping[str, Any]
+    aggregation_options: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        """The canonical spec: the weighting, ``+`` the aggregation unless it is ``sum``."""
+        if self.aggregation.name == "sum":
+            return self.weighting.name
+        if self.weighting.name == "equal":
+            return self.aggregation.name
+        return f"{self.weighting.name}+{self.aggregation.name}"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The parsed options by name, qualified (``half.name``) where both halves take it."""
+        out = {}
+        for half, other, values in (
+            (self.weighting, self.aggregation, self.weighting_options),
+            (self.aggregation, self.weighting, self.aggregation_options),
+        ):
+            out.update({f"{half.name}.{k}" if k in other.options else k: v for k, v in values.items()})
+        return out
+
+    @property
+    def single_task(self) -> bool:
+        return self.weighting.single_task
+
+    @property
+    def auxiliary_only(self) -> bool:
+        return self.weighting.auxiliary_only or self.aggregation.auxiliary_only
+
+    def takes(self, option: str) -> bool:
+        """Whether ``option`` (``name``, or ``half.name`` qualified) is an option of this method."""
+        owner, dot, name = option.rpartition(".")
+        return any((not dot or owner == half.name) and name in half.options for half in (self.weighting, self.aggregation))
+
+    def build(self, context: MethodContext) -> tuple[Weighting, Aggregation]:
+        """The weighting and aggregation objects for one run."""
+        weighting = self.weighting.build(context, self.weighting_options)
+        aggregation = self.aggregation.build(context, self.aggregation_options)
+        assert isinstance(weighting, Weighting) and isinstance(aggregation, Aggregation)
+        return weighting, aggregation
+
+
+def parse_method(spec: str, options: Mapping[str, OptionValue] | None = None) -> MethodSpec:
+    """Parse ``"weighting"``, ``"aggregation"`` or ``"weighting+aggregation"`` and route
+    ``options`` to the half that takes each; ``RegistryError`` listing the valid names or
+    options."""
+    parts = [p.strip() for p in spec.split("+")]
+    if len(parts) > 2 or not all(parts):
+        raise RegistryError(
+            f"method spec {spec!r} must be WEIGHTING, AGGREGATION or WEIGHTING+AGGREGATION, e.g. 'auto-lambda+cagrad'"
+        )
+    if len(parts) == 2:
+        weighting = _lookup(parts[0], WEIGHTINGS, "weighting")
+        aggregation = _lookup(parts[1], AGGREGATIONS, "aggregation")
+    elif parts[0] in AGGREGATIONS:
+        weighting, aggregation = WEIGHTINGS["equal"], AGGREGATIONS[parts[0]]
+    else:
+        weighting, aggregation = _lookup(parts[0], WEIGHTINGS, "method"), AGGREGATIONS["sum"]
+    if weighting.single_task and aggregation.name != "sum":
+        raise RegistryError(f"{weighting.name!r} trains one model per task and takes no aggregation: drop "
+                            f"'+{aggregation.name}'")
+    routed = _route(options or {}, weighting, aggregation)
+    return MethodSpec(
+        weighting, aggregation, weighting.parse_options(routed[weighting.name]),
+        aggregation.parse_options(routed[aggregation.name]),
+    )
+
+
+def method_names() -> list[str]:
+    """Every name a method spec may use."""
+    return [*WEIGHTINGS, *AGGREGATIONS]
+
+
+def _lookup(name: str, table: Mapping[str, Method], role: str) -> Method:
+    if name in table:
+        return table[name]
+    valid = method_names() if role == "method" else list(table)
+    raise RegistryError(f"unknown {role} {name!r}; valid names: {', '.join(valid)}")
+
+
+def _route(options: Mapping[str, OptionValue], weighting: Method, aggregation: Method) -> dict[str, dict[str, Any]]:
+    """Option name -> value for each half; ``half.name=value`` goes to that half, an
+    unqualified name to the one half that accepts it."""
+    routed: dict[str, dict[str, Any]] = {weighting.name: {}, aggregation.name: {}}
+    halves = {weighting.name: weighting, aggregation.name: aggregation}
+    for key, value in options.items():
+        owner, dot, option = key.rpartition(".")
+        if dot:
+            if owner not in halves:
+                raise RegistryError(f"option {key!r} is qualified with {owner!r}, which is not part of this method; "
+                                    f"qualify with one of {list(halves)}")
+            routed[owner][option] = value
+            continue
+        takers = [h.name for h in halves.values() if key in h.options]
+        if len(takers) > 1:
+            raise RegistryError(f"option {key!r} is accepted by both {takers[0]!r} and {takers[1]!r}: write "
+                                f"{takers[0]}.{key}=… or {takers[1]}.{key}=…")
+        if not takers:
+            accepted = [f"{h.name}: {', '.join(h.options) or 'none'}" for h in halves.values()]
+            raise RegistryError(f"no part of the method takes option {key!r}; accepted options — {'; '.join(accepted)}")
+        routed[takers[0]][key] = value
+    return routed
+
+
+_SEQUENCES = (Sequence, list, tuple)
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def parse_value(value: Any, hint: Any, what: str) -> Any:
+    """``value`` (a string from the command line, or a value already typed by a TOML file)
+    converted to the type ``hint``: ``bool``, ``int``, ``float``, ``str``, ``Literal[…]``,
+    ``X | None`` (``"none"``), ``Sequence[X]`` (``"a,b"``), ``Mapping[str, X]``
+    (``"a:1,b:0.5"``) and unions of them (the first that parses)."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if type(None) in arguments and (value is None or (isinstance(value, str) and value.lower() == "none")):
+            return None
+        alternatives = [a for a in arguments if a is not type(None)]
+        if isinstance(value, str) and "," in value:  # a list first: "a,b" is two names, not one
+            alternatives.sort(key=lambda a: typing.get_origin(a) not in _SEQUENCES)
+        errors = []
+        for alternative in alternatives:
+            try:
+                return parse_value(value, alternative, what)
+            except RegistryError as error:
+                errors.append(str(error).removeprefix(f"{what} "))
+        raise RegistryError(f"{what} {' or '.join(errors)}")
+    if origin is Literal:
+        if value not in arguments:
+            raise RegistryError(f"{what} must be one of {list(arguments)}, got {value!r}")
+        return value
+    if origin in (Mapping, dict, typing.Mapping):
+        items = _split_pairs(value, what) if isinstance(value, str) else value
+        if not isinstance(items, Mapping):
+            raise RegistryError(f"{what} expects key:value pairs like 'a:1,b:0.5', got {value!r}")
+        return {str(k): parse_value(v, arguments[1], what) for k, v in items.items()}
+    if origin in _SEQUENCES:
+        items = [p.strip() for p in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise RegistryError(f"{what} expects a comma-separated list, got {value!r}")
+        return [parse_value(v, arguments[0], what) for v in items]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOLEANS:
+            return _BOOLEANS[value.lower()]
+        raise RegistryError(f"{what} expects true or false, got {value!r}")
+    if hint in (int, float):
+        return _number(value, hint, what)
+    if hint is str:
+        if not isinstance(value, str):
+            raise RegistryError(f"{what} expects a string, got {value!r}")
+        return value
+    raise RegistryError(f"{what} has a type the command line cannot give ({hint}); set it from Python")
+
+
+def _number(value: Any, kind: type, what: str) -> int | float:
+    if isinstance(value, bool):
+        raise RegistryError(f"{what} expects {'an integer' if kind is int else 'a number'}, got {value!r}")
+    try:
+        number = kind(value) if isinstance(value, str) or kind is float else value
+    except (TypeError, ValueError):
+        number = None
+    if not isinstance(number, (int, float)) or (kind is int and not isinstance(number, int)):
+        raise RegistryError(f"{what} expects {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return number
+
+
+def _split_pairs(text: str, what: str) -> dict[str, str]:
+    pairs = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        key, colon, value = item.partition(":")
+        if not colon or not key.strip():
+            raise RegistryError(f"{what} expects key:value pairs like 'a:1,b:0.5', got {text!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs

