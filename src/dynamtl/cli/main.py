@@ -38,6 +38,7 @@ from dynamtl.train.session import DataError, TrainingStopped
 
 USER_ERRORS = (ConfigError, RegistryError, RunFolderError, CheckpointError, TrainingStopped, DataError)
 COMPARE_KEYS = ("methods", "seeds")
+MAIN_JOB = Path(__file__).with_name("main_job.toml")
 TABLES = {"options": "--option", "benchmark_options": "--benchmark-option"}
 """Config fields that are tables, and the repeatable NAME=VALUE flag of each."""
 
@@ -171,7 +172,11 @@ def train(config_file: Path | None, out: Path | None, quiet: bool, **flags: Any)
 def compare(config_file: Path | None, methods: str | None, seeds: str | None, out: Path | None, quiet: bool,
             **flags: Any) -> None:
     """Train several methods over several seeds, with single-task baselines, and tabulate
-    the test metrics and Δ_MTL (mean ± std, best in bold)."""
+    the test metrics and Δ_MTL (mean ± std, best in bold). Without --config and
+    --benchmark it runs the main job (the embedded main_job.toml)."""
+    if config_file is None and flags.get("benchmark") is None:
+        config_file = MAIN_JOB
+        click.echo(f"no --benchmark given: running the main job ({MAIN_JOB})")
     values = _settings(config_file, flags)
     listed = {key: values.pop(key, None) for key in COMPARE_KEYS}
     method_list = _listed(methods if methods is not None else listed["methods"], "methods", str)
