@@ -24,6 +24,8 @@ class StepContext:
         batch: the training batch; ``meta_batch``: the meta (validation) batch or ``None``.
         task_losses: ``[L_1, …, L_T]`` on ``batch`` at the current parameters, each a
             scalar with its own graph; ``losses`` is the same stacked into one vector.
+            Under DDP, ``task_losses`` are this process's and ``losses`` holds the global
+            batch's values (see :attr:`losses`).
         rng: the random state the forward pass of ``losses`` started from (replay it to get
             the same dropout masks at other parameters).
         step: the number of steps taken before this one.
@@ -47,9 +49,13 @@ class StepContext:
 
     @property
     def losses(self) -> Tensor:
-        """The task losses as one vector ``[T]``, with a graph."""
+        """The task losses as one vector ``[T]``, with a graph.
+
+        Under DDP its values are the global batch's (the mean over the processes) and its
+        gradient is this process's, which DDP averages: every method that reads the losses
+        sees the same values on every process."""
         if self._losses is None:
-            self._losses = torch.stack(self.task_losses)
+            self._losses = self.objective.replicas.mean_value(torch.stack(self.task_losses))
         return self._losses
 
     @property
@@ -64,22 +70,29 @@ class StepContext:
         """∇θ L_k for every task k (``None`` where L_k does not depend on a parameter).
 
         Computed once per step by one backward pass per task through the shared graph
-        (measured as fast as ``vmap`` on CPU) and cached for every method that asks.
+        (measured as fast as ``vmap`` on CPU) and cached for every method that asks. Under
+        DDP they are averaged over the processes (one all-reduce): the global batch's.
         """
         if self._task_gradients is None:
             params = list(self.params.values())
             names = list(self.params)
-            grads = []
-            for loss in self.task_losses:
-                g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                grads.append(dict(zip(names, g)))
-            self._task_gradients = grads
+            local = [
+                g
+                for loss in self.task_losses
+                for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            ]
+            grads = self.objective.replicas.means(local)
+            self._task_gradients = [
+                dict(zip(names, grads[k : k + len(names)])) for k in range(0, len(grads), len(names))
+            ]
         return self._task_gradients
 
     def representation_gradients(self) -> Tensor:
         """Rows ∇_Z L_k, flattened over every captured representation output: shape [T, D_Z].
 
-        One backward pass per task through the heads only (the MGDA-UB shortcut)."""
+        One backward pass per task through the heads only (the MGDA-UB shortcut). Under DDP
+        Z holds this process's samples only: the rows are not averaged (their Gram matrix
+        can be)."""
         if not self.representation:
             raise ValueError(
                 "no shared representation was captured: build MultiTask(..., representation='NAME') "

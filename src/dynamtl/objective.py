@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dynamtl.distributed import Replicas, unwrap
 from dynamtl.tasks import Tasks
 
 RngState = tuple[Tensor, list[Tensor]]
@@ -56,17 +57,24 @@ class Objective:
 
     Only parameters with ``requires_grad=True`` are "the parameters" θ that methods
     differentiate and move; frozen ones stay as they are.
+
+    A :class:`~torch.nn.parallel.DistributedDataParallel` model is called as it is for the
+    losses at its own parameters; evaluations at other parameters, parameter and submodule
+    names go to the module it wraps, and :attr:`replicas` averages over its processes
+    (see :mod:`dynamtl.distributed`).
     """
 
     def __init__(self, model: nn.Module, tasks: Tasks, representation: str | None = None) -> None:
         self.model = model
+        self.module = unwrap(model)
+        self.replicas = Replicas.of(model)
         self.tasks = tasks
         self.representation: list[Tensor] = []
         self._capturing = False
         if representation is not None:
-            _submodule(model, representation).register_forward_hook(self._capture)
+            _submodule(self.module, representation).register_forward_hook(self._capture)
         self.params: dict[str, nn.Parameter] = {
-            name: p for name, p in model.named_parameters() if p.requires_grad
+            name: p for name, p in self.module.named_parameters() if p.requires_grad
         }
         if not self.params:
             raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
@@ -108,8 +116,8 @@ class Objective:
                     return self._losses(batch, self.model)
                 finally:
                     self._capturing = False
-            buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-            call = _FunctionalModel(self.model, {**params, **buffers})
+            buffers = {name: b.clone() for name, b in self.module.named_buffers()}
+            call = _FunctionalModel(self.module, {**params, **buffers})
             return self._losses(batch, call)
 
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:

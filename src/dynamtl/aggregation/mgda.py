@@ -108,7 +108,11 @@ class MGDA(GradientAggregation):
             super().backward(ctx, weights, regularizer)
             return
         w = weights.detach()
-        alpha = self.row_weights(w[:, None] * ctx.representation_gradients())
+        rows = w[:, None] * ctx.representation_gradients()
+        # Under DDP the rows hold this process's samples: the global batch's Gram matrix is
+        # the sum of the processes' ones (over R²), and α* does not change with its scale.
+        local = torch.as_tensor(gramian(rows), device=rows.device)
+        alpha = self.gram_weights(ctx.objective.replicas.mean(local).cpu().numpy(), rank_tolerance(rows))
         (torch.as_tensor(alpha, dtype=w.dtype, device=w.device) * w * ctx.losses).sum().backward()
         weighting_backward(ctx, weights, regularizer)
 
@@ -118,7 +122,11 @@ class MGDA(GradientAggregation):
     def row_weights(self, jacobian: Tensor) -> np.ndarray:
         """α* on the simplex (zero for all-zero rows) such that d = Σₖ α*ₖ Jₖ."""
         check_jacobian(type(self).__name__, jacobian)
-        gram = gramian(jacobian)
+        return self.gram_weights(gramian(jacobian), rank_tolerance(jacobian))
+
+    def gram_weights(self, gram: np.ndarray, default_tol: float) -> np.ndarray:
+        """α* from the Gram matrix ``gram`` of the rows; ``default_tol``: the exact solver's
+        tolerance when ``tol`` is not given."""
         active = nonzero_rows(gram)
         weights = np.zeros(len(gram))
         if not active.any():
@@ -128,7 +136,7 @@ class MGDA(GradientAggregation):
             norms = np.sqrt(np.diag(sub))
             sub = sub / np.outer(norms, norms)
         if self.solver == "exact":
-            tol = rank_tolerance(jacobian) if self.tol is None else self.tol
+            tol = default_tol if self.tol is None else self.tol
             alpha, converged = min_norm_weights(sub, tol, self.max_iters)
         else:
             alpha, converged = frank_wolfe_weights(sub, 1e-5 if self.tol is None else self.tol, self.max_iters)

@@ -44,8 +44,10 @@ class AutoLambda(Weighting):
     forward passes and no graph (default, ``hypergradient="finite_difference"``):
     ⟨∇Lᵢ, u⟩ ≈ (Lᵢ(θ + εu) − Lᵢ(θ − εu)) / 2ε with ε = ``epsilon``/‖u‖, i.e. a
     perturbation of norm ``epsilon`` (0.01 as in the paper). ``hypergradient="exact"``
-    differentiates through the step instead (double backward), for checking. λ is then
-    updated by its own optimizer (Adam, lr ``lr``).
+    takes the same inner products exactly, as the derivative in λ of ⟨Σᵢ λᵢ ∇θ Lᵢ, u⟩ (a
+    double backward pass), for checking. λ is then updated by its own optimizer (Adam, lr
+    ``lr``). Under DDP (torchrun) the virtual step's gradient, ∇θ' L_val and the inner
+    products are averaged over the processes: λ is that of one process on the global batch.
 
     The virtual step is the *real optimizer's* step (SGD with momentum, Adam…, emulated by
     :class:`~dynamtl.lookahead.LookAhead` from its state), not a plain SGD step as in the
@@ -162,27 +164,37 @@ class AutoLambda(Weighting):
         names, params = list(ctx.params), list(ctx.params.values())
         exact = self.hypergradient == "exact"
         lam = self.lambdas.detach().requires_grad_(exact)
-        grads = torch.autograd.grad(
+        local = torch.autograd.grad(
             (lam * ctx.losses).sum(), params, retain_graph=True, create_graph=exact, allow_unused=True
         )
-        grads_by_name = dict(zip(names, grads))
-        if exact:
-            moved = ctx.lookahead.step(grads_by_name)
-            meta_loss = self._meta_loss(ctx.objective, moved, ctx.meta_batch)
-            return torch.autograd.grad(meta_loss, lam)[0]
+        grads = dict(zip(names, ctx.objective.replicas.means(local)))
         with torch.no_grad():
-            moved = ctx.lookahead.step(grads_by_name)
-        pending = _Pending(ctx.current_params(), ctx.lookahead.jacobian_diagonal(grads_by_name), ctx.batch, ctx.rng)
-        return self._finite_difference(ctx.objective, pending, moved, ctx.meta_batch)
+            moved = ctx.lookahead.step(grads)
+        pending = _Pending(ctx.current_params(), ctx.lookahead.jacobian_diagonal(grads), ctx.batch, ctx.rng)
+        if not exact:
+            return self._finite_difference(ctx.objective, pending, moved, ctx.meta_batch)
+        # ∂/∂λᵢ of ⟨g(λ), u⟩ with g(λ) = Σ λᵢ ∇θ Lᵢ: ⟨∇θ Lᵢ, u⟩ by a double backward pass
+        u = self._direction(ctx.objective, pending, moved, ctx.meta_batch)
+        if not u:
+            return torch.zeros_like(self.lambdas)
+        outputs = dict(zip(names, local))
+        (hypergradient,) = torch.autograd.grad([outputs[n] for n in u], lam, list(u.values()))
+        return ctx.objective.replicas.mean(hypergradient)
+
+    def _direction(
+        self, objective: Objective, at: _Pending, theta_next: dict[str, Tensor], meta_batch: Any
+    ) -> dict[str, Tensor]:
+        """u = J ⊙ ∇θ' L_val(θ'), the meta-gradient averaged over the processes."""
+        leaves = {n: t.detach().requires_grad_() for n, t in theta_next.items()}
+        meta_loss = self._meta_loss(objective, leaves, meta_batch)
+        v = objective.replicas.means(torch.autograd.grad(meta_loss, list(leaves.values()), allow_unused=True))
+        return {n: at.jacobian[n] * g for n, g in zip(leaves, v) if g is not None and n in at.jacobian}
 
     def _finite_difference(
         self, objective: Objective, at: _Pending, theta_next: dict[str, Tensor], meta_batch: Any
     ) -> Tensor:
         """⟨∇θ Lᵢ(θ; batch), u⟩ for every task i, u = J ⊙ ∇θ' L_val(θ'), by central differences."""
-        leaves = {n: t.detach().requires_grad_() for n, t in theta_next.items()}
-        meta_loss = self._meta_loss(objective, leaves, meta_batch)
-        v = torch.autograd.grad(meta_loss, list(leaves.values()), allow_unused=True)
-        u = {n: at.jacobian[n] * g for n, g in zip(leaves, v) if g is not None and n in at.jacobian}
+        u = self._direction(objective, at, theta_next, meta_batch)
         norm = math.sqrt(sum(float((d * d).sum()) for d in u.values()))
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)
@@ -190,7 +202,7 @@ class AutoLambda(Weighting):
         with torch.no_grad():
             plus = objective.losses(at.batch, _shifted(at.theta, u, eps), at.rng)
             minus = objective.losses(at.batch, _shifted(at.theta, u, -eps), at.rng)
-        return (plus - minus) / (2 * eps)
+        return objective.replicas.mean((plus - minus) / (2 * eps))
 
     def _meta_loss(self, objective: Objective, params: dict[str, Tensor], meta_batch: Any) -> Tensor:
         return objective.losses(meta_batch, params)[list(self.primary)].sum()

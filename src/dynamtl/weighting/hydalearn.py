@@ -41,7 +41,8 @@ class HydaLearn(Weighting):
     (momentum is shared by all tasks and would blur their gains); gains are measured on the
     current training batch (``gain_batch="current"``) or on a meta batch (``"meta"``).
     The per-task gradients are computed once (T backward passes) and the step's gradient
-    is their weighted sum, with no further backward pass.
+    is their weighted sum, with no further backward pass. Under DDP (torchrun) the
+    gradients and gains are averaged over the processes: those of the global batch.
 
     Args:
         main: the main task name(s).
@@ -111,7 +112,8 @@ class HydaLearn(Weighting):
             return combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
         leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
         loss = self._main_loss(ctx.objective.losses(ctx.meta_batch, leaves))
-        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)))
+        meta_grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return dict(zip(leaves, ctx.objective.replicas.means(meta_grads)))
 
     def _lookahead_gains(self, ctx: StepContext, grads: list[Gradients], rates: dict[str, float]) -> Tensor:
         theta = ctx.current_params()
@@ -125,7 +127,7 @@ class HydaLearn(Weighting):
             for g in grads:
                 moved = {n: t - rates[n] * g[n] if g[n] is not None and n in rates else t for n, t in theta.items()}
                 gains.append(base - self._main_loss(ctx.objective.losses(batch, moved, rng)))
-        return torch.stack(gains)
+        return ctx.objective.replicas.mean(torch.stack(gains))
 
     def _weights_from_gains(self, gains: Tensor) -> Tensor:
         positive = gains.clamp(min=0.0)
