@@ -1,19 +1,19 @@
 """Shared numerics of the gradient aggregations.
 
 The Gram matrix of the task gradients and the solvers that work on it (min-norm point of
-a simplex, CAGrad's dual, Nash-MTL's bargaining equation), all in float64 NumPy on the CPU
-(the matrices are T × T); seeded random streams whose state goes into a state dict; the
+a simplex, CAGrad's dual, Nash-MTL's bargaining equation), all on float64 tensors on the
+CPU (the matrices are T × T); seeded random streams whose state goes into a state dict; the
 lazy import of the optional SciPy; warnings logged once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,13 +29,13 @@ def check_jacobian(owner: str, jacobian: Tensor) -> None:
         )
 
 
-def gramian(jacobian: Tensor) -> np.ndarray:
+def gramian(jacobian: Tensor) -> Tensor:
     """The Gram matrix ``J Jᵀ`` (computed in ``J``'s dtype, at least float32), as a symmetric
-    float64 array."""
+    float64 tensor on the CPU."""
     j = jacobian.detach()
     if j.dtype in (torch.float16, torch.bfloat16):
         j = j.float()
-    gram = (j @ j.T).cpu().double().numpy()
+    gram = (j @ j.T).cpu().double()
     return 0.5 * (gram + gram.T)
 
 
@@ -44,25 +44,26 @@ def rank_tolerance(jacobian: Tensor) -> float:
     return 10.0 * float(torch.finfo(jacobian.dtype).eps)
 
 
-def combine_rows(weights: np.ndarray | Sequence[float], jacobian: Tensor) -> Tensor:
+def combine_rows(weights: Tensor | Sequence[float], jacobian: Tensor) -> Tensor:
     """Σₖ wₖ Jₖ, in ``jacobian``'s dtype and on its device."""
-    w = torch.as_tensor(np.asarray(weights, dtype=np.float64), dtype=jacobian.dtype, device=jacobian.device)
+    w = torch.as_tensor(weights, dtype=jacobian.dtype, device=jacobian.device)
     return w @ jacobian.detach()
 
 
-def nonzero_rows(gram: np.ndarray) -> np.ndarray:
+def nonzero_rows(gram: Tensor) -> Tensor:
     """Mask of the rows with a non-zero gradient (tasks with λₖ = 0 or no shared parameter are not)."""
-    return np.diag(gram) > 0.0
+    return gram.diagonal() > 0.0
 
 
-def per_task(owner: str, name: str, value: float | Sequence[float], num_tasks: int) -> np.ndarray:
-    """``value`` as one float per task; ``ValueError`` if a sequence has the wrong length."""
+def per_task(owner: str, name: str, value: float | Sequence[float], num_tasks: int) -> Tensor:
+    """``value`` as one float per task (a float64 tensor); ``ValueError`` if a sequence has the
+    wrong length."""
     if isinstance(value, (int, float)):
-        return np.full(num_tasks, float(value))
-    values = np.asarray(value, dtype=np.float64)
+        return torch.full((num_tasks,), float(value), dtype=torch.float64)
+    values = torch.as_tensor(value, dtype=torch.float64)
     if values.shape != (num_tasks,):
         raise ValueError(
-            f"{owner} has {values.size} values of {name} but the Jacobian has {num_tasks} rows (tasks): "
+            f"{owner} has {values.numel()} values of {name} but the Jacobian has {num_tasks} rows (tasks): "
             f"give one value per task, in task order"
         )
     return values
@@ -126,23 +127,23 @@ def random_orders(generator: SeededGenerator, num_tasks: int) -> list[list[int]]
     return [[j for j in row if j != i] for i, row in enumerate(keys.argsort(dim=1).tolist())]
 
 
-def _affine_min_norm(gram: np.ndarray) -> np.ndarray:
+def _affine_min_norm(gram: Tensor) -> Tensor:
     """Weights v (Σv = 1) of the min-norm point of the affine hull: G v = μ 1, 1ᵀv = 1."""
     n = len(gram)
-    kkt = np.zeros((n + 1, n + 1))
+    kkt = torch.zeros((n + 1, n + 1), dtype=torch.float64)
     kkt[:n, :n] = gram
     kkt[:n, n] = -1.0
     kkt[n, :n] = 1.0
-    rhs = np.zeros(n + 1)
+    rhs = torch.zeros(n + 1, dtype=torch.float64)
     rhs[n] = 1.0
     try:
-        solution = np.linalg.solve(kkt, rhs)
-    except np.linalg.LinAlgError:
-        solution = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+        solution = torch.linalg.solve(kkt, rhs)
+    except torch.linalg.LinAlgError:
+        solution = torch.linalg.lstsq(kkt, rhs, driver="gelsd").solution
     return solution[:n]
 
 
-def min_norm_weights(gram: np.ndarray, tol: float, max_iters: int) -> tuple[np.ndarray, bool]:
+def min_norm_weights(gram: Tensor, tol: float, max_iters: int) -> tuple[Tensor, bool]:
     """Weights α on the simplex of the min-norm point of conv{g₁…g_T}, from G = [gᵢ·gⱼ].
 
     Wolfe's exact algorithm (*Finding the nearest point in a polytope*, Wolfe, 1976): grow
@@ -152,42 +153,43 @@ def min_norm_weights(gram: np.ndarray, tol: float, max_iters: int) -> tuple[np.n
     convergence in ``max_iters`` major cycles α is the last (feasible) iterate.
     """
     num = len(gram)
-    scale = float(np.max(np.diag(gram)))
+    scale = float(gram.diagonal().max())
     if scale <= 0.0:
-        return np.full(num, 1.0 / num), True
+        return torch.full((num,), 1.0 / num, dtype=torch.float64), True
     g = gram / scale
-    first = int(np.argmin(np.diag(g)))
+    first = int(g.diagonal().argmin())
     support = [first]
-    alpha = np.zeros(num)
+    alpha = torch.zeros(num, dtype=torch.float64)
     alpha[first] = 1.0
     for _ in range(max_iters):
         products = g @ alpha
-        j = int(np.argmin(products))
-        if products[j] >= alpha @ products - tol or j in support:
+        j = int(products.argmin())
+        if float(products[j]) >= float(alpha @ products) - tol or j in support:
             return alpha, True
         support.append(j)
         while True:
-            v = _affine_min_norm(g[np.ix_(support, support)])
-            if np.all(v > 0.0):
-                alpha[:] = 0.0
-                alpha[support] = v
+            index = torch.tensor(support)
+            v = _affine_min_norm(g[index][:, index])
+            if bool((v > 0.0).all()):
+                alpha.zero_()
+                alpha[index] = v
                 break
-            current = alpha[support]
-            outside = np.flatnonzero(v <= 0.0)
+            current = alpha[index]
+            outside = (v <= 0.0).nonzero().squeeze(1)
             gaps = current[outside] - v[outside]
-            ratios = np.divide(current[outside], gaps, out=np.zeros_like(gaps), where=gaps > 0.0)
+            ratios = torch.where(gaps > 0.0, current[outside] / gaps, 0.0)
             current = current + float(ratios.min()) * (v - current)
-            current[outside[int(np.argmin(ratios))]] = 0.0
+            current[outside[int(ratios.argmin())]] = 0.0
             keep = current > 0.0
-            support = [s for s, k in zip(support, keep) if k]
-            alpha[:] = 0.0
-            alpha[support] = current[keep]
+            support = index[keep].tolist()
+            alpha.zero_()
+            alpha[index[keep]] = current[keep]
             if j not in support:  # only by rounding: the new vertex cannot shorten x
                 return alpha, True
     return alpha, False
 
 
-def frank_wolfe_weights(gram: np.ndarray, tol: float, max_iters: int) -> tuple[np.ndarray, bool]:
+def frank_wolfe_weights(gram: Tensor, tol: float, max_iters: int) -> tuple[Tensor, bool]:
     """Algorithm 2 of Sener & Koltun (2018): Frank-Wolfe on the simplex from α = 1/T.
 
     Each iteration moves α towards the vertex eₜ with the smallest gₜ·x, with the exact
@@ -195,17 +197,17 @@ def frank_wolfe_weights(gram: np.ndarray, tol: float, max_iters: int) -> tuple[n
     γ falls below ``tol``. Returns ``(α, converged)``.
     """
     num = len(gram)
-    alpha = np.full(num, 1.0 / num)
+    alpha = torch.full((num,), 1.0 / num, dtype=torch.float64)
     for _ in range(max_iters):
         products = gram @ alpha
-        t = int(np.argmin(products))
-        x_g, x_x, g_g = products[t], alpha @ products, gram[t, t]
+        t = int(products.argmin())
+        x_g, x_x, g_g = float(products[t]), float(alpha @ products), float(gram[t, t])
         if g_g <= x_g:
             gamma = 1.0
         elif x_x <= x_g:
             gamma = 0.0
         else:
-            gamma = float((x_x - x_g) / (x_x + g_g - 2.0 * x_g))
+            gamma = (x_x - x_g) / (x_x + g_g - 2.0 * x_g)
         alpha *= 1.0 - gamma
         alpha[t] += gamma
         if gamma < tol:
@@ -213,33 +215,37 @@ def frank_wolfe_weights(gram: np.ndarray, tol: float, max_iters: int) -> tuple[n
     return alpha, False
 
 
-def cagrad_weights(gram: np.ndarray, c: float, owner: str) -> tuple[np.ndarray, bool]:
+def cagrad_weights(gram: Tensor, c: float, owner: str) -> tuple[Tensor, bool]:
     """Weights (on the rows) of CAGrad's direction d = g₀ + c‖g₀‖ g_w / ‖g_w‖.
 
     w minimises F(w) = g_wᵀg₀ + c‖g₀‖ ‖g_w‖ over the simplex (g_w = Σ wᵢ gᵢ, g₀ the mean of
     the rows), solved with SciPy's SLSQP on the trace-normalised Gram matrix (F's minimiser
-    does not depend on the scale). Where g_w = 0 (0 is in the hull: a Pareto-stationary
-    point) d = g₀. Returns ``(weights, converged)``; when SLSQP fails the weights are 1/T.
+    does not depend on the scale), in NumPy (SciPy's own dependency). Where g_w = 0 (0 is in
+    the hull: a Pareto-stationary point) d = g₀. Returns ``(weights, converged)``; when SLSQP
+    fails the weights are 1/T.
     """
     num = len(gram)
-    mean = np.full(num, 1.0 / num)
-    scale = float(np.trace(gram)) / num
+    mean = torch.full((num,), 1.0 / num, dtype=torch.float64)
+    scale = float(gram.trace()) / num
     if c == 0.0 or scale <= 0.0:
         return mean, True
-    g = gram / scale
-    b = g @ mean
-    radius = c * float(np.sqrt(max(mean @ b, 0.0)))
+    optimize = import_scipy_optimize(owner)
+    import numpy as np
+
+    start = mean.numpy()
+    g = (gram / scale).numpy()
+    b = g @ start
+    radius = c * math.sqrt(max(float(start @ b), 0.0))
     tiny = 1e-20
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
         gw = g @ w
-        norm = float(np.sqrt(max(w @ gw, 0.0) + tiny))
+        norm = math.sqrt(max(float(w @ gw), 0.0) + tiny)
         return float(w @ b) + radius * norm, b + radius * gw / norm
 
-    optimize = import_scipy_optimize(owner)
     result = optimize.minimize(
         objective,
-        mean,
+        start,
         jac=True,
         method="SLSQP",
         bounds=[(0.0, 1.0)] * num,
@@ -250,13 +256,13 @@ def cagrad_weights(gram: np.ndarray, c: float, owner: str) -> tuple[np.ndarray, 
         return mean, False
     w = np.clip(result.x, 0.0, None)
     w /= w.sum()
-    norm = float(np.sqrt(max(w @ g @ w, 0.0)))
+    norm = math.sqrt(max(float(w @ g @ w), 0.0))
     if norm <= 1e-10:
         return mean, True
-    return mean + (radius / norm) * w, True
+    return mean + (radius / norm) * torch.from_numpy(w), True
 
 
-def bargaining_weights(gram: np.ndarray, start: np.ndarray, tol: float, max_iters: int) -> tuple[np.ndarray, bool]:
+def bargaining_weights(gram: Tensor, start: Tensor, tol: float, max_iters: int) -> tuple[Tensor, bool]:
     """α > 0 with (Gα)ᵢ = 1/αᵢ for all i: Nash-MTL's bargaining solution.
 
     It is the unique minimiser of the strictly convex f(α) = ½ αᵀGα − Σᵢ log αᵢ over α > 0
@@ -265,22 +271,22 @@ def bargaining_weights(gram: np.ndarray, start: np.ndarray, tol: float, max_iter
     of the gradients (then f is unbounded below). Stops when maxᵢ |αᵢ(Gα)ᵢ − 1| ≤ ``tol``.
     Returns ``(α, converged)``.
     """
-    alpha = start.copy()
+    alpha = start.clone()
 
-    def f(a: np.ndarray) -> float:
-        return float(0.5 * a @ gram @ a - np.log(a).sum())
+    def f(a: Tensor) -> float:
+        return float(0.5 * a @ gram @ a - a.log().sum())
 
     for _ in range(max_iters):
         products = gram @ alpha
-        if np.max(np.abs(alpha * products - 1.0)) <= tol:
+        if float((alpha * products - 1.0).abs().max()) <= tol:
             return alpha, True
         grad = products - 1.0 / alpha
         try:
-            step = -np.linalg.solve(gram + np.diag(1.0 / alpha**2), grad)
-        except np.linalg.LinAlgError:  # α ran off to infinity: no solution
+            step = -torch.linalg.solve(gram + torch.diag(1.0 / alpha**2), grad)
+        except torch.linalg.LinAlgError:  # α ran off to infinity: no solution
             return alpha, False
         shrinking = step < 0.0
-        t = min(1.0, 0.99 * float(np.min(-alpha[shrinking] / step[shrinking]))) if shrinking.any() else 1.0
+        t = min(1.0, 0.99 * float((-alpha[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
         value, slope = f(alpha), float(grad @ step)
         slack = 1e-14 * (abs(value) + 1.0)  # rounding of f: lets Newton finish near the solution
         while f(alpha + t * step) > value + 1e-4 * t * slope + slack:
@@ -288,6 +294,6 @@ def bargaining_weights(gram: np.ndarray, start: np.ndarray, tol: float, max_iter
             if t < 1e-12:
                 return alpha, False
         alpha = alpha + t * step
-        if not np.all(np.isfinite(alpha)):
+        if not bool(alpha.isfinite().all()):
             return start, False
     return alpha, False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
+import torch
 from torch import Tensor
 
 from dynamtl.aggregation._solvers import check_jacobian, combine_rows, gramian, per_task, rank_tolerance
@@ -63,12 +63,13 @@ class AlignedMTL(GradientAggregation):
         num = jacobian.shape[0]
         w = per_task(type(self).__name__, "pref", self.pref if self.pref is not None else 1.0 / num, num)
         gram = gramian(jacobian)
-        values, vectors = np.linalg.eigh(gram)
+        values, vectors = torch.linalg.eigh(gram)
         top = float(values.max())
         kept = values > top * num * rank_tolerance(jacobian)
         if top <= 0.0 or not kept.any():
-            return combine_rows(np.zeros(num), jacobian)
+            return combine_rows(torch.zeros(num, dtype=torch.float64), jacobian)
         values, vectors = values[kept], vectors[:, kept]
-        sigma2 = {"min": np.min, "median": np.median, "mean": np.mean}[self.scale](values)
-        balance = np.sqrt(sigma2) * (vectors / np.sqrt(values)) @ vectors.T
+        median = values.quantile(0.5, interpolation="midpoint")  # the mean of the middle two for an even rank
+        sigma2 = {"min": values.min(), "median": median, "mean": values.mean()}[self.scale]
+        balance = sigma2.sqrt() * (vectors / values.sqrt()) @ vectors.T
         return combine_rows(balance @ w, jacobian)

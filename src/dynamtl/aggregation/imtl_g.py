@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 from torch import Tensor
 
 from dynamtl.aggregation._solvers import (
@@ -57,18 +57,18 @@ class IMTLG(GradientAggregation):
         check_jacobian(type(self).__name__, jacobian)
         gram = gramian(jacobian)
         active = nonzero_rows(gram)
-        weights = np.zeros(len(gram))
+        weights = torch.zeros(len(gram), dtype=torch.float64)
         if not active.any():
             return combine_rows(weights, jacobian)
-        sub = gram[np.ix_(active, active)]
-        v = np.linalg.lstsq(sub, np.sqrt(np.diag(sub)), rcond=rank_tolerance(jacobian))[0]
+        sub = gram[active][:, active]
+        v = torch.linalg.lstsq(sub, sub.diagonal().sqrt(), rcond=rank_tolerance(jacobian), driver="gelsd").solution
         total = float(v.sum())
-        if abs(total) <= 1e-10 * float(np.abs(v).sum()):
+        if abs(total) <= 1e-10 * float(v.abs().sum()):
             warn_once(
                 self._warned,
                 "IMTLG: no update with equal projections lies in the affine hull of the rows; "
                 "the mean gradient is used instead",
             )
-            return combine_rows(np.full(len(gram), 1.0 / len(gram)), jacobian)
+            return combine_rows(torch.full((len(gram),), 1.0 / len(gram), dtype=torch.float64), jacobian)
         weights[active] = v / total
         return combine_rows(weights, jacobian)

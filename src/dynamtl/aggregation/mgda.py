@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -111,30 +110,31 @@ class MGDA(GradientAggregation):
         rows = w[:, None] * ctx.representation_gradients()
         # Under DDP the rows hold this process's samples: the global batch's Gram matrix is
         # the sum of the processes' ones (over R²), and α* does not change with its scale.
-        local = torch.as_tensor(gramian(rows), device=rows.device)
-        alpha = self.gram_weights(ctx.objective.replicas.mean(local).cpu().numpy(), rank_tolerance(rows))
-        (torch.as_tensor(alpha, dtype=w.dtype, device=w.device) * w * ctx.losses).sum().backward()
+        gram = ctx.objective.replicas.mean(gramian(rows).to(rows.device))
+        alpha = self.gram_weights(gram, rank_tolerance(rows))
+        (alpha.to(w) * w * ctx.losses).sum().backward()
         weighting_backward(ctx, weights, regularizer)
 
     def combine(self, jacobian: Tensor) -> Tensor:
         return combine_rows(self.row_weights(jacobian), jacobian)
 
-    def row_weights(self, jacobian: Tensor) -> np.ndarray:
+    def row_weights(self, jacobian: Tensor) -> Tensor:
         """α* on the simplex (zero for all-zero rows) such that d = Σₖ α*ₖ Jₖ."""
         check_jacobian(type(self).__name__, jacobian)
         return self.gram_weights(gramian(jacobian), rank_tolerance(jacobian))
 
-    def gram_weights(self, gram: np.ndarray, default_tol: float) -> np.ndarray:
-        """α* from the Gram matrix ``gram`` of the rows; ``default_tol``: the exact solver's
-        tolerance when ``tol`` is not given."""
+    def gram_weights(self, gram: Tensor, default_tol: float) -> Tensor:
+        """α* (float64, on the CPU) from the Gram matrix ``gram`` of the rows; ``default_tol``:
+        the exact solver's tolerance when ``tol`` is not given."""
+        gram = gram.to(dtype=torch.float64, device="cpu")
         active = nonzero_rows(gram)
-        weights = np.zeros(len(gram))
+        weights = torch.zeros(len(gram), dtype=torch.float64)
         if not active.any():
             return weights
-        sub = gram[np.ix_(active, active)]
+        sub = gram[active][:, active]
         if self.normalize == "l2":
-            norms = np.sqrt(np.diag(sub))
-            sub = sub / np.outer(norms, norms)
+            norms = sub.diagonal().sqrt()
+            sub = sub / torch.outer(norms, norms)
         if self.solver == "exact":
             tol = default_tol if self.tol is None else self.tol
             alpha, converged = min_norm_weights(sub, tol, self.max_iters)

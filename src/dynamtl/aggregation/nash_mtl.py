@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -82,7 +82,7 @@ class NashMTL(GradientAggregation):
         self.max_norm = max_norm
         self.tol = tol
         self.max_iters = max_iters
-        self.alpha: np.ndarray | None = None
+        self.alpha: Tensor | None = None
         self.calls = 0
         self._warned: set[str] = set()
 
@@ -100,18 +100,18 @@ class NashMTL(GradientAggregation):
                 d = d * (self.max_norm / norm)
         return d
 
-    def _solve(self, gram: np.ndarray) -> np.ndarray:
+    def _solve(self, gram: Tensor) -> Tensor:
         active = nonzero_rows(gram)
-        alpha = np.zeros(len(gram))
+        alpha = torch.zeros(len(gram), dtype=torch.float64)
         if not active.any():
             return alpha
-        sub = gram[np.ix_(active, active)]
-        scale = float(np.mean(np.diag(sub)))
+        sub = gram[active][:, active]
+        scale = float(sub.diagonal().mean())
         sub = sub / scale
-        diagonal = 1.0 / np.sqrt(np.diag(sub))
+        diagonal = 1.0 / sub.diagonal().sqrt()
         start = diagonal
-        if self.alpha is not None and len(self.alpha) == len(gram) and np.all(self.alpha[active] > 0):
-            start = self.alpha[active] * np.sqrt(scale)
+        if self.alpha is not None and len(self.alpha) == len(gram) and bool((self.alpha[active] > 0).all()):
+            start = self.alpha[active] * math.sqrt(scale)
         solution, converged = bargaining_weights(sub, start, self.tol, self.max_iters)
         if not converged:
             warn_once(
@@ -120,13 +120,14 @@ class NashMTL(GradientAggregation):
                 "the gradients?); alpha_i = 1/|g_i| is used instead",
             )
             solution = diagonal
-        alpha[active] = solution / np.sqrt(scale)
+        alpha[active] = solution / math.sqrt(scale)
         return alpha
 
     def get_extra_state(self) -> dict[str, Any]:
-        alpha = None if self.alpha is None else torch.from_numpy(self.alpha.copy())
+        alpha = None if self.alpha is None else self.alpha.clone()
         return {"alpha": alpha, "calls": self.calls}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.alpha = None if state["alpha"] is None else state["alpha"].double().numpy().copy()
+        alpha = state["alpha"]
+        self.alpha = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float64, device="cpu").clone()
         self.calls = int(state["calls"])
