@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,9 +13,12 @@ from torch import Tensor, nn
 from dynamtl.context import StepContext
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import task_indices
-from dynamtl.weighting.base import Weighting, check_choice
-
-MetaOptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+from dynamtl.weighting.base import (
+    MetaOptimizerFactory,
+    OwnOptimizer,
+    Weighting,
+    check_choice,
+)
 
 
 @dataclass
@@ -28,7 +31,7 @@ class _Pending:
     rng: RngState
 
 
-class AutoLambda(Weighting):
+class AutoLambda(OwnOptimizer, Weighting):
     r"""Task weights λ learned so that one training step most reduces the primary tasks'
     loss on a meta (validation) batch.
 
@@ -121,7 +124,6 @@ class AutoLambda(Weighting):
         self.nonnegative, self.epsilon = nonnegative, epsilon
         self.lambdas = nn.Parameter(torch.zeros(0))
         self.primary: tuple[int, ...] = ()
-        self.meta_optimizer: torch.optim.Optimizer | None = None
         self._pending: _Pending | None = None
         self.last_hypergradient: Tensor | None = None
 
@@ -131,11 +133,7 @@ class AutoLambda(Weighting):
             names, self.primary_names, role="primary"
         )
         self.lambdas.data = torch.full((len(names),), float(self.init))
-        params = [self.lambdas]
-        self.meta_optimizer = self.factory(params) if self.factory else torch.optim.Adam(params, lr=self.lr)
-
-    def model_optimizer_parameters(self) -> list[nn.Parameter]:
-        return []  # λ has its own optimizer
+        self._own_optimizer(self.lambdas, self.factory, lr=self.lr)
 
     def weights(self, ctx: StepContext) -> Tensor:
         due = ctx.step % self.interval == 0
@@ -208,22 +206,17 @@ class AutoLambda(Weighting):
         return objective.losses(meta_batch, params)[list(self.primary)].sum()
 
     def _update(self, hypergradient: Tensor) -> None:
-        assert self.meta_optimizer is not None
         self.last_hypergradient = hypergradient.detach()
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        self.lambdas.grad = hypergradient.detach().to(self.lambdas)
-        self.meta_optimizer.step()
+        self._own_step(self.lambdas, hypergradient)
         if self.nonnegative:
             with torch.no_grad():
                 self.lambdas.clamp_(min=0.0)
 
     def get_extra_state(self) -> dict[str, Any]:
-        assert self.meta_optimizer is not None
-        return {"meta_optimizer": self.meta_optimizer.state_dict(), "pending": self._pending}
+        return {**super().get_extra_state(), "pending": self._pending}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        assert self.meta_optimizer is not None
-        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        super().set_extra_state(state)
         self._pending = state["pending"]
 
 

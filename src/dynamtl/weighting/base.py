@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dynamtl.context import StepContext
-from dynamtl.tasks import Tasks
+from dynamtl.tasks import Tasks, task_indices
+
+MetaOptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
 class Weighting(nn.Module):
@@ -114,6 +117,51 @@ class LossWeighting(Weighting):
         reg = self.regularizer()
         return total if reg is None else total + reg
 
+
+
+class OwnOptimizer:
+    """Mixin for a weighting whose parameters are trained by an optimizer of its own (Adam by
+    default, or ``factory(params)``), not by the model's: Auto-Lambda's λ, GradNorm's w,
+    FAMO's logits. The optimizer's state is part of the weighting's ``state_dict``."""
+
+    meta_optimizer: torch.optim.Optimizer | None = None
+
+    def _own_optimizer(
+        self, param: nn.Parameter, factory: MetaOptimizerFactory | None, **adam: float
+    ) -> None:
+        self.meta_optimizer = factory([param]) if factory else torch.optim.Adam([param], **adam)
+
+    def _own_step(self, param: nn.Parameter, grad: Tensor) -> None:
+        """One step of the own optimizer on ``param`` with gradient ``grad``."""
+        assert self.meta_optimizer is not None, "bind the weighting first"
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        param.grad = grad.detach().to(param)
+        self.meta_optimizer.step()
+
+    def model_optimizer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def get_extra_state(self) -> dict[str, Any]:
+        assert self.meta_optimizer is not None, "bind the weighting first"
+        return {"meta_optimizer": self.meta_optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        assert self.meta_optimizer is not None, "bind the weighting first"
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+
+
+def main_and_auxiliary(
+    names: Sequence[str], main_names: Sequence[str], who: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Indices of the main tasks and of the others (auxiliary); an error if none is auxiliary."""
+    main = task_indices(names, main_names, role="main")
+    auxiliary = tuple(i for i in range(len(names)) if i not in main)
+    if not auxiliary:
+        raise ValueError(
+            f"{who} weighs auxiliary tasks, but main={list(main_names)} names every task: "
+            "leave the auxiliary tasks out of main"
+        )
+    return main, auxiliary
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

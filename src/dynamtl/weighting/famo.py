@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dynamtl.tasks import task_indices
-from dynamtl.weighting.auto_lambda import MetaOptimizerFactory
-from dynamtl.weighting.base import LossWeighting
+from dynamtl.weighting.base import LossWeighting, MetaOptimizerFactory, OwnOptimizer
 
 
-class FAMO(LossWeighting):
+class FAMO(OwnOptimizer, LossWeighting):
     r"""Fast Adaptive Multitask Optimization: logits ξ, learned from how fast each task's
     log-loss falls, set weights that decrease all task losses at a balanced rate.
 
@@ -85,7 +83,6 @@ class FAMO(LossWeighting):
         self.register_buffer("min_losses", torch.zeros(0))
         self.register_buffer("previous_losses", torch.zeros(0))
         self.register_buffer("has_previous", torch.zeros((), dtype=torch.bool))
-        self.meta_optimizer: torch.optim.Optimizer | None = None
 
     def _on_bind(self) -> None:
         names = self.task_names or ()
@@ -94,15 +91,7 @@ class FAMO(LossWeighting):
         self.min_losses = torch.tensor([float(self.given_min_losses.get(n, 0.0)) for n in names])
         self.previous_losses = torch.zeros(len(names))
         self.logits.data = torch.zeros(len(names))
-        params = [self.logits]
-        self.meta_optimizer = (
-            self.factory(params)
-            if self.factory
-            else torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        )
-
-    def model_optimizer_parameters(self) -> list[nn.Parameter]:
-        return []  # ξ has its own optimizer
+        self._own_optimizer(self.logits, self.factory, lr=self.lr, weight_decay=self.weight_decay)
 
     def loss_weights(self, losses: Tensor) -> Tensor:
         current = losses.detach().to(self.logits)
@@ -128,16 +117,6 @@ class FAMO(LossWeighting):
 
     def _update(self, decrease: Tensor) -> None:
         """One optimizer step on ξ with gradient J_z(ξ)ᵀ Δ, Δ = ``decrease`` of the log-losses."""
-        assert self.meta_optimizer is not None
         z = torch.softmax(self.logits.detach(), dim=0)
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        self.logits.grad = z * (decrease - (z * decrease).sum())
-        self.meta_optimizer.step()
+        self._own_step(self.logits, z * (decrease - (z * decrease).sum()))
 
-    def get_extra_state(self) -> dict[str, Any]:
-        assert self.meta_optimizer is not None
-        return {"meta_optimizer": self.meta_optimizer.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        assert self.meta_optimizer is not None
-        self.meta_optimizer.load_state_dict(state["meta_optimizer"])

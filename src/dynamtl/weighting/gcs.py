@@ -10,8 +10,7 @@ from torch import Tensor
 
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, combine_gradients
-from dynamtl.tasks import task_indices
-from dynamtl.weighting.base import Weighting, check_choice
+from dynamtl.weighting.base import Weighting, check_choice, main_and_auxiliary
 
 
 class GCS(Weighting):
@@ -56,13 +55,7 @@ class GCS(Weighting):
 
     def _on_bind(self) -> None:
         names = self.task_names or ()
-        self.main = task_indices(names, self.main_names, role="main")
-        self.auxiliary = tuple(i for i in range(len(names)) if i not in self.main)
-        if not self.auxiliary:
-            raise ValueError(
-                f"GCS weighs auxiliary tasks, but main={self.main_names} names every task: "
-                "leave the auxiliary tasks out of main"
-            )
+        self.main, self.auxiliary = main_and_auxiliary(names, self.main_names, "GCS")
 
     def weights(self, ctx: StepContext) -> Tensor:
         grads = ctx.task_gradients()

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext
-from dynamtl.weighting.auto_lambda import MetaOptimizerFactory
-from dynamtl.weighting.base import Weighting
+from dynamtl.weighting.base import MetaOptimizerFactory, OwnOptimizer, Weighting
 
 
-class GradNorm(Weighting):
+class GradNorm(OwnOptimizer, Weighting):
     r"""Learned weights wᵢ that make every task's gradient norm on a shared layer W follow
     its relative training rate.
 
@@ -84,18 +82,13 @@ class GradNorm(Weighting):
         self.task_weights = nn.Parameter(torch.zeros(0))
         self.register_buffer("initial_losses", torch.zeros(0))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
-        self.meta_optimizer: torch.optim.Optimizer | None = None
         self.layer_names: tuple[str, ...] = ()
         self.last_loss: Tensor | None = None
 
     def _on_bind(self) -> None:
         self.task_weights.data = torch.ones(self.num_tasks)
         self.initial_losses = torch.zeros(self.num_tasks)
-        params = [self.task_weights]
-        self.meta_optimizer = self.factory(params) if self.factory else torch.optim.Adam(params, lr=self.lr)
-
-    def model_optimizer_parameters(self) -> list[nn.Parameter]:
-        return []  # w has its own optimizer
+        self._own_optimizer(self.task_weights, self.factory, lr=self.lr)
 
     def weights(self, ctx: StepContext) -> Tensor:
         grads = ctx.task_gradients()
@@ -120,10 +113,7 @@ class GradNorm(Weighting):
             loss = (gradnorms - target).abs().sum()
             (grad,) = torch.autograd.grad(loss, w)
         self.last_loss = loss.detach()
-        assert self.meta_optimizer is not None
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        w.grad = grad
-        self.meta_optimizer.step()
+        self._own_step(w, grad)
         with torch.no_grad():
             w.mul_(self.num_tasks / w.sum())
         return used.to(ctx.losses)
@@ -153,13 +143,6 @@ class GradNorm(Weighting):
             )
         return self.layer
 
-    def get_extra_state(self) -> dict[str, Any]:
-        assert self.meta_optimizer is not None
-        return {"meta_optimizer": self.meta_optimizer.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        assert self.meta_optimizer is not None
-        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
 
 def _norm(grads: Gradients, names: tuple[str, ...]) -> Tensor:

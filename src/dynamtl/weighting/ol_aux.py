@@ -9,8 +9,7 @@ from torch import Tensor
 
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, combine_gradients
-from dynamtl.tasks import task_indices
-from dynamtl.weighting.base import Weighting
+from dynamtl.weighting.base import Weighting, main_and_auxiliary
 
 
 class OLAux(Weighting):
@@ -80,13 +79,7 @@ class OLAux(Weighting):
 
     def _on_bind(self) -> None:
         names = self.task_names or ()
-        self.main = task_indices(names, self.main_names, role="main")
-        self.auxiliary = tuple(i for i in range(len(names)) if i not in self.main)
-        if not self.auxiliary:
-            raise ValueError(
-                f"OLAux weighs auxiliary tasks, but main={self.main_names} names every task: "
-                "leave the auxiliary tasks out of main"
-            )
+        self.main, self.auxiliary = main_and_auxiliary(names, self.main_names, "OLAux")
         self.task_weights = torch.ones(len(names))
         self.task_weights[list(self.auxiliary)] = float(self.init)
         self.accumulated = torch.zeros(len(names))
