@@ -32,6 +32,7 @@ from dynamtl.train.checkpoint import CheckpointError
 from dynamtl.train.compare import compare as run_comparison
 from dynamtl.train.config import ConfigError, RunConfig, read_config_file
 from dynamtl.train.folder import RunFolderError
+from dynamtl.train.processes import launched_as_main
 from dynamtl.train.runs import resume as resume_run
 from dynamtl.train.runs import train as train_run
 from dynamtl.train.session import DataError, TrainingStopped
@@ -254,5 +255,8 @@ def _source(config_file: Path | None) -> str:
 
 
 def _report(results: Mapping[str, Any], out: Path) -> None:
+    """The results, told once (by rank 0 under torchrun)."""
+    if not launched_as_main():
+        return
     click.echo(f"test metrics: {json.dumps(results['test'])}")
     click.echo(f"run folder: {out}")

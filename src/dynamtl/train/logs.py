@@ -38,17 +38,20 @@ class RunLog:
     """The logs of one run.
 
     Args:
-        folder: the run folder.
+        folder: the run folder, or ``None`` for a log that writes nothing (the processes
+            other than rank 0 of a distributed run).
         sizes: byte sizes to truncate ``steps.jsonl`` and ``epochs.jsonl`` to (resume), or
             ``None`` to start them empty.
         step: the number of steps already taken (TensorBoard drops its events after it).
     """
 
-    def __init__(self, folder: RunFolder, sizes: Mapping[str, int] | None = None, step: int = 0) -> None:
-        self.folder = folder
-        folder.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: RunFolder | None, sizes: Mapping[str, int] | None = None, step: int = 0) -> None:
         self._open = contextlib.ExitStack()
         self._files: dict[str, IO[str]] = {}
+        self.tensorboard: Any = None
+        if folder is None:
+            return
+        folder.root.mkdir(parents=True, exist_ok=True)
         for name, path in (("steps", folder.steps), ("epochs", folder.epochs), ("events", folder.events)):
             self._files[name] = self._open.enter_context(path.open("a"))
             if name != "events":
@@ -71,7 +74,6 @@ class RunLog:
 
     def event(self, name: str, **fields: Any) -> None:
         self._write("events", {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": name, **fields})
-        self._files["events"].flush()
 
     def sizes(self) -> dict[str, int]:
         """The byte sizes of the step and epoch logs, everything written so far flushed."""
@@ -91,6 +93,7 @@ class RunLog:
             self.tensorboard.close()
 
     def _write(self, name: str, record: Mapping[str, Any]) -> None:
-        file = self._files[name]
-        file.write(json.dumps(record) + "\n")
-        file.flush()
+        file = self._files.get(name)
+        if file is not None:
+            file.write(json.dumps(record) + "\n")
+            file.flush()

@@ -23,6 +23,7 @@ from dynamtl.train.folder import (
     RunFolderError,
     write_json_atomic,
 )
+from dynamtl.train.processes import Processes, processes
 from dynamtl.train.session import run_session
 
 
@@ -75,15 +76,19 @@ def _continue_from(folder: RunFolder, which: str) -> str | None:
 
 
 def _execute(checked: RunPlan, folder: RunFolder, progress: bool, resume_from: str | None) -> dict[str, Any]:
-    if checked.method.single_task:
-        return _train_single_task(checked, folder, progress)
-    return run_session(checked, folder, progress=progress, resume_from=resume_from)
+    """Run in this process, or in every process that ``torchrun`` launched (rank 0
+    writing the folder)."""
+    with processes(checked.config.device) as group:
+        if checked.method.single_task:
+            return _train_single_task(checked, folder, progress, group)
+        return run_session(checked, folder, group, progress=progress, resume_from=resume_from)
 
 
-def _train_single_task(checked: RunPlan, folder: RunFolder, progress: bool) -> dict[str, Any]:
+def _train_single_task(checked: RunPlan, folder: RunFolder, progress: bool, group: Processes) -> dict[str, Any]:
     """One Equal-weighting run per primary task, each reused when already done."""
     config = checked.config
-    write_json_atomic(folder.config, config.to_dict())
+    if group.main:
+        write_json_atomic(folder.config, config.to_dict())
     runs = {
         task: train_or_reuse(
             config.replace(method="equal", options={}, tasks=(task,), mode="multi-task", primary=None),
@@ -105,5 +110,6 @@ def _train_single_task(checked: RunPlan, folder: RunFolder, progress: bool) -> d
         "seconds": {k: sum(r["seconds"][k] for r in runs.values()) for k in ("train", "eval")},
         "runs": {task: str(folder.task_run(task).root.relative_to(folder.root)) for task in runs},
     }
-    write_json_atomic(folder.results, results)
+    if group.main:
+        write_json_atomic(folder.results, results)
     return results

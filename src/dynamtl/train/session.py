@@ -31,7 +31,7 @@ import dynamtl
 from dynamtl.step import MultiTask, NonFiniteLossError
 from dynamtl.train import checkpoint
 from dynamtl.train.batches import MetaStream, Passes
-from dynamtl.train.config import RunConfig, RunPlan
+from dynamtl.train.config import ConfigError, RunConfig, RunPlan
 from dynamtl.train.evaluate import Evaluation, evaluate
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
@@ -41,6 +41,7 @@ from dynamtl.train.folder import (
 )
 from dynamtl.train.logs import RunLog
 from dynamtl.train.plots import draw_run_plots
+from dynamtl.train.processes import Processes
 from dynamtl.train.selection import CRITERION, Selection
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -58,11 +59,14 @@ class TrainingStopped(RuntimeError):
     """The run stopped on a non-finite loss; its last good checkpoint is kept."""
 
 
-def run_session(checked: RunPlan, folder: RunFolder, *, progress: bool, resume_from: str | None) -> dict[str, Any]:
+def run_session(
+    checked: RunPlan, folder: RunFolder, processes: Processes, *, progress: bool, resume_from: str | None
+) -> dict[str, Any]:
     """Train ``checked`` in ``folder``, from scratch or from the checkpoint ``resume_from``
-    (``"last"`` or ``"previous"``); return the results written to ``results.json``."""
+    (``"last"`` or ``"previous"``), in ``processes`` (rank 0 writes the folder); return the
+    results written to ``results.json``."""
     with _deterministic():
-        session = _Session(checked, folder, progress, resume_from)
+        session = _Session(checked, folder, processes, progress, resume_from)
         try:
             return session.run()
         finally:
@@ -82,11 +86,19 @@ def _deterministic() -> Iterator[None]:
 class _Session:
     """The objects of one run and its training loop."""
 
-    def __init__(self, checked: RunPlan, folder: RunFolder, progress: bool, resume_from: str | None) -> None:
+    def __init__(
+        self, checked: RunPlan, folder: RunFolder, processes: Processes, progress: bool, resume_from: str | None
+    ) -> None:
         config = checked.config
         assert config.epochs is not None and config.batch_size is not None
-        self.config, self.folder, self.progress = config, folder, progress
+        self.config, self.folder, self.processes = config, folder, processes
+        self.progress = progress and processes.main
         self.epochs, self.batch_size = config.epochs, config.batch_size
+        if self.batch_size % processes.size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is the global batch, shared by {processes.size} processes: "
+                f"choose a multiple of {processes.size}"
+            )
         state = self._checked_checkpoint(resume_from) if resume_from else None
         checkpoint.seed_everything(config.seed)
         self.bench = bench = checked.benchmark
@@ -98,11 +110,12 @@ class _Session:
         self.splits = splits
         names = checked.context.tasks
         self.specs = {task: bench.specs[task] for task in names}
-        self.device = torch.device(config.device)
+        self.device = processes.device
         self.model = bench.model({task: spec.out_features for task, spec in self.specs.items()}).to(self.device)
         weighting, aggregation = checked.method.build(checked.context)
         self.mtl = MultiTask(
-            self.model, bench.tasks(names), _optimizer(config, self.model), weighting=weighting, aggregation=aggregation
+            processes.wrap(self.model), bench.tasks(names), _optimizer(config, self.model),
+            weighting=weighting, aggregation=aggregation,
         )
         assert self.mtl.optimizer is not None
         self.optimizer = self.mtl.optimizer
@@ -117,13 +130,15 @@ class _Session:
         self.totals = _EpochTotals(len(names))
         self.skipped, self.last_weights = 0, torch.zeros(0)
         self.seconds = {"train": 0.0, "eval": 0.0}
+        written = folder if processes.main else None
         if state is None:
-            write_json_atomic(folder.config, config.to_dict())
-            self.log = RunLog(folder)
+            if processes.main:
+                write_json_atomic(folder.config, config.to_dict())
+            self.log = RunLog(written)
             self.log.event("start", dynamtl=dynamtl.__version__, tasks=list(names))
         else:
             self._load(state)
-            self.log = RunLog(folder, state["log_sizes"], self.step)
+            self.log = RunLog(written, state["log_sizes"], self.step)
             self.log.event("resume", checkpoint=resume_from, **self._position())
 
     def _checked_checkpoint(self, which: str) -> dict[str, Any]:
@@ -136,6 +151,13 @@ class _Session:
             raise checkpoint.CheckpointError(
                 f"the checkpoint {path} was made by a different run ({'; '.join(differences)}): resume it with "
                 "its own configuration, or start a new run in another folder"
+            )
+        saved = state.get("processes", 1)
+        if saved != self.processes.size:
+            raise checkpoint.CheckpointError(
+                f"the checkpoint {path} was made by {saved} process(es), this run has {self.processes.size}: the "
+                f"position in the data depends on it; resume with {saved} process(es) "
+                f"(torchrun --nproc_per_node={saved} -m dynamtl.cli resume ...)"
             )
         return state
 
@@ -158,8 +180,9 @@ class _Session:
         start = time.perf_counter()
         batches = self.resumed_batches or self.training.iterate(self.epoch, self.batch)
         self.resumed_batches = None
-        for index, batch in enumerate(batches, start=self.batch):
-            meta_batch = self.meta_stream.next() if needs_meta else None
+        shard = self.processes.shard
+        for index, batch in enumerate(map(shard, batches), start=self.batch):
+            meta_batch = shard(self.meta_stream.next()) if needs_meta else None
             self.step += 1
             record: dict[str, Any] = {"step": self.step, "epoch": self.epoch + 1, "batch": index + 1,
                                       "lr": self.optimizer.param_groups[0]["lr"]}
@@ -174,8 +197,9 @@ class _Session:
             self.batch = index + 1
             bar.update()
             every = self.config.checkpoint_every
-            if (every and self.step % every == 0) or requested.is_set():
-                reason = "signal" if requested.is_set() else "steps"
+            signalled = self.processes.any(requested.is_set())  # the same decision on every process
+            if (every and self.step % every == 0) or signalled:
+                reason = "signal" if signalled else "steps"
                 requested.clear()
                 start = self._charge_time(start)
                 self._save(reason)
@@ -242,10 +266,11 @@ class _Session:
             "delta_mtl": None,
             "steps": self.step, "skipped_steps": self.skipped, "seconds": dict(self.seconds),
         }
-        write_atomic(self.folder.model, lambda file: torch.save(selection.best_model, file))
-        write_json_atomic(self.folder.results, results)
-        self.log.event("finish", best_epoch=selection.best_epoch, steps=self.step)
-        draw_run_plots(self.folder.root)
+        if self.processes.main:
+            write_atomic(self.folder.model, lambda file: torch.save(selection.best_model, file))
+            write_json_atomic(self.folder.results, results)
+            self.log.event("finish", best_epoch=selection.best_epoch, steps=self.step)
+            draw_run_plots(self.folder.root)
         return results
 
     def _evaluate(self, data: Any) -> Evaluation:
@@ -253,8 +278,11 @@ class _Session:
         return evaluate(self.model, self.specs, batches.iterate(0), multi_input=self.mtl.tasks.multi_input)
 
     def _save(self, reason: str) -> None:
+        if not self.processes.main:
+            return
         checkpoint.save(self.folder, {
             "config": self.config.to_dict(),
+            "processes": self.processes.size,
             "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
