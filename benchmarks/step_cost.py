@@ -72,6 +72,8 @@ METHODS: dict[str, Method] = {
     "AutoLambda": _weighting(lambda: dm.AutoLambda(order="lookahead")),
     "AutoLambda-lagged": _weighting(lambda: dm.AutoLambda(order="lagged")),
     "AutoLambda-exact": _weighting(lambda: dm.AutoLambda(hypergradient="exact")),
+    "AutoLambda-forward": _weighting(lambda: dm.AutoLambda(difference="forward")),
+    "AutoLambda-lagged-forward": _weighting(lambda: dm.AutoLambda(order="lagged", difference="forward")),
     "HydaLearn": _weighting(lambda: dm.HydaLearn(main="a", gain="lookahead")),
     "HydaLearn-first_order": _weighting(lambda: dm.HydaLearn(main="a", gain="first_order")),
     "PCGrad": _aggregation(dm.PCGrad),
@@ -86,7 +88,7 @@ METHODS: dict[str, Method] = {
 }
 LEGEND = (
     "AutoLambda: order='lookahead' (the paper's), finite-difference hypergradient; -lagged: order='lagged'; "
-    "-exact: hypergradient='exact'; HydaLearn: main='a', gain='lookahead'; -first_order: gain='first_order'; "
+    "-exact: hypergradient='exact'; -forward: difference='forward'; HydaLearn: main='a', gain='lookahead'; -first_order: gain='first_order'; "
     "GCS, OLAux: main='a'; aggregations (PCGrad ... GradVac) with Equal weighting, defaults"
 )
 OPTIMIZER = "SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)"
@@ -166,11 +168,12 @@ def measure(kind: str, methods: Sequence[str], reference: str, steps: int, warmu
     seconds = time_steps(kind, methods, steps, warmup)
     medians = {m: statistics.median(s) for m, s in seconds.items()}
     os.environ.update(MALLOC_ENV)  # read by the probes' fresh interpreters, not by this one
+    # one fresh interpreter per method (maxtasksperchild=1, chunksize=1); probes measure
+    # their own memory, not time, so they may share the cores
     spawn = multiprocessing.get_context("spawn")
-    peaks = {}
-    for method in methods:
-        with spawn.Pool(1) as pool:
-            peaks[method] = pool.apply(peak_step_memory, (kind, method, max(warmup, 1)))
+    with spawn.Pool(os.cpu_count() or 1, maxtasksperchild=1) as pool:
+        found = pool.starmap(peak_step_memory, [(kind, m, max(warmup, 1)) for m in methods], chunksize=1)
+    peaks = dict(zip(methods, found))
     base = peaks[reference]
     return [
         Row(
