@@ -74,12 +74,14 @@ class CIFAR100MultiDomain(Benchmark):
     auxiliary-learning experiment; the other 16 help. Pass another primary set as needed.
 
     **Model** (``network="vgg"``, the only one): :class:`~dynamtl.models.MultiDomainVGG16`,
-    VGG-16 with per-domain batch norms and classifiers. **Defaults** (the paper's): SGD,
+    VGG-16 with per-domain batch norms and classifiers, of base width ``width``. **Defaults** (the paper's): SGD,
     learning rate 0.1, momentum 0.9, weight decay 5e-4, cosine annealing over 200 epochs,
     32 images per domain; ``extra``: ``auto_lambda_lr`` 3e-4, ``cosine_schedule`` 1.
 
     Args:
         network: ``"vgg"``.
+        width: the VGG's base width (64: the paper's VGG-16; every layer's channels scale
+            by ``width / 64``; smaller for quick tests).
         val_size: images per domain held out from training for validation (0: none).
     """
 
@@ -97,12 +99,12 @@ class CIFAR100MultiDomain(Benchmark):
         extra={"auto_lambda_lr": 3e-4, "cosine_schedule": 1.0},
     )
 
-    def __init__(self, network: Literal["vgg"] = "vgg", *, val_size: int = 0) -> None:
+    def __init__(self, network: Literal["vgg"] = "vgg", *, width: int = 64, val_size: int = 0) -> None:
         if network != "vgg":
             raise ValueError(f"network must be one of ['vgg'] for CIFAR-100, got {network!r}")
-        if val_size < 0:
-            raise ValueError(f"val_size must be >= 0, got {val_size}")
-        self.network, self.val_size = network, val_size
+        if width < 1 or val_size < 0:
+            raise ValueError(f"width must be >= 1 and val_size >= 0, got width={width}, val_size={val_size}")
+        self.network, self.width, self.val_size = network, width, val_size
 
     def splits(self, root: Path, seed: int, limit: int | None = None) -> Splits:
         if limit is not None and limit < 1:
@@ -136,7 +138,7 @@ class CIFAR100MultiDomain(Benchmark):
         )
 
     def model(self, heads: Mapping[str, int]) -> nn.Module:
-        return MultiDomainVGG16(heads)
+        return MultiDomainVGG16(heads, width=self.width)
 
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator) -> _DomainBatches:
         if not isinstance(dataset, _Domains):

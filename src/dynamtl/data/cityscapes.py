@@ -236,7 +236,7 @@ class CityScapesDataset(Dataset):
         self.release = Path(root) / "cityscapes"
         self.folder = self.release / "prepared" / split
         self.split, self.augmentation, self.noise_seed = split, augmentation, noise_seed
-        size = len(self._open())
+        size = len(self._open()["image"])
         self.indices = list(range(size)) if indices is None else list(indices)
         outside = [i for i in self.indices if not 0 <= i < size]
         if outside:
