@@ -177,7 +177,7 @@ def primal_cagrad(j, c):
             {"type": "ineq", "fun": lambda x: g @ x[:-1] - x[-1]},
             {"type": "ineq", "fun": lambda x: radius2 - (x[:-1] - g0) @ (x[:-1] - g0)},
         ],
-        options={"ftol": 1e-14, "maxiter": 1000},
+        options={"ftol": 1e-12, "maxiter": 1000},
     )
     assert result.success
     return torch.from_numpy(result.x[:-1])
