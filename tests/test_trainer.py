@@ -143,6 +143,23 @@ def test_settings_that_do_not_fit_together_are_rejected(changes, expected):
     assert expected in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("benchmark", "method", "options", "expected"),
+    [
+        ("nyuv2", "auto-lambda", {}, {"lr": 1e-4}),
+        ("cityscapes", "auto-lambda+cagrad", {}, {"lr": 3e-5}),
+        ("cifar100", "auto-lambda", {"init": 1.0}, {"lr": 3e-4, "init": 1.0}),
+        ("nyuv2", "auto-lambda", {"lr": 5e-4}, {"lr": 5e-4}),
+        ("nyuv2", "auto-lambda+cagrad", {"auto-lambda.lr": 5e-4}, {"lr": 5e-4}),
+        ("nyuv2", "famo", {}, {}),
+        ("census", "auto-lambda", {}, {}),
+    ],
+)
+def test_a_benchmark_s_method_options_apply_unless_the_run_sets_them(benchmark, method, options, expected):
+    resolved = plan(RunConfig(benchmark=benchmark, method=method, options=options)).config.options
+    assert {key: value for key, value in resolved.items() if key in ("lr", "init")} == expected
+
+
 def test_values_of_the_wrong_type_and_unknown_keys_are_rejected():
     with pytest.raises(ConfigError) as error:
         RunConfig.from_mapping({"benchmark": "drift", "epochs": "ten", "optimiser": "sgd"}, "run.toml")

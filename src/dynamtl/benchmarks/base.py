@@ -56,7 +56,12 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class TrainingDefaults:
-    """The hyper-parameters a benchmark is run with unless told otherwise."""
+    """The hyper-parameters a benchmark is run with unless told otherwise.
+
+    ``method_options`` holds the options the papers used on this benchmark for a method
+    part, by the part's name (``{"auto-lambda": {"lr": 1e-4}}``); a run uses them unless
+    its own options set the same option.
+    """
 
     epochs: int
     batch_size: int
@@ -65,6 +70,7 @@ class TrainingDefaults:
     momentum: float = 0.0
     optimizer: str = "adam"
     extra: dict[str, float] = field(default_factory=dict)
+    method_options: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Benchmark(ABC):

@@ -76,7 +76,7 @@ class CIFAR100MultiDomain(Benchmark):
     **Model** (``network="vgg"``, the only one): :class:`~dynamtl.models.MultiDomainVGG16`,
     VGG-16 with per-domain batch norms and classifiers, of base width ``width``. **Defaults** (the paper's): SGD,
     learning rate 0.1, momentum 0.9, weight decay 5e-4, cosine annealing over 200 epochs,
-    32 images per domain; ``extra``: ``auto_lambda_lr`` 3e-4, ``cosine_schedule`` 1.
+    32 images per domain, cosine schedule; Auto-Lambda's λ learning rate 3e-4.
 
     Args:
         network: ``"vgg"``.
@@ -96,7 +96,8 @@ class CIFAR100MultiDomain(Benchmark):
         weight_decay=5e-4,
         momentum=0.9,
         optimizer="sgd",
-        extra={"auto_lambda_lr": 3e-4, "cosine_schedule": 1.0},
+        extra={"cosine_schedule": 1.0},
+        method_options={"auto-lambda": {"lr": 3e-4}},
     )
 
     def __init__(self, network: Literal["vgg"] = "vgg", *, width: int = 64, val_size: int = 0) -> None:

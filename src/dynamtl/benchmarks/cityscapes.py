@@ -47,7 +47,7 @@ class CityScapes(DenseBenchmark):
     **Model** and ``network``: as :class:`~dynamtl.benchmarks.nyuv2.NYUv2` (Split or MTAN on
     a dilated ResNet-50 with DeepLabv3 heads). **Defaults** (the paper's): SGD, learning rate
     0.1, momentum 0.9, weight decay 1e-4, cosine annealing over 200 epochs, batch 4;
-    ``extra``: ``auto_lambda_lr`` 3e-5, ``cosine_schedule`` 1.
+    Auto-Lambda's λ learning rate 3e-5.
     """
 
     name = "cityscapes"
@@ -70,7 +70,8 @@ class CityScapes(DenseBenchmark):
         weight_decay=1e-4,
         momentum=0.9,
         optimizer="sgd",
-        extra={"auto_lambda_lr": 3e-5, "cosine_schedule": 1.0},
+        extra={"cosine_schedule": 1.0},
+        method_options={"auto-lambda": {"lr": 3e-5}},
     )
 
     def prepare(self, root: Path) -> None:

@@ -49,8 +49,8 @@ class NYUv2(DenseBenchmark):
     with a DeepLabv3 head per task, outputs at the input size, normals L2-normalised.
 
     **Defaults** (the paper's): SGD, learning rate 0.1, momentum 0.9, weight decay 1e-4,
-    cosine annealing over 200 epochs, batch 4; ``extra``: ``auto_lambda_lr`` 1e-4 (Adam on
-    λ), ``cosine_schedule`` 1 (anneal the learning rate to 0 by a cosine over the epochs).
+    cosine annealing over 200 epochs (to 0), batch 4; Auto-Lambda's λ learning rate 1e-4
+    (Adam on λ).
     """
 
     name = "nyuv2"
@@ -73,5 +73,6 @@ class NYUv2(DenseBenchmark):
         weight_decay=1e-4,
         momentum=0.9,
         optimizer="sgd",
-        extra={"auto_lambda_lr": 1e-4, "cosine_schedule": 1.0},
+        extra={"cosine_schedule": 1.0},
+        method_options={"auto-lambda": {"lr": 1e-4}},
     )

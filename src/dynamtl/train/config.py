@@ -202,7 +202,7 @@ def plan(config: RunConfig) -> RunPlan:
     problems += _check_ranges(config)
     tasks, primary = _check_tasks(config, bench, problems)
     try:
-        method = parse_method(config.method, config.options)
+        method = parse_method(config.method, _with_benchmark_options(config, bench))
     except RegistryError as error:
         problems.append(str(error))
         method = None
@@ -241,6 +241,19 @@ def _benchmark(config: RunConfig) -> Benchmark:
         return WithNoiseTask(benchmark(config.benchmark, config.benchmark_options), seed=config.seed)
     except ValueError as error:
         raise RegistryError(str(error)) from error
+
+
+def _with_benchmark_options(config: RunConfig, bench: Benchmark) -> dict[str, OptionValue]:
+    """The run's method options over the benchmark's ``defaults.method_options`` for the
+    parts of its method (qualified ``part.name``, so a combination routes them right)."""
+    try:
+        spec = parse_method(config.method)
+    except RegistryError:
+        return dict(config.options)  # parsed again with the options, which reports it
+    parts = (spec.weighting.name, spec.aggregation.name)
+    defaults = {f"{part}.{name}": value for part in parts
+                for name, value in bench.defaults.method_options.get(part, {}).items()}
+    return {**defaults, **config.options}
 
 
 def _resolve_defaults(config: RunConfig, bench: Benchmark) -> RunConfig:
