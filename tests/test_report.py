@@ -175,16 +175,30 @@ def test_weights_comparison_has_a_panel_per_method_with_shared_task_colours(tmp_
     runs = {
         "Auto-Lambda": write_run(tmp_path / "al", {"a": [0.1, 0.2], "b": [0.1, 0.3]}),
         "DWA": write_run(tmp_path / "dwa", {"a": [1.0, 1.1], "b": [1.0, 0.9]}, method="dwa"),
-        "Equal": write_run(tmp_path / "eq", {"a": [1.0, 1.0], "b": [1.0, 1.0]}, method="equal"),
+        "RLW": write_run(tmp_path / "rlw", {"a": [0.7, 1.3], "b": [1.3, 0.7]}, method="rlw"),
     }
     figure = weights_comparison_figure(runs)
-    assert [axes.get_title() for axes in figure.axes] == ["Auto-Lambda", "DWA", "Equal"]
+    assert [axes.get_title() for axes in figure.axes] == ["Auto-Lambda", "DWA", "RLW"]
     colours = [[line.get_color() for line in solid_lines(axes)] for axes in figure.axes]
     assert colours[0] == colours[1] == colours[2] and colours[0][0] != colours[0][1]
     assert "toy, seed 0" in figure.get_suptitle()
     out = plot_weights_comparison(runs, tmp_path / "compare" / "weights.png")
     assert out == tmp_path / "compare" / "weights.png"
     assert png_size(out) == (round((3 * 4.2 + 1.6) * DPI), round((3.0 + 0.6) * DPI))
+
+
+@needs_matplotlib
+def test_runs_with_constant_weights_are_named_under_the_comparison_instead_of_drawn(tmp_path):
+    runs = {
+        "DWA": write_run(tmp_path / "dwa", {"a": [1.0, 1.1], "b": [1.0, 0.9]}, method="dwa"),
+        "Equal": write_run(tmp_path / "eq", {"a": [1.0, 1.0], "b": [1.0, 1.0]}, method="equal"),
+        "Static": write_run(tmp_path / "st", {"a": [1.0, 1.0], "b": [0.5, 0.5]}, method="static"),
+    }
+    figure = weights_comparison_figure(runs)
+    assert [axes.get_title() for axes in figure.axes] == ["DWA"]
+    assert figure.get_supxlabel() == "constant over training, not drawn: Equal (1 for every task); Static (a 1, b 0.5)"
+    only_constant = weights_comparison_figure({"Equal": runs["Equal"]})
+    assert [axes.get_title() for axes in only_constant.axes] == ["Equal"] and only_constant.get_supxlabel() == ""
 
 
 @needs_matplotlib

@@ -108,15 +108,19 @@ def weights_comparison_figure(run_dirs: Mapping[str, Path], *, smooth: int = 1) 
 
     A task has the same colour in every panel; each panel has its own y scale (chosen as in
     :func:`weights_figure`), since methods weight on different scales. ``smooth`` as in
-    :func:`weights_figure`.
+    :func:`weights_figure`. Runs whose weights never change (Equal, and every aggregation
+    on equal weights) get no panel but a line under the figure with their values, unless
+    every run is such a run.
     """
     if not run_dirs:
         raise ValueError("a comparison of weights needs at least one run folder")
-    logs = {label: _read_weights(Path(run_dir)) for label, run_dir in run_dirs.items()}
+    every = {label: _read_weights(Path(run_dir)) for label, run_dir in run_dirs.items()}
     configs = [_config(Path(run_dir)) for run_dir in run_dirs.values()]
     benchmarks = ", ".join(dict.fromkeys(str(config["benchmark"]) for config in configs))
     seeds = ", ".join(dict.fromkeys(str(config["seed"]) for config in configs))
-    colours = _task_colours(list(dict.fromkeys(task for log in logs.values() for task in log.weights)))
+    colours = _task_colours(list(dict.fromkeys(task for log in every.values() for task in log.weights)))
+    constant = {label: log for label, log in every.items() if _constant(log)}
+    logs = {label: log for label, log in every.items() if label not in constant} or every
     rows, columns = _grid(len(logs))
     figure = _figure(4.2 * columns + 1.6, 3.0 * rows + 0.6)
     for index, (label, log) in enumerate(logs.items()):
@@ -128,8 +132,23 @@ def weights_comparison_figure(run_dirs: Mapping[str, Path], *, smooth: int = 1) 
         if index >= len(logs) - columns:
             axes.set_xlabel("step")
     figure.suptitle(f"Task weights — {benchmarks}, seed {seeds}{_smoothing_note(smooth)}")
+    if len(logs) < len(every):
+        figure.supxlabel("constant over training, not drawn: " + "; ".join(
+            f"{label} ({_constant_values(log)})" for label, log in constant.items()), fontsize="medium")
     _task_legend(figure, colours)
     return figure
+
+
+def _constant(log: _WeightLog) -> bool:
+    return all(min(values) == max(values) for values in log.weights.values())
+
+
+def _constant_values(log: _WeightLog) -> str:
+    """``"1 for every task"``, or ``"a 1, b 0.5"`` when the constant weights differ."""
+    values = {task: f"{series[0]:.3g}" for task, series in log.weights.items()}
+    if len(set(values.values())) == 1:
+        return f"{next(iter(values.values()))} for every task"
+    return ", ".join(f"{task} {value}" for task, value in values.items())
 
 
 def _read_weights(run_dir: Path) -> _WeightLog:
