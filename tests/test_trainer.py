@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,17 @@ def test_settings_that_do_not_fit_together_are_rejected(changes, expected):
 def test_a_benchmark_s_method_options_apply_unless_the_run_sets_them(benchmark, method, options, expected):
     resolved = plan(RunConfig(benchmark=benchmark, method=method, options=options)).config.options
     assert {key: value for key, value in resolved.items() if key in ("lr", "init")} == expected
+
+
+def test_mgda_upper_bound_trains_on_the_benchmark_s_shared_representation(tmp_path):
+    result = train(RunConfig(**TINY, method="mgda", options={"upper_bound": True}, epochs=1), tmp_path / "ub",
+                   progress=False)
+    assert json.loads((tmp_path / "ub" / "config.json").read_text())["options"] == {"upper_bound": True}
+    assert all(math.isfinite(value) for metrics in result["test"].values() for value in metrics.values())
+    with pytest.raises(ConfigError, match="the model of 'nyuv2' has none: drop upper_bound"):
+        plan(RunConfig(benchmark="nyuv2", benchmark_options={"network": "mtan"}, method="mgda",
+                       options={"upper_bound": True}))
+    assert plan(RunConfig(benchmark="nyuv2", method="mgda", options={"upper_bound": True})).benchmark.representation
 
 
 def test_values_of_the_wrong_type_and_unknown_keys_are_rejected():

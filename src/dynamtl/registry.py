@@ -233,7 +233,7 @@ AGGREGATIONS: dict[str, Method] = {
         _aggregation("cagrad", CAGrad, "Liu et al., Conflict-Averse Gradient Descent, NeurIPS 2021",
                      options=("c", "rescale")),
         _aggregation("mgda", MGDA, "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
-                     options=("solver", "normalize", "tol", "max_iters")),
+                     options=("solver", "normalize", "tol", "max_iters", "upper_bound")),
         _aggregation("imtl-g", IMTLG, "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"),
         _aggregation("nash-mtl", NashMTL, "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
                      options=("update_every", "max_norm", "tol", "max_iters")),

@@ -93,6 +93,11 @@ class MultiTask:
             raise ValueError(
                 f"{name} needs the model's optimizer: MultiTask(model, tasks, optimizer, weighting=...)"
             )
+        if self.aggregation.needs_representation and representation is None:
+            raise ValueError(
+                f"{type(self.aggregation).__name__} needs the shared representation: MultiTask(..., "
+                f"representation='NAME') with the name of the submodule whose output the task heads read"
+            )
         needs_lookahead = self.weighting.needs_lookahead and optimizer is not None
         self.lookahead = LookAhead(optimizer, self.objective.params) if needs_lookahead else None
         if optimizer is not None:

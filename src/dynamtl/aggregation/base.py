@@ -14,8 +14,11 @@ class Aggregation(nn.Module):
     Gradients are *accumulated* into ``.grad`` as ``loss.backward()`` does, so gradient
     accumulation over several calls works; zero them between optimizer steps. An
     aggregation with state (running averages...) keeps it in buffers or extra state so that
-    ``state_dict()`` saves it.
+    ``state_dict()`` saves it. ``needs_representation``: whether it works on the gradients of
+    the shared representation (``MultiTask(..., representation=...)`` must name it).
     """
+
+    needs_representation = False
 
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
         raise NotImplementedError

@@ -102,6 +102,10 @@ class MGDA(GradientAggregation):
         self.upper_bound = upper_bound
         self._warned: set[str] = set()
 
+    @property
+    def needs_representation(self) -> bool:  # type: ignore[override]
+        return self.upper_bound
+
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
         if not self.upper_bound:
             super().backward(ctx, weights, regularizer)

@@ -69,6 +69,7 @@ class DenseBenchmark(Benchmark):
         if width < 1 or val_size < 0:
             raise ValueError(f"width must be >= 1 and val_size >= 0, got width={width}, val_size={val_size}")
         self.network, self.width, self.noise, self.val_size = network, width, noise, val_size
+        self.representation = "encoder" if network == "split" else None  # MTAN heads read every stage
         self.specs = {**self.task_specs, **({NOISE_TASK: NOISE_SPEC} if noise else {})}
 
     def prepare(self, root: Path) -> None:

@@ -80,7 +80,8 @@ class Benchmark(ABC):
     ``primary`` (the primary task(s) of its auxiliary-learning mode) and ``defaults``, and
     implement :meth:`splits` (reading canonical files under ``root``, filling ``root`` from an
     offline source when it is empty) and :meth:`model` (a shared trunk with one head per
-    requested task).
+    requested task). ``representation`` names the model's submodule whose output every head
+    reads (MGDA-UB works on its gradients), or is ``None`` where the model has no such one.
     """
 
     name: str
@@ -88,6 +89,7 @@ class Benchmark(ABC):
     specs: dict[str, TaskSpec]
     primary: tuple[str, ...]
     defaults: TrainingDefaults
+    representation: str | None = None
 
     @abstractmethod
     def splits(self, root: Path, seed: int, limit: int | None = None) -> Splits:

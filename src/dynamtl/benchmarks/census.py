@@ -58,6 +58,7 @@ class Census(Benchmark):
     description = "UCI Census-Income (KDD), MMoE's benchmark: income > $50K, never married, college education"
     primary = ("income",)
     defaults = TrainingDefaults(epochs=5, batch_size=256, lr=1e-3)
+    representation = "trunk"
 
     def __init__(self) -> None:
         self.specs = {task: TaskSpec(F.cross_entropy, (AUC, ACCURACY), 2) for task in TASKS}

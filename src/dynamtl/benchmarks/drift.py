@@ -72,6 +72,7 @@ class RelevanceDrift(Benchmark):
     }
     primary = ("main",)
     defaults = TrainingDefaults(epochs=10, batch_size=64, lr=1e-3, optimizer="adam", extra={"shuffle": 0.0})
+    representation = "trunk"
 
     def __init__(
         self,

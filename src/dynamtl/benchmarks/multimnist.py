@@ -65,6 +65,7 @@ class MultiMNIST(Benchmark):
     }
     primary = ("left",)
     defaults = TrainingDefaults(epochs=10, batch_size=256, lr=1e-3, optimizer="adam")
+    representation = "trunk"
 
     @staticmethod
     def compose(left: Tensor, right: Tensor) -> Tensor:

@@ -51,6 +51,7 @@ class WithNoiseTask(Benchmark):
         self.specs = {**benchmark.specs, NOISE: TaskSpec(F.cross_entropy, (ACCURACY,), classes)}
         self.primary = benchmark.primary
         self.defaults = benchmark.defaults
+        self.representation = benchmark.representation
 
     def splits(self, root: Path, seed: int, limit: int | None = None) -> Splits:
         inner = self.benchmark.splits(root, seed, limit)

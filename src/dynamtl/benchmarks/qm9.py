@@ -68,6 +68,7 @@ class QM9(Benchmark):
     description = "QM9: 12 molecular properties from Coulomb-matrix eigenvalues, MAE in the published units"
     primary = ("gap",)
     defaults = TrainingDefaults(epochs=30, batch_size=128, lr=1e-3)
+    representation = "trunk"
 
     def __init__(self) -> None:
         self.statistics: dict[str, tuple[float, float]] = {}

@@ -212,10 +212,15 @@ def plan(config: RunConfig) -> RunPlan:
     context = MethodContext(trained, primary, config.mode == "auxiliary", config.seed)
     if method is not None and tasks and primary:
         try:
-            weighting, _ = method.build(context)
+            weighting, aggregation = method.build(context)
             weighting.bind(trained)
         except (RegistryError, ValueError) as error:
             problems.append(str(error))
+        else:
+            if aggregation.needs_representation and bench.representation is None:
+                problems.append(f"{method.name} needs a shared representation that every head reads, and the model "
+                                f"of {bench.name!r} has none: drop upper_bound, or pick a network with one "
+                                f"(network=split)")
     if problems:
         raise ConfigError("invalid run configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     assert method is not None

@@ -116,6 +116,7 @@ class _Session:
         self.mtl = MultiTask(
             processes.wrap(self.model), bench.tasks(names), _optimizer(config, self.model),
             weighting=weighting, aggregation=aggregation,
+            representation=bench.representation if aggregation.needs_representation else None,
         )
         assert self.mtl.optimizer is not None
         self.optimizer = self.mtl.optimizer
