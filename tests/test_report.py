@@ -193,10 +193,11 @@ def test_runs_with_constant_weights_are_named_under_the_comparison_instead_of_dr
         "DWA": write_run(tmp_path / "dwa", {"a": [1.0, 1.1], "b": [1.0, 0.9]}, method="dwa"),
         "Equal": write_run(tmp_path / "eq", {"a": [1.0, 1.0], "b": [1.0, 1.0]}, method="equal"),
         "Static": write_run(tmp_path / "st", {"a": [1.0, 1.0], "b": [0.5, 0.5]}, method="static"),
+        "PCGrad": write_run(tmp_path / "pc", {"a": [1.0, 1.0], "b": [1.0, 1.0]}, method="pcgrad"),
     }
     figure = weights_comparison_figure(runs)
     assert [axes.get_title() for axes in figure.axes] == ["DWA"]
-    assert figure.get_supxlabel() == "constant over training, not drawn: Equal (1 for every task); Static (a 1, b 0.5)"
+    assert figure.get_supxlabel().replace("\n", " ") == "constant over training, not drawn — Equal, PCGrad: 1 for every task; Static: a 1, b 0.5"
     only_constant = weights_comparison_figure({"Equal": runs["Equal"]})
     assert [axes.get_title() for axes in only_constant.axes] == ["Equal"] and only_constant.get_supxlabel() == ""
 

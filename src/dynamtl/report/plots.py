@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,8 @@ def weights_comparison_figure(run_dirs: Mapping[str, Path], *, smooth: int = 1) 
     constant = {label: log for label, log in every.items() if _constant(log)}
     logs = {label: log for label, log in every.items() if label not in constant} or every
     rows, columns = _grid(len(logs))
-    figure = _figure(4.2 * columns + 1.6, 3.0 * rows + 0.6)
+    width = 4.2 * columns + 1.6
+    figure = _figure(width, 3.0 * rows + 0.6)
     for index, (label, log) in enumerate(logs.items()):
         axes = figure.add_subplot(rows, columns, index + 1)
         _draw_weights(axes, log, colours, smooth)
@@ -133,8 +135,12 @@ def weights_comparison_figure(run_dirs: Mapping[str, Path], *, smooth: int = 1) 
             axes.set_xlabel("step")
     figure.suptitle(f"Task weights — {benchmarks}, seed {seeds}{_smoothing_note(smooth)}")
     if len(logs) < len(every):
-        figure.supxlabel("constant over training, not drawn: " + "; ".join(
-            f"{label} ({_constant_values(log)})" for label, log in constant.items()), fontsize="medium")
+        groups: dict[str, list[str]] = {}
+        for label, log in constant.items():
+            groups.setdefault(_constant_values(log), []).append(label)
+        note = "; ".join(f"{', '.join(labels)}: {values}" for values, labels in groups.items())
+        figure.supxlabel(textwrap.fill(f"constant over training, not drawn — {note}", int(11 * width)),
+                         fontsize="medium")
     _task_legend(figure, colours)
     return figure
 
