@@ -219,8 +219,8 @@ def plan(config: RunConfig) -> RunPlan:
         else:
             if aggregation.needs_representation and bench.representation is None:
                 problems.append(f"{method.name} needs a shared representation that every head reads, and the model "
-                                f"of {bench.name!r} has none: drop upper_bound, or pick a network with one "
-                                f"(network=split)")
+                                f"of {bench.name!r} has none: drop upper_bound, or use a network with one "
+                                f"(network=split on NYUv2 and CityScapes)")
     if problems:
         raise ConfigError("invalid run configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     assert method is not None
