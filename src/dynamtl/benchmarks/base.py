@@ -73,6 +73,16 @@ class TrainingDefaults:
     method_options: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+
+def auto_lambda_training(batch_size: int, weight_decay: float, auto_lambda_lr: float) -> TrainingDefaults:
+    """The training of the Auto-Lambda paper's experiments: SGD with learning rate 0.1 and
+    momentum 0.9, annealed to 0 by a cosine over 200 epochs, and Auto-Lambda's λ learning
+    rate ``auto_lambda_lr``."""
+    return TrainingDefaults(
+        epochs=200, batch_size=batch_size, lr=0.1, weight_decay=weight_decay, momentum=0.9, optimizer="sgd",
+        extra={"cosine_schedule": 1.0}, method_options={"auto-lambda": {"lr": auto_lambda_lr}},
+    )
+
 class Benchmark(ABC):
     """A real multi-task benchmark.
 

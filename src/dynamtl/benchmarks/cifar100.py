@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from dynamtl.benchmarks.base import Benchmark, Splits, TaskSpec, TrainingDefaults, seeded_permutation
+from dynamtl.benchmarks.base import Benchmark, Splits, TaskSpec, auto_lambda_training, seeded_permutation
 from dynamtl.data._tabular import hold_out
 from dynamtl.data.cifar100 import CIFAR100
 from dynamtl.metrics import ACCURACY
@@ -89,16 +89,7 @@ class CIFAR100MultiDomain(Benchmark):
     description = "CIFAR-100 as 20 domains (one per superclass), each a 5-way classification; multi-domain VGG-16"
     specs = {domain: TaskSpec(F.cross_entropy, (ACCURACY,), CIFAR100.PER_COARSE) for domain in SUPERCLASSES}
     primary = ("people", "aquatic_mammals", "small_mammals", "reptiles")
-    defaults = TrainingDefaults(
-        epochs=200,
-        batch_size=32,
-        lr=0.1,
-        weight_decay=5e-4,
-        momentum=0.9,
-        optimizer="sgd",
-        extra={"cosine_schedule": 1.0},
-        method_options={"auto-lambda": {"lr": 3e-4}},
-    )
+    defaults = auto_lambda_training(batch_size=32, weight_decay=5e-4, auto_lambda_lr=3e-4)
 
     def __init__(self, network: Literal["vgg"] = "vgg", *, width: int = 64, val_size: int = 0) -> None:
         if network != "vgg":

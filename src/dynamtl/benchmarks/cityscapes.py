@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynamtl.benchmarks._dense import DenseBenchmark
-from dynamtl.benchmarks.base import TaskSpec, TrainingDefaults
+from dynamtl.benchmarks.base import TaskSpec, auto_lambda_training
 from dynamtl.data.cityscapes import CityScapesDataset, prepare_cityscapes
 from dynamtl.metrics_dense import error_metrics, segmentation_loss, segmentation_metrics, valid_l1_loss
 
@@ -63,16 +63,7 @@ class CityScapes(DenseBenchmark):
     scales = (1.0,)
     crop = (256, 256)
     primary = ("seg",)
-    defaults = TrainingDefaults(
-        epochs=200,
-        batch_size=4,
-        lr=0.1,
-        weight_decay=1e-4,
-        momentum=0.9,
-        optimizer="sgd",
-        extra={"cosine_schedule": 1.0},
-        method_options={"auto-lambda": {"lr": 3e-5}},
-    )
+    defaults = auto_lambda_training(batch_size=4, weight_decay=1e-4, auto_lambda_lr=3e-5)
 
     def prepare(self, root: Path) -> None:
         """Build the arrays of a split from the release when they are missing and the

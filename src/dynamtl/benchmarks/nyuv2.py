@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dynamtl.benchmarks._dense import DenseBenchmark
-from dynamtl.benchmarks.base import TaskSpec, TrainingDefaults
+from dynamtl.benchmarks.base import TaskSpec, auto_lambda_training
 from dynamtl.data.nyuv2 import NYUv2Dataset
 from dynamtl.metrics_dense import (
     error_metrics,
@@ -66,13 +66,4 @@ class NYUv2(DenseBenchmark):
     scales = (1.0, 1.2, 1.5)
     crop = None
     primary = ("seg",)
-    defaults = TrainingDefaults(
-        epochs=200,
-        batch_size=4,
-        lr=0.1,
-        weight_decay=1e-4,
-        momentum=0.9,
-        optimizer="sgd",
-        extra={"cosine_schedule": 1.0},
-        method_options={"auto-lambda": {"lr": 1e-4}},
-    )
+    defaults = auto_lambda_training(batch_size=4, weight_decay=1e-4, auto_lambda_lr=1e-4)
