@@ -80,7 +80,7 @@ def method_specs(
         method = variant.pop("method", name if name not in variants else None)
         if not isinstance(method, str):
             raise ConfigError(f"variant {name!r} names no method: give it method = \"auto-lambda\" (a method spec)")
-        spec = _parsed(method)
+        spec = _parsed(method, variant)
         for key in variant:
             if spec is not None and not spec.takes(key):
                 raise ConfigError(f"variant {name!r}: method {method!r} takes no option {key!r}")
@@ -145,8 +145,12 @@ def weight_columns(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return {**result, "mean_weight_sum": None if summary is None else summary.mean_sum}
 
 
-def _parsed(method: str) -> Any:
-    try:
-        return parse_method(method)
-    except RegistryError:
-        return None  # plan() reports the unknown name with the valid ones
+def _parsed(method: str, options: Mapping[str, OptionValue]) -> Any:
+    """The parsed method (with ``options`` where they parse, for methods that need some),
+    or ``None`` for a name that plan() reports with the valid ones."""
+    for given in (options, {}):
+        try:
+            return parse_method(method, given)
+        except RegistryError:
+            continue
+    return None
