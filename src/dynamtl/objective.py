@@ -11,7 +11,7 @@ pass so that all evaluations of one step see the same dropout masks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -85,17 +85,19 @@ class Objective:
         batch: Any,
         params: Mapping[str, Tensor] | None = None,
         rng: RngState | None = None,
+        only: Sequence[str] | None = None,
     ) -> Tensor:
         """The vector of task losses ``[L_1, …, L_T]`` in task order; see :meth:`task_losses`."""
-        return torch.stack(self.task_losses(batch, params, rng))
+        return torch.stack(self.task_losses(batch, params, rng, only))
 
     def task_losses(
         self,
         batch: Any,
         params: Mapping[str, Tensor] | None = None,
         rng: RngState | None = None,
+        only: Sequence[str] | None = None,
     ) -> list[Tensor]:
-        """Every task's scalar loss, in task order.
+        """Every task's scalar loss, in task order (or those of ``only``, in its order).
 
         Args:
             batch: ``(inputs, {task: target})``, or ``{task: (inputs, target)}`` for
@@ -104,6 +106,8 @@ class Objective:
                 (any subset of the trainable parameters). When given, the model's buffers
                 are not modified (the call runs on copies of them).
             rng: a random state from :func:`capture_rng` to replay (same dropout masks).
+            only: the names of the tasks whose losses are wanted (default: all); the batch
+                needs the targets of these tasks only (a meta batch of primary labels).
 
         Whether a graph is built follows the autograd mode of the caller. Each loss is a
         separate graph root, so differentiating one task's loss reaches only the parameters
@@ -113,12 +117,12 @@ class Objective:
             if params is None:
                 self.representation, self._capturing = [], True
                 try:
-                    return self._losses(batch, self.model)
+                    return self._losses(batch, self.model, only)
                 finally:
                     self._capturing = False
             buffers = {name: b.clone() for name, b in self.module.named_buffers()}
             call = _FunctionalModel(self.module, {**params, **buffers})
-            return self._losses(batch, call)
+            return self._losses(batch, call, only)
 
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
         """Forward hook of the representation module: keep Z of the real forward pass."""
@@ -127,8 +131,8 @@ class Objective:
                 raise TypeError(f"the representation module must return a tensor, got {type(output).__name__}")
             self.representation.append(output)
 
-    def _losses(self, batch: Any, model: Any) -> list[Tensor]:
-        names = self.tasks.names
+    def _losses(self, batch: Any, model: Any, only: Sequence[str] | None) -> list[Tensor]:
+        names = self.tasks.names if only is None else tuple(only)
         if self.tasks.multi_input:
             if not isinstance(batch, Mapping):
                 raise TypeError(

@@ -174,7 +174,9 @@ class MultiTask:
         if bool(bad.any()):
             names = [n for n, b in zip(self.tasks.names, bad.tolist()) if b]
             values = {n: float(values[self.tasks.names.index(n)]) for n in names}
+            cause = self.weighting.explain_failure()
             raise NonFiniteLossError(
-                f"non-finite loss in step {self.steps + 1} (1-based) for task(s) {values}: lower the learning rate, "
-                "check the inputs and targets of that task, or clip gradients"
+                f"non-finite loss in step {self.steps + 1} (1-based) for task(s) {values}: "
+                + (f"{cause}; or " if cause else "")
+                + "lower the learning rate, check the inputs and targets of that task, or clip gradients"
             )

@@ -95,6 +95,17 @@ class AutoLambda(OwnOptimizer, Weighting):
             O(ε²), two forward passes) or ``"forward"``: (Lᵢ(θ+εu) − Lᵢ(θ))/ε with Lᵢ(θ) the
             training pass's own losses (same batch and dropout masks), error O(ε), one
             forward pass fewer per step.
+        normalize: ``"none"`` (default, the paper's: λ unconstrained) or ``"mean"``: after
+            every update λ is projected onto {mean(λ) = ``init``} (λᵢ ← λᵢ − mean(λ) + init,
+            the Euclidean projection, before the ``nonnegative`` clamp), so that only the
+            *relative* weights are learned and the effective learning rate cannot drift
+            with λ. The hypergradients of all tasks share a positive common part whenever
+            the tasks' gradients align with the primary one (Σᵢ λᵢ ∂/∂λᵢ is the first-order
+            change of L_val from scaling the whole step), and Adam's normalised steps turn
+            it into a steady growth of every λ: a growing learning rate, not a weighting.
+
+    λ is unbounded by default; when a run fails on a non-finite loss the message names λ
+    if it grew (:meth:`explain_failure`).
     """
 
     needs_meta_batch = True
@@ -114,11 +125,13 @@ class AutoLambda(OwnOptimizer, Weighting):
         nonnegative: bool = False,
         epsilon: float = 0.01,
         difference: Literal["central", "forward"] = "central",
+        normalize: Literal["none", "mean"] = "none",
     ) -> None:
         super().__init__()
         check_choice("hypergradient", hypergradient, ("finite_difference", "exact"))
         check_choice("order", order, ("lookahead", "lagged"))
         check_choice("difference", difference, ("central", "forward"))
+        check_choice("normalize", normalize, ("none", "mean"))
         if hypergradient == "exact" and order == "lagged":
             raise ValueError("the exact hypergradient differentiates through the virtual step: use order='lookahead'")
         if interval < 1:
@@ -129,6 +142,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         self.init, self.lr, self.factory = init, lr, meta_optimizer
         self.hypergradient, self.order, self.interval = hypergradient, order, interval
         self.nonnegative, self.epsilon, self.difference = nonnegative, epsilon, difference
+        self.normalize = normalize
         self.lambdas = nn.Parameter(torch.zeros(0))
         self.primary: tuple[int, ...] = ()
         self._pending: _Pending | None = None
@@ -215,14 +229,30 @@ class AutoLambda(OwnOptimizer, Weighting):
         return objective.replicas.mean((plus - minus) / (2 * eps))
 
     def _meta_loss(self, objective: Objective, params: dict[str, Tensor], meta_batch: Any) -> Tensor:
-        return objective.losses(meta_batch, params)[list(self.primary)].sum()
+        """Σ_p L_p(θ'; meta batch) over the primary tasks; the meta batch needs their targets only."""
+        names = self.task_names or ()
+        return objective.losses(meta_batch, params, only=[names[p] for p in self.primary]).sum()
 
     def _update(self, hypergradient: Tensor) -> None:
         self.last_hypergradient = hypergradient.detach()
         self._own_step(self.lambdas, hypergradient)
-        if self.nonnegative:
-            with torch.no_grad():
+        with torch.no_grad():
+            if self.normalize == "mean":
+                self.lambdas.add_(self.init - self.lambdas.mean())
+            if self.nonnegative:
                 self.lambdas.clamp_(min=0.0)
+
+    def explain_failure(self) -> str:
+        """Names λ when it grew (a λ above max(1, 2·init) in absolute value): an unbounded
+        λ multiplies the learning rate of its task."""
+        lam = self.lambdas.detach()
+        if lam.numel() == 0 or float(lam.abs().max()) <= max(1.0, 2.0 * abs(self.init)):
+            return ""
+        values = ", ".join(f"{n}={float(v):.3g}" for n, v in zip(self.task_names or (), lam))
+        return (
+            f"Auto-Lambda's λ grew without bound to ({values}) from {self.init} (λ multiplies its task's "
+            "learning rate): lower the λ learning rate (option lr), or fix λ's mean with normalize=mean"
+        )
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "pending": self._pending}

@@ -67,6 +67,11 @@ class Weighting(nn.Module):
     def end_epoch(self) -> None:
         """Called at the end of every epoch (DWA's loss history lives here)."""
 
+    def explain_failure(self) -> str:
+        """What of this weighting's state may explain a non-finite loss (a weight that grew
+        without bound…), for the error message; ``""`` when nothing does."""
+        return ""
+
     def regularizer(self) -> Tensor | None:
         """A term added to the weighted loss to train the weighting's own parameters."""
         return None

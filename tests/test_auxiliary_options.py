@@ -1,0 +1,134 @@
+"""Options of Auto-Lambda and HydaLearn for auxiliary learning: meta batches with the
+primary targets only, λ with a fixed mean, the failure message naming a grown λ, and
+HydaLearn's smoothed weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dynamtl as dm
+from dynamtl.step import NonFiniteLossError
+
+TASKS = ("main", "aux1", "aux2")
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(3, 6), nn.Tanh())
+        self.heads = nn.ModuleDict({t: nn.Linear(6, 1) for t in TASKS})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.trunk(x)
+        return {t: head(h).squeeze(-1) for t, head in self.heads.items()}
+
+
+def _batch(seed: int, n: int = 16, only: tuple[str, ...] = TASKS):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = {t: torch.randn(n, generator=g, dtype=torch.float64) for t in TASKS}
+    y["aux1"] = y["main"] + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    return x, {t: y[t] for t in only}
+
+
+def _run(weighting, steps: int, meta_only: tuple[str, ...] = TASKS, lr: float = 0.1):
+    torch.manual_seed(0)
+    model = Net().double()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), opt, weighting=weighting)
+    infos = [mtl.step(_batch(s), meta_batch=_batch(1000 + s, only=meta_only)) for s in range(steps)]
+    return model, infos
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: dm.AutoLambda(primary="main", lr=1e-2),
+        lambda: dm.AutoLambda(primary="main", lr=1e-2, hypergradient="exact"),
+        lambda: dm.AutoLambda(primary="main", lr=1e-2, order="lagged"),
+        lambda: dm.HydaLearn(main="main", gain_batch="meta"),
+        lambda: dm.HydaLearn(main="main", gain_batch="meta", gain="first_order"),
+    ],
+)
+def test_meta_batches_need_the_primary_targets_only(make):
+    full_model, full = _run(make(), 4)
+    only_model, only = _run(make(), 4, meta_only=("main",))
+    for a, b in zip(full, only):
+        assert torch.equal(a.weights, b.weights)
+    for p, q in zip(full_model.parameters(), only_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_meta_batch_without_the_primary_targets_names_them():
+    with pytest.raises(KeyError, match=r"missing task\(s\) \['main'\]"):
+        _run(dm.AutoLambda(primary="main"), 1, meta_only=("aux1", "aux2"))
+
+
+def test_normalize_mean_projects_each_update_onto_the_fixed_mean():
+    """λ ← λ − η(h − mean h) under a plain SGD λ optimizer: only the relative weights move."""
+    sgd = lambda ps: torch.optim.SGD(ps, lr=0.5)  # noqa: E731
+    weighting = dm.AutoLambda(primary="main", init=0.2, meta_optimizer=sgd, normalize="mean")
+    free = dm.AutoLambda(primary="main", init=0.2, meta_optimizer=sgd)
+    _run(free, 1)
+    model, infos = _run(weighting, 6)
+    assert torch.allclose(weighting.lambdas.detach().mean(), torch.tensor(0.2, dtype=torch.float64), atol=1e-12)
+    h = free.last_hypergradient
+    expected = 0.2 - 0.5 * (h - h.mean())
+    _run(step_one := dm.AutoLambda(primary="main", init=0.2, meta_optimizer=sgd, normalize="mean"), 1)
+    assert torch.allclose(step_one.lambdas.detach().to(expected), expected, atol=1e-12)
+    assert float(free.lambdas.detach().mean()) != pytest.approx(0.2)  # without it the mean moves
+    assert not torch.allclose(infos[-1].weights, infos[0].weights)  # the relative weights do change
+
+
+def test_normalize_mean_with_nonnegative_clamps_after_the_projection():
+    sgd = lambda ps: torch.optim.SGD(ps, lr=50.0)  # noqa: E731
+    weighting = dm.AutoLambda(primary="main", init=0.1, meta_optimizer=sgd, normalize="mean", nonnegative=True)
+    _run(weighting, 3)
+    assert float(weighting.lambdas.detach().min()) >= 0.0
+
+
+def test_bad_normalize_and_smoothing_are_refused():
+    with pytest.raises(ValueError, match="normalize"):
+        dm.AutoLambda(normalize="sum")
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="smoothing"):
+            dm.HydaLearn(main="main", smoothing=bad)
+
+
+def test_a_non_finite_loss_after_lambda_grew_names_lambda():
+    weighting = dm.AutoLambda(primary="main", init=1.0, lr=1e-2)
+    model, _ = _run(weighting, 2)
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)),
+                       torch.optim.SGD(model.parameters(), lr=0.1), weighting=weighting)
+    x, y = _batch(7)
+    with pytest.raises(NonFiniteLossError) as error:
+        mtl.step((x * float("inf"), y), meta_batch=_batch(8))
+    assert "λ" not in str(error.value)  # λ near its start: not blamed
+    with torch.no_grad():
+        weighting.lambdas.copy_(torch.tensor([4.6, 0.5, 3.0]))
+    with pytest.raises(NonFiniteLossError, match=r"Auto-Lambda's λ grew without bound to \(main=4\.6, aux1=0\.5, "
+                       r"aux2=3\) from 1\.0.*normalize=mean.*lower the learning rate"):
+        mtl.step((x * float("inf"), y), meta_batch=_batch(8))
+
+
+def test_smoothing_is_the_moving_average_of_the_per_batch_weights():
+    beta = 0.7
+    smoothed = dm.HydaLearn(main="main", smoothing=beta)
+    _, infos = _run(smoothed, 6)
+    # replay the same run and recompute each step's per-batch weights from its gains
+    replayed = dm.HydaLearn(main="main", smoothing=beta)
+    unsmoothed = dm.HydaLearn(main="main").bind(TASKS)
+    torch.manual_seed(0)
+    model = Net().double()
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)),
+                       torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), weighting=replayed)
+    ema = None
+    for s, info in enumerate(infos):
+        got = mtl.step(_batch(s), meta_batch=_batch(1000 + s))
+        raw = unsmoothed._weights_from_gains(replayed.last_gains)
+        ema = raw if ema is None else beta * ema + (1 - beta) * raw
+        assert torch.allclose(got.weights, ema, atol=1e-12) and torch.allclose(info.weights, ema, atol=1e-12)
+    assert not torch.allclose(raw, ema)  # the smoothing did something
