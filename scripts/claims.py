@@ -1,0 +1,187 @@
+"""Numbers and figures of docs/claims.md, read from the folders of `dynamtl compare --config
+src/dynamtl/cli/claims/<claim>.toml --out <folder>`.
+
+    python scripts/claims.py noise FOLDER [FOLDER…] --figure docs/claims-noise.png
+    python scripts/claims.py drift FOLDER --figure docs/claims-drift.png
+
+``noise``: per compared method, each task's λ at the end of training and averaged over the
+last third of the steps (mean ± std over seeds), and in how many seeds the noise task's λ is
+the lowest. ``drift``: per HydaLearn-like run of the drift benchmark, how its auxiliary share
+w_aux / (w_main + w_aux) follows the share of helpful samples: the correlation with each
+mini-batch's helpful fraction h, with the generator's drifting probability p(t), and the
+least-squares coefficient of h − p(t) (the batch's composition beyond the drift) in
+share ~ 1 + p(t) + (h − p(t)), with its t-statistic; mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+
+from dynamtl.registry import benchmark
+
+NOISE = "noise"
+
+
+def steps(run_dir: Path) -> list[dict]:
+    rows = []
+    for line in (run_dir / "steps.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if not record.get("skipped"):
+            rows.append(record)
+    return rows
+
+
+def weights(rows: list[dict]) -> dict[str, torch.Tensor]:
+    tasks = [k.removeprefix("weight/") for k in rows[0] if k.startswith("weight/")]
+    return {t: torch.tensor([r[f"weight/{t}"] for r in rows], dtype=torch.float64) for t in tasks}
+
+
+def dynamic_runs(folder: Path) -> dict[str, list[Path]]:
+    """Method -> its seed folders, for runs whose weights change (no stl, no Static, no control)."""
+    out: dict[str, list[Path]] = {}
+    for method in sorted(p for p in (folder / "runs").iterdir() if p.is_dir()):
+        seeds = sorted(p for p in method.iterdir() if (p / "results.json").is_file())
+        if method.name == "stl" or not seeds:
+            continue
+        w = weights(steps(seeds[0]))
+        if all(bool((v == v[0]).all()) for v in w.values()):
+            continue
+        out[method.name] = seeds
+    return out
+
+
+def _ms(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def noise(folders: list[Path], figure: Path | None) -> None:
+    panels = []
+    for folder in folders:
+        mode = json.loads((folder / "comparison.json").read_text())["config"]["mode"]
+        for method, seeds in dynamic_runs(folder).items():
+            per_seed = [weights(steps(s)) for s in seeds]
+            tasks = list(per_seed[0])
+            final = {t: [float(w[t][-1]) for w in per_seed] for t in tasks}
+            third = {t: [float(w[t][-len(w[t]) // 3 :].mean()) for w in per_seed] for t in tasks}
+            lowest_final = sum(min(tasks, key=lambda t: w[t][-1]) == NOISE for w in per_seed)
+            lowest_third = sum(min(tasks, key=lambda t: w[t][-len(w[t]) // 3 :].mean()) == NOISE for w in per_seed)
+            print(f"{mode:10s} {method:22s} seeds {len(seeds)}")
+            print("   final λ:       " + ", ".join(f"{t} {_ms(final[t])}" for t in tasks))
+            print("   last-third λ:  " + ", ".join(f"{t} {_ms(third[t])}" for t in tasks))
+            print(f"   noise lowest:  final {lowest_final}/{len(seeds)}, last third {lowest_third}/{len(seeds)}")
+            panels.append((f"{method} ({mode})", per_seed))
+    if figure is not None:
+        _draw_noise(panels, figure)
+
+
+def _draw_noise(panels, figure: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    colours = {"label": "tab:blue", "group": "tab:green", NOISE: "tab:red"}
+    for ax, (title, per_seed) in zip(axes[0], panels):
+        for task in per_seed[0]:
+            stacked = torch.stack([w[task] for w in per_seed])
+            steps_axis = torch.arange(1, stacked.shape[1] + 1)
+            mean = stacked.mean(0)
+            ax.plot(steps_axis, mean, color=colours.get(task), label=task)
+            ax.fill_between(steps_axis, stacked.min(0).values, stacked.max(0).values, color=colours.get(task),
+                            alpha=0.2, linewidth=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("λ (mean of seeds; band: min–max)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    print(f"figure: {figure}")
+
+
+def _drift_series(run_dir: Path) -> dict[str, torch.Tensor]:
+    config = json.loads((run_dir / "config.json").read_text())
+    bench = benchmark("drift", config["benchmark_options"])
+    helpful = bench.helpful(config["seed"], "train", config["limit"]).double()
+    n, size = len(helpful), config["batch_size"]
+    rows = steps(run_dir)
+    w = weights(rows)
+    share = w["aux"] / (w["main"] + w["aux"])
+    starts = torch.tensor([(r["batch"] - 1) * size for r in rows])
+    frac = torch.stack([helpful[s : s + size].mean() for s in starts.tolist()])
+    centre = (starts + torch.clamp(torch.full_like(starts, size), max=n - starts) / 2) / n
+    p = bench.helpful_share(centre.double())
+    return {"share": share, "helpful": frac, "p": p, "step": torch.tensor([r["step"] for r in rows])}
+
+
+def _regression(series: dict[str, torch.Tensor]) -> tuple[float, float, float, float]:
+    y, h, p = series["share"], series["helpful"], series["p"]
+    corr_h = float(torch.corrcoef(torch.stack([y, h]))[0, 1])
+    corr_p = float(torch.corrcoef(torch.stack([y, p]))[0, 1])
+    x = torch.stack([torch.ones_like(p), p, h - p], 1)
+    beta = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1)
+    residual = y - x @ beta
+    sigma2 = float(residual @ residual) / (len(y) - 3)
+    cov = sigma2 * torch.linalg.inv(x.T @ x)
+    return corr_h, corr_p, float(beta[2]), float(beta[2] / math.sqrt(float(cov[2, 2])))
+
+
+def drift(folder: Path, figure: Path | None) -> None:
+    shown = {}
+    for method, seeds in dynamic_runs(folder).items():
+        stats = [_regression(_drift_series(s)) for s in seeds]
+        corr_h, corr_p, coef, t = (list(v) for v in zip(*stats))
+        mean_share = [float(_drift_series(s)["share"].mean()) for s in seeds]
+        print(f"{method:22s} seeds {len(seeds)}: mean aux share {_ms(mean_share)}; corr(share, batch helpful) "
+              f"{_ms(corr_h)}; corr(share, p(t)) {_ms(corr_p)}; coefficient of h − p(t) {_ms(coef)} "
+              f"(t = {_ms(t, 1)})")
+        shown[method] = _drift_series(seeds[0])
+    if figure is not None:
+        _draw_drift(shown, figure)
+
+
+def _draw_drift(shown: dict[str, dict[str, torch.Tensor]], figure: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.6 * len(shown)), squeeze=False)
+    for ax, (method, s) in zip(axes[:, 0], shown.items()):
+        last = s["step"] > s["step"].max() - 2 * int((s["step"] <= s["step"].max()).sum() / 10)
+        ax.plot(s["step"][last], s["helpful"][last], color="tab:gray", lw=0.8, label="helpful share of the batch")
+        ax.plot(s["step"][last], s["p"][last], color="black", lw=1.2, label="p(t), the generator's relevance")
+        ax.plot(s["step"][last], s["share"][last], color="tab:red", lw=1.0, label="w_aux / (w_main + w_aux)")
+        ax.set_title(f"{method}, seed 0, last two epochs", fontsize=9)
+        ax.set_ylim(-0.05, 1.05)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    print(f"figure: {figure}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("claim", choices=["noise", "drift"])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--figure", type=Path)
+    args = parser.parse_args()
+    if args.claim == "noise":
+        noise(args.folders, args.figure)
+    else:
+        drift(args.folders[0], args.figure)
+
+
+if __name__ == "__main__":
+    main()
