@@ -15,7 +15,7 @@ from dynamtl.train.compare import compare
 from dynamtl.train.config import ConfigError, RunConfig
 from dynamtl.train.controls import RunSpec, matched_controls, method_specs, read_weights
 
-AUX = RunConfig(benchmark="drift", mode="auxiliary", limit=128, batch_size=64, epochs=1, lr=0.01)
+AUX = RunConfig(benchmark="drift", mode="auxiliary", limit=128, batch_size=64, epochs=1, lr=0.01, optimizer="sgd")
 
 
 def _steps(run_dir, rows, tail=""):
@@ -48,6 +48,9 @@ def test_controls_match_the_mean_weights_and_the_counted_tasks_learning_rate_sca
     assert static.config.seed == equal.config.seed == 3 and static.config.lr == 0.01
     multi = matched_controls(RunSpec("x", AUX.replace(method="auto-lambda", mode="multi-task")), 0, run)
     assert multi[1].config.lr == pytest.approx(0.01 * 0.4)  # multi-task mode: every task's
+    for optimizer in ("adam", "adamw"):  # invariant to a common factor on the loss: Equal is the matched one
+        adam = matched_controls(RunSpec("x", AUX.replace(method="auto-lambda", optimizer=optimizer)), 0, run)
+        assert [c.label for c in adam] == ["x.static"]
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,9 @@ setting equal:
   weights, no dynamics): a dynamic method must beat it to show that its *dynamics* help;
 * ``<label>.equal-lr``: Equal with the learning rate multiplied by the method's mean
   *counted* weight (the mean over the steps and over the counted tasks: the primary tasks in
-  auxiliary mode, all tasks in multi-task mode): the learning-rate-matched Equal.
+  auxiliary mode, all tasks in multi-task mode): the learning-rate-matched Equal. Only for
+  SGD: Adam and AdamW divide the gradient by its running scale, so a common factor on the
+  loss leaves their steps unchanged (up to their ε), and Equal itself is the matched one.
 
 They are added for every run whose weights change during training and whose mean weight
 of some task differs from 1 by more than :data:`TOLERANCE` (relative); ``.equal-lr`` only
@@ -36,6 +38,7 @@ from dynamtl.registry import OptionValue, RegistryError, parse_method
 from dynamtl.train.config import ConfigError, RunConfig, plan
 
 TOLERANCE = 0.05
+SCALE_INVARIANT = ("adam", "adamw")
 WEIGHT_PREFIX = "weight/"
 
 
@@ -132,7 +135,7 @@ def matched_controls(spec: RunSpec, seed: int, run_dir: Path) -> list[RunSpec]:
     scale = math.fsum(summary.mean[t] for t in counted) / len(counted)
     base = resolved.replace(options={}, seed=seed)
     controls = [RunSpec(f"{spec.label}.static", base.replace(method="static", options={"weights": summary.mean}))]
-    if abs(scale - 1.0) > TOLERANCE:
+    if abs(scale - 1.0) > TOLERANCE and resolved.optimizer not in SCALE_INVARIANT:
         assert resolved.lr is not None
         controls.append(RunSpec(f"{spec.label}.equal-lr", base.replace(method="equal", lr=resolved.lr * scale)))
     return controls
