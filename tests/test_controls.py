@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from dynamtl.report.tables import compare_table
 from dynamtl.metrics import MAE
+from dynamtl.report.tables import compare_table
 from dynamtl.train.compare import compare
 from dynamtl.train.config import ConfigError, RunConfig
 from dynamtl.train.controls import RunSpec, matched_controls, method_specs, read_weights

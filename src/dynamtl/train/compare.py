@@ -24,7 +24,12 @@ from typing import Any
 from dynamtl.metrics import delta_mtl
 from dynamtl.report.tables import compare_table
 from dynamtl.train.config import ConfigError, RunConfig, plan
-from dynamtl.train.controls import RunSpec, matched_controls, method_specs, weight_columns
+from dynamtl.train.controls import (
+    RunSpec,
+    matched_controls,
+    method_specs,
+    weight_columns,
+)
 from dynamtl.train.folder import write_json_atomic
 from dynamtl.train.plots import draw_weights_comparison
 from dynamtl.train.runs import train_or_reuse
