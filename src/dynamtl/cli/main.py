@@ -39,7 +39,7 @@ from dynamtl.train.runs import train as train_run
 from dynamtl.train.session import DataError, RunStopped, TrainingStopped
 
 USER_ERRORS = (ConfigError, RegistryError, RunFolderError, CheckpointError, TrainingStopped, DataError)
-COMPARE_KEYS = ("methods", "seeds")
+COMPARE_KEYS = ("methods", "seeds", "variants", "controls")
 MAIN_JOB = Path(__file__).with_name("main_job.toml")
 TABLES = {"options": "--option", "benchmark_options": "--benchmark-option"}
 """Config fields that are tables, and the repeatable NAME=VALUE flag of each."""
@@ -168,11 +168,13 @@ def train(config_file: Path | None, out: Path | None, quiet: bool, **flags: Any)
 @_run_flags(exclude=("method", "seed"))
 @click.option("--methods", help="comma-separated method specs to compare (stl is always added)")
 @click.option("--seeds", help="comma-separated seeds (default: 0)")
+@click.option("--controls/--no-controls", default=None,
+              help="add the matched controls of runs whose weights do not average 1 (default: on)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="the comparison folder (default: comparisons/BENCHMARK)")
 @click.option("--quiet", is_flag=True, help="no progress bars and no epoch lines")
-def compare(config_file: Path | None, methods: str | None, seeds: str | None, out: Path | None, quiet: bool,
-            **flags: Any) -> None:
+def compare(config_file: Path | None, methods: str | None, seeds: str | None, controls: bool | None,
+            out: Path | None, quiet: bool, **flags: Any) -> None:
     """Train several methods over several seeds, with single-task baselines, and tabulate
     the test metrics and Δ_MTL (mean ± std, best in bold). Without --config and
     --benchmark it runs the main job (the embedded main_job.toml)."""
@@ -187,7 +189,12 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, ou
         raise ConfigError("give the methods to compare: --methods auto-lambda,hydalearn,equal")
     base = RunConfig.from_mapping(values, _source(config_file))
     out = out or Path("comparisons") / base.benchmark
-    comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet)
+    variants = listed["variants"] or {}
+    if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
+        raise ConfigError("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
+    with_controls = controls if controls is not None else listed["controls"] is not False
+    comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet, variants=variants,
+                                controls=with_controls)
     click.echo(comparison.markdown)
     click.echo("\nwritten: " + ", ".join(str(f) for f in comparison.files))
 
