@@ -19,6 +19,7 @@ try:
 except ModuleNotFoundError as missing:  # pragma: no cover - depends on the installed extras
     raise ModuleNotFoundError("the dynamtl command needs click: pip install 'dynamtl[cli]'") from missing
 
+import dynamtl
 from dynamtl.registry import (
     AGGREGATIONS,
     BENCHMARKS,
@@ -35,7 +36,7 @@ from dynamtl.train.folder import RunFolderError
 from dynamtl.train.processes import launched_as_main
 from dynamtl.train.runs import resume as resume_run
 from dynamtl.train.runs import train as train_run
-from dynamtl.train.session import DataError, TrainingStopped
+from dynamtl.train.session import DataError, RunStopped, TrainingStopped
 
 USER_ERRORS = (ConfigError, RegistryError, RunFolderError, CheckpointError, TrainingStopped, DataError)
 COMPARE_KEYS = ("methods", "seeds", "variants", "controls")
@@ -78,13 +79,13 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as error:
             raise click.ClickException(str(error)) from error
-        except KeyboardInterrupt as interrupt:
-            raise click.ClickException(
-                "interrupted: an unfinished run continues from its last checkpoint with `dynamtl resume RUN_DIR`"
-            ) from interrupt
+        except RunStopped as stop:
+            click.echo(str(stop), err=True)
+            ctx.exit(128 + stop.signal)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(dynamtl.__version__, prog_name="dynamtl", message="%(prog)s %(version)s")
 def main() -> None:
     """Dynamic task weighting for multi-task and auxiliary learning."""
 
@@ -202,10 +203,12 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, co
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--checkpoint", "which", type=click.Choice(["last", "previous"]), default="last", show_default=True,
               help="the checkpoint to continue from")
+@click.option("--allow-changes", is_flag=True,
+              help="resume although the config or environment (versions, threads) differs from the checkpoint's")
 @click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines")
-def resume(run_dir: Path, which: str, quiet: bool) -> None:
-    """Continue an interrupted run from its checkpoint."""
-    results = resume_run(run_dir, which=which, progress=not quiet)
+def resume(run_dir: Path, which: str, allow_changes: bool, quiet: bool) -> None:
+    """Continue an interrupted run from its checkpoint (a finished run: report its results)."""
+    results = resume_run(run_dir, which=which, progress=not quiet, allow_changes=allow_changes)
     _report(results, run_dir)
 
 

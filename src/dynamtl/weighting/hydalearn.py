@@ -56,7 +56,9 @@ class HydaLearn(Weighting):
         step_size: η; ``None`` uses the optimizer's learning rates.
         floor: the smallest share a task keeps (0 = tasks with no gain get no weight).
         normalize: ``"sum"`` or ``"main"``.
-        total: what the weights sum to with ``normalize="sum"`` (default: T).
+        total: what the weights sum to with ``normalize="sum"`` (default: the number of
+            tasks whose loss has a graph in this step, T when every task has one; a task
+            absent from a batch gets weight 0 and the step is the step on the others).
         smoothing: β in [0, 1), the weight of the past in the moving average (0: none, the
             paper's per-batch weights).
     """
@@ -103,11 +105,11 @@ class HydaLearn(Weighting):
         rates = self._step_sizes(ctx)
         if self.gain == "first_order":
             main_grad = self._main_gradient(ctx, grads)
-            gains = torch.stack([_dot(main_grad, g, rates, ctx.losses) for g in grads])
+            gains = torch.stack([_dot(main_grad, g, rates, ctx.losses.device) for g in grads])
         else:
             gains = self._lookahead_gains(ctx, grads, rates)
         self.last_gains = gains.detach()
-        weights = self._weights_from_gains(gains.detach())
+        weights = self._weights_from_gains(gains.detach(), sum(ctx.present))
         if self.smoothing > 0.0:
             if self.smoothed.numel():
                 weights = self.smoothing * self.smoothed.to(weights) + (1.0 - self.smoothing) * weights
@@ -120,6 +122,11 @@ class HydaLearn(Weighting):
         assert ctx.optimizer is not None
         return learning_rates(ctx.optimizer, ctx.params)
 
+    def _main_names(self) -> list[str]:
+        """The main tasks' names in task order (the meta batch needs their targets only)."""
+        names = self.task_names or ()
+        return [names[m] for m in self.main]
+
     def _main_loss(self, losses: Tensor) -> Tensor:
         return losses[list(self.main)].sum()
 
@@ -127,25 +134,31 @@ class HydaLearn(Weighting):
         if self.gain_batch == "current":
             return combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
         leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
-        loss = ctx.objective.losses(ctx.meta_batch, leaves, only=self.main_names).sum()
+        loss = ctx.objective.losses(ctx.meta_batch, leaves, pass_name="meta", only=self._main_names()).sum()
         meta_grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         return dict(zip(leaves, ctx.objective.replicas.means(meta_grads)))
 
     def _lookahead_gains(self, ctx: StepContext, grads: list[Gradients], rates: dict[str, float]) -> Tensor:
         theta = ctx.current_params()
         with torch.no_grad():
+            # gains in float32 at least: float16 losses differ by a few units in the last place
             if self.gain_batch == "current":
-                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(ctx.losses.detach())
+                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(_wide(ctx.losses.detach()))
             else:
                 batch, rng = ctx.meta_batch, capture_rng(ctx.objective.device)
-                base = ctx.objective.losses(batch, theta, rng, only=self.main_names).sum()
+                base = _wide(ctx.objective.losses(batch, theta, rng, "meta", only=self._main_names())).sum()
+            which = "training" if self.gain_batch == "current" else "meta"
             gains = []
-            for g in grads:
+            for name, g in zip(ctx.objective.tasks.names, grads):
                 moved = {n: t - rates[n] * g[n] if g[n] is not None and n in rates else t for n, t in theta.items()}
-                gains.append(base - ctx.objective.losses(batch, moved, rng, only=self.main_names).sum())
+                after = ctx.objective.losses(
+                    batch, moved, rng, f"look-ahead of task {name!r} ({which} batch)", only=self._main_names()
+                )
+                gains.append(base - _wide(after).sum())
         return ctx.objective.replicas.mean(torch.stack(gains))
 
-    def _weights_from_gains(self, gains: Tensor) -> Tensor:
+    def _weights_from_gains(self, gains: Tensor, present: int | None = None) -> Tensor:
+        """Weights from the gains; ``present``: the number of tasks with a gradient this step."""
         positive = gains.clamp(min=0.0)
         main = list(self.main)
         if float(positive.sum()) <= 0.0 or (self.normalize == "main" and float(positive[main].sum()) <= 0.0):
@@ -154,16 +167,22 @@ class HydaLearn(Weighting):
         share = (positive / positive.sum()).clamp(min=self.floor)
         if self.normalize == "main":
             return share / share[main].mean()
-        total = self.total if self.total is not None else float(self.num_tasks)
+        total = self.total if self.total is not None else float(present or self.num_tasks)
         return total * share / share.sum()
 
 
-def _dot(a: Gradients, b: Gradients, rates: dict[str, float], like: Tensor) -> Tensor:
-    """Σ over parameters of η_p ⟨a_p, b_p⟩ (parameters missing from either count 0)."""
-    total = torch.zeros((), dtype=like.dtype, device=like.device)
+def _dot(a: Gradients, b: Gradients, rates: dict[str, float], device: torch.device) -> Tensor:
+    """Σ over parameters of η_p ⟨a_p, b_p⟩ (parameters missing from either count 0), in
+    float32 at least."""
+    total = torch.zeros((), dtype=torch.float32, device=device)  # float64 terms make it float64
     for n, x in a.items():
         y = b.get(n)
         if x is not None and y is not None and n in rates:
-            total = total + rates[n] * (x * y).sum()
+            total = total + rates[n] * (_wide(x) * _wide(y)).sum()
     return total
+
+
+def _wide(values: Tensor) -> Tensor:
+    """``values`` in float32 if they are float16 or bfloat16 (float64 stays float64)."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
