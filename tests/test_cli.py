@@ -55,7 +55,7 @@ def test_train_reads_a_config_file_and_flags_override_it(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["limit"] == 128 and saved["method"] == "hydalearn"
     assert saved["options"] == {"gain": "first_order", "floor": 0.1, "gain_batch": "current", "normalize": "sum",
-                                "step_size": None, "total": None}  # every option, the defaults included
+                                "step_size": None, "total": None, "smoothing": 0.0}  # every option, defaults included
     assert saved["benchmark_options"] == {"cycles": 2.0}
     results = json.loads((out / "results.json").read_text())
     assert f"test metrics: {json.dumps(results['test'])}" in result.stdout
@@ -134,7 +134,7 @@ def test_list_names_every_benchmark_and_method():
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["train", "--benchmark", "nope"], "unknown benchmark 'nope'; valid benchmarks: census, drift, multimnist"),
+        (["train", "--benchmark", "nope"], "unknown benchmark 'nope'; valid benchmarks: census, drift, fashion-mnist, multimnist"),
         (["train", "--benchmark", "drift", "--method", "lambda"], "unknown method 'lambda'; valid names: equal, static"),
         (["train", "--benchmark", "drift", "--tasks", "main,depth"], "unknown selected task(s) ['depth']"),
         (["train", "--benchmark", "drift", "--option", "lr"], "--option takes NAME=VALUE (e.g. --option lr=3e-4)"),
