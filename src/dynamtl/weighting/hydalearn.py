@@ -63,6 +63,8 @@ class HydaLearn(Weighting):
             paper's per-batch weights).
     """
 
+    smoothed: Tensor  # the last smoothed weights (empty before the first step), a buffer
+
     def __init__(
         self,
         main: Sequence[str] | str,
