@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from dynamtl.tasks import task_indices
+from dynamtl.tasks import expect_mapping, task_indices
 from dynamtl.weighting.base import LossWeighting, MetaOptimizerFactory, OwnOptimizer
 
 
@@ -76,6 +76,8 @@ class FAMO(OwnOptimizer, LossWeighting):
             raise ValueError(f"FAMO needs lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         if epsilon < 0:
             raise ValueError(f"FAMO's epsilon must be >= 0, got {epsilon}")
+        if min_losses is not None:
+            expect_mapping(min_losses, "FAMO's min_losses", "task name -> lower bound", "FAMO(min_losses={'depth': 0.0})")
         self.lr, self.weight_decay, self.factory = lr, weight_decay, meta_optimizer
         self.given_min_losses = dict(min_losses or {})
         self.epsilon = epsilon
