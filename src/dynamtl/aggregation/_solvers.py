@@ -57,9 +57,20 @@ def gramian(jacobian: Tensor) -> Tensor:
     return 0.5 * (gram + gram.T)
 
 
+def solver_tolerance(jacobian: Tensor) -> float:
+    """Relative accuracy of the Gram matrix of ``jacobian`` (10 ε of the dtype it is computed in)."""
+    return 10.0 * float(torch.finfo(compute_dtype(jacobian)).eps)
+
+
 def rank_tolerance(jacobian: Tensor) -> float:
-    """Relative accuracy of a Gram matrix computed from ``jacobian`` (in at least float32)."""
-    return 10.0 * float(torch.finfo(jacobian.dtype if jacobian.dtype == torch.float64 else torch.float32).eps)
+    """Relative size below which an eigenvalue of the Gram matrix counts as zero.
+
+    Rounding the rows to ``jacobian``'s dtype (relative error ε) turns an exactly dependent
+    row into one whose Gram eigenvalue is of order ε² times the largest: with bfloat16
+    (ε = 2⁻⁸) that is far above the accuracy of the float32 products, so the tolerance is
+    the larger of 10 ε² of the rows' dtype and :func:`solver_tolerance`."""
+    eps = float(torch.finfo(jacobian.dtype).eps)
+    return max(10.0 * eps * eps, solver_tolerance(jacobian))
 
 
 def combine_rows(weights: Tensor | Sequence[float], jacobian: Tensor) -> Tensor:
