@@ -408,6 +408,7 @@ PAIRS = [(w, "sum") for w in WEIGHTINGS] + [("equal", a) for a in AGGREGATIONS i
 @pytest.mark.parametrize(("weighting_name", "aggregation_name"), PAIRS)
 def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighting_name, aggregation_name, gradient):
     first, per_step = calls_per_step(weighting_name, aggregation_name)
+    seen = set()
     for at in range(1, per_step + 1):
         loss = Poisoned(first + at, gradient)
         model, opt, mtl = poisoned_run(build("weighting", weighting_name), build("aggregation", aggregation_name), loss)
@@ -419,6 +420,7 @@ def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighti
             assert error.step == 2 and "in step 2 (1-based)" in str(error)
             assert "b" in error.values or gradient and "aggregation" in error.pass_name, str(error)
             assert error.pass_name in str(error)
+            seen.add(error.pass_name)
             assert all(p.grad is None for p in model.parameters())
             assert mtl.steps == 1
         else:
@@ -430,6 +432,15 @@ def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighti
         assert_identical(after, before)
         mtl.step(batch(3), batch(4))  # the run goes on (the poison was one call)
         assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert "training" in seen or gradient and any("aggregation" in s for s in seen)
+    if not gradient:  # every pass that evaluates task b's loss is seen to fail
+        assert seen >= EXTRA_PASSES.get(weighting_name, set()), seen
+
+
+EXTRA_PASSES = {
+    "auto-lambda": {"meta", "perturbation +εu (training batch)", "perturbation −εu (training batch)"},
+    "hydalearn": {f"look-ahead of task {t!r} (training batch)" for t in TASKS},
+}
 
 
 def test_auto_lambda_nan_in_the_meta_input_names_the_meta_pass_in_that_step():
