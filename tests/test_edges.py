@@ -490,6 +490,7 @@ def test_half_precision_step_matches_float32(weighting_name, aggregation_name, d
         for state in mtl.weighting.state_dict().values():
             if isinstance(state, torch.Tensor) and state.is_floating_point():
                 assert state.dtype == torch.float32
+        assert info.weights.dtype == torch.float32  # λ is never rounded to the model's half precision
         grad = torch.cat([p.grad.float().reshape(-1) for p in model.parameters() if p.grad is not None])
         assert torch.isfinite(info.weights).all() and torch.isfinite(grad).all()
         results[run_dtype] = (info.weights.float(), grad)
@@ -505,9 +506,10 @@ def test_target_with_the_wrong_number_of_rows_names_the_task_and_pass():
     model = net(0)
     x, y = batch(1)
     y = {**y, "b": y["b"][:-1]}
-    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(RuntimeError, match=r"the loss of task 'b' raised RuntimeError in the training pass: "):
+    mtl = dm.MultiTask(model, dm.Tasks({t: F.mse_loss for t in TASKS}), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match=r"the loss of task 'b' raised RuntimeError in the training pass: ") as caught:
         mtl.step((x, y))
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the original error, with its traceback
 
 
 def test_float_targets_for_cross_entropy_name_the_task():
