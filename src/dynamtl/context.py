@@ -72,16 +72,18 @@ class StepContext:
         Computed once per step by one backward pass per task through the shared graph
         (measured as fast as ``vmap`` on CPU) and cached for every method that asks. Under
         DDP they are averaged over the processes (one all-reduce): the global batch's.
+        Under loss scaling they are the true (unscaled) gradients, and a non-finite one
+        raises :class:`~dynamtl.precision.GradientOverflow`.
         """
         if self._task_gradients is None:
             params = list(self.params.values())
             names = list(self.params)
+            precision = self.objective.precision
             local = [
-                g
-                for loss in self.task_losses
-                for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                g for loss in self.task_losses for g in precision.local_gradients(loss, params, retain_graph=True)
             ]
             grads = self.objective.replicas.means(local)
+            precision.check(grads)
             self._task_gradients = [
                 dict(zip(names, grads[k : k + len(names)])) for k in range(0, len(grads), len(names))
             ]
@@ -100,7 +102,7 @@ class StepContext:
             )
         rows = []
         for loss in self.task_losses:
-            grads = torch.autograd.grad(loss, self.representation, retain_graph=True, allow_unused=True)
+            grads = self.objective.precision.local_gradients(loss, self.representation, retain_graph=True)
             rows.append(torch.cat([(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]))
         return torch.stack(rows)
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dynamtl.distributed import Replicas, unwrap
+from dynamtl.precision import Precision, float32_loss
 from dynamtl.tasks import Tasks
 
 RngState = tuple[Tensor, list[Tensor]]
@@ -79,6 +80,7 @@ class Objective:
         if not self.params:
             raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
         self.device = next(iter(self.params.values())).device
+        self.precision = Precision(device_type=self.device.type)  # MultiTask(..., scaler=...) sets its own
 
     def losses(
         self,
@@ -107,9 +109,11 @@ class Objective:
 
         Whether a graph is built follows the autograd mode of the caller. Each loss is a
         separate graph root, so differentiating one task's loss reaches only the parameters
-        it depends on (other heads get ``None``, not zeros).
+        it depends on (other heads get ``None``, not zeros). Inside a step under autocast
+        the model runs under the caller's autocast and the losses are float32 (see
+        :mod:`dynamtl.precision`).
         """
-        with replayed_rng(rng, self.device):
+        with replayed_rng(rng, self.device), self.precision.forward():
             if params is None:
                 self.representation, self._capturing = [], True
                 try:
@@ -162,7 +166,7 @@ class Objective:
                 f"the loss of task {name!r} returned {shape}; a task loss must be a scalar "
                 "tensor: reduce it (e.g. reduction='mean')"
             )
-        return loss
+        return float32_loss(loss)
 
 
 class _FunctionalModel:

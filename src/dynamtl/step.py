@@ -14,6 +14,7 @@ from dynamtl.aggregation.sum import Sum
 from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
 from dynamtl.objective import Objective, capture_rng
+from dynamtl.precision import GradientOverflow, Precision
 from dynamtl.tasks import Tasks
 from dynamtl.weighting.base import Weighting
 from dynamtl.weighting.equal import Equal
@@ -25,18 +26,23 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class StepInfo:
-    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``."""
+    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``;
+    ``skipped``: the scaled gradients overflowed and the step was skipped (only with a
+    ``GradScaler``)."""
 
     names: tuple[str, ...]
     losses: Tensor
     weights: Tensor
     seconds: float
+    skipped: bool = False
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging."""
         out = {f"loss/{n}": float(v) for n, v in zip(self.names, self.losses)}
         out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
         out["seconds"] = self.seconds
+        if self.skipped:
+            out["skipped"] = True
         return out
 
 
@@ -61,6 +67,18 @@ class MultiTask:
         representation: the name of the submodule whose output every head reads, for
             aggregations that can work on the gradients of that shared representation
             instead of the shared parameters (``MGDA(upper_bound=True)``).
+        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision (see below).
+
+    Mixed precision: run :meth:`step` (or :meth:`backward`) inside ``torch.autocast`` as
+    in any AMP loop; the model's forward passes run under it, the rest of the step in
+    float32 (:mod:`dynamtl.precision`). With ``scaler``, every backward pass is taken of
+    the scaled losses and every gradient that a weighting or aggregation reads is unscaled
+    first. A step whose scaled gradients hold an inf or NaN is skipped the GradScaler way:
+    the weighting's and aggregation's state is put back as it was, ``.grad`` is left
+    non-finite so that ``scaler.step`` skips the optimizer step and ``scaler.update``
+    lowers the scale, and :attr:`StepInfo.skipped` is set. :meth:`step` calls
+    ``scaler.step(optimizer)`` and ``scaler.update()`` itself; after :meth:`backward`
+    your loop does, exactly as after ``scaler.scale(loss).backward()``.
 
     Use :meth:`step` for the whole step, or :meth:`backward` to leave ``optimizer.step()``
     to your loop (gradient clipping, ``GradScaler``, schedulers). Call :meth:`end_epoch`
@@ -77,8 +95,10 @@ class MultiTask:
         aggregation: Aggregation | None = None,
         check_finite: bool = True,
         representation: str | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         self.objective = Objective(model, tasks, representation)
+        self.precision = self.objective.precision = Precision(scaler, self.objective.device.type)
         self.tasks = tasks
         self.optimizer = optimizer
         self.weighting = (weighting or Equal()).bind(tasks)
@@ -117,6 +137,32 @@ class MultiTask:
                 f"{type(self.weighting).__name__} needs a meta batch: call step(batch, meta_batch=...) "
                 "with a batch from a held-out split or a reshuffled training loader"
             )
+        with self.precision.step(self.objective.device):
+            if self.precision.scaler is None:
+                return self._backward(batch, meta_batch, start)
+            return self._skip_on_overflow(batch, meta_batch, start)
+
+    def _skip_on_overflow(self, batch: Any, meta_batch: Any, start: float) -> StepInfo:
+        """:meth:`_backward` under loss scaling: on an overflow, the weighting and aggregation
+        state is restored and ``.grad`` made infinite, so that ``scaler.step`` skips."""
+        saved = _cloned((self.weighting.state_dict(), self.aggregation.state_dict(), self.steps))
+        info: StepInfo | None = None
+        try:
+            info = self._backward(batch, meta_batch, start)
+            self.precision.check([p.grad for p in self.objective.params.values()])
+            return info
+        except GradientOverflow as overflow:
+            self.weighting.load_state_dict(saved[0])
+            self.aggregation.load_state_dict(saved[1])
+            self.steps = saved[2]
+            self.objective.representation = []
+            for p in self.objective.params.values():
+                p.grad = torch.full_like(p, float("inf"))
+            losses = info.losses if info is not None else overflow.losses  # type: ignore[attr-defined]
+            nan = torch.full_like(losses, float("nan"))
+            return StepInfo(self.tasks.names, losses, nan, time.perf_counter() - start, skipped=True)
+
+    def _backward(self, batch: Any, meta_batch: Any, start: float) -> StepInfo:
         rng = capture_rng(self.objective.device)
         task_losses = self.objective.task_losses(batch)
         ctx = StepContext(
@@ -133,9 +179,13 @@ class MultiTask:
         losses = ctx.losses
         if self.check_finite:
             self._check_finite(losses)
-        weights = self.weighting.weights(ctx)
-        self.aggregation.backward(ctx, weights, self.weighting.regularizer())
-        self.weighting.after_backward(ctx)
+        try:
+            weights = self.weighting.weights(ctx)
+            self.aggregation.backward(ctx, weights, self.weighting.regularizer())
+            self.weighting.after_backward(ctx)
+        except GradientOverflow as overflow:
+            overflow.losses = losses.detach()  # type: ignore[attr-defined]
+            raise
         self.objective.representation = []  # free Z of this step
         self.steps += 1
         return StepInfo(self.tasks.names, losses.detach(), weights.detach(), time.perf_counter() - start)
@@ -147,7 +197,11 @@ class MultiTask:
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         info = self.backward(batch, meta_batch)
-        self.optimizer.step()
+        if self.precision.scaler is None:
+            self.optimizer.step()
+        else:
+            self.precision.scaler.step(self.optimizer)
+            self.precision.scaler.update()
         info.seconds = time.perf_counter() - start
         return info
 
@@ -178,3 +232,17 @@ class MultiTask:
                 f"non-finite loss in step {self.steps + 1} (1-based) for task(s) {values}: lower the learning rate, "
                 "check the inputs and targets of that task, or clip gradients"
             )
+
+
+def _cloned(state: Any) -> Any:
+    """``state`` with every tensor in its dicts, lists and tuples cloned (other objects shared)."""
+    if isinstance(state, Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        out = type(state)((k, _cloned(v)) for k, v in state.items())
+        if hasattr(state, "_metadata"):
+            out._metadata = state._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cloned(v) for v in state)
+    return state

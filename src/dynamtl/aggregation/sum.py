@@ -24,4 +24,4 @@ class Sum(Aggregation):
         total = (weights * ctx.losses).sum()
         if regularizer is not None:
             total = total + regularizer
-        total.backward()
+        ctx.objective.precision.backward(total)
