@@ -36,20 +36,20 @@ def batch(seed: int, n: int = 32, scale: float = 1.0):
 
 
 METHODS = {
-    "equal": lambda: dict(weighting=dm.Equal()),
-    "uncertainty": lambda: dict(weighting=dm.Uncertainty()),
-    "auto_lambda": lambda: dict(weighting=dm.AutoLambda(primary=["a"], lr=0.01)),
-    "auto_lambda_lagged": lambda: dict(weighting=dm.AutoLambda(lr=0.01, order="lagged")),
-    "auto_lambda_exact": lambda: dict(weighting=dm.AutoLambda(primary=["a"], lr=0.01, hypergradient="exact")),
-    "hydalearn": lambda: dict(weighting=dm.HydaLearn(main="a")),
-    "hydalearn_meta": lambda: dict(weighting=dm.HydaLearn(main="a", gain="first_order", gain_batch="meta")),
-    "pcgrad": lambda: dict(aggregation=dm.PCGrad()),
-    "cagrad": lambda: dict(aggregation=dm.CAGrad(c=0.4)),
-    "mgda": lambda: dict(aggregation=dm.MGDA()),
-    "mgda_ub": lambda: dict(aggregation=dm.MGDA(upper_bound=True), representation="trunk"),
-    "gradnorm": lambda: dict(weighting=dm.GradNorm()),
-    "dwa": lambda: dict(weighting=dm.DWA()),
-    "famo": lambda: dict(weighting=dm.FAMO()),
+    "equal": lambda: {"weighting": dm.Equal()},
+    "uncertainty": lambda: {"weighting": dm.Uncertainty()},
+    "auto_lambda": lambda: {"weighting": dm.AutoLambda(primary=["a"], lr=0.01)},
+    "auto_lambda_lagged": lambda: {"weighting": dm.AutoLambda(lr=0.01, order="lagged")},
+    "auto_lambda_exact": lambda: {"weighting": dm.AutoLambda(primary=["a"], lr=0.01, hypergradient="exact")},
+    "hydalearn": lambda: {"weighting": dm.HydaLearn(main="a")},
+    "hydalearn_meta": lambda: {"weighting": dm.HydaLearn(main="a", gain="first_order", gain_batch="meta")},
+    "pcgrad": lambda: {"aggregation": dm.PCGrad()},
+    "cagrad": lambda: {"aggregation": dm.CAGrad(c=0.4)},
+    "mgda": lambda: {"aggregation": dm.MGDA()},
+    "mgda_ub": lambda: {"aggregation": dm.MGDA(upper_bound=True), "representation": "trunk"},
+    "gradnorm": lambda: {"weighting": dm.GradNorm()},
+    "dwa": lambda: {"weighting": dm.DWA()},
+    "famo": lambda: {"weighting": dm.FAMO()},
 }
 ISSUE_METHODS = ["equal", "uncertainty", "auto_lambda", "hydalearn", "pcgrad", "cagrad", "mgda"]
 
@@ -64,7 +64,7 @@ def build(method: str, scaler=None, momentum: float = 0.9):
 
 def run(method: str, steps: int, *, dtype=None, scaler=None):
     """Parameters and weights after ``steps`` steps, the step under autocast(dtype) if given."""
-    model, opt, mtl = build(method, scaler)
+    model, _opt, mtl = build(method, scaler)
     weights = []
     for i in range(steps):
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
@@ -112,7 +112,7 @@ def test_autocast_step_is_close_to_the_float32_step(method: str, precision: str)
 
 def test_forward_passes_run_under_the_callers_autocast_and_the_rest_in_float32() -> None:
     seen: list[torch.dtype] = []
-    model, opt, mtl = build("auto_lambda")
+    model, _opt, mtl = build("auto_lambda")
     model.trunk[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         info = mtl.step(batch(0), meta_batch=batch(1))
