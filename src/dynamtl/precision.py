@@ -23,7 +23,7 @@ precision each of them must behave as the single backward pass of an ordinary AM
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -51,6 +51,10 @@ class Precision:
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.device_type = device_type
         self.autocast: torch.dtype | None = None  # the caller's autocast dtype during a step
+        self.before_backward: Callable[[Tensor], None] | None = None
+        """Called with the (scaled) loss before every ``.backward()`` of a step: a training
+        framework's preparation of its gradient synchronisation (Lightning's DDP reducer under
+        manual optimisation, see :mod:`dynamtl.lightning`)."""
         self._scale: Tensor | None = None
 
     @contextlib.contextmanager
@@ -86,7 +90,10 @@ class Precision:
 
     def backward(self, total: Tensor) -> None:
         """``total.backward()`` of S·total, leaving scaled gradients in ``.grad``."""
-        (total if self._scale is None else total * self._scale).backward()
+        scaled = total if self._scale is None else total * self._scale
+        if self.before_backward is not None:
+            self.before_backward(scaled)
+        scaled.backward()
 
     def scaled(self, gradient: Tensor) -> Tensor:
         """S·``gradient``: a true gradient as it must be left in ``.grad``."""
