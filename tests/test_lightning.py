@@ -19,9 +19,9 @@ import torch.distributed as dist
 import dynamtl as dm
 
 pytest.importorskip("lightning", reason="the Lightning integration needs pip install 'dynamtl[lightning]'")
-import lightning.pytorch as pl  # noqa: E402
+import lightning.pytorch as pl
 
-from dynamtl.lightning import MultiTaskModule  # noqa: E402
+from dynamtl.lightning import MultiTaskModule
 
 WORKER_PATH = Path(__file__).with_name("lightning_worker.py")
 _spec = importlib.util.spec_from_file_location("lightning_worker", WORKER_PATH)
