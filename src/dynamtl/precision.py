@@ -34,7 +34,10 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class GradientOverflow(ArithmeticError):
-    """A gradient of the scaled losses was infinite or NaN: the step must be skipped."""
+    """A gradient of the scaled losses was infinite or NaN: the step must be skipped.
+    ``losses``: the step's task losses, once known."""
+
+    losses: Tensor | None = None
 
 
 class Precision:

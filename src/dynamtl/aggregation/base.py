@@ -66,7 +66,7 @@ def accumulate(ctx: StepContext, grads: Gradients) -> None:
         if g is None:
             continue
         p = ctx.params[name]
-        g = ctx.objective.precision.scaled(g.detach().reshape(p.shape))
+        g = ctx.objective.precision.scaled(g.detach().reshape(p.shape).to(p.dtype))  # float32 weights times float16 gradients
         p.grad = g.clone() if p.grad is None else p.grad + g
 
 
@@ -78,4 +78,5 @@ def weighting_backward(ctx: StepContext, weights: Tensor, regularizer: Tensor | 
     total = (weights * ctx.losses.detach()).sum()
     if regularizer is not None:
         total = total + regularizer
-    ctx.objective.precision.backward(total)
+    if total.requires_grad:
+        ctx.objective.precision.backward(total)

@@ -24,4 +24,5 @@ class Sum(Aggregation):
         total = (weights * ctx.losses).sum()
         if regularizer is not None:
             total = total + regularizer
-        ctx.objective.precision.backward(total)
+        if total.requires_grad:  # not when no task's loss has a graph in this step
+            ctx.objective.precision.backward(total)
