@@ -114,8 +114,8 @@ class HydaLearn(Weighting):
             return combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
         leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
         loss = self._main_loss(ctx.objective.losses(ctx.meta_batch, leaves, pass_name="meta"))
-        meta_grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        return dict(zip(leaves, ctx.objective.replicas.means(meta_grads)))
+        meta_grads = ctx.objective.precision.gradients(loss, list(leaves.values()), ctx.objective.replicas)
+        return dict(zip(leaves, meta_grads))
 
     def _lookahead_gains(self, ctx: StepContext, grads: list[Gradients], rates: dict[str, float]) -> Tensor:
         theta = ctx.current_params()
