@@ -18,6 +18,7 @@ from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
 from dynamtl.nonfinite import NonFiniteLossError, check_losses
 from dynamtl.objective import Objective, capture_rng
+from dynamtl.precision import GradientOverflow, Precision
 from dynamtl.tasks import Tasks
 from dynamtl.weighting.base import Weighting
 from dynamtl.weighting.equal import Equal
@@ -27,18 +28,23 @@ __all__ = ["MultiTask", "NonFiniteLossError", "StepGuard", "StepInfo"]
 
 @dataclass
 class StepInfo:
-    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``."""
+    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``;
+    ``skipped``: the scaled gradients overflowed and the step was skipped (only with a
+    ``GradScaler``)."""
 
     names: tuple[str, ...]
     losses: Tensor
     weights: Tensor
     seconds: float
+    skipped: bool = False
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging."""
         out = {f"loss/{n}": float(v) for n, v in zip(self.names, self.losses)}
         out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
         out["seconds"] = self.seconds
+        if self.skipped:
+            out["skipped"] = True
         return out
 
 
@@ -67,6 +73,18 @@ class MultiTask:
         representation: the name of the submodule whose output every head reads, for
             aggregations that can work on the gradients of that shared representation
             instead of the shared parameters (``MGDA(upper_bound=True)``).
+        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision (see below).
+
+    Mixed precision: run :meth:`step` (or :meth:`backward`) inside ``torch.autocast`` as
+    in any AMP loop; the model's forward passes run under it, the rest of the step in
+    float32 (:mod:`dynamtl.precision`). With ``scaler``, every backward pass is taken of
+    the scaled losses and every gradient that a weighting or aggregation reads is unscaled
+    first. A step whose scaled gradients hold an inf or NaN is skipped the GradScaler way:
+    the weighting's and aggregation's state is put back as it was, ``.grad`` is left
+    non-finite so that ``scaler.step`` skips the optimizer step and ``scaler.update``
+    lowers the scale, and :attr:`StepInfo.skipped` is set. :meth:`step` calls
+    ``scaler.step(optimizer)`` and ``scaler.update()`` itself; after :meth:`backward`
+    your loop does, exactly as after ``scaler.scale(loss).backward()``.
 
     Use :meth:`step` for the whole step, or :meth:`backward` to leave ``optimizer.step()``
     to your loop (gradient clipping, ``GradScaler``, schedulers). Call :meth:`end_epoch`
@@ -93,6 +111,7 @@ class MultiTask:
         aggregation: Aggregation | None = None,
         check_finite: bool = True,
         representation: str | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         _check_kind(model, nn.Module, "model", "an nn.Module returning {task: prediction}")
         _check_kind(tasks, Tasks, "tasks", "dm.Tasks({'name': loss_fn, ...})")
@@ -104,6 +123,7 @@ class MultiTask:
             _check_kind(aggregation, Aggregation, "aggregation", "an aggregation instance such as dm.PCGrad()")
         self.objective = Objective(model, tasks, representation)
         self.objective.check_finite = check_finite
+        self.precision = self.objective.precision = Precision(scaler, self.objective.device.type)
         self.tasks = tasks
         self.optimizer = optimizer
         self.weighting = _claim(weighting or Equal(), self).bind(tasks)
@@ -155,19 +175,35 @@ class MultiTask:
                 f"{type(self.weighting).__name__} needs a meta batch: call step(batch, meta_batch=...) "
                 "with a batch from a held-out split or a reshuffled training loader"
             )
-        guard = StepGuard(self) if self.check_finite else None
-        try:
-            info = self._backward(batch, meta_batch)
-        except NonFiniteLossError as error:
-            error.step = self.steps + 1
-            if guard is not None:
-                guard.restore()
-            raise
-        finally:
-            self.objective.representation = []  # free Z of this step
+        scaled = self.precision.scaler is not None
+        guard = StepGuard(self) if self.check_finite or scaled else None
+        with self.precision.step(self.objective.device):
+            try:
+                info = self._backward(batch, meta_batch)
+            except NonFiniteLossError as error:
+                error.step = self.steps + 1
+                if guard is not None:
+                    guard.restore()
+                raise
+            except GradientOverflow as overflow:
+                assert guard is not None
+                return self._skip(guard, overflow, start)
+            finally:
+                self.objective.representation = []  # free Z of this step
         self.steps += 1
         info.seconds = time.perf_counter() - start
         return info
+
+    def _skip(self, guard: StepGuard, overflow: GradientOverflow, start: float) -> StepInfo:
+        """A step whose scaled gradients overflowed, skipped the GradScaler way: everything
+        is put back as before the step, then ``.grad`` is made infinite so that
+        ``scaler.step`` skips the optimizer step and ``scaler.update`` lowers the scale."""
+        guard.restore()
+        for p in self.objective.params.values():
+            p.grad = torch.full_like(p, float("inf"))
+        losses = overflow.losses if overflow.losses is not None else torch.full((len(self.tasks),), float("nan"))
+        nan = torch.full_like(losses, float("nan"))
+        return StepInfo(self.tasks.names, losses, nan, time.perf_counter() - start, skipped=True)
 
     def _backward(self, batch: Any, meta_batch: Any) -> StepInfo:
         rng = capture_rng(self.objective.device)
@@ -186,10 +222,15 @@ class MultiTask:
         losses = ctx.losses
         if self.check_finite and self.objective.replicas.distributed:
             check_losses(losses, self.tasks.names, "training")  # the global batch's: same decision everywhere
-        weights = self.weighting.weights(ctx)
-        if self.check_finite:
-            check_losses(weights, self.tasks.names, f"{type(self.weighting).__name__} weighting", "weight")
-        self.aggregation.backward(ctx, weights, self.weighting.regularizer())
+        try:
+            weights = self.weighting.weights(ctx)
+            if self.check_finite:
+                check_losses(weights, self.tasks.names, f"{type(self.weighting).__name__} weighting", "weight")
+            self.aggregation.backward(ctx, weights, self.weighting.regularizer())
+            self.precision.check([p.grad for p in ctx.params.values()])  # an overflow (with a scaler)
+        except GradientOverflow as overflow:
+            overflow.losses = losses.detach()
+            raise
         ctx.check_combined_gradient(
             [p.grad for p in ctx.params.values()], f"{type(self.aggregation).__name__} aggregation"
         )
@@ -203,7 +244,11 @@ class MultiTask:
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         info = self.backward(batch, meta_batch)
-        self.optimizer.step()
+        if self.precision.scaler is None:
+            self.optimizer.step()
+        else:
+            self.precision.scaler.step(self.optimizer)
+            self.precision.scaler.update()
         info.seconds = time.perf_counter() - start
         return info
 

@@ -116,8 +116,9 @@ class MGDA(GradientAggregation):
         # Under DDP the rows hold this process's samples: the global batch's Gram matrix is
         # the sum of the processes' ones (over R²), and α* does not change with its scale.
         gram = ctx.objective.replicas.mean(gramian(rows).to(rows.device))
+        ctx.objective.precision.check([gram])
         alpha = self.gram_weights(gram, solver_tolerance(rows))
-        (alpha.to(w) * w * ctx.losses).sum().backward()
+        ctx.objective.precision.backward((alpha.to(w) * w * ctx.losses).sum())
         weighting_backward(ctx, weights, regularizer)
 
     def combine(self, jacobian: Tensor) -> Tensor:

@@ -27,4 +27,4 @@ class Sum(Aggregation):
         if total.requires_grad:  # not when no task's loss has a graph in this step
             # the graph is kept until the step ends so that a non-finite gradient can be traced
             # to its task (MultiTask's check_finite)
-            total.backward(retain_graph=ctx.objective.check_finite)
+            ctx.objective.precision.backward(total, retain_graph=ctx.objective.check_finite)

@@ -115,8 +115,8 @@ class HydaLearn(Weighting):
         leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
         losses = ctx.objective.task_losses(ctx.meta_batch, leaves, pass_name="meta")
         loss = torch.stack([losses[m] for m in self.main]).sum()  # the main tasks' graphs only
-        meta_grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        return dict(zip(leaves, ctx.objective.replicas.means(meta_grads)))
+        meta_grads = ctx.objective.precision.gradients(loss, list(leaves.values()), ctx.objective.replicas)
+        return dict(zip(leaves, meta_grads))
 
     def _lookahead_gains(self, ctx: StepContext, grads: list[Gradients], rates: dict[str, float]) -> Tensor:
         theta = ctx.current_params()
