@@ -160,6 +160,37 @@ def test_weighting_step_with_a_graphless_task_is_the_step_on_the_other_tasks(nam
     assert_same_gradients(got, expected)
 
 
+def run_steps(name, names, batches, metas):
+    model = net(0)
+    tasks = dm.Tasks({t: masked_mse for t in names})
+    mtl = dm.MultiTask(model, tasks, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                       weighting=build("weighting", name, names))
+    weights = []
+    for b, meta in zip(batches, metas):
+        weights.append(mtl.step(b, meta).weights)
+        mtl.end_epoch()  # DWA's history moves every step here
+    return torch.stack(weights), model
+
+
+@pytest.mark.parametrize("name", WEIGHTINGS)
+def test_a_task_absent_for_many_steps_leaves_its_weight_and_the_others_steps_alone(name):
+    """Over six steps without a label for c, c's weight does not drift (no state of c moves)
+    and the others train exactly as a run without c, except where the weights are a
+    function of all T tasks by design (RLW's random draw, DWA's T·softmax)."""
+    batches, metas = [batch(10 + k) for k in range(6)], [batch(20 + k) for k in range(6)]
+    weights, model = run_steps(name, TASKS, [unlabelled(b, "c") for b in batches], metas)
+    assert torch.isfinite(weights).all()
+    if name in WEIGHTS_DEPEND_ON_ALL_TASKS | {"dwa"}:
+        return
+    assert torch.equal(weights[:, 2], weights[:1, 2].expand(6)), weights[:, 2]
+    alone, model_alone = run_steps(name, ("a", "b"), [without(b, "c") for b in batches],
+                                   [without(m, "c") for m in metas])
+    torch.testing.assert_close(weights[:, :2], alone)
+    for (n, p), q in zip(model.named_parameters(), model_alone.parameters()):
+        if not n.startswith("heads.c"):
+            torch.testing.assert_close(p, q, msg=n)
+
+
 def test_pcgrad_with_an_ignored_task_is_the_issue_example():
     """Two tasks on one linear layer, every target of b is the ignore value."""
     torch.manual_seed(0)
