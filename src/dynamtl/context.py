@@ -140,3 +140,10 @@ def combine_gradients(task_grads: Sequence[Gradients], weights: Sequence[float |
         parts = [w * g[name] for w, g in zip(weights, task_grads) if g[name] is not None]
         out[name] = sum(parts[1:], parts[0]) if parts else None
     return out
+
+
+def widened(values: Tensor) -> Tensor:
+    """``values`` in float32 if they are float16 or bfloat16 (float32 and float64 unchanged):
+    the dtype in which methods take products, norms and differences of a half-precision
+    model's gradients and losses."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values

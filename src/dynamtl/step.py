@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import weakref
 from collections.abc import Mapping
@@ -364,6 +365,8 @@ _OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[MultiTask]] 
 def _claim(method: nn.Module, mtl: MultiTask) -> Any:
     """``method``, recorded as belonging to ``mtl``; ``ValueError`` if another live MultiTask has it."""
     owner = _OWNERS.get(method)
+    if owner is not None and owner() is not None and owner() is not mtl:
+        gc.collect()  # a MultiTask nobody holds any more may only wait for the cycle collector
     if owner is not None and owner() is not None and owner() is not mtl:
         kind = type(method).__name__
         raise ValueError(

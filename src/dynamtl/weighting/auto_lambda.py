@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from dynamtl.context import StepContext
 from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
-from dynamtl.tasks import task_indices
+from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import (
     MetaOptimizerFactory,
     OwnOptimizer,
@@ -131,7 +131,7 @@ class AutoLambda(OwnOptimizer, Weighting):
             raise ValueError(f"interval must be >= 1, got {interval}")
         if lr <= 0 or epsilon <= 0:
             raise ValueError(f"lr and epsilon must be > 0, got lr={lr}, epsilon={epsilon}")
-        self.primary_names = [primary] if isinstance(primary, str) else primary
+        self.primary_names = None if primary is None else name_list(primary, "primary")
         self.init, self.lr, self.factory = init, lr, meta_optimizer
         self.hypergradient, self.order, self.interval = hypergradient, order, interval
         self.needs_step_per_backward = order == "lagged"
