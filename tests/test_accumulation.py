@@ -93,7 +93,7 @@ def test_micro_batches_of_a_gradient_aggregation_average_the_aggregated_gradient
 
 
 def test_auto_lambda_updates_lambda_once_per_micro_batch(make_model) -> None:
-    model, mtl = build(make_model, lambda: {"weighting": dm.AutoLambda(lr=0.01)})
+    _, mtl = build(make_model, lambda: {"weighting": dm.AutoLambda(lr=0.01)})
     for i, m in enumerate(split(make_batch(0))):
         mtl.backward(m, meta_batch=split(make_batch(1))[i], micro_batches=K)
     assert mtl.steps == K and mtl.weighting.meta_optimizer.state[mtl.weighting.lambdas]["step"] == K
