@@ -95,7 +95,7 @@ class Precision:
         finally:
             self.autocast = previous
 
-    def backward(self, total: Tensor) -> None:
+    def backward(self, total: Tensor, retain_graph: bool = False) -> None:
         """``total.backward()`` of S·total (divided by the number of micro-batches), leaving
         scaled gradients in ``.grad``."""
         scaled = total if self._scale is None else total * self._scale
@@ -103,7 +103,7 @@ class Precision:
             scaled = scaled * self._share
         if self.before_backward is not None:
             self.before_backward(scaled)
-        scaled.backward()
+        scaled.backward(retain_graph=retain_graph)
 
     def scaled(self, gradient: Tensor) -> Tensor:
         """S·``gradient`` (divided by the number of micro-batches): a true gradient as it
