@@ -1,4 +1,4 @@
-"""Run by ``tests/test_accelerate.py`` under ``accelerate launch --cpu --num_processes N``:
+"""Run by ``tests/test_accelerate.py`` under ``accelerate launch --num_processes N``:
 MultiTask with a model, optimizer and data loader from ``Accelerator.prepare``, for every
 case of :data:`CASES` (mixed precision and gradient accumulation among them). Process 0
 writes each case's final parameters and weights to the JSON file named by the argument,
@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import dynamtl as dm
 
-TASKS = ("a", "b", "c")
-SAMPLES, GLOBAL_BATCH = 64, 16
+sys.path.insert(0, str(Path(__file__).parent))
+from lightning_worker import GLOBAL_BATCH, Net, loaders, optimizer, tasks
 
 # name -> (method, Accelerator settings)
 CASES = {
@@ -30,28 +28,6 @@ CASES = {
     "hydalearn-bf16-accumulate": (lambda: {"weighting": dm.HydaLearn(main="a")},
                                   {"mixed_precision": "bf16", "gradient_accumulation_steps": 2}),
 }
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
-        self.heads = nn.ModuleDict({t: nn.Linear(16, 1) for t in TASKS})
-
-    def forward(self, x):
-        h = self.trunk(x)
-        return {t: head(h).squeeze(-1) for t, head in self.heads.items()}
-
-
-def data(seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(SAMPLES, 8, generator=g)
-    return TensorDataset(x, *(torch.randn(SAMPLES, generator=g) + i for i, _ in enumerate(TASKS)))
-
-
-def as_batch(rows):
-    x, *ys = rows
-    return x, dict(zip(TASKS, ys))
 
 
 def run(case: str):
@@ -67,21 +43,19 @@ def run(case: str):
     per_process = GLOBAL_BATCH // accelerator.num_processes // steps  # micro-batch of one process
     torch.manual_seed(0)
     model = Net()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loader = DataLoader(data(0), batch_size=per_process)
-    meta = DataLoader(data(1), batch_size=per_process)
-    model, optimizer, loader, meta = accelerator.prepare(model, optimizer, loader, meta)
-    tasks = dm.Tasks(dict.fromkeys(TASKS, F.mse_loss))
+    opt = optimizer(model.parameters())
+    data = loaders(per_process)
+    model, opt, loader, meta = accelerator.prepare(model, opt, data["train"], data["meta"])
     # the optimizer that MultiTask reads (look-aheads, parameter groups) is the one inside
     # accelerate's wrapper; the loop steps the wrapper, which skips the steps between
     # accumulations and unscales under float16
-    mtl = dm.MultiTask(model, tasks, optimizer.optimizer, scaler=accelerator.scaler, **method())
+    mtl = dm.MultiTask(model, tasks(), opt.optimizer, scaler=accelerator.scaler, **method())
     weights = None
     for batch, meta_batch in zip(loader, meta):
         with accelerator.accumulate(model), accelerator.autocast():
-            info = mtl.backward(as_batch(batch), as_batch(meta_batch), micro_batches=steps)
-            optimizer.step()
-            optimizer.zero_grad()
+            info = mtl.backward(batch, meta_batch, micro_batches=steps)
+            opt.step()
+            opt.zero_grad()
         weights = info.weights
     params = [p.detach().clone() for p in accelerator.unwrap_model(model).parameters()]
     flat = torch.cat([p.reshape(-1) for p in params])
