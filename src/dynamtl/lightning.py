@@ -147,7 +147,7 @@ class MultiTaskModule(pl.LightningModule):
         optimizer.zero_grad()
         info = self.last_step = self.multitask.backward(batch, meta_batch)
         optimizer.step()
-        logged = {f"train/{k}": v for k, v in info.as_dict().items() if k != "seconds"}
+        logged = {f"train/{k}": float(v) for k, v in info.as_dict().items() if k != "seconds"}
         self.log_dict(logged, on_step=True, on_epoch=False, batch_size=_batch_size(batch))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -39,12 +39,14 @@ class StepInfo:
     skipped: bool = False
 
     def as_dict(self) -> dict[str, float]:
-        """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging."""
+        """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging; a skipped
+        step has ``"skipped": True`` and no weights."""
         out = {f"loss/{n}": float(v) for n, v in zip(self.names, self.losses)}
-        out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
-        out["seconds"] = self.seconds
         if self.skipped:
             out["skipped"] = True
+        else:
+            out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
+        out["seconds"] = self.seconds
         return out
 
 
