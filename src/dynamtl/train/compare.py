@@ -8,16 +8,18 @@ Folder layout below ``out``::
     table.md, table.csv        mean ± std over seeds of the test metrics and of Δ_MTL
     plots/weights_seed<k>.png  the task weights of every method, side by side
 
-Runs are obtained with :func:`~dynamtl.train.runs.train_or_reuse`: running the same
-comparison again (or a larger one in the same folder) reuses every finished run and
-resumes interrupted ones. Δ_MTL of a run is computed over the primary tasks (every task in
+The runs are a grid (a plain list of :class:`~dynamtl.train.grid.RunSpec`) trained by an
+engine of :mod:`dynamtl.train.grid`, in worker processes by default; every run is
+:func:`~dynamtl.train.runs.train_or_reuse`: running the same comparison again (or a larger
+one in the same folder) reuses every finished run and resumes interrupted ones. Δ_MTL of a run is computed over the primary tasks (every task in
 multi-task mode) against the ``stl`` run of the same seed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,39 +28,80 @@ from dynamtl.registry import RegistryError, parse_method
 from dynamtl.report.tables import compare_table
 from dynamtl.train.config import ConfigError, RunConfig, plan
 from dynamtl.train.folder import write_json_atomic
+from dynamtl.train.grid import Engine, LocalEngine, Outcome, RunSpec, Say
 from dynamtl.train.plots import draw_weights_comparison
-from dynamtl.train.runs import train_or_reuse
+from dynamtl.train.threads import ThreadChoice
 
 BASELINE = "stl"
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The outcome of :func:`compare`: the tables and every run's results (``delta_mtl``
-    filled in), baselines first."""
+    """The outcome of :func:`compare`: the tables and every finished run's results
+    (``delta_mtl`` filled in; ``None`` where the seed's baseline failed), baselines first;
+    ``failed``: ``"NAME: ERROR"`` of every run that failed."""
 
     markdown: str
     csv: str
     results: list[dict[str, Any]]
     files: list[Path]
+    failed: list[str] = field(default_factory=list)
+
+
+class RunsFailed(RuntimeError):
+    """Some runs of a comparison failed; ``comparison`` holds the tables of the others."""
+
+    def __init__(self, comparison: Comparison) -> None:
+        self.comparison = comparison
+        failed = comparison.failed
+        super().__init__(
+            f"{len(failed)} run(s) failed:\n" + "\n".join(f"  - {line}" for line in failed)
+            + "\nthe table holds the other runs; run the same comparison again to retry the failed ones "
+            "(finished runs are reused)"
+        )
 
 
 def compare(
-    base: RunConfig, methods: Sequence[str], seeds: Sequence[int], out: Path, *, progress: bool = True
+    base: RunConfig,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    *,
+    progress: bool = True,
+    engine: Engine | None = None,
+    say: Say | None = None,
 ) -> Comparison:
     """Train (or reuse) every method of ``methods`` and the ``stl`` baselines for every
     seed of ``seeds`` with the settings of ``base`` (its ``method`` and ``seed`` are
     ignored; an option goes to the methods that take it), then write the tables and plots.
 
+    The runs are a grid (:func:`grid`) trained by ``engine`` (default
+    :class:`~dynamtl.train.grid.LocalEngine`: one worker process per usable CPU). Every run
+    has ``base.threads`` torch threads; when that is ``None``, the count this comparison
+    folder was started with (``comparison.json``), else the engine's choice for the runs it
+    trains at once (:func:`~dynamtl.train.threads.choose_threads`). With the same threads,
+    the tables do not depend on the engine or the number of jobs. ``say`` receives one line
+    about the threads and one per run (``progress``) or per failure.
+
     Every configuration is checked before anything is trained: ``ConfigError`` lists
-    every problem, including options that no method takes.
+    every problem, including options that no method takes. ``RunsFailed`` (holding the
+    comparison of the other runs) when any run failed, after the tables are written.
     """
     out = Path(out)
     if not methods or not seeds:
         raise ConfigError("compare needs at least one method and one seed: --methods a,b --seeds 0,1")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds are given twice: {list(seeds)}")
+    engine = engine or LocalEngine()
+    say = say or (lambda line: None)
     wanted = [m for m in dict.fromkeys(methods) if m != BASELINE]
+    jobs = engine.jobs_for((len(wanted) + 1) * len(seeds))
+    if base.threads is None:
+        choice = _threads_kept(out) or engine.default_threads(jobs)
+        base = base.replace(threads=choice.threads)
+        say(f"torch threads: {choice.threads} per run, {jobs} run(s) at once {engine.where} ({choice.reason})")
+    else:
+        say(f"torch threads: {base.threads} per run, {jobs} run(s) at once {engine.where}")
     configs = {BASELINE: base.replace(method=BASELINE, options={}, noise_task=False)}
     configs.update({m: base.replace(method=m, options=_options_for(m, base.options)) for m in wanted})
     _check_options_used(base.options, wanted)
@@ -76,23 +119,59 @@ def compare(
         out / "comparison.json", {"benchmark": base.benchmark, "methods": list(configs), "seeds": list(seeds),
                                   "config": checked[BASELINE].config.to_dict()},
     )
-    results = []
+    outcomes = engine.run(grid(configs, seeds, out), out, progress=progress, say=say)
+    results = _with_delta_mtl(outcomes, metrics)
+    files: list[Path] = []
+    markdown = table = ""
+    if results:
+        markdown, table = compare_table(results, metrics)
+        files = [out / "table.md", out / "table.csv"]
+        files[0].write_text(markdown + "\n")
+        files[1].write_text(table)
+    finished = {(o.spec.label, o.spec.config.seed): o.spec.folder for o in outcomes if o.results is not None}
     for seed in seeds:
-        baseline: dict[str, Any] | None = None
-        for method, config in configs.items():
-            result = dict(train_or_reuse(config.replace(seed=seed), _run_dir(out, method, seed), progress=progress))
-            baseline = baseline or result
-            result["delta_mtl"] = delta_mtl(_primary(result, metrics), _primary(baseline, metrics), metrics)
-            results.append(result)
-    markdown, table = compare_table(results, metrics)
-    files = [out / "table.md", out / "table.csv"]
-    files[0].write_text(markdown + "\n")
-    files[1].write_text(table)
-    for seed in seeds:
-        runs = {method: _run_dir(out, method, seed) for method in wanted}
+        runs = {method: finished[method, seed] for method in wanted if (method, seed) in finished}
         if runs:
             files += draw_weights_comparison(runs, out / "plots" / f"weights_seed{seed}.png")
-    return Comparison(markdown, table, results, files)
+    comparison = Comparison(markdown, table, results, files,
+                            [f"{o.spec.name}: {o.error}" for o in outcomes if o.error is not None])
+    if comparison.failed:
+        raise RunsFailed(comparison)
+    return comparison
+
+
+def grid(configs: Mapping[str, RunConfig], seeds: Sequence[int], out: Path) -> list[RunSpec]:
+    """The runs of a comparison, in the order of its table: for every seed, every
+    ``label -> config`` of ``configs`` (the baseline first) at that seed, in
+    ``out/runs/<label>/seed<k>``."""
+    return [RunSpec(label, config.replace(seed=seed), _run_dir(out, label, seed))
+            for seed in seeds for label, config in configs.items()]
+
+
+def _with_delta_mtl(outcomes: Sequence[Outcome], metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The results of the finished runs, each with its Δ_MTL against the baseline of its
+    seed (``None`` if that failed)."""
+    baselines = {o.spec.config.seed: o.results for o in outcomes if o.spec.label == BASELINE and o.results}
+    results = []
+    for outcome in outcomes:
+        if outcome.results is None:
+            continue
+        result, baseline = dict(outcome.results), baselines.get(outcome.spec.config.seed)
+        result["delta_mtl"] = (
+            delta_mtl(_primary(result, metrics), _primary(baseline, metrics), metrics) if baseline else None
+        )
+        results.append(result)
+    return results
+
+
+def _threads_kept(out: Path) -> ThreadChoice | None:
+    """The thread count of the comparison already in ``out``, if any."""
+    path = out / "comparison.json"
+    try:
+        threads = json.loads(path.read_text())["config"]["threads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return ThreadChoice(int(threads), f"kept from {path}") if isinstance(threads, int) else None
 
 
 def _run_dir(out: Path, method: str, seed: int) -> Path:

@@ -78,7 +78,7 @@ def _continue_from(folder: RunFolder, which: str) -> str | None:
 def _execute(checked: RunPlan, folder: RunFolder, progress: bool, resume_from: str | None) -> dict[str, Any]:
     """Run in this process, or in every process that ``torchrun`` launched (rank 0
     writing the folder)."""
-    with processes(checked.config.device) as group:
+    with processes(checked.config.device, checked.config.threads) as group:
         if checked.method.single_task:
             return _train_single_task(checked, folder, progress, group)
         return run_session(checked, folder, group, progress=progress, resume_from=resume_from)
