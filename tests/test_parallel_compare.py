@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
+
+from dynamtl.cli import main
 
 from dynamtl.train import RunConfig
 from dynamtl.train.compare import compare
@@ -33,6 +36,11 @@ def dynamtl(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == expect, result.stdout + result.stderr
     return result
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
 
 
 def events(out: Path) -> dict[Path, str]:
@@ -191,6 +199,44 @@ def test_ctrl_c_stops_the_workers_and_the_comparison_goes_on_when_run_again(tmp_
     assert (out / "table.md").is_file()
     resumed = [path for path, text in events(out).items() if '"event": "resume"' in text]
     assert resumed, "no interrupted run was resumed"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists the worker processes from /proc")
+def test_a_worker_that_dies_fails_its_run_alone_and_is_replaced(tmp_path):
+    out = tmp_path / "comparison"
+    args = ["compare", "--benchmark", "drift", "--limit", "6000", "--batch-size", "8", "--epochs", "2",
+            "--checkpoint-every", "100", "--methods", "equal,dwa", "--threads", "1", "--jobs", "2",
+            "--out", str(out)]
+    parent = subprocess.Popen([sys.executable, "-m", "dynamtl.cli", *args], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(out.rglob("checkpoints/last.pt"))) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
+            time.sleep(0.2)
+        workers = {pid: cmd for pid, cmd in _still_running(_descendants(parent.pid), 0).items() if "spawn_main" in cmd}
+        assert len(workers) == 2
+        os.kill(min(workers), signal.SIGKILL)  # as the out-of-memory killer would
+        stdout, stderr = parent.communicate(timeout=600)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert parent.returncode == 1, stdout + stderr
+    assert stdout.count("FAILED: its worker process died (killed by signal 9)") == 1
+    assert "1 run(s) failed:" in stderr and ": its worker process died (killed by signal 9)" in stderr
+    finished = sorted(str(p.parent.relative_to(out / "runs")) for p in out.glob("runs/*/seed0/results.json"))
+    assert len(finished) == 2  # the two other runs, one of them by the worker that replaced the dead one
+    assert (out / "table.md").is_file()
+
+
+def test_jobs_and_engine_options_are_checked(tmp_path):
+    code, output = invoke("compare", *TINY, "--methods", "equal", "--jobs", "0", "--out", str(tmp_path / "a"))
+    assert code == 2 and "0 is not in the range x>=1" in output
+    code, output = invoke("compare", *TINY, "--methods", "equal", "--engine-option", "timeout_min=5",
+                          "--out", str(tmp_path / "b"))
+    assert code == 1 and "--engine-option is for --engine submitit" in output
+    assert not (tmp_path / "b").exists()
 
 
 def test_submitit_with_two_workers_gives_the_local_table(tmp_path):

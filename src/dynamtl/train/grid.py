@@ -290,7 +290,7 @@ class _WorkerPool:
 
 
 class SubmititEngine(Engine):
-    """One job per run through submitit's ``AutoExecutor``: SLURM where ``sbatch`` is
+    """One job per run through submitit's ``AutoExecutor``: SLURM where ``srun`` is
     found, else submitit's local executor (each run a subprocess of this machine);
     ``cluster="local"`` forces the latter. ``parameters`` go to
     ``executor.update_parameters`` (``slurm_partition``, ``timeout_min``, ``mem_gb``…);
