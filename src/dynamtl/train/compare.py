@@ -8,11 +8,13 @@ Folder layout below ``out``::
     table.md, table.csv        mean ± std over seeds of the test metrics and of Δ_MTL
     plots/weights_seed<k>.png  the task weights of every method, side by side
 
-The runs are a grid (a plain list of :class:`~dynamtl.train.grid.RunSpec`) trained by an
-engine of :mod:`dynamtl.train.grid`, in worker processes by default; every run is
+The runs are a grid, a plain list of :class:`~dynamtl.train.grid.GridRun` (:func:`grid`),
+trained by an engine of :mod:`dynamtl.train.grid` (worker processes by default); the
+matched controls of the finished runs are a second grid. Every run is
 :func:`~dynamtl.train.runs.train_or_reuse`: running the same comparison again (or a larger
-one in the same folder) reuses every finished run and resumes interrupted ones. Δ_MTL of a run is computed over the primary tasks (every task in
-multi-task mode) against the ``stl`` run of the same seed.
+one in the same folder) reuses every finished run and resumes interrupted ones. Δ_MTL of a
+run is computed over the primary tasks (every task in multi-task mode) against the ``stl``
+run of the same seed.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from dynamtl.metrics import delta_mtl
-from dynamtl.registry import RegistryError, parse_method
 from dynamtl.report.tables import compare_table
 from dynamtl.train.config import ConfigError, RunConfig, plan
+from dynamtl.train.controls import (
+    RunSpec,
+    matched_controls,
+    method_specs,
+    weight_columns,
+)
 from dynamtl.train.folder import write_json_atomic
-from dynamtl.train.grid import Engine, LocalEngine, Outcome, RunSpec, Say
+from dynamtl.train.grid import Engine, GridRun, LocalEngine, Outcome, Say
 from dynamtl.train.plots import draw_weights_comparison
 from dynamtl.train.threads import ThreadChoice
 
@@ -68,6 +75,8 @@ def compare(
     out: Path,
     *,
     progress: bool = True,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+    controls: bool = True,
     engine: Engine | None = None,
     say: Say | None = None,
 ) -> Comparison:
@@ -75,13 +84,20 @@ def compare(
     seed of ``seeds`` with the settings of ``base`` (its ``method`` and ``seed`` are
     ignored; an option goes to the methods that take it), then write the tables and plots.
 
-    The runs are a grid (:func:`grid`) trained by ``engine`` (default
-    :class:`~dynamtl.train.grid.LocalEngine`: one worker process per usable CPU). Every run
-    has ``base.threads`` torch threads; when that is ``None``, the count this comparison
-    folder was started with (``comparison.json``), else the engine's choice for the runs it
-    trains at once (:func:`~dynamtl.train.threads.choose_threads`). With the same threads,
-    the tables do not depend on the engine or the number of jobs. ``say`` receives one line
-    about the threads and one per run (``progress``) or per failure.
+    A name of ``variants`` is a method at options of its own
+    (:func:`~dynamtl.train.controls.method_specs`). With ``controls`` (default), every run
+    whose weights do not average 1 is followed by its matched controls, a Static run at
+    its mean weights and an Equal run at its mean learning-rate scale
+    (:func:`~dynamtl.train.controls.matched_controls`), rows ``<method>.static`` and
+    ``<method>.equal-lr``; the table's ``Σλ`` column is each run's mean weight sum.
+
+    The runs are trained by ``engine`` (default :class:`~dynamtl.train.grid.LocalEngine`:
+    one worker process per usable CPU). Every run has ``base.threads`` torch threads; when
+    that is ``None``, the count this comparison folder was started with
+    (``comparison.json``), else the engine's choice for the runs it trains at once
+    (:func:`~dynamtl.train.threads.choose_threads`). With the same threads, the tables do
+    not depend on the engine or the number of jobs. ``say`` receives a line about the
+    threads, and one per run (with ``progress``) or per failure.
 
     Every configuration is checked before anything is trained: ``ConfigError`` lists
     every problem, including options that no method takes. ``RunsFailed`` (holding the
@@ -103,8 +119,7 @@ def compare(
     else:
         say(f"torch threads: {base.threads} per run, {jobs} run(s) at once {engine.where}")
     configs = {BASELINE: base.replace(method=BASELINE, options={}, noise_task=False)}
-    configs.update({m: base.replace(method=m, options=_options_for(m, base.options)) for m in wanted})
-    _check_options_used(base.options, wanted)
+    configs.update({spec.label: spec.config for spec in method_specs(base, wanted, variants)})
     checked, problems = {}, []
     for method, config in configs.items():
         try:
@@ -120,7 +135,13 @@ def compare(
                                   "config": checked[BASELINE].config.to_dict()},
     )
     outcomes = engine.run(grid(configs, seeds, out), out, progress=progress, say=say)
-    results = _with_delta_mtl(outcomes, metrics)
+    if controls:
+        matched = _controls(outcomes, configs, out)
+        if matched:
+            say(f"matched controls: {len(matched)} run(s)")
+            outcomes += engine.run(matched, out, progress=progress, say=say)
+    labels = list(dict.fromkeys([*configs, *(o.spec.label for o in outcomes)]))
+    results = sorted(_with_delta_mtl(outcomes, metrics), key=lambda result: labels.index(result["method"]))
     files: list[Path] = []
     markdown = table = ""
     if results:
@@ -130,7 +151,7 @@ def compare(
         files[1].write_text(table)
     finished = {(o.spec.label, o.spec.config.seed): o.spec.folder for o in outcomes if o.results is not None}
     for seed in seeds:
-        runs = {method: finished[method, seed] for method in wanted if (method, seed) in finished}
+        runs = {label: finished[label, seed] for label in labels[1:] if (label, seed) in finished}
         if runs:
             files += draw_weights_comparison(runs, out / "plots" / f"weights_seed{seed}.png")
     comparison = Comparison(markdown, table, results, files,
@@ -140,23 +161,34 @@ def compare(
     return comparison
 
 
-def grid(configs: Mapping[str, RunConfig], seeds: Sequence[int], out: Path) -> list[RunSpec]:
+def grid(configs: Mapping[str, RunConfig], seeds: Sequence[int], out: Path) -> list[GridRun]:
     """The runs of a comparison, in the order of its table: for every seed, every
     ``label -> config`` of ``configs`` (the baseline first) at that seed, in
     ``out/runs/<label>/seed<k>``."""
-    return [RunSpec(label, config.replace(seed=seed), _run_dir(out, label, seed))
+    return [GridRun(label, config.replace(seed=seed), _run_dir(out, label, seed))
             for seed in seeds for label, config in configs.items()]
 
 
+def _controls(outcomes: Sequence[Outcome], configs: Mapping[str, RunConfig], out: Path) -> list[GridRun]:
+    """The matched controls of the finished runs of ``configs``' rows, in their order."""
+    return [
+        GridRun(control.label, control.config, _run_dir(out, control.label, outcome.spec.config.seed))
+        for outcome in outcomes if outcome.results is not None and outcome.spec.label in configs
+        for control in matched_controls(RunSpec(outcome.spec.label, configs[outcome.spec.label]),
+                                        outcome.spec.config.seed, outcome.spec.folder)
+    ]
+
+
 def _with_delta_mtl(outcomes: Sequence[Outcome], metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The results of the finished runs, each with its Δ_MTL against the baseline of its
-    seed (``None`` if that failed)."""
+    """The results of the finished runs (``method``: the run's label, with its mean weight
+    sum), each with its Δ_MTL against the baseline of its seed (``None`` if that failed)."""
     baselines = {o.spec.config.seed: o.results for o in outcomes if o.spec.label == BASELINE and o.results}
     results = []
     for outcome in outcomes:
         if outcome.results is None:
             continue
-        result, baseline = dict(outcome.results), baselines.get(outcome.spec.config.seed)
+        result = weight_columns({**outcome.results, "method": outcome.spec.label}, outcome.spec.folder)
+        baseline = baselines.get(outcome.spec.config.seed)
         result["delta_mtl"] = (
             delta_mtl(_primary(result, metrics), _primary(baseline, metrics), metrics) if baseline else None
         )
@@ -180,23 +212,3 @@ def _run_dir(out: Path, method: str, seed: int) -> Path:
 
 def _primary(result: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {task: result["test"][task] for task in metrics}
-
-
-def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        spec = parse_method(method)
-    except RegistryError:
-        return dict(options)  # plan() reports the unknown name
-    return {key: value for key, value in options.items() if spec.takes(key)}
-
-
-def _check_options_used(options: Mapping[str, Any], methods: Sequence[str]) -> None:
-    specs = []
-    for method in methods:
-        try:
-            specs.append(parse_method(method))
-        except RegistryError:
-            continue
-    unused = [key for key in options if not any(spec.takes(key) for spec in specs)]
-    if unused:
-        raise ConfigError(f"no compared method takes the option(s) {unused}; methods compared: {list(methods)}")

@@ -1,6 +1,6 @@
 """A grid of independent runs and the engines that train it.
 
-A grid is a plain list of :class:`RunSpec` (a label, a complete :class:`RunConfig`, a run
+A grid is a plain list of :class:`GridRun` (a label, a complete :class:`RunConfig`, a run
 folder); every run is :func:`~dynamtl.train.runs.train_or_reuse` of its spec, so a run
 already finished is read back and an interrupted one resumed, whichever engine trains it.
 An engine returns one :class:`Outcome` per spec, in the grid's order, whatever the order in
@@ -15,9 +15,12 @@ which the runs finished:
   executor, which starts each run as a subprocess, where SLURM is absent).
 
 A run that fails (its exception, or a worker process that died) is reported by name in its
-outcome; the others go on. ``KeyboardInterrupt`` (Ctrl-C) stops every worker or cancels
-every job before it propagates; a stopped run continues from its last checkpoint the next
-time the grid is run.
+outcome; the others go on. Ctrl-C stops the grid: in this process the run checkpoints and
+stops (:class:`~dynamtl.train.session.RunStopped`); the parent of worker processes sends
+them ``SIGTERM``, on which each run checkpoints after its current step and stops, and
+kills those still there after :data:`STOP_SECONDS` (or at a second Ctrl-C); submitit jobs
+are cancelled. ``KeyboardInterrupt`` or ``RunStopped`` then propagates, and a stopped run
+continues from its last checkpoint the next time the grid is run.
 """
 
 from __future__ import annotations
@@ -38,18 +41,18 @@ from dynamtl.train.checkpoint import CheckpointError
 from dynamtl.train.config import ConfigError, RunConfig
 from dynamtl.train.folder import RunFolder, RunFolderError
 from dynamtl.train.runs import train_or_reuse
-from dynamtl.train.session import DataError, TrainingStopped
+from dynamtl.train.session import DataError, RunStopped, TrainingStopped
 from dynamtl.train.threads import ThreadChoice, choose_threads, usable_cpus
 
 Say = Callable[[str], None]
 EXPECTED_ERRORS = (ConfigError, RunFolderError, CheckpointError, TrainingStopped, DataError)
 """Failures told in one line; any other exception's traceback is printed too."""
-STOP_SECONDS = 10.0
-"""How long stopped workers get to exit before they are killed."""
+STOP_SECONDS = 30.0
+"""How long stopped workers get to checkpoint and exit before they are killed."""
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class GridRun:
     """One run of a grid: ``label`` (the method's row in a table), its complete config,
     and its run folder."""
 
@@ -69,14 +72,14 @@ class Outcome:
     the ``error`` that stopped it; ``reused``: it had finished before; ``seconds``: wall
     time of its training here."""
 
-    spec: RunSpec
+    spec: GridRun
     results: dict[str, Any] | None
     error: str | None = None
     reused: bool = False
     seconds: float = 0.0
 
 
-def run_spec(spec: RunSpec) -> dict[str, Any]:
+def train_grid_run(spec: GridRun) -> dict[str, Any]:
     """Train (or read back, or resume) the run of ``spec``, without progress bars: what a
     worker process or a cluster job executes."""
     return train_or_reuse(spec.config, spec.folder, progress=False)
@@ -111,7 +114,7 @@ class Engine(abc.ABC):
         """The torch threads of a run when ``jobs`` runs train at once."""
 
     def run(
-        self, grid: Sequence[RunSpec], workspace: Path, *, progress: bool = False, say: Say | None = None
+        self, grid: Sequence[GridRun], workspace: Path, *, progress: bool = False, say: Say | None = None
     ) -> list[Outcome]:
         """Every spec's outcome, in ``grid``'s order. Finished runs are read back here;
         the others go to :meth:`_train` (``workspace``: a folder for the engine's files)."""
@@ -130,7 +133,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def _train(
-        self, specs: Sequence[RunSpec], workspace: Path, jobs: int, tally: _Tally, progress: bool
+        self, specs: Sequence[GridRun], workspace: Path, jobs: int, tally: _Tally, progress: bool
     ) -> list[Outcome]:
         """The outcomes of ``specs`` (none finished yet), in their order."""
 
@@ -148,17 +151,22 @@ class LocalEngine(Engine):
         return choose_threads(jobs)
 
     def _train(
-        self, specs: Sequence[RunSpec], workspace: Path, jobs: int, tally: _Tally, progress: bool
+        self, specs: Sequence[GridRun], workspace: Path, jobs: int, tally: _Tally, progress: bool
     ) -> list[Outcome]:
         if jobs == 1:
-            return [tally.add(_in_process(spec, progress=progress, reused=False)) for spec in specs]
+            return [tally.add(_in_process(spec, progress=progress, reused=False, label=tally.next(spec)))
+                    for spec in specs]
         return _WorkerPool(min(jobs, len(specs))).run(specs, tally)
 
 
-def _in_process(spec: RunSpec, *, progress: bool, reused: bool) -> Outcome:
+def _in_process(spec: GridRun, *, progress: bool, reused: bool, label: str = "") -> Outcome:
+    """Train ``spec`` here; its failure in the outcome, but a stop asked for
+    (``RunStopped``, ``KeyboardInterrupt``) raised."""
     start = time.perf_counter()
     try:
-        results = train_or_reuse(spec.config, spec.folder, progress=progress)
+        results = train_or_reuse(spec.config, spec.folder, progress=progress, label=label)
+    except RunStopped:
+        raise
     except Exception as error:  # noqa: BLE001 - a failed run is reported, the others go on
         if not isinstance(error, EXPECTED_ERRORS):
             traceback.print_exc()
@@ -171,6 +179,10 @@ class _Tally:
 
     def __init__(self, total: int, say: Say, progress: bool) -> None:
         self.total, self.say, self.progress, self.done = total, say, progress, 0
+
+    def next(self, spec: GridRun) -> str:
+        """How the run about to train is shown: ``"[5/17] auto-lambda seed 0"``."""
+        return f"[{self.done + 1}/{self.total}] {spec.name}"
 
     def add(self, outcome: Outcome) -> Outcome:
         self.done += 1
@@ -186,8 +198,9 @@ class _Tally:
 
 
 def _serve(connection: multiprocessing.connection.Connection) -> None:
-    """A worker process: trains the specs it receives until it receives ``None``. Ctrl-C
-    is the parent's to handle (it stops the workers)."""
+    """A worker process: trains the specs it receives until it receives ``None``. Between
+    runs, Ctrl-C is the parent's to handle (it stops the workers); during a run, a signal
+    that stops the run (the parent's SIGTERM) ends the worker too."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
@@ -196,7 +209,11 @@ def _serve(connection: multiprocessing.connection.Connection) -> None:
             return
         if spec is None:
             return
-        outcome = _in_process(spec, progress=False, reused=False)
+        try:
+            outcome = _in_process(spec, progress=False, reused=False)
+        except RunStopped as stop:
+            connection.send((None, describe(stop)))
+            return
         connection.send((outcome.results, outcome.error))
 
 
@@ -208,10 +225,10 @@ class _Worker:
         self.process = context.Process(target=_serve, args=(child,), name="dynamtl-worker")
         self.process.start()
         child.close()
-        self.spec: RunSpec | None = None
+        self.spec: GridRun | None = None
         self.index, self.started = -1, 0.0
 
-    def give(self, index: int, spec: RunSpec) -> None:
+    def give(self, index: int, spec: GridRun) -> None:
         """Train ``spec``, the ``index``-th of the pool's list."""
         self.spec, self.index, self.started = spec, index, time.perf_counter()
         self.connection.send(spec)
@@ -257,7 +274,7 @@ class _WorkerPool:
         self.size = size
         self.context = multiprocessing.get_context("spawn")
 
-    def run(self, specs: Sequence[RunSpec], tally: _Tally) -> list[Outcome]:
+    def run(self, specs: Sequence[GridRun], tally: _Tally) -> list[Outcome]:
         pending = collections.deque(enumerate(specs))
         outcomes: dict[int, Outcome] = {}
         workers: list[_Worker] = []
@@ -278,15 +295,26 @@ class _WorkerPool:
                         outcomes[index] = tally.add(outcome)
             interrupted = False
         finally:
-            for worker in workers:
-                worker.stop(now=interrupted)
-            deadline = time.monotonic() + STOP_SECONDS
-            for worker in workers:
-                worker.process.join(max(0.0, deadline - time.monotonic()))
-                if worker.process.is_alive():
-                    worker.process.kill()
-                    worker.process.join()
+            _stop(workers, interrupted)
         return [outcomes[index] for index in range(len(specs))]
+
+
+def _stop(workers: Sequence[_Worker], interrupted: bool) -> None:
+    """Let the workers go (``interrupted``: SIGTERM, so that their runs checkpoint and
+    stop) and wait for them; kill those still there after :data:`STOP_SECONDS`, or at
+    once at a second Ctrl-C."""
+    for worker in workers:
+        worker.stop(now=interrupted)
+    deadline = time.monotonic() + STOP_SECONDS
+    try:
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+    finally:  # also at a second Ctrl-C
+
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
 
 
 class SubmititEngine(Engine):
@@ -320,7 +348,7 @@ class SubmititEngine(Engine):
         return ThreadChoice(cpus, f"cpus_per_task={cpus} of each submitit job")
 
     def _train(
-        self, specs: Sequence[RunSpec], workspace: Path, jobs: int, tally: _Tally, progress: bool
+        self, specs: Sequence[GridRun], workspace: Path, jobs: int, tally: _Tally, progress: bool
     ) -> list[Outcome]:
         import submitit
 
@@ -337,7 +365,7 @@ class SubmititEngine(Engine):
             while pending or running:
                 while pending and len(running) < jobs:
                     index, spec = pending.popleft()
-                    running[index] = (executor.submit(run_spec, spec), time.perf_counter())
+                    running[index] = (executor.submit(train_grid_run, spec), time.perf_counter())
                 time.sleep(self.POLL_SECONDS)
                 for index, (job, started) in list(running.items()):
                     if job.done():
@@ -351,7 +379,7 @@ class SubmititEngine(Engine):
         return [outcomes[index] for index in range(len(specs))]
 
     @staticmethod
-    def _outcome(spec: RunSpec, job: Any, seconds: float) -> Outcome:
+    def _outcome(spec: GridRun, job: Any, seconds: float) -> Outcome:
         try:
             return Outcome(spec, job.result(), None, False, seconds)
         except Exception as error:  # noqa: BLE001 - submitit wraps the job's exception with its traceback
