@@ -8,10 +8,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.context import Gradients, StepContext, combine_gradients, widened
 from dynamtl.lookahead import learning_rates
 from dynamtl.objective import capture_rng
-from dynamtl.tasks import task_indices
+from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import Weighting, check_choice
 
 
@@ -89,7 +89,7 @@ class HydaLearn(Weighting):
             raise ValueError(f"total must be > 0, got {total}")
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing is the weight of the past and must lie in [0, 1), got {smoothing}")
-        self.main_names = [main] if isinstance(main, str) else list(main)
+        self.main_names = name_list(main, "main")
         self.gain, self.gain_batch, self.step_size = gain, gain_batch, step_size
         self.floor, self.normalize, self.total, self.smoothing = floor, normalize, total, smoothing
         self.register_buffer("smoothed", torch.zeros(0))
@@ -136,19 +136,20 @@ class HydaLearn(Weighting):
         if self.gain_batch == "current":
             return combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
         leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
-        loss = ctx.objective.losses(ctx.meta_batch, leaves, pass_name="meta", only=self._main_names()).sum()
-        meta_grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        return dict(zip(leaves, ctx.objective.replicas.means(meta_grads)))
+        losses = ctx.objective.task_losses(ctx.meta_batch, leaves, pass_name="meta", only=self._main_names())
+        loss = torch.stack(losses).sum()  # the main tasks' graphs only
+        meta_grads = ctx.objective.precision.gradients(loss, list(leaves.values()), ctx.objective.replicas)
+        return dict(zip(leaves, meta_grads))
 
     def _lookahead_gains(self, ctx: StepContext, grads: list[Gradients], rates: dict[str, float]) -> Tensor:
         theta = ctx.current_params()
         with torch.no_grad():
             # gains in float32 at least: float16 losses differ by a few units in the last place
             if self.gain_batch == "current":
-                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(_wide(ctx.losses.detach()))
+                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(widened(ctx.losses.detach()))
             else:
                 batch, rng = ctx.meta_batch, capture_rng(ctx.objective.device)
-                base = _wide(ctx.objective.losses(batch, theta, rng, "meta", only=self._main_names())).sum()
+                base = widened(ctx.objective.losses(batch, theta, rng, "meta", only=self._main_names())).sum()
             which = "training" if self.gain_batch == "current" else "meta"
             gains = []
             for name, g in zip(ctx.objective.tasks.names, grads):
@@ -156,7 +157,7 @@ class HydaLearn(Weighting):
                 after = ctx.objective.losses(
                     batch, moved, rng, f"look-ahead of task {name!r} ({which} batch)", only=self._main_names()
                 )
-                gains.append(base - _wide(after).sum())
+                gains.append(base - widened(after).sum())
         return ctx.objective.replicas.mean(torch.stack(gains))
 
     def _weights_from_gains(self, gains: Tensor, present: int | None = None) -> Tensor:
@@ -180,11 +181,6 @@ def _dot(a: Gradients, b: Gradients, rates: dict[str, float], device: torch.devi
     for n, x in a.items():
         y = b.get(n)
         if x is not None and y is not None and n in rates:
-            total = total + rates[n] * (_wide(x) * _wide(y)).sum()
+            total = total + rates[n] * (widened(x) * widened(y)).sum()
     return total
-
-
-def _wide(values: Tensor) -> Tensor:
-    """``values`` in float32 if they are float16 or bfloat16 (float64 stays float64)."""
-    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
