@@ -134,7 +134,7 @@ def test_list_names_every_benchmark_and_method():
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["train", "--benchmark", "nope"], "unknown benchmark 'nope'; valid benchmarks: census, drift, multimnist"),
+        (["train", "--benchmark", "nope"], "unknown benchmark 'nope'; valid benchmarks: census, drift, fashion-mnist, multimnist"),
         (["train", "--benchmark", "drift", "--method", "lambda"], "unknown method 'lambda'; valid names: equal, static"),
         (["train", "--benchmark", "drift", "--tasks", "main,depth"], "unknown selected task(s) ['depth']"),
         (["train", "--benchmark", "drift", "--option", "lr"], "--option takes NAME=VALUE (e.g. --option lr=3e-4)"),
