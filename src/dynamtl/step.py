@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import weakref
 from collections.abc import Mapping
@@ -15,8 +16,9 @@ from dynamtl.aggregation.base import Aggregation
 from dynamtl.aggregation.sum import Sum
 from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
-from dynamtl.nonfinite import NonFiniteLossError, check_gradients, check_losses
+from dynamtl.nonfinite import NonFiniteLossError, check_losses
 from dynamtl.objective import Objective, capture_rng
+from dynamtl.precision import GradientOverflow, Precision
 from dynamtl.tasks import Tasks
 from dynamtl.weighting.base import Weighting
 from dynamtl.weighting.equal import Equal
@@ -26,17 +28,24 @@ __all__ = ["MultiTask", "NonFiniteLossError", "StepGuard", "StepInfo"]
 
 @dataclass
 class StepInfo:
-    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``."""
+    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``;
+    ``skipped``: the scaled gradients overflowed and the step was skipped (only with a
+    ``GradScaler``)."""
 
     names: tuple[str, ...]
     losses: Tensor
     weights: Tensor
     seconds: float
+    skipped: bool = False
 
     def as_dict(self) -> dict[str, float]:
-        """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging."""
+        """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging; a skipped
+        step has ``"skipped": True`` and no weights."""
         out = {f"loss/{n}": float(v) for n, v in zip(self.names, self.losses)}
-        out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
+        if self.skipped:
+            out["skipped"] = True
+        else:
+            out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
         out["seconds"] = self.seconds
         return out
 
@@ -66,6 +75,18 @@ class MultiTask:
         representation: the name of the submodule whose output every head reads, for
             aggregations that can work on the gradients of that shared representation
             instead of the shared parameters (``MGDA(upper_bound=True)``).
+        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision (see below).
+
+    Mixed precision: run :meth:`step` (or :meth:`backward`) inside ``torch.autocast`` as
+    in any AMP loop; the model's forward passes run under it, the rest of the step in
+    float32 (:mod:`dynamtl.precision`). With ``scaler``, every backward pass is taken of
+    the scaled losses and every gradient that a weighting or aggregation reads is unscaled
+    first. A step whose scaled gradients hold an inf or NaN is skipped the GradScaler way:
+    the weighting's and aggregation's state is put back as it was, ``.grad`` is left
+    non-finite so that ``scaler.step`` skips the optimizer step and ``scaler.update``
+    lowers the scale, and :attr:`StepInfo.skipped` is set. :meth:`step` calls
+    ``scaler.step(optimizer)`` and ``scaler.update()`` itself; after :meth:`backward`
+    your loop does, exactly as after ``scaler.scale(loss).backward()``.
 
     Use :meth:`step` for the whole step, or :meth:`backward` to leave ``optimizer.step()``
     to your loop (gradient clipping, ``GradScaler``, schedulers). Call :meth:`end_epoch`
@@ -92,6 +113,7 @@ class MultiTask:
         aggregation: Aggregation | None = None,
         check_finite: bool = True,
         representation: str | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         _check_kind(model, nn.Module, "model", "an nn.Module returning {task: prediction}")
         _check_kind(tasks, Tasks, "tasks", "dm.Tasks({'name': loss_fn, ...})")
@@ -103,6 +125,7 @@ class MultiTask:
             _check_kind(aggregation, Aggregation, "aggregation", "an aggregation instance such as dm.PCGrad()")
         self.objective = Objective(model, tasks, representation)
         self.objective.check_finite = check_finite
+        self.precision = self.objective.precision = Precision(scaler, self.objective.device.type)
         self.tasks = tasks
         self.optimizer = optimizer
         self.weighting = _claim(weighting or Equal(), self).bind(tasks)
@@ -143,30 +166,66 @@ class MultiTask:
             )
         optimizer.add_param_group({"params": missing, "weight_decay": 0.0})
 
-    def backward(self, batch: Any, meta_batch: Any = None) -> StepInfo:
+    def backward(self, batch: Any, meta_batch: Any = None, *, micro_batches: int = 1) -> StepInfo:
         """Compute the step's gradients into ``.grad`` (accumulating); no optimizer step.
+
+        Gradient accumulation: call it on each of k micro-batches with ``micro_batches=k``,
+        then step the optimizer once; each call adds 1/k of its gradient to ``.grad``, so
+        ``.grad`` holds their mean. For a loss-level weighting with :class:`~dynamtl.Sum`
+        that is exactly the gradient of one step on the concatenated batch (equal-sized
+        micro-batches, losses that are means). Every other method decides per micro-batch:
+        gradient aggregations combine each micro-batch's task gradients (the mean of the k
+        aggregated gradients, not the aggregation of the mean), and a weighting that updates
+        its state per call (Auto-Lambda's λ, GradNorm's w, DWA's history) does so k times
+        per optimizer step, each look-ahead emulating a step from that micro-batch's
+        gradient alone. A weighting that assumes one optimizer step per call
+        (``needs_step_per_backward``: Auto-Lambda's ``order="lagged"``) is refused with
+        ``micro_batches > 1``.
 
         Raises :class:`NonFiniteLossError` (with ``check_finite``) after restoring the state
         of before the call; errors raised by the model or a loss name the task and the pass."""
         start = time.perf_counter()
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+        if micro_batches > 1 and self.weighting.needs_step_per_backward:
+            raise ValueError(
+                f"{self.weighting!r} takes the optimizer's step after each backward() as its virtual step, "
+                "which gradient accumulation breaks: use it without micro_batches (for AutoLambda, order='lookahead')"
+            )
         if self.weighting.needs_meta_batch and meta_batch is None:
             raise ValueError(
                 f"{type(self.weighting).__name__} needs a meta batch: call step(batch, meta_batch=...) "
                 "with a batch from a held-out split or a reshuffled training loader"
             )
-        guard = StepGuard(self) if self.check_finite else None
-        try:
-            info = self._backward(batch, meta_batch)
-        except NonFiniteLossError as error:
-            error.step = self.steps + 1
-            if guard is not None:
-                guard.restore()
-            raise
-        finally:
-            self.objective.representation = []  # free Z of this step
+        scaled = self.precision.scaler is not None
+        guard = StepGuard(self) if self.check_finite or scaled else None
+        with self.precision.step(self.objective.device, micro_batches):
+            try:
+                info = self._backward(batch, meta_batch)
+            except NonFiniteLossError as error:
+                error.step = self.steps + 1
+                if guard is not None:
+                    guard.restore()
+                raise
+            except GradientOverflow as overflow:
+                assert guard is not None
+                return self._skip(guard, overflow, start)
+            finally:
+                self.objective.representation = []  # free Z of this step
         self.steps += 1
         info.seconds = time.perf_counter() - start
         return info
+
+    def _skip(self, guard: StepGuard, overflow: GradientOverflow, start: float) -> StepInfo:
+        """A step whose scaled gradients overflowed, skipped the GradScaler way: everything
+        is put back as before the step, then ``.grad`` is made infinite so that
+        ``scaler.step`` skips the optimizer step and ``scaler.update`` lowers the scale."""
+        guard.restore()
+        for p in self.objective.params.values():
+            p.grad = torch.full_like(p, float("inf"))
+        losses = overflow.losses if overflow.losses is not None else torch.full((len(self.tasks),), float("nan"))
+        nan = torch.full_like(losses, float("nan"))
+        return StepInfo(self.tasks.names, losses, nan, time.perf_counter() - start, skipped=True)
 
     def _backward(self, batch: Any, meta_batch: Any) -> StepInfo:
         rng = capture_rng(self.objective.device)
@@ -185,26 +244,20 @@ class MultiTask:
         losses = ctx.losses
         if self.check_finite and self.objective.replicas.distributed:
             check_losses(losses, self.tasks.names, "training")  # the global batch's: same decision everywhere
-        weights = self.weighting.weights(ctx)
-        if self.check_finite:
-            check_losses(weights, self.tasks.names, f"{type(self.weighting).__name__} weighting", "weight")
-        self.aggregation.backward(ctx, weights, self.weighting.regularizer())
-        if self.check_finite:
-            self._check_gradients(ctx)
+        try:
+            weights = self.weighting.weights(ctx)
+            if self.check_finite:
+                check_losses(weights, self.tasks.names, f"{type(self.weighting).__name__} weighting", "weight")
+            self.aggregation.backward(ctx, weights, self.weighting.regularizer())
+            self.precision.check([p.grad for p in ctx.params.values()])  # an overflow (with a scaler)
+        except GradientOverflow as overflow:
+            overflow.losses = losses.detach()
+            raise
+        ctx.check_combined_gradient(
+            [p.grad for p in ctx.params.values()], f"{type(self.aggregation).__name__} aggregation"
+        )
         self.weighting.after_backward(ctx)
         return StepInfo(self.tasks.names, losses.detach(), weights.detach(), 0.0)
-
-    def _check_gradients(self, ctx: StepContext) -> None:
-        """The step's gradient in ``.grad`` is finite; if not, the task(s) whose own gradient
-        is not (computed now if the step had not), or else the aggregation, are named."""
-        grads = [p.grad for p in ctx.params.values()]
-        present = [g for g in grads if g is not None]
-        if not present or bool(torch.stack([g.isfinite().all() for g in present]).all()):
-            return
-        check_gradients([list(g.values()) for g in ctx.task_gradients()], self.tasks.names, "training")
-        raise NonFiniteLossError(
-            "gradient", f"{type(self.aggregation).__name__} aggregation", dict.fromkeys(self.tasks.names, float("nan"))
-        )
 
     def step(self, batch: Any, meta_batch: Any = None) -> StepInfo:
         """``zero_grad``, :meth:`backward` and ``optimizer.step()``."""
@@ -213,7 +266,11 @@ class MultiTask:
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         info = self.backward(batch, meta_batch)
-        self.optimizer.step()
+        if self.precision.scaler is None:
+            self.optimizer.step()
+        else:
+            self.precision.scaler.step(self.optimizer)
+            self.precision.scaler.update()
         info.seconds = time.perf_counter() - start
         return info
 
@@ -299,6 +356,8 @@ _OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[MultiTask]] 
 def _claim(method: nn.Module, mtl: MultiTask) -> Any:
     """``method``, recorded as belonging to ``mtl``; ``ValueError`` if another live MultiTask has it."""
     owner = _OWNERS.get(method)
+    if owner is not None and owner() is not None and owner() is not mtl:
+        gc.collect()  # a MultiTask nobody holds any more may only wait for the cycle collector
     if owner is not None and owner() is not None and owner() is not mtl:
         kind = type(method).__name__
         raise ValueError(
