@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -196,14 +195,18 @@ class AutoLambda(OwnOptimizer, Weighting):
         leaves = {n: t.detach().requires_grad_() for n, t in theta_next.items()}
         meta_loss = self._meta_loss(objective, leaves, meta_batch)
         v = objective.replicas.means(torch.autograd.grad(meta_loss, list(leaves.values()), allow_unused=True))
-        return {n: at.jacobian[n] * g for n, g in zip(leaves, v) if g is not None and n in at.jacobian}
+        names = [n for n, g in zip(leaves, v) if g is not None and n in at.jacobian]
+        if not names:
+            return {}
+        present = [g for n, g in zip(leaves, v) if g is not None and n in at.jacobian]
+        return dict(zip(names, torch._foreach_mul(present, [at.jacobian[n] for n in names])))
 
     def _finite_difference(
         self, objective: Objective, at: _Pending, theta_next: dict[str, Tensor], meta_batch: Any
     ) -> Tensor:
         """⟨∇θ Lᵢ(θ; batch), u⟩ for every task i, u = J ⊙ ∇θ' L_val(θ'), by finite differences."""
         u = self._direction(objective, at, theta_next, meta_batch)
-        norm = math.sqrt(sum(float((d * d).sum()) for d in u.values()))
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(u.values()))))) if u else 0.0
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)
         eps = self.epsilon / norm
@@ -238,5 +241,8 @@ def _local_losses(ctx: StepContext) -> Tensor:
 
 
 def _shifted(theta: dict[str, Tensor], direction: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
-    return {n: t + scale * direction[n] if n in direction else t for n, t in theta.items()}
+    """θ + scale·u (parameters without a direction stay), in one ``torch._foreach_add``."""
+    names = list(direction)
+    moved = torch._foreach_add([theta[n] for n in names], list(direction.values()), alpha=scale)
+    return {**theta, **dict(zip(names, moved))}
 

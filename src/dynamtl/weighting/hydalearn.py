@@ -123,10 +123,7 @@ class HydaLearn(Weighting):
             else:
                 batch, rng = ctx.meta_batch, capture_rng(ctx.objective.device)
                 base = self._main_loss(ctx.objective.losses(batch, theta, rng))
-            gains = []
-            for g in grads:
-                moved = {n: t - rates[n] * g[n] if g[n] is not None and n in rates else t for n, t in theta.items()}
-                gains.append(base - self._main_loss(ctx.objective.losses(batch, moved, rng)))
+            gains = [base - self._main_loss(ctx.objective.losses(batch, _moved(theta, g, rates), rng)) for g in grads]
         return ctx.objective.replicas.mean(torch.stack(gains))
 
     def _weights_from_gains(self, gains: Tensor) -> Tensor:
@@ -140,6 +137,15 @@ class HydaLearn(Weighting):
             return share / share[main].mean()
         total = self.total if self.total is not None else float(self.num_tasks)
         return total * share / share.sum()
+
+
+def _moved(theta: dict[str, Tensor], grad: Gradients, rates: dict[str, float]) -> dict[str, Tensor]:
+    """θ − η ⊙ g (parameters without a gradient or a step size stay), in ``torch._foreach_*`` calls."""
+    names = [n for n in theta if grad.get(n) is not None and n in rates]
+    if not names:
+        return theta
+    steps = torch._foreach_mul([grad[n] for n in names], [-rates[n] for n in names])  # type: ignore[misc]
+    return {**theta, **dict(zip(names, torch._foreach_add([theta[n] for n in names], steps)))}
 
 
 def _dot(a: Gradients, b: Gradients, rates: dict[str, float], like: Tensor) -> Tensor:
