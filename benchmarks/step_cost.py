@@ -17,9 +17,9 @@ and the range over the repeats.
 Passes: the same round-robin also times the model's passes on a training batch, a forward
 pass with a graph (F), one without a graph at other parameters through
 ``torch.func.functional_call`` (F₀, as the look-ahead evaluations run), and a backward
-pass (B = forward-and-backward minus F). For the methods whose passes are known (``PASSES``)
-"passes x Equal" is (f·F + f₀·F₀ + b·B) / (F + B): the ratio the step would have if it were
-nothing but its passes; the rest of its "time x Equal" is overhead.
+pass (B = forward-and-backward minus F), in CPU time. For the methods whose passes are known
+(``PASSES``) "passes x Equal" is (f·F + f₀·F₀ + b·B) / (F + B): the ratio the step would have
+if it were nothing but its passes; the rest of its "CPU x Equal" is overhead.
 
 Memory: ``tracemalloc`` cannot see torch's allocations and CPU torch keeps no allocator
 statistics (the profiler's ``profile_memory`` lists allocations per op but gives no peak),
@@ -228,7 +228,8 @@ def measure(kind: str, methods: Sequence[str], reference: str, steps: int, warmu
     and the ratio of its passes alone."""
     ratios: dict[str, list[float]] = {m: [] for m in methods}
     cpu_ratios: dict[str, list[float]] = {m: [] for m in methods}
-    medians: dict[str, list[float]] = {m: [] for m in [*methods, *PROBES]}
+    medians: dict[str, list[float]] = {m: [] for m in methods}
+    probes: dict[str, list[float]] = {p: [] for p in PROBES}  # CPU time, steadier than wall time
     for _ in range(repeats):
         seconds = time_steps(kind, methods, steps, warmup)
         wall = {m: statistics.median(w) for m, (w, _) in seconds.items()}
@@ -238,7 +239,9 @@ def measure(kind: str, methods: Sequence[str], reference: str, steps: int, warmu
             cpu_ratios[m].append(cpu[m] / cpu[reference])
         for m, values in medians.items():
             values.append(wall[m])
-    median = {m: statistics.median(v) for m, v in medians.items()}
+        for p, values in probes.items():
+            values.append(cpu[p])
+    median = {m: statistics.median(v) for m, v in [*medians.items(), *probes.items()]}
     forward, no_graph, backward = median["F"], median["F0"], median["F+B"] - median["F"]
     os.environ.update(MALLOC_ENV)  # read by the probes' fresh interpreters, not by this one
     # one fresh interpreter per method (maxtasksperchild=1, chunksize=1); probes measure
@@ -257,7 +260,7 @@ def measure(kind: str, methods: Sequence[str], reference: str, steps: int, warmu
         return (f * forward + f0 * no_graph + b * backward) / (forward + backward)
 
     print(
-        f"passes (median ms): forward with graph F {1000 * forward:.2f}, without graph F0 {1000 * no_graph:.2f}, "
+        f"passes (median CPU ms): forward with graph F {1000 * forward:.2f}, without graph F0 {1000 * no_graph:.2f}, "
         f"backward B {1000 * backward:.2f}"
     )
     return [
