@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dynamtl.context import StepContext
 from dynamtl.weighting.base import LossWeighting
 
 
@@ -22,6 +23,10 @@ class Uncertainty(LossWeighting):
     adds them as their own parameter group (no weight decay) when the optimizer lacks
     them; in a loop of your own, give ``weighting.parameters()`` to your optimizer after
     ``bind``.
+
+    A task whose loss has no gradient in a step (no labelled sample in the batch) leaves
+    its ½ sᵢ out of that step's regularizer, so sᵢ does not drift while the task is absent
+    (its ½ e^{−sᵢ} Lᵢ term is constant then, with no gradient for θ or sᵢ).
 
     Stability: at the optimum λᵢ = 1/(2Lᵢ), so a task whose training loss falls toward 0 (an
     easy classification task) gets a weight without bound, and the model's effective
@@ -48,6 +53,7 @@ class Uncertainty(LossWeighting):
     def __init__(self, tasks: list[str] | None = None) -> None:
         super().__init__()
         self.log_vars = nn.Parameter(torch.zeros(0))
+        self._present: Tensor | None = None  # the tasks with a gradient in the step (MultiTask)
         if tasks is not None:
             self.bind(tasks)
 
@@ -55,8 +61,14 @@ class Uncertainty(LossWeighting):
         with torch.no_grad():
             self.log_vars.data = torch.zeros(self.num_tasks, dtype=self.log_vars.dtype, device=self.log_vars.device)
 
+    def weights(self, ctx: StepContext) -> Tensor:
+        self._present = torch.tensor(ctx.present, device=self.log_vars.device)
+        return super().weights(ctx)
+
     def loss_weights(self, losses: Tensor) -> Tensor:
         return 0.5 * torch.exp(-self.log_vars)
 
     def regularizer(self) -> Tensor:
-        return 0.5 * self.log_vars.sum()
+        if self._present is None:
+            return 0.5 * self.log_vars.sum()
+        return 0.5 * (self.log_vars * self._present).sum()
