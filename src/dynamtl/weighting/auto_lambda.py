@@ -221,7 +221,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         u = self._direction(objective, at, theta_next, meta_batch)
         # the norm and the differences in float32 at least: float16 squares overflow, and
         # float16 losses differ by a few units in the last place
-        norms = torch._foreach_norm(list(u.values()), 2, dtype=self.lambdas.dtype) if u else []
+        norms = list(torch._foreach_norm(list(u.values()), 2, dtype=self.lambdas.dtype)) if u else []
         norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)
