@@ -119,7 +119,9 @@ def test_compare_tabulates_methods_over_seeds_against_single_task_baselines(tmp_
         code, printed = invoke("plot", str(out))
         assert code == 0
         drawn = sorted(printed.split())
-        assert len(drawn) == 2 * 2 * 2 + 2 * 2  # weights and metrics of 4 runs; of the 2 stl runs' 2 tasks each
+        # weights and metrics of 4 runs; the metrics (one task: no weights) of the 2 stl runs; the comparison's 2
+        assert len(drawn) == 2 * 2 * 2 + 2 + 2
+        assert str(out / "plots" / "weights_seed1.png") in drawn
         assert all(Path(p).is_file() and p.endswith(".png") for p in drawn)
 
 

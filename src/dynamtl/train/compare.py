@@ -16,6 +16,7 @@ multi-task mode) against the ``stl`` run of the same seed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +78,13 @@ def compare(
                                   "config": checked[BASELINE].config.to_dict()},
     )
     results = []
+    grid = [(seed, method) for seed in seeds for method in configs]
     for seed in seeds:
         baseline: dict[str, Any] | None = None
         for method, config in configs.items():
-            result = dict(train_or_reuse(config.replace(seed=seed), _run_dir(out, method, seed), progress=progress))
+            label = f"[{grid.index((seed, method)) + 1}/{len(grid)}] {method} seed {seed}"
+            result = dict(train_or_reuse(config.replace(seed=seed), _run_dir(out, method, seed), progress=progress,
+                                         label=label))
             baseline = baseline or result
             result["delta_mtl"] = delta_mtl(_primary(result, metrics), _primary(baseline, metrics), metrics)
             results.append(result)
@@ -88,11 +92,20 @@ def compare(
     files = [out / "table.md", out / "table.csv"]
     files[0].write_text(markdown + "\n")
     files[1].write_text(table)
-    for seed in seeds:
-        runs = {method: _run_dir(out, method, seed) for method in wanted}
-        if runs:
+    return Comparison(markdown, table, results, files + draw_comparison_plots(out))
+
+
+def draw_comparison_plots(out: Path) -> list[Path]:
+    """``out/plots/weights_seed<k>.png`` for every seed of the comparison in ``out`` (as
+    ``comparison.json`` lists them): the task weights of its methods side by side."""
+    listed = json.loads((Path(out) / "comparison.json").read_text())
+    methods = [method for method in listed["methods"] if method != BASELINE]
+    files = []
+    for seed in listed["seeds"]:
+        if methods:
+            runs = {method: _run_dir(out, method, seed) for method in methods}
             files += draw_weights_comparison(runs, out / "plots" / f"weights_seed{seed}.png")
-    return Comparison(markdown, table, results, files)
+    return files
 
 
 def _run_dir(out: Path, method: str, seed: int) -> Path:
