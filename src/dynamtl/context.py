@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.lookahead import LookAhead
+from dynamtl.nonfinite import NonFiniteLossError, check_gradients
 from dynamtl.objective import Objective, RngState
 
 Gradients = dict[str, Tensor | None]
@@ -72,20 +73,54 @@ class StepContext:
         Computed once per step by one backward pass per task through the shared graph
         (measured as fast as ``vmap`` on CPU) and cached for every method that asks. Under
         DDP they are averaged over the processes (one all-reduce): the global batch's.
+
+        A task whose loss has no graph in this step (no labelled sample in the batch, a
+        loss that does not depend on the parameters) gets ``None`` for every parameter: a
+        zero gradient row, so the step is the step on the other tasks. With the objective's
+        ``check_finite``, a NaN or infinite gradient raises
+        :class:`~dynamtl.NonFiniteLossError` naming the task. Under loss scaling they are
+        the true (unscaled) gradients, and a non-finite one is an overflow of the scale:
+        :class:`~dynamtl.precision.GradientOverflow` (checked first).
         """
         if self._task_gradients is None:
             params = list(self.params.values())
             names = list(self.params)
-            local = [
-                g
-                for loss in self.task_losses
-                for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            ]
+            precision = self.objective.precision
+            local: list[Tensor | None] = []
+            for loss in self.task_losses:
+                if loss.requires_grad:
+                    local.extend(precision.local_gradients(loss, params, retain_graph=True))
+                else:
+                    local.extend([None] * len(params))
             grads = self.objective.replicas.means(local)
+            precision.check(grads)
             self._task_gradients = [
                 dict(zip(names, grads[k : k + len(names)])) for k in range(0, len(grads), len(names))
             ]
+            if self.objective.check_finite:
+                check_gradients(
+                    [list(g.values()) for g in self._task_gradients], self.objective.tasks.names, "training"
+                )
         return self._task_gradients
+
+    def check_combined_gradient(self, grads: Sequence[Tensor | None], pass_name: str) -> None:
+        """With the objective's ``check_finite``: if a gradient combined from the task losses
+        (``grads``, one per parameter) holds a NaN or an infinity, raise
+        :class:`~dynamtl.NonFiniteLossError` naming the task(s) whose own gradient does (from
+        :meth:`task_gradients`, computed now if no method asked for them), or else
+        ``pass_name``, where the combination itself went wrong. One device synchronisation."""
+        present = [g for g in grads if g is not None]
+        if not self.objective.check_finite or not present:
+            return
+        if bool(torch.stack([g.isfinite().all() for g in present]).all()):
+            return
+        self.task_gradients()  # raises, naming the tasks, if one of theirs is not finite
+        raise NonFiniteLossError("gradient", pass_name, dict.fromkeys(self.objective.tasks.names, float("nan")))
+
+    @property
+    def present(self) -> list[bool]:
+        """For every task, whether its loss has a graph in this step (it can have a gradient)."""
+        return [loss.requires_grad for loss in self.task_losses]
 
     def representation_gradients(self) -> Tensor:
         """Rows ∇_Z L_k, flattened over every captured representation output: shape [T, D_Z].
@@ -100,7 +135,10 @@ class StepContext:
             )
         rows = []
         for loss in self.task_losses:
-            grads = torch.autograd.grad(loss, self.representation, retain_graph=True, allow_unused=True)
+            if not loss.requires_grad:  # no graph in this step: a zero row
+                rows.append(torch.cat([torch.zeros_like(z).reshape(-1) for z in self.representation]))
+                continue
+            grads = self.objective.precision.local_gradients(loss, self.representation, retain_graph=True)
             rows.append(torch.cat([(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]))
         return torch.stack(rows)
 
@@ -116,3 +154,10 @@ def combine_gradients(task_grads: Sequence[Gradients], weights: Sequence[float |
         parts = [w * g[name] for w, g in zip(weights, task_grads) if g[name] is not None]
         out[name] = sum(parts[1:], parts[0]) if parts else None
     return out
+
+
+def widened(values: Tensor) -> Tensor:
+    """``values`` in float32 if they are float16 or bfloat16 (float32 and float64 unchanged):
+    the dtype in which methods take products, norms and differences of a half-precision
+    model's gradients and losses."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values

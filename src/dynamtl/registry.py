@@ -251,6 +251,7 @@ AGGREGATIONS: dict[str, Method] = {
 BENCHMARKS: dict[str, str] = {
     "census": "dynamtl.benchmarks.census:Census",
     "drift": "dynamtl.benchmarks.drift:RelevanceDrift",
+    "fashion-mnist": "dynamtl.benchmarks.fashion_mnist:FashionMNIST",
     "multimnist": "dynamtl.benchmarks.multimnist:MultiMNIST",
     "nyuv2": "dynamtl.benchmarks.nyuv2:NYUv2",
     "cityscapes": "dynamtl.benchmarks.cityscapes:CityScapes",

@@ -60,12 +60,13 @@ def shared_parameters(task_grads: list[Gradients]) -> list[str]:
 
 
 def accumulate(ctx: StepContext, grads: Gradients) -> None:
-    """Add ``grads`` (name -> gradient, possibly flat) into the parameters' ``.grad``."""
+    """Add ``grads`` (name -> true gradient, possibly flat) into the parameters' ``.grad``
+    (times the loss scale under a ``GradScaler``, as ``scaler.scale(loss).backward()`` would)."""
     for name, g in grads.items():
         if g is None:
             continue
         p = ctx.params[name]
-        g = g.detach().reshape(p.shape)
+        g = ctx.objective.precision.scaled(g.detach().reshape(p.shape).to(p.dtype))  # float32 weights times float16 gradients
         p.grad = g.clone() if p.grad is None else p.grad + g
 
 
@@ -77,4 +78,5 @@ def weighting_backward(ctx: StepContext, weights: Tensor, regularizer: Tensor | 
     total = (weights * ctx.losses.detach()).sum()
     if regularizer is not None:
         total = total + regularizer
-    total.backward()
+    if total.requires_grad:
+        ctx.objective.precision.backward(total)

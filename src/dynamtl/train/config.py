@@ -49,6 +49,7 @@ Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["none", "cosine", "step"]
 MetaSource = Literal["val", "train"]
 OnNonFinite = Literal["stop", "skip"]
+Precision = Literal["32", "bf16", "fp16"]
 
 
 class ConfigError(ValueError):
@@ -93,10 +94,19 @@ class RunConfig:
         limit: at most this many training samples (quick runs, tests).
         root: the data folder (default ``$DYNAMTL_DATA`` or ``~/.cache/dynamtl``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+        threads: torch's intra-op threads for the run (``torch.set_num_threads``; the
+            last digits of the results depend on it). ``None``: the count this process
+            has when the run is planned. The CLI chooses it
+            (:func:`~dynamtl.train.threads.choose_threads`).
         checkpoint_every: also checkpoint every this many steps (0: at the end of every
             epoch only).
         on_nonfinite: on a NaN/inf loss, ``"stop"`` the run (the last checkpoint is kept)
             or ``"skip"`` the batch (skips are counted in the logs).
+        precision: ``"32"`` (float32), ``"bf16"`` (steps under bfloat16 autocast) or
+            ``"fp16"`` (float16 autocast with a ``torch.amp.GradScaler``, whose state is
+            checkpointed; steps whose scaled gradients overflow are skipped and logged
+            with ``"skipped": true``). Parameters stay float32 (see
+            :mod:`dynamtl.precision`).
     """
 
     benchmark: str
@@ -122,8 +132,10 @@ class RunConfig:
     limit: int | None = None
     root: str | None = None
     device: str = "cpu"
+    threads: int | None = None
     checkpoint_every: int = 0
     on_nonfinite: OnNonFinite = "stop"
+    precision: Precision = "32"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "the configuration") -> RunConfig:
@@ -318,6 +330,7 @@ def _resolve_defaults(config: RunConfig, bench: Benchmark) -> RunConfig:
         shuffle=config.shuffle if config.shuffle is not None else bool(d.extra.get("shuffle", 1.0)),
         schedule=config.schedule or ("cosine" if d.extra.get("cosine_schedule") else "none"),
         root=str(config.root if config.root is not None else default_root()),
+        threads=config.threads if config.threads is not None else torch.get_num_threads(),
     )
 
 
@@ -335,6 +348,7 @@ def _check_ranges(c: RunConfig) -> list[str]:
         (0 < c.step_gamma <= 1, f"step_gamma must lie in (0, 1], got {c.step_gamma}"),
         (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
         (c.limit is None or c.limit >= 1, f"limit must be >= 1 (or absent), got {c.limit}"),
+        (c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}"),
         (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: every epoch only), got {c.checkpoint_every}"),
     ]
     problems = [message for ok, message in checks if not ok]

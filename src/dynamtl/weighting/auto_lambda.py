@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from dynamtl.context import StepContext
+from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
-from dynamtl.tasks import task_indices
+from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import (
     MetaOptimizerFactory,
     OwnOptimizer,
@@ -58,6 +59,11 @@ class AutoLambda(OwnOptimizer, Weighting):
     paper's code; for plain SGD without momentum the two agree. The perturbed forward
     passes replay the random state of the training forward pass (same dropout masks) and
     never touch BatchNorm running statistics.
+
+    Under mixed precision (``torch.autocast`` around the step) the forward passes of the
+    virtual step run under the caller's autocast, but the finite-difference passes run in
+    full precision: their difference is ~``epsilon`` × the directional derivative, below the
+    rounding error of a 16-bit loss. Look-ahead and hypergradient arithmetic is float32.
 
     Modes: multi-task learning (``primary=None``: every task is primary) and auxiliary
     learning (``primary`` a subset; the others only help).
@@ -125,9 +131,10 @@ class AutoLambda(OwnOptimizer, Weighting):
             raise ValueError(f"interval must be >= 1, got {interval}")
         if lr <= 0 or epsilon <= 0:
             raise ValueError(f"lr and epsilon must be > 0, got lr={lr}, epsilon={epsilon}")
-        self.primary_names = [primary] if isinstance(primary, str) else primary
+        self.primary_names = None if primary is None else name_list(primary, "primary")
         self.init, self.lr, self.factory = init, lr, meta_optimizer
         self.hypergradient, self.order, self.interval = hypergradient, order, interval
+        self.needs_step_per_backward = order == "lagged"
         self.nonnegative, self.epsilon, self.difference = nonnegative, epsilon, difference
         self.lambdas = nn.Parameter(torch.zeros(0))
         self.primary: tuple[int, ...] = ()
@@ -145,11 +152,11 @@ class AutoLambda(OwnOptimizer, Weighting):
     def weights(self, ctx: StepContext) -> Tensor:
         due = ctx.step % self.interval == 0
         if self.order == "lookahead" and due:
-            self._update(self._hypergradient_lookahead(ctx))
+            self._update(self._hypergradient_lookahead(ctx), ctx)
         elif self.order == "lagged" and self._pending is not None:
             pending, self._pending = self._pending, None
             theta_next = ctx.current_params()
-            self._update(self._finite_difference(ctx.objective, pending, theta_next, ctx.meta_batch))
+            self._update(self._finite_difference(ctx.objective, pending, theta_next, ctx.meta_batch), ctx)
         return self.lambdas.detach().clone()
 
     def after_backward(self, ctx: StepContext) -> None:
@@ -170,10 +177,11 @@ class AutoLambda(OwnOptimizer, Weighting):
         names, params = list(ctx.params), list(ctx.params.values())
         exact = self.hypergradient == "exact"
         lam = self.lambdas.detach().requires_grad_(exact)
-        local = torch.autograd.grad(
-            (lam * ctx.losses).sum(), params, retain_graph=True, create_graph=exact, allow_unused=True
-        )
+        precision = ctx.objective.precision
+        local = precision.local_gradients((lam * ctx.losses).sum(), params, retain_graph=True, create_graph=exact)
         grads = dict(zip(names, ctx.objective.replicas.means(local)))
+        precision.check(list(grads.values()))
+        ctx.check_combined_gradient(list(grads.values()), "virtual step")
         with torch.no_grad():
             moved = ctx.lookahead.step(grads)
         pending = _Pending(
@@ -195,7 +203,12 @@ class AutoLambda(OwnOptimizer, Weighting):
         """u = J ⊙ ∇θ' L_val(θ'), the meta-gradient averaged over the processes."""
         leaves = {n: t.detach().requires_grad_() for n, t in theta_next.items()}
         meta_loss = self._meta_loss(objective, leaves, meta_batch)
-        v = objective.replicas.means(torch.autograd.grad(meta_loss, list(leaves.values()), allow_unused=True))
+        if not meta_loss.requires_grad:  # no primary task has a graph on this meta batch
+            return {}
+        v = objective.precision.gradients(meta_loss, list(leaves.values()), objective.replicas)
+        if objective.check_finite:
+            primary = "+".join(objective.tasks.names[i] for i in self.primary)
+            check_gradients([v], [primary], "meta")
         return {n: at.jacobian[n] * g for n, g in zip(leaves, v) if g is not None and n in at.jacobian}
 
     def _finite_difference(
@@ -203,21 +216,32 @@ class AutoLambda(OwnOptimizer, Weighting):
     ) -> Tensor:
         """⟨∇θ Lᵢ(θ; batch), u⟩ for every task i, u = J ⊙ ∇θ' L_val(θ'), by finite differences."""
         u = self._direction(objective, at, theta_next, meta_batch)
-        norm = math.sqrt(sum(float((d * d).sum()) for d in u.values()))
+        # the norm and the differences in float32 at least: float16 squares overflow, and
+        # float16 losses differ by a few units in the last place
+        norm = math.sqrt(sum(float(d.to(self.lambdas.dtype).square().sum()) for d in u.values()))
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)
         eps = self.epsilon / norm
-        with torch.no_grad():
-            plus = objective.losses(at.batch, _shifted(at.theta, u, eps), at.rng)
+        rounded = objective.precision.autocast is not None  # at.losses came from a 16-bit pass
+        # in full precision: a 16-bit forward pass would round away the difference
+        with torch.no_grad(), objective.precision.full():
+            plus = objective.losses(at.batch, _shifted(at.theta, u, eps), at.rng, "perturbation +εu (training batch)")
+            plus = plus.to(self.lambdas.dtype)
             if self.difference == "forward":
-                return objective.replicas.mean((plus - at.losses) / eps)
-            minus = objective.losses(at.batch, _shifted(at.theta, u, -eps), at.rng)
-        return objective.replicas.mean((plus - minus) / (2 * eps))
+                base = objective.losses(at.batch, at.theta, at.rng, "training (full precision)") if rounded else at.losses
+                return objective.replicas.mean((plus - base.to(plus)) / eps)
+            minus = objective.losses(at.batch, _shifted(at.theta, u, -eps), at.rng, "perturbation −εu (training batch)")
+        return objective.replicas.mean((plus - minus.to(plus)) / (2 * eps))
 
     def _meta_loss(self, objective: Objective, params: dict[str, Tensor], meta_batch: Any) -> Tensor:
-        return objective.losses(meta_batch, params)[list(self.primary)].sum()
+        # summed from the separate losses: an unused task's graph would carry its gradient's
+        # infinities into the sum as 0·∞ = NaN
+        losses = objective.task_losses(meta_batch, params, pass_name="meta")
+        return torch.stack([losses[i] for i in self.primary]).sum()
 
-    def _update(self, hypergradient: Tensor) -> None:
+    def _update(self, hypergradient: Tensor, ctx: StepContext) -> None:
+        if ctx.objective.check_finite:
+            check_losses(hypergradient, ctx.objective.tasks.names, "meta", "hypergradient")
         self.last_hypergradient = hypergradient.detach()
         self._own_step(self.lambdas, hypergradient)
         if self.nonnegative:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynamtl.context import StepContext
+from dynamtl.context import StepContext, widened
 from dynamtl.tasks import Tasks, task_indices
 
 MetaOptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -27,6 +27,7 @@ class Weighting(nn.Module):
     needs_meta_batch: bool = False
     needs_optimizer: bool = False
     needs_lookahead: bool = False
+    needs_step_per_backward: bool = False  # one optimizer step after every backward (no accumulation)
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,7 +96,7 @@ class LossWeighting(Weighting):
         raise NotImplementedError
 
     def weights(self, ctx: StepContext) -> Tensor:
-        return self.loss_weights(ctx.losses.detach())
+        return self.loss_weights(widened(ctx.losses.detach()))
 
     def forward(self, losses: Mapping[str, Tensor] | Tensor) -> Tensor:
         if isinstance(losses, Mapping):

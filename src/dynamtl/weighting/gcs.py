@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from dynamtl.aggregation.base import shared_parameters
-from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.context import Gradients, StepContext, combine_gradients, widened
+from dynamtl.tasks import name_list
 from dynamtl.weighting.base import Weighting, check_choice, main_and_auxiliary
 
 
@@ -47,7 +48,7 @@ class GCS(Weighting):
     def __init__(self, main: Sequence[str] | str, *, variant: Literal["unweighted", "weighted"] = "unweighted") -> None:
         super().__init__()
         check_choice("variant", variant, ("unweighted", "weighted"))
-        self.main_names = [main] if isinstance(main, str) else list(main)
+        self.main_names = name_list(main, "main")
         self.variant = variant
         self.main: tuple[int, ...] = ()
         self.auxiliary: tuple[int, ...] = ()
@@ -60,9 +61,9 @@ class GCS(Weighting):
     def weights(self, ctx: StepContext) -> Tensor:
         grads = ctx.task_gradients()
         main = combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
-        cosines = torch.stack([_cosine(main, grads[k]) for k in self.auxiliary]).to(ctx.losses)
+        cosines = torch.stack([_cosine(main, grads[k]) for k in self.auxiliary]).to(widened(ctx.losses))
         self.last_cosines = cosines
-        weights = torch.ones_like(ctx.losses.detach())
+        weights = torch.ones_like(widened(ctx.losses.detach()))
         gates = (cosines > 0).to(cosines) if self.variant == "unweighted" else cosines.clamp(min=0.0)
         weights[list(self.auxiliary)] = gates
         return weights
@@ -73,7 +74,7 @@ def _cosine(a: Gradients, b: Gradients) -> Tensor:
     names = shared_parameters([a, b])
     if not names:
         return torch.zeros(())
-    x = torch.cat([a[n].detach().reshape(-1) for n in names])  # type: ignore[union-attr]
-    y = torch.cat([b[n].detach().reshape(-1) for n in names])  # type: ignore[union-attr]
+    x = widened(torch.cat([a[n].detach().reshape(-1) for n in names]))  # type: ignore[union-attr]
+    y = widened(torch.cat([b[n].detach().reshape(-1) for n in names]))  # type: ignore[union-attr]
     norms = x.norm() * y.norm()
     return (x @ y) / norms if norms > 0 else torch.zeros((), dtype=x.dtype)
