@@ -26,7 +26,7 @@ from dynamtl.train.folder import (
     locked,
     write_json_atomic,
 )
-from dynamtl.train.processes import Processes, processes
+from dynamtl.train.processes import Processes, launched_as_main, processes
 from dynamtl.train.session import Display, RunStopped, run_session
 
 logger = logging.getLogger("dynamtl")
@@ -58,7 +58,8 @@ def resume(out: Path, *, which: str = "last", progress: bool = True, allow_chang
     differs from the checkpoint's is refused unless ``allow_changes``."""
     folder = RunFolder(Path(out))
     if folder.finished:
-        logger.warning("the run in %s has finished: nothing to resume (results in %s)", folder.root, folder.results)
+        if launched_as_main():
+            logger.warning("the run in %s has finished: nothing to resume (results in %s)", folder.root, folder.results)
         return folder.read_json(folder.results)
     recorded = _recorded_config(folder, which)
     checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
