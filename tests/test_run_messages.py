@@ -100,8 +100,8 @@ def test_the_pair_of_commands_of_distributed_md_passes(tmp_path):
     """The two command lines of docs/distributed.md, as written, but for a free rendezvous
     port and a smaller run (the documented one takes minutes here)."""
     lines = [line for line in (DOCS / "distributed.md").read_text().splitlines()
-             if line.startswith("OMP_NUM_THREADS=1 torchrun")]
-    assert [line.split()[4] for line in lines] == ["train", "resume"]
+             if line.startswith("OMP_NUM_THREADS=1 torchrun") and "dynamtl.cli" in line]
+    assert [line.split()[5] for line in lines] == ["train", "resume"]
     for line in lines:
         words = line.split()[1:]  # without OMP_NUM_THREADS=1, which ENV sets
         assert words[:3] == ["torchrun", "--nproc_per_node=2", "-m"]
