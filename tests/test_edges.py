@@ -475,7 +475,7 @@ EXTRA_PASSES = {
 
 
 def test_auto_lambda_nan_in_the_meta_input_names_the_meta_pass_in_that_step():
-    model, opt, mtl = poisoned_run(dm.AutoLambda(), None, masked_mse)
+    model, _, mtl = poisoned_run(dm.AutoLambda(), None, masked_mse)
     mtl.step(batch(1), batch(2))
     lambdas = mtl.weighting.lambdas.detach().clone()
     x, y = batch(4)
@@ -505,6 +505,10 @@ def test_auto_lambda_in_float16_keeps_finite_float32_weights(seed):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def cast(b, dtype):
+    return b[0].to(dtype), {t: y.to(dtype) for t, y in b[1].items()}
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(("weighting_name", "aggregation_name"), PAIRS)
 def test_half_precision_step_matches_float32(weighting_name, aggregation_name, dtype):
@@ -516,8 +520,7 @@ def test_half_precision_step_matches_float32(weighting_name, aggregation_name, d
         mtl = dm.MultiTask(model, tasks, opt, weighting=build("weighting", weighting_name),
                            aggregation=build("aggregation", aggregation_name))
         b, meta = batch(1, dtype=dtype), batch(2, dtype=dtype)
-        cast = lambda bb: (bb[0].to(run_dtype), {t: y.to(run_dtype) for t, y in bb[1].items()})  # noqa: E731
-        info = mtl.backward(cast(b), cast(meta))
+        info = mtl.backward(cast(b, run_dtype), cast(meta, run_dtype))
         for state in mtl.weighting.state_dict().values():
             if isinstance(state, torch.Tensor) and state.is_floating_point():
                 assert state.dtype == torch.float32
