@@ -39,12 +39,14 @@ class StepInfo:
     skipped: bool = False
 
     def as_dict(self) -> dict[str, float]:
-        """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging."""
+        """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging; a skipped
+        step has ``"skipped": True`` and no weights."""
         out = {f"loss/{n}": float(v) for n, v in zip(self.names, self.losses)}
-        out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
-        out["seconds"] = self.seconds
         if self.skipped:
             out["skipped"] = True
+        else:
+            out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
+        out["seconds"] = self.seconds
         return out
 
 
@@ -164,12 +166,32 @@ class MultiTask:
             )
         optimizer.add_param_group({"params": missing, "weight_decay": 0.0})
 
-    def backward(self, batch: Any, meta_batch: Any = None) -> StepInfo:
+    def backward(self, batch: Any, meta_batch: Any = None, *, micro_batches: int = 1) -> StepInfo:
         """Compute the step's gradients into ``.grad`` (accumulating); no optimizer step.
+
+        Gradient accumulation: call it on each of k micro-batches with ``micro_batches=k``,
+        then step the optimizer once; each call adds 1/k of its gradient to ``.grad``, so
+        ``.grad`` holds their mean. For a loss-level weighting with :class:`~dynamtl.Sum`
+        that is exactly the gradient of one step on the concatenated batch (equal-sized
+        micro-batches, losses that are means). Every other method decides per micro-batch:
+        gradient aggregations combine each micro-batch's task gradients (the mean of the k
+        aggregated gradients, not the aggregation of the mean), and a weighting that updates
+        its state per call (Auto-Lambda's λ, GradNorm's w, DWA's history) does so k times
+        per optimizer step, each look-ahead emulating a step from that micro-batch's
+        gradient alone. A weighting that assumes one optimizer step per call
+        (``needs_step_per_backward``: Auto-Lambda's ``order="lagged"``) is refused with
+        ``micro_batches > 1``.
 
         Raises :class:`NonFiniteLossError` (with ``check_finite``) after restoring the state
         of before the call; errors raised by the model or a loss name the task and the pass."""
         start = time.perf_counter()
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+        if micro_batches > 1 and self.weighting.needs_step_per_backward:
+            raise ValueError(
+                f"{self.weighting!r} takes the optimizer's step after each backward() as its virtual step, "
+                "which gradient accumulation breaks: use it without micro_batches (for AutoLambda, order='lookahead')"
+            )
         if self.weighting.needs_meta_batch and meta_batch is None:
             raise ValueError(
                 f"{type(self.weighting).__name__} needs a meta batch: call step(batch, meta_batch=...) "
@@ -177,7 +199,7 @@ class MultiTask:
             )
         scaled = self.precision.scaler is not None
         guard = StepGuard(self) if self.check_finite or scaled else None
-        with self.precision.step(self.objective.device):
+        with self.precision.step(self.objective.device, micro_batches):
             try:
                 info = self._backward(batch, meta_batch)
             except NonFiniteLossError as error:

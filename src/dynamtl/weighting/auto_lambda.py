@@ -134,6 +134,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         self.primary_names = None if primary is None else name_list(primary, "primary")
         self.init, self.lr, self.factory = init, lr, meta_optimizer
         self.hypergradient, self.order, self.interval = hypergradient, order, interval
+        self.needs_step_per_backward = order == "lagged"
         self.nonnegative, self.epsilon, self.difference = nonnegative, epsilon, difference
         self.lambdas = nn.Parameter(torch.zeros(0))
         self.primary: tuple[int, ...] = ()

@@ -27,6 +27,7 @@ class Weighting(nn.Module):
     needs_meta_batch: bool = False
     needs_optimizer: bool = False
     needs_lookahead: bool = False
+    needs_step_per_backward: bool = False  # one optimizer step after every backward (no accumulation)
 
     def __init__(self) -> None:
         super().__init__()
