@@ -160,6 +160,18 @@ def test_weighting_step_with_a_graphless_task_is_the_step_on_the_other_tasks(nam
     assert_same_gradients(got, expected)
 
 
+def test_mgda_upper_bound_with_a_graphless_task_is_the_step_on_the_other_tasks():
+    b = batch(1)
+    grads = []
+    for names, given in ((TASKS, unlabelled(b, "c")), (("a", "b"), without(b, "c"))):
+        model = net(0)
+        mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in names}), aggregation=dm.MGDA(upper_bound=True),
+                           representation="trunk")
+        mtl.backward(given)
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert_same_gradients(*grads)
+
+
 def run_steps(name, names, batches, metas):
     model = net(0)
     tasks = dm.Tasks({t: masked_mse for t in names})
