@@ -666,6 +666,8 @@ def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, s
         (lambda: dm.HydaLearn(main={"a": 1.0}), r"the main tasks are given by name"),
         (lambda: dm.GCS(main=["a", 1]), r"the main tasks are given by name"),
         (lambda: dm.OLAux(main=None), r"the main tasks are given by name"),
+        (lambda: dm.GradDrop(leak="0.1"), r"GradDrop's leak is a number or a list of numbers in task order, got str"),
+        (lambda: dm.AlignedMTL(pref={"a": 1.0}), r"AlignedMTL's pref is a list of numbers in task order, got dict"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), weighting=dm.AutoLambda),
          r"weighting must be a weighting instance such as dm.AutoLambda\(\), got the class AutoLambda"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), aggregation="pcgrad"),
