@@ -16,7 +16,7 @@ from dynamtl.aggregation.base import Aggregation
 from dynamtl.aggregation.sum import Sum
 from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
-from dynamtl.nonfinite import NonFiniteLossError, check_gradients, check_losses
+from dynamtl.nonfinite import NonFiniteLossError, check_losses
 from dynamtl.objective import Objective, capture_rng
 from dynamtl.precision import GradientOverflow, Precision
 from dynamtl.tasks import Tasks
@@ -253,22 +253,11 @@ class MultiTask:
         except GradientOverflow as overflow:
             overflow.losses = losses.detach()
             raise
-        if self.check_finite:
-            self._check_gradients(ctx)
+        ctx.check_combined_gradient(
+            [p.grad for p in ctx.params.values()], f"{type(self.aggregation).__name__} aggregation"
+        )
         self.weighting.after_backward(ctx)
         return StepInfo(self.tasks.names, losses.detach(), weights.detach(), 0.0)
-
-    def _check_gradients(self, ctx: StepContext) -> None:
-        """The step's gradient in ``.grad`` is finite; if not, the task(s) whose own gradient
-        is not (computed now if the step had not), or else the aggregation, are named."""
-        grads = [p.grad for p in ctx.params.values()]
-        present = [g for g in grads if g is not None]
-        if not present or bool(torch.stack([g.isfinite().all() for g in present]).all()):
-            return
-        check_gradients([list(g.values()) for g in ctx.task_gradients()], self.tasks.names, "training")
-        raise NonFiniteLossError(
-            "gradient", f"{type(self.aggregation).__name__} aggregation", dict.fromkeys(self.tasks.names, float("nan"))
-        )
 
     def step(self, batch: Any, meta_batch: Any = None) -> StepInfo:
         """``zero_grad``, :meth:`backward` and ``optimizer.step()``."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynamtl.context import StepContext
+from dynamtl.context import StepContext, widened
 from dynamtl.tasks import Tasks, task_indices
 
 MetaOptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -96,7 +96,7 @@ class LossWeighting(Weighting):
         raise NotImplementedError
 
     def weights(self, ctx: StepContext) -> Tensor:
-        return self.loss_weights(ctx.losses.detach())
+        return self.loss_weights(widened(ctx.losses.detach()))
 
     def forward(self, losses: Mapping[str, Tensor] | Tensor) -> Tensor:
         if isinstance(losses, Mapping):
