@@ -43,6 +43,9 @@ class HydaLearn(Weighting):
     The per-task gradients are computed once (T backward passes) and the step's gradient
     is their weighted sum, with no further backward pass. Under DDP (torchrun) the
     gradients and gains are averaged over the processes: those of the global batch.
+    Under mixed precision the look-ahead passes run under the caller's autocast, like the
+    training pass they are compared with (a gain is the loss change of a whole
+    learning-rate step, not a finite difference of size ε as in Auto-Lambda).
 
     Args:
         main: the main task name(s).
