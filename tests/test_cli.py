@@ -134,7 +134,7 @@ def test_list_names_every_benchmark_and_method():
     ("args", "expected"),
     [
         (["train", "--benchmark", "nope"], "unknown benchmark 'nope'; valid benchmarks: census, drift, multimnist"),
-        (["train", "--benchmark", "drift", "--method", "lambda"], "unknown method 'lambda'; valid names: equal, static"),
+        (["train", "--benchmark", "drift", "--method", "lambda"], "unknown method 'lambda'; valid names: equal, dwa"),
         (["train", "--benchmark", "drift", "--tasks", "main,depth"], "unknown selected task(s) ['depth']"),
         (["train", "--benchmark", "drift", "--option", "lr"], "--option takes NAME=VALUE (e.g. --option lr=3e-4)"),
         (["train", "--benchmark", "drift", "--method", "dwa", "--option", "lr=1"], "no part of the method takes option 'lr'"),

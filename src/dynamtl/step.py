@@ -25,17 +25,24 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class StepInfo:
-    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``."""
+    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``,
+    and ``aggregation_weights``: the weights αₖ the aggregation gave the weighted task
+    gradients λₖ∇Lₖ (the shared parameters moved along Σₖ αₖλₖ∇Lₖ; 1 with :class:`Sum`),
+    ``None`` for an aggregation that does not report them."""
 
     names: tuple[str, ...]
     losses: Tensor
     weights: Tensor
     seconds: float
+    aggregation_weights: Tensor | None = None
 
     def as_dict(self) -> dict[str, float]:
-        """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging."""
+        """Flat ``{"loss/task": …, "weight/task": …, "aggregation_weight/task": …,
+        "seconds": …}`` for logging."""
         out = {f"loss/{n}": float(v) for n, v in zip(self.names, self.losses)}
         out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
+        if self.aggregation_weights is not None:
+            out.update({f"aggregation_weight/{n}": float(v) for n, v in zip(self.names, self.aggregation_weights)})
         out["seconds"] = self.seconds
         return out
 
@@ -134,11 +141,16 @@ class MultiTask:
         if self.check_finite:
             self._check_finite(losses)
         weights = self.weighting.weights(ctx)
+        self.aggregation.last_weights = None
         self.aggregation.backward(ctx, weights, self.weighting.regularizer())
         self.weighting.after_backward(ctx)
         self.objective.representation = []  # free Z of this step
         self.steps += 1
-        return StepInfo(self.tasks.names, losses.detach(), weights.detach(), time.perf_counter() - start)
+        alpha = self.aggregation.last_weights
+        return StepInfo(
+            self.tasks.names, losses.detach(), weights.detach(), time.perf_counter() - start,
+            None if alpha is None else alpha.detach(),
+        )
 
     def step(self, batch: Any, meta_batch: Any = None) -> StepInfo:
         """``zero_grad``, :meth:`backward` and ``optimizer.step()``."""

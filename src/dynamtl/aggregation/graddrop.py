@@ -10,6 +10,7 @@ from torch import Tensor
 
 from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, per_task
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class GradDrop(GradientAggregation):
@@ -57,6 +58,11 @@ class GradDrop(GradientAggregation):
     >>> GradDrop().combine(torch.tensor([[1.0, -2.0], [1.0, -2.0]]))
     tensor([ 2., -4.])
     """
+
+    facts = aggregation_facts(
+        "graddrop", "GradDrop", "Chen et al., Just Pick a Sign: GradDrop, NeurIPS 2020",
+        options=("leak",), context={"seed": "seed"},
+    )
 
     def __init__(
         self,

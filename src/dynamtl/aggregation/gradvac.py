@@ -10,6 +10,7 @@ from torch import Tensor
 
 from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, combine_rows, gramian, random_orders
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class GradVac(GradientAggregation):
@@ -51,6 +52,10 @@ class GradVac(GradientAggregation):
     >>> GradVac().combine(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
     tensor([2., 1.])
     """
+
+    facts = aggregation_facts(
+        "gradvac", "GradVac", "Wang et al., Gradient Vaccine, ICLR 2021", options=("beta",), context={"seed": "seed"}
+    )
 
     def __init__(self, beta: float = 0.01, seed: int = 0) -> None:
         super().__init__()

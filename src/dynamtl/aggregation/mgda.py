@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -19,7 +20,7 @@ from dynamtl.aggregation._solvers import (
 )
 from dynamtl.aggregation.base import GradientAggregation, weighting_backward
 from dynamtl.context import StepContext
-from dynamtl.weighting.base import check_choice
+from dynamtl.facts import aggregation_facts
 
 Solver = Literal["exact", "frank-wolfe"]
 Normalize = Literal["none", "l2"]
@@ -80,6 +81,12 @@ class MGDA(GradientAggregation):
     tensor([1., 1.])
     """
 
+    facts = aggregation_facts(
+        "mgda", "MGDA", "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
+        options=("solver", "normalize", "tol", "max_iters", "upper_bound"),
+        extra_backward="T−1 (upper_bound: T through the heads only)",
+    )
+
     def __init__(
         self,
         solver: Solver = "exact",
@@ -116,6 +123,7 @@ class MGDA(GradientAggregation):
         # the sum of the processes' ones (over R²), and α* does not change with its scale.
         gram = ctx.objective.replicas.mean(gramian(rows).to(rows.device))
         alpha = self.gram_weights(gram, rank_tolerance(rows))
+        self.last_weights = alpha.to(w)
         (alpha.to(w) * w * ctx.losses).sum().backward()
         weighting_backward(ctx, weights, regularizer)
 

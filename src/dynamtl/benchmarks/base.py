@@ -124,8 +124,3 @@ class Benchmark(ABC):
 def default_root() -> Path:
     """Where data live unless a root is given: ``$DYNAMTL_DATA`` or ``~/.cache/dynamtl``."""
     return Path(os.environ.get("DYNAMTL_DATA", Path.home() / ".cache" / "dynamtl"))
-
-
-def seeded_permutation(n: int, seed: int) -> Tensor:
-    """A permutation of ``range(n)`` fixed by ``seed`` (for reproducible splits)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))

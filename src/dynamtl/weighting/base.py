@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import ArgumentsRepr
 from dynamtl.context import StepContext
+from dynamtl.facts import Facts
 from dynamtl.tasks import Tasks, task_indices
 
 MetaOptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
-class Weighting(nn.Module):
+class Weighting(ArgumentsRepr, nn.Module):
     """Decides the task weights λ of a step.
 
     A weighting is bound to the task names (``bind``, done by :class:`~dynamtl.MultiTask`)
@@ -22,11 +24,15 @@ class Weighting(nn.Module):
     they need: ``needs_meta_batch`` and ``needs_optimizer`` are checked when the step is
     built or run, with a message that names the fix; ``needs_lookahead`` asks for the
     optimizer's step as a function (:class:`~dynamtl.lookahead.LookAhead`).
+
+    ``facts``: the method's name, paper, cost and options (:class:`~dynamtl.facts.Facts`),
+    read by the registry. The ``repr`` shows the constructor's arguments.
     """
 
     needs_meta_batch: bool = False
     needs_optimizer: bool = False
     needs_lookahead: bool = False
+    facts: ClassVar[Facts | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -162,9 +168,3 @@ def main_and_auxiliary(
             "leave the auxiliary tasks out of main"
         )
     return main, auxiliary
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -8,11 +8,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.facts import Facts
 from dynamtl.lookahead import learning_rates
 from dynamtl.objective import capture_rng
 from dynamtl.tasks import task_indices
-from dynamtl.weighting.base import Weighting, check_choice
+from dynamtl.weighting.base import Weighting
 
 
 class HydaLearn(Weighting):
@@ -53,6 +55,14 @@ class HydaLearn(Weighting):
         normalize: ``"sum"`` or ``"main"``.
         total: what the weights sum to with ``normalize="sum"`` (default: T).
     """
+
+    facts = Facts(
+        "hydalearn", "HydaLearn", "look-ahead",
+        "Verboven, Chaudhary, Berrevoets & Verbeke, HydaLearn: Highly Dynamic Task Weighting, 2020",
+        "T without graph (0 with gain=first_order)", "T−1",
+        options=("gain", "gain_batch", "step_size", "floor", "normalize", "total"),
+        context={"main": "primary"},
+    )
 
     def __init__(
         self,
