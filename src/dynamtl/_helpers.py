@@ -47,7 +47,8 @@ class ArgumentsRepr:
                 if parameter.kind is parameter.VAR_KEYWORD:
                     arguments.update(value)
                 elif parameter.kind is parameter.VAR_POSITIONAL:
-                    arguments[name] = list(value)
+                    if value:
+                        arguments[name] = list(value)
                 else:
                     arguments[name] = value
         object.__setattr__(obj, "_arguments", arguments)

@@ -3,6 +3,8 @@
 from dynamtl.aggregation.aligned_mtl import AlignedMTL
 from dynamtl.aggregation.base import Aggregation, GradientAggregation
 from dynamtl.aggregation.cagrad import CAGrad
+from dynamtl.aggregation.config import ConFIG
+from dynamtl.aggregation.dualproj import DualProj
 from dynamtl.aggregation.graddrop import GradDrop
 from dynamtl.aggregation.gradvac import GradVac
 from dynamtl.aggregation.imtl_g import IMTLG
@@ -10,6 +12,7 @@ from dynamtl.aggregation.mgda import MGDA
 from dynamtl.aggregation.nash_mtl import NashMTL
 from dynamtl.aggregation.pcgrad import PCGrad
 from dynamtl.aggregation.sum import Sum
+from dynamtl.aggregation.upgrad import UPGrad
 
 __all__ = [
     "IMTLG",
@@ -17,10 +20,13 @@ __all__ = [
     "Aggregation",
     "AlignedMTL",
     "CAGrad",
+    "ConFIG",
+    "DualProj",
     "GradDrop",
     "GradVac",
     "GradientAggregation",
     "NashMTL",
     "PCGrad",
     "Sum",
+    "UPGrad",
 ]

@@ -6,18 +6,24 @@ from dynamtl.weighting.dwa import DWA
 from dynamtl.weighting.equal import Equal
 from dynamtl.weighting.famo import FAMO
 from dynamtl.weighting.gcs import GCS
+from dynamtl.weighting.gls import GLS
 from dynamtl.weighting.gradnorm import GradNorm
 from dynamtl.weighting.hydalearn import HydaLearn
+from dynamtl.weighting.imtl_l import IMTLL
 from dynamtl.weighting.ol_aux import OLAux
 from dynamtl.weighting.rlw import RLW
 from dynamtl.weighting.static import Static
+from dynamtl.weighting.stch import STCH
 from dynamtl.weighting.uncertainty import Uncertainty
 
 __all__ = [
     "DWA",
     "FAMO",
     "GCS",
+    "GLS",
+    "IMTLL",
     "RLW",
+    "STCH",
     "AutoLambda",
     "Equal",
     "GradNorm",
