@@ -322,8 +322,9 @@ def test_aligned_mtl_rows_are_orthogonal_with_equal_norms(scale):
 
 def test_aligned_mtl_rank_deficient_and_pref_checks():
     j = torch.tensor([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 0.0]], dtype=F64)
-    # rank 1, G = 25 V Vᵀ with V = (1, 2, 0)/√5: B = V Vᵀ and d = Jᵀ V Vᵀ (1/3)1 = (1, 2, 0)
-    torch.testing.assert_close(AlignedMTL().combine(j), torch.tensor([1.0, 2.0, 0.0], dtype=F64))
+    # the zero row is left out; on the other two, rank 1, G = 25 V Vᵀ with V = (1, 2)/√5:
+    # B = V Vᵀ and d = Jᵀ V Vᵀ (1/2)1 = 0.3 J₀ + 0.6 J₁ = (1.5, 3, 0)
+    torch.testing.assert_close(AlignedMTL().combine(j), torch.tensor([1.5, 3.0, 0.0], dtype=F64))
     with pytest.raises(ValueError, match="one value per task"):
         AlignedMTL(pref=[1.0, 0.0]).combine(j)
     with pytest.raises(ValueError, match="scale must be one of"):

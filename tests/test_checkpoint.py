@@ -111,11 +111,12 @@ def test_a_damaged_checkpoint_is_named_left_as_it_is_and_the_previous_one_still_
     with pytest.raises(CheckpointError) as error:
         resume(run, progress=False)
     message = str(error.value)
-    assert f"the checkpoint {last} is damaged: it cannot be read" in message
+    assert f"the checkpoint {last} is damaged: its SHA-256 matches none recorded" in message
     assert f"resume from it with `dynamtl resume {run} --checkpoint previous`" in message
     assert last.read_bytes() == damaged
     with pytest.raises(TrainingStopped):  # the same divergence at the same step: it did resume
         resume(run, which="previous", progress=False)
+    assert (run / "checkpoints" / "last.damaged.pt").read_bytes() == damaged  # set aside, not rotated out
     resume_event = [e for e in records(run / "events.jsonl") if e["event"] == "resume"][-1]
     assert resume_event["checkpoint"] == "previous" and resume_event["step"] == 1
 
@@ -124,11 +125,13 @@ def test_a_checkpoint_of_another_run_is_refused_naming_the_differences(tmp_path)
     run = stopped_run(tmp_path / "run")
     other = stopped_run(tmp_path / "other", method="dwa", tasks=("main",))
     last = run / "checkpoints" / "last.pt"
-    last.write_bytes((other / "checkpoints" / "last.pt").read_bytes())
+    for name in ("last.pt", "checksums.json"):  # copied with its checksum: intact, but another run's
+        (run / "checkpoints" / name).write_bytes((other / "checkpoints" / name).read_bytes())
     foreign = last.read_bytes()
     with pytest.raises(CheckpointError) as error:
         resume(run, progress=False)
     message = str(error.value)
-    assert f"the checkpoint {last} was made by a different run" in message
+    assert f"the checkpoint {last} was made under another configuration or environment" in message
     assert "method: 'dwa' before, 'equal' now" in message and "tasks: ['main'] before, ['main', 'aux'] now" in message
+    assert "options.temperature: 2.0 before, '(absent)' now" in message  # every option is recorded
     assert last.read_bytes() == foreign

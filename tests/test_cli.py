@@ -54,7 +54,8 @@ def test_train_reads_a_config_file_and_flags_override_it(tmp_path):
                  "--out", str(out))
     saved = json.loads((out / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["limit"] == 128 and saved["method"] == "hydalearn"
-    assert saved["options"] == {"gain": "first_order", "floor": 0.1}
+    assert saved["options"] == {"gain": "first_order", "floor": 0.1, "gain_batch": "current", "normalize": "sum",
+                                "step_size": None, "total": None}  # every option, the defaults included
     assert saved["benchmark_options"] == {"cycles": 2.0}
     results = json.loads((out / "results.json").read_text())
     assert f"test metrics: {json.dumps(results['test'])}" in result.stdout
@@ -85,7 +86,7 @@ def test_train_on_census_income(census_root, tmp_path):
 def test_compare_tabulates_methods_over_seeds_against_single_task_baselines(tmp_path):
     out = tmp_path / "comparison"
     args = [*TINY, "--mode", "auxiliary", "--methods", "equal,auto-lambda+pcgrad", "--seeds", "0,1",
-            "--option", "lr=1e-2", "--out", str(out)]
+            "--option", "lr=1e-2", "--no-controls", "--out", str(out)]
     result = cli("compare", *args)
     for method in ("stl", "equal", "auto-lambda+pcgrad"):
         for seed in (0, 1):
@@ -106,7 +107,7 @@ def test_compare_tabulates_methods_over_seeds_against_single_task_baselines(tmp_
         assert float(rows[method]["main/mae mean"]) == pytest.approx(statistics.fmean(maes))
     assert float(rows["stl"]["delta_mtl mean"]) == 0.0
     saved = json.loads((out / "runs" / "auto-lambda+pcgrad" / "seed0" / "config.json").read_text())
-    assert saved["options"] == {"lr": 0.01}
+    assert saved["options"]["lr"] == 0.01 and saved["options"]["epsilon"] == 0.01  # given, and the defaults
     assert json.loads((out / "runs" / "equal" / "seed0" / "config.json").read_text())["options"] == {}
 
     events = {p: p.read_text() for p in out.rglob("events.jsonl")}

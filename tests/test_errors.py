@@ -97,7 +97,7 @@ def test_batch_targets_lack_a_task(model, tasks, sgd, batch):
     x, targets = batch
     misspelt = (x, {"a": targets["a"], "bb": targets["b"]})
     with pytest.raises(
-        KeyError, match=re.escape("the batch's targets: missing task(s) ['b']; expected keys ['a', 'b'], got ['a', 'bb']")
+        KeyError, match=re.escape("the training batch's targets: missing task(s) ['b']; expected keys ['a', 'b'], got ['a', 'bb']")
     ):
         dm.MultiTask(model, tasks, sgd).step(misspelt)
 
@@ -184,7 +184,7 @@ def test_non_finite_loss_names_the_task_and_the_step(bad, shown, model, tasks, s
     mtl.step(batch)
     x, targets = batch
     poisoned = (x, {"a": targets["a"], "b": targets["b"].clone().index_fill_(0, torch.tensor([3]), bad)})
-    match = re.escape(f"non-finite loss in step 2 (1-based) for task(s) {{'b': {shown}}}: lower the learning rate")
+    match = re.escape(f"non-finite loss in step 2 (1-based) for task(s) {{'b': {shown}}}, in the training pass; ")
     with pytest.raises(dm.NonFiniteLossError, match=match) as caught:
         mtl.step(poisoned)
     assert "'a'" not in str(caught.value)

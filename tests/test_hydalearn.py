@@ -99,8 +99,9 @@ def test_first_order_gain_is_the_limit_of_the_lookahead_gain() -> None:
     gains = {}
     for gain in ("lookahead", "first_order"):
         weighting = dm.HydaLearn("main", gain=gain, step_size=1e-5)
-        opt = torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.1)
-        dm.MultiTask(copy.deepcopy(model), _tasks(), opt, weighting=weighting).backward(batch)
+        twin = copy.deepcopy(model)
+        opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+        dm.MultiTask(twin, _tasks(), opt, weighting=weighting).backward(batch)
         gains[gain] = weighting.last_gains
     torch.testing.assert_close(gains["lookahead"], gains["first_order"], rtol=1e-3, atol=1e-12)
 

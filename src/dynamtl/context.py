@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.lookahead import LookAhead
+from dynamtl.nonfinite import check_gradients
 from dynamtl.objective import Objective, RngState
 
 Gradients = dict[str, Tensor | None]
@@ -72,20 +73,36 @@ class StepContext:
         Computed once per step by one backward pass per task through the shared graph
         (measured as fast as ``vmap`` on CPU) and cached for every method that asks. Under
         DDP they are averaged over the processes (one all-reduce): the global batch's.
+
+        A task whose loss has no graph in this step (no labelled sample in the batch, a
+        loss that does not depend on the parameters) gets ``None`` for every parameter: a
+        zero gradient row, so the step is the step on the other tasks. With the objective's
+        ``check_finite``, a NaN or infinite gradient raises
+        :class:`~dynamtl.NonFiniteLossError` naming the task.
         """
         if self._task_gradients is None:
             params = list(self.params.values())
             names = list(self.params)
-            local = [
-                g
-                for loss in self.task_losses
-                for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            ]
+            local: list[Tensor | None] = []
+            for loss in self.task_losses:
+                if loss.requires_grad:
+                    local.extend(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+                else:
+                    local.extend([None] * len(params))
             grads = self.objective.replicas.means(local)
             self._task_gradients = [
                 dict(zip(names, grads[k : k + len(names)])) for k in range(0, len(grads), len(names))
             ]
+            if self.objective.check_finite:
+                check_gradients(
+                    [list(g.values()) for g in self._task_gradients], self.objective.tasks.names, "training"
+                )
         return self._task_gradients
+
+    @property
+    def present(self) -> list[bool]:
+        """For every task, whether its loss has a graph in this step (it can have a gradient)."""
+        return [loss.requires_grad for loss in self.task_losses]
 
     def representation_gradients(self) -> Tensor:
         """Rows ∇_Z L_k, flattened over every captured representation output: shape [T, D_Z].
@@ -100,6 +117,9 @@ class StepContext:
             )
         rows = []
         for loss in self.task_losses:
+            if not loss.requires_grad:  # no graph in this step: a zero row
+                rows.append(torch.cat([torch.zeros_like(z).reshape(-1) for z in self.representation]))
+                continue
             grads = torch.autograd.grad(loss, self.representation, retain_graph=True, allow_unused=True)
             rows.append(torch.cat([(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]))
         return torch.stack(rows)

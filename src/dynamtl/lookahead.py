@@ -58,8 +58,12 @@ class LookAhead:
         return out
 
     def jacobian_diagonal(self, grads: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
-        """diag(∂θ'/∂g) at ``grads``: exact because every supported update is elementwise."""
-        names = [n for n in self.params if grads.get(n) is not None]
+        """diag(∂θ'/∂g) at ``grads``: exact because every supported update is elementwise
+        (0 for a parameter that the optimizer does not own: it does not move)."""
+        unowned = [n for n in self.params if grads.get(n) is not None and id(self.params[n]) not in self._group]
+        names = [n for n in self.params if grads.get(n) is not None and n not in unowned]
+        if not names:
+            return {n: torch.zeros_like(grads[n]) for n in unowned}  # type: ignore[arg-type]
         with torch.enable_grad():
             leaves = {n: grads[n].detach().requires_grad_() for n in names}  # type: ignore[union-attr]
             moved = self.step(leaves)
@@ -69,7 +73,8 @@ class LookAhead:
                 [torch.ones_like(leaves[n]) for n in names],
                 allow_unused=True,
             )
-        return {n: torch.zeros_like(leaves[n]) if d is None else d for n, d in zip(names, diag)}
+        out = {n: torch.zeros_like(leaves[n]) if d is None else d for n, d in zip(names, diag)}
+        return {**out, **{n: torch.zeros_like(grads[n]) for n in unowned}}  # type: ignore[arg-type]
 
 
 def learning_rates(optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter]) -> dict[str, float]:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dynamtl.distributed import Replicas, unwrap
+from dynamtl.nonfinite import check_losses
 from dynamtl.tasks import Tasks
 
 RngState = tuple[Tensor, list[Tensor]]
@@ -58,6 +59,14 @@ class Objective:
     Only parameters with ``requires_grad=True`` are "the parameters" θ that methods
     differentiate and move; frozen ones stay as they are.
 
+    Every evaluation is one *pass* with a name (``"training"``, ``"meta"``,
+    ``"perturbation +εu"``…). An exception raised inside the model or a task's loss is raised
+    again, with its type, naming the pass (and so the batch) and the task; with
+    :attr:`check_finite` a NaN or infinite loss raises
+    :class:`~dynamtl.NonFiniteLossError` naming the pass and the task(s) (under DDP the
+    methods check the values averaged over the processes instead, so that every process
+    takes the same decision).
+
     A :class:`~torch.nn.parallel.DistributedDataParallel` model is called as it is for the
     losses at its own parameters; evaluations at other parameters, parameter and submodule
     names go to the module it wraps, and :attr:`replicas` averages over its processes
@@ -79,21 +88,24 @@ class Objective:
         if not self.params:
             raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
         self.device = next(iter(self.params.values())).device
+        self.check_finite = False
 
     def losses(
         self,
         batch: Any,
         params: Mapping[str, Tensor] | None = None,
         rng: RngState | None = None,
+        pass_name: str = "training",
     ) -> Tensor:
         """The vector of task losses ``[L_1, …, L_T]`` in task order; see :meth:`task_losses`."""
-        return torch.stack(self.task_losses(batch, params, rng))
+        return torch.stack(self.task_losses(batch, params, rng, pass_name))
 
     def task_losses(
         self,
         batch: Any,
         params: Mapping[str, Tensor] | None = None,
         rng: RngState | None = None,
+        pass_name: str = "training",
     ) -> list[Tensor]:
         """Every task's scalar loss, in task order.
 
@@ -104,21 +116,30 @@ class Objective:
                 (any subset of the trainable parameters). When given, the model's buffers
                 are not modified (the call runs on copies of them).
             rng: a random state from :func:`capture_rng` to replay (same dropout masks).
+            pass_name: the name of this evaluation in error messages (it says which batch:
+                ``"training"``, ``"meta"``, ``"look-ahead of task 'b' (training batch)"``…).
 
         Whether a graph is built follows the autograd mode of the caller. Each loss is a
         separate graph root, so differentiating one task's loss reaches only the parameters
-        it depends on (other heads get ``None``, not zeros).
+        it depends on (other heads get ``None``, not zeros). A loss that does not depend on
+        the parameters (e.g. a masked loss with no labelled sample, returning a constant)
+        is moved to the parameters' device and has no gradient: every method treats that
+        task as having a zero gradient in this step.
         """
         with replayed_rng(rng, self.device):
             if params is None:
                 self.representation, self._capturing = [], True
                 try:
-                    return self._losses(batch, self.model)
+                    losses = self._losses(batch, self.model, pass_name)
                 finally:
                     self._capturing = False
-            buffers = {name: b.clone() for name, b in self.module.named_buffers()}
-            call = _FunctionalModel(self.module, {**params, **buffers})
-            return self._losses(batch, call)
+            else:
+                buffers = {name: b.clone() for name, b in self.module.named_buffers()}
+                call = _FunctionalModel(self.module, {**params, **buffers})
+                losses = self._losses(batch, call, pass_name)
+        if self.check_finite and not self.replicas.distributed:
+            check_losses(losses, self.tasks.names, pass_name)
+        return losses
 
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
         """Forward hook of the representation module: keep Z of the real forward pass."""
@@ -127,42 +148,71 @@ class Objective:
                 raise TypeError(f"the representation module must return a tensor, got {type(output).__name__}")
             self.representation.append(output)
 
-    def _losses(self, batch: Any, model: Any) -> list[Tensor]:
+    def _losses(self, batch: Any, model: Any, pass_name: str) -> list[Tensor]:
         names = self.tasks.names
         if self.tasks.multi_input:
             if not isinstance(batch, Mapping):
                 raise TypeError(
-                    "multi-input tasks take a batch {task: (inputs, target)}, "
-                    f"got {type(batch).__name__}"
+                    f"multi-input tasks take a batch {{task: (inputs, target)}}, got {type(batch).__name__} "
+                    f"in the {pass_name} pass"
                 )
-            _check_keys(batch, names, "the batch")
-            losses = [self._loss(n, model(batch[n][0], n), batch[n][1]) for n in names]
+            _check_keys(batch, names, f"the batch of the {pass_name} pass")
+            losses = []
+            for n in names:
+                if not (isinstance(batch[n], (tuple, list)) and len(batch[n]) == 2):
+                    raise TypeError(
+                        f"the batch of task {n!r} in the {pass_name} pass must be a pair (inputs, target), "
+                        f"got {type(batch[n]).__name__}"
+                    )
+                with _naming(f"the model called on the inputs of task {n!r}", pass_name):
+                    prediction = model(batch[n][0], n)
+                losses.append(self._loss(n, prediction, batch[n][1], pass_name))
         else:
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Mapping)):
                 raise TypeError(
-                    "a batch is a pair (inputs, {task: target}); for one input batch per task "
-                    "build Tasks(..., multi_input=True)"
+                    "a batch is a pair (inputs, {task: target}); for one input batch per task build "
+                    f"Tasks(..., multi_input=True) (got {type(batch).__name__} in the {pass_name} pass)"
                 )
             inputs, targets = batch
-            _check_keys(targets, names, "the batch's targets")
-            outputs = model(inputs)
+            _check_keys(targets, names, f"the {pass_name} batch's targets")
+            with _naming("the model", pass_name):
+                outputs = model(inputs)
             if not isinstance(outputs, Mapping):
                 raise TypeError(
                     f"the model must return a mapping task -> prediction, got {type(outputs).__name__}"
                 )
             _check_keys(outputs, names, "the model's outputs")
-            losses = [self._loss(n, outputs[n], targets[n]) for n in names]
+            losses = [self._loss(n, outputs[n], targets[n], pass_name) for n in names]
         return losses
 
-    def _loss(self, name: str, prediction: Tensor, target: Tensor) -> Tensor:
-        loss = self.tasks.losses[name](prediction, target)
+    def _loss(self, name: str, prediction: Tensor, target: Tensor, pass_name: str) -> Tensor:
+        with _naming(f"the loss of task {name!r}", pass_name):
+            loss = self.tasks.losses[name](prediction, target)
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(
-                f"the loss of task {name!r} returned {shape}; a task loss must be a scalar "
-                "tensor: reduce it (e.g. reduction='mean')"
+                f"the loss of task {name!r} returned {shape}; a task loss must be a scalar tensor: reduce it "
+                f"(e.g. reduction='mean') (in the {pass_name} pass)"
             )
+        if loss.device != self.device:
+            loss = loss.to(self.device)
         return loss
+
+
+@contextlib.contextmanager
+def _naming(what: str, pass_name: str) -> Iterator[None]:
+    """Raise an exception from the user's model or loss again, of the same type, with a
+    message that names ``what`` raised it and in which pass (the original is its cause)."""
+    try:
+        yield
+    except Exception as error:
+        message = f"{what} raised {type(error).__name__} in the {pass_name} pass: {error}"
+        try:
+            again = type(error)(message)
+        except Exception:  # an exception type with another constructor: keep it, add a note
+            error.add_note(message)
+            raise
+        raise again.with_traceback(error.__traceback__) from error
 
 
 class _FunctionalModel:

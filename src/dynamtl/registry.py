@@ -116,17 +116,21 @@ class Method:
         """``given`` parsed by the type hints of the factory; ``RegistryError`` naming an
         unknown option or a value that does not parse."""
         types_ = self.option_types()
-        parsed = {}
+        parsed, problems = {}, []
         for name, value in given.items():
             if name not in types_:
                 accepted = ", ".join(self.options) or "none"
-                raise RegistryError(f"method {self.name!r} takes no option {name!r}; it accepts: {accepted}")
-            parsed[name] = parse_value(value, types_[name], f"option {name!r} of {self.name!r}")
-        missing = [n for n, d in self.option_defaults().items() if d is inspect.Parameter.empty and n not in parsed]
+                problems.append(f"method {self.name!r} takes no option {name!r}; it accepts: {accepted}")
+                continue
+            try:
+                parsed[name] = parse_value(value, types_[name], f"option {name!r} of {self.name!r}")
+            except RegistryError as error:
+                problems.append(str(error))
+        missing = [n for n, d in self.option_defaults().items() if d is inspect.Parameter.empty and n not in given]
         if missing:
-            raise RegistryError(
-                f"method {self.name!r} needs the option(s) {missing}: give --option {missing[0]}=VALUE"
-            )
+            problems.append(f"method {self.name!r} needs the option(s) {missing}: give --option {missing[0]}=VALUE")
+        if problems:
+            raise RegistryError("\n".join(problems))
         return parsed
 
     def build(self, context: MethodContext, options: Mapping[str, Any]) -> nn.Module:
@@ -183,6 +187,7 @@ AGGREGATIONS: dict[str, Method] = {m.name: m for m in _declared(_aggregation_pac
 BENCHMARKS: dict[str, str] = {
     "census": "dynamtl.benchmarks.census:Census",
     "drift": "dynamtl.benchmarks.drift:RelevanceDrift",
+    "fashion-mnist": "dynamtl.benchmarks.fashion_mnist:FashionMNIST",
     "multimnist": "dynamtl.benchmarks.multimnist:MultiMNIST",
     "nyuv2": "dynamtl.benchmarks.nyuv2:NYUv2",
     "cityscapes": "dynamtl.benchmarks.cityscapes:CityScapes",
@@ -297,11 +302,16 @@ def parse_method(spec: str, options: Mapping[str, OptionValue] | None = None) ->
     if weighting.single_task and aggregation.name != "sum":
         raise RegistryError(f"{weighting.name!r} trains one model per task and takes no aggregation: drop "
                             f"'+{aggregation.name}'")
-    routed = _route(options or {}, weighting, aggregation)
-    return MethodSpec(
-        weighting, aggregation, weighting.parse_options(routed[weighting.name]),
-        aggregation.parse_options(routed[aggregation.name]),
-    )
+    routed, problems = _route(options or {}, weighting, aggregation)
+    parsed = {}
+    for half in (weighting, aggregation):
+        try:
+            parsed[half.name] = half.parse_options(routed[half.name])
+        except RegistryError as error:
+            problems.append(str(error))
+    if problems:
+        raise RegistryError("\n".join(problems))
+    return MethodSpec(weighting, aggregation, parsed[weighting.name], parsed[aggregation.name])
 
 
 def method_names() -> list[str]:
@@ -316,28 +326,33 @@ def _lookup(name: str, table: Mapping[str, Method], role: str) -> Method:
     raise RegistryError(f"unknown {role} {name!r}; valid names: {', '.join(valid)}")
 
 
-def _route(options: Mapping[str, OptionValue], weighting: Method, aggregation: Method) -> dict[str, dict[str, Any]]:
-    """Option name -> value for each half; ``half.name=value`` goes to that half, an
-    unqualified name to the one half that accepts it."""
+def _route(
+    options: Mapping[str, OptionValue], weighting: Method, aggregation: Method
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Option name -> value for each half, and the options that go nowhere; ``half.name=value``
+    goes to that half, an unqualified name to the one half that accepts it."""
+    problems: list[str] = []
     routed: dict[str, dict[str, Any]] = {weighting.name: {}, aggregation.name: {}}
     halves = {weighting.name: weighting, aggregation.name: aggregation}
     for key, value in options.items():
         owner, dot, option = key.rpartition(".")
         if dot:
             if owner not in halves:
-                raise RegistryError(f"option {key!r} is qualified with {owner!r}, which is not part of this method; "
-                                    f"qualify with one of {list(halves)}")
+                problems.append(f"option {key!r} is qualified with {owner!r}, which is not part of this method; "
+                                f"qualify with one of {list(halves)}")
+                continue
             routed[owner][option] = value
             continue
         takers = [h.name for h in halves.values() if key in h.options]
         if len(takers) > 1:
-            raise RegistryError(f"option {key!r} is accepted by both {takers[0]!r} and {takers[1]!r}: write "
-                                f"{takers[0]}.{key}=… or {takers[1]}.{key}=…")
-        if not takers:
+            problems.append(f"option {key!r} is accepted by both {takers[0]!r} and {takers[1]!r}: write "
+                            f"{takers[0]}.{key}=… or {takers[1]}.{key}=…")
+        elif not takers:
             accepted = [f"{h.name}: {', '.join(h.options) or 'none'}" for h in halves.values()]
-            raise RegistryError(f"no part of the method takes option {key!r}; accepted options — {'; '.join(accepted)}")
-        routed[takers[0]][key] = value
-    return routed
+            problems.append(f"no part of the method takes option {key!r}; accepted options — {'; '.join(accepted)}")
+        else:
+            routed[takers[0]][key] = value
+    return routed, problems
 
 
 _SEQUENCES = (Sequence, list, tuple)

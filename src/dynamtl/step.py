@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,14 +15,13 @@ from dynamtl.aggregation.base import Aggregation
 from dynamtl.aggregation.sum import Sum
 from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
+from dynamtl.nonfinite import NonFiniteLossError, check_gradients, check_losses
 from dynamtl.objective import Objective, capture_rng
 from dynamtl.tasks import Tasks
 from dynamtl.weighting.base import Weighting
 from dynamtl.weighting.equal import Equal
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A task loss was NaN or infinite; the message names the task(s) and the step."""
+__all__ = ["MultiTask", "NonFiniteLossError", "StepGuard", "StepInfo"]
 
 
 @dataclass
@@ -63,8 +64,12 @@ class MultiTask:
         weighting: who decides λ (default :class:`~dynamtl.Equal`).
         aggregation: how the λ-weighted task gradients are combined (default
             :class:`~dynamtl.Sum`, one backward pass).
-        check_finite: raise :class:`NonFiniteLossError` on a NaN/inf loss (one device
-            synchronisation per step).
+        check_finite: raise :class:`NonFiniteLossError` on a NaN/inf loss or gradient in any
+            pass of the step (training, meta, perturbation, look-ahead; one device
+            synchronisation per pass), after putting back everything the step changed: the
+            model's parameters, buffers and ``.grad``, the optimizer (not stepped) and the
+            weighting's and aggregation's state are bit for bit as before the step (see
+            :class:`StepGuard`).
         representation: the name of the submodule whose output every head reads, for
             aggregations that can work on the gradients of that shared representation
             instead of the shared parameters (``MGDA(upper_bound=True)``).
@@ -72,6 +77,16 @@ class MultiTask:
     Use :meth:`step` for the whole step, or :meth:`backward` to leave ``optimizer.step()``
     to your loop (gradient clipping, ``GradScaler``, schedulers). Call :meth:`end_epoch`
     after every epoch.
+
+    Whose parameters: the model's trainable parameters that the optimizer does not own
+    stay where they are (as in ``optimizer.step()``); an optimizer that owns none of them
+    is refused. A weighting or an aggregation object belongs to one ``MultiTask`` (its
+    state, λ for instance, is that run's). Learnable parameters of the weighting are added
+    to the optimizer as a new parameter group: build a learning-rate scheduler *after*
+    ``MultiTask``, or the construction fails with that fix.
+
+    Precision: the weighting's and aggregation's state, the weights λ, hypergradients and
+    gains are float32 for a float16 or bfloat16 model (float64 for a float64 one).
     """
 
     def __init__(
@@ -85,16 +100,26 @@ class MultiTask:
         check_finite: bool = True,
         representation: str | None = None,
     ) -> None:
+        _check_kind(model, nn.Module, "model", "an nn.Module returning {task: prediction}")
+        _check_kind(tasks, Tasks, "tasks", "dm.Tasks({'name': loss_fn, ...})")
+        if optimizer is not None:
+            _check_kind(optimizer, torch.optim.Optimizer, "optimizer", "a torch.optim.Optimizer instance")
+        if weighting is not None:
+            _check_kind(weighting, Weighting, "weighting", "a weighting instance such as dm.AutoLambda()")
+        if aggregation is not None:
+            _check_kind(aggregation, Aggregation, "aggregation", "an aggregation instance such as dm.PCGrad()")
         self.objective = Objective(model, tasks, representation)
+        self.objective.check_finite = check_finite
         self.tasks = tasks
         self.optimizer = optimizer
-        self.weighting = (weighting or Equal()).bind(tasks)
-        self.aggregation = aggregation or Sum()
+        self.weighting = _claim(weighting or Equal(), self).bind(tasks)
+        self.aggregation = _claim(aggregation or Sum(), self)
         self.check_finite = check_finite
         self.steps = 0
         first = next(iter(self.objective.params.values()))
-        self.weighting.to(device=first.device, dtype=first.dtype)
-        self.aggregation.to(device=first.device, dtype=first.dtype)
+        state_dtype = first.dtype if first.dtype == torch.float64 else torch.float32
+        self.weighting.to(device=first.device, dtype=state_dtype)
+        self.aggregation.to(device=first.device, dtype=state_dtype)
         name = type(self.weighting).__name__
         if self.weighting.needs_optimizer and optimizer is None:
             raise ValueError(
@@ -105,6 +130,8 @@ class MultiTask:
                 f"{type(self.aggregation).__name__} needs the shared representation: MultiTask(..., "
                 f"representation='NAME') with the name of the submodule whose output the task heads read"
             )
+        if optimizer is not None:
+            _check_ownership(optimizer, self.objective.params)
         needs_lookahead = self.weighting.needs_lookahead and optimizer is not None
         self.lookahead = LookAhead(optimizer, self.objective.params) if needs_lookahead else None
         if optimizer is not None:
@@ -113,17 +140,42 @@ class MultiTask:
     def _give_weighting_parameters_to(self, optimizer: torch.optim.Optimizer) -> None:
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [p for p in self.weighting.model_optimizer_parameters() if id(p) not in owned]
-        if missing:
-            optimizer.add_param_group({"params": missing, "weight_decay": 0.0})
+        if not missing:
+            return
+        if any("initial_lr" in group for group in optimizer.param_groups):
+            raise ValueError(
+                f"{type(self.weighting).__name__} has parameters for the model's optimizer, which MultiTask adds "
+                "as a new parameter group, but a learning-rate scheduler was already built on that optimizer "
+                "and would not know the group: build the scheduler after MultiTask(...)"
+            )
+        optimizer.add_param_group({"params": missing, "weight_decay": 0.0})
 
     def backward(self, batch: Any, meta_batch: Any = None) -> StepInfo:
-        """Compute the step's gradients into ``.grad`` (accumulating); no optimizer step."""
+        """Compute the step's gradients into ``.grad`` (accumulating); no optimizer step.
+
+        Raises :class:`NonFiniteLossError` (with ``check_finite``) after restoring the state
+        of before the call; errors raised by the model or a loss name the task and the pass."""
         start = time.perf_counter()
         if self.weighting.needs_meta_batch and meta_batch is None:
             raise ValueError(
                 f"{type(self.weighting).__name__} needs a meta batch: call step(batch, meta_batch=...) "
                 "with a batch from a held-out split or a reshuffled training loader"
             )
+        guard = StepGuard(self) if self.check_finite else None
+        try:
+            info = self._backward(batch, meta_batch)
+        except NonFiniteLossError as error:
+            error.step = self.steps + 1
+            if guard is not None:
+                guard.restore()
+            raise
+        finally:
+            self.objective.representation = []  # free Z of this step
+        self.steps += 1
+        info.seconds = time.perf_counter() - start
+        return info
+
+    def _backward(self, batch: Any, meta_batch: Any) -> StepInfo:
         rng = capture_rng(self.objective.device)
         task_losses = self.objective.task_losses(batch)
         ctx = StepContext(
@@ -138,18 +190,31 @@ class MultiTask:
             self.objective.representation,
         )
         losses = ctx.losses
-        if self.check_finite:
-            self._check_finite(losses)
+        if self.check_finite and self.objective.replicas.distributed:
+            check_losses(losses, self.tasks.names, "training")  # the global batch's: same decision everywhere
         weights = self.weighting.weights(ctx)
+        if self.check_finite:
+            check_losses(weights, self.tasks.names, f"{type(self.weighting).__name__} weighting", "weight")
         self.aggregation.last_weights = None
         self.aggregation.backward(ctx, weights, self.weighting.regularizer())
+        if self.check_finite:
+            self._check_gradients(ctx)
         self.weighting.after_backward(ctx)
-        self.objective.representation = []  # free Z of this step
-        self.steps += 1
         alpha = self.aggregation.last_weights
         return StepInfo(
-            self.tasks.names, losses.detach(), weights.detach(), time.perf_counter() - start,
-            None if alpha is None else alpha.detach(),
+            self.tasks.names, losses.detach(), weights.detach(), 0.0, None if alpha is None else alpha.detach()
+        )
+
+    def _check_gradients(self, ctx: StepContext) -> None:
+        """The step's gradient in ``.grad`` is finite; if not, the task(s) whose own gradient
+        is not (computed now if the step had not), or else the aggregation, are named."""
+        grads = [p.grad for p in ctx.params.values()]
+        present = [g for g in grads if g is not None]
+        if not present or bool(torch.stack([g.isfinite().all() for g in present]).all()):
+            return
+        check_gradients([list(g.values()) for g in ctx.task_gradients()], self.tasks.names, "training")
+        raise NonFiniteLossError(
+            "gradient", f"{type(self.aggregation).__name__} aggregation", dict.fromkeys(self.tasks.names, float("nan"))
         )
 
     def step(self, batch: Any, meta_batch: Any = None) -> StepInfo:
@@ -180,13 +245,87 @@ class MultiTask:
         self.aggregation.load_state_dict(state["aggregation"])
         self.steps = int(state["steps"])
 
-    def _check_finite(self, losses: Tensor) -> None:
-        values = losses.detach()
-        bad = ~torch.isfinite(values)
-        if bool(bad.any()):
-            names = [n for n, b in zip(self.tasks.names, bad.tolist()) if b]
-            values = {n: float(values[self.tasks.names.index(n)]) for n in names}
-            raise NonFiniteLossError(
-                f"non-finite loss in step {self.steps + 1} (1-based) for task(s) {values}: lower the learning rate, "
-                "check the inputs and targets of that task, or clip gradients"
-            )
+
+
+class StepGuard:
+    """What a step may change before ``optimizer.step()``, kept so that it can be put back
+    bit for bit: the model's buffers (BatchNorm statistics of the training forward pass),
+    the parameters' ``.grad`` (gradient accumulation), the weighting's and the aggregation's
+    state (λ, their own optimizers, random generators, histories) and the step count.
+
+    :class:`MultiTask` takes one at the start of every step when ``check_finite`` is on and
+    calls :meth:`restore` when a pass of the step is not finite, before raising; the
+    parameters and the model's optimizer are untouched because the optimizer has not
+    stepped. A loop that skips steps for another reason (a ``GradScaler`` that found
+    infinite gradients) can restore the same way.
+    """
+
+    def __init__(self, mtl: MultiTask) -> None:
+        self.mtl = mtl
+        module = mtl.objective.module
+        self.buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+        self.grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in module.named_parameters()}
+        self.weighting = _clone_tree(mtl.weighting.state_dict())
+        self.aggregation = _clone_tree(mtl.aggregation.state_dict())
+        self.steps = mtl.steps
+
+    def restore(self) -> None:
+        """Put everything back as it was when the guard was taken."""
+        module = self.mtl.objective.module
+        with torch.no_grad():
+            for name, b in module.named_buffers():
+                if name in self.buffers:
+                    b.copy_(self.buffers[name])
+        for name, p in module.named_parameters():
+            if name in self.grads:
+                p.grad = self.grads[name]
+        self.mtl.weighting.load_state_dict(self.weighting)
+        self.mtl.aggregation.load_state_dict(self.aggregation)
+        self.mtl.steps = self.steps
+
+
+def _clone_tree(value: Any) -> Any:
+    """``value`` with every tensor in its dicts, lists and tuples cloned (others shared)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, Mapping):
+        return type(value)((k, _clone_tree(v)) for k, v in value.items())  # type: ignore[call-arg]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone_tree(v) for v in value)
+    return value
+
+
+def _check_kind(value: Any, kind: type, what: str, expected: str) -> None:
+    """``TypeError`` naming what ``value`` is when it is not an instance of ``kind`` (a class
+    given for an instance included)."""
+    if isinstance(value, kind):
+        return
+    given = f"the class {value.__name__} (not an instance of it)" if isinstance(value, type) else type(value).__name__
+    raise TypeError(f"MultiTask's {what} must be {expected}, got {given}")
+
+
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[MultiTask]] = weakref.WeakKeyDictionary()
+
+
+def _claim(method: nn.Module, mtl: MultiTask) -> Any:
+    """``method``, recorded as belonging to ``mtl``; ``ValueError`` if another live MultiTask has it."""
+    owner = _OWNERS.get(method)
+    if owner is not None and owner() is not None and owner() is not mtl:
+        kind = type(method).__name__
+        raise ValueError(
+            f"this {kind} object already belongs to another MultiTask, which would share its state "
+            f"(λ, histories, random streams) with this one: give each MultiTask its own {kind}(...)"
+        )
+    _OWNERS[method] = weakref.ref(mtl)
+    return method
+
+
+def _check_ownership(optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter]) -> None:
+    """``ValueError`` when ``optimizer`` owns none of the model's trainable parameters."""
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in owned for p in params.values()):
+        raise ValueError(
+            f"the {type(optimizer).__name__} optimizer owns none of the model's trainable parameters, so the "
+            "model would never change: build it from this model's parameters, "
+            "e.g. torch.optim.SGD(model.parameters(), lr=...)"
+        )

@@ -29,25 +29,50 @@ def check_jacobian(owner: str, jacobian: Tensor) -> None:
         )
 
 
+def row_scales(jacobian: Tensor) -> Tensor:
+    """The largest |entry| of every row (1 for an all-zero row), float64 on the CPU.
+
+    Dividing every row by its scale before any product keeps Gram entries and combinations
+    of rows clear of underflow and overflow in float32, bfloat16 and float16 (a row of norm
+    1e-25 has a squared norm of 1e-50, below float32's range)."""
+    scales = jacobian.detach().abs().amax(dim=1).double().cpu()
+    return torch.where(scales > 0, scales, 1.0)
+
+
+def compute_dtype(jacobian: Tensor) -> torch.dtype:
+    """float64 for a float64 Jacobian, float32 for every other (float32, bfloat16, float16)."""
+    return torch.float64 if jacobian.dtype == torch.float64 else torch.float32
+
+
 def gramian(jacobian: Tensor) -> Tensor:
-    """The Gram matrix ``J Jᵀ`` (computed in ``J``'s dtype, at least float32), as a symmetric
-    float64 tensor on the CPU."""
-    j = jacobian.detach()
-    if j.dtype in (torch.float16, torch.bfloat16):
-        j = j.float()
-    gram = (j @ j.T).cpu().double()
+    """The Gram matrix ``J Jᵀ`` as a symmetric float64 tensor on the CPU.
+
+    The products are taken on the rows divided by their :func:`row_scales`, in float32 (or
+    float64 for a float64 Jacobian), and the scales multiplied back in float64: no entry
+    underflows or overflows whatever the dtype and the size of the rows."""
+    scales = row_scales(jacobian)
+    j = jacobian.detach().to(compute_dtype(jacobian))
+    unit = j / scales.to(j)[:, None]
+    gram = (unit @ unit.T).cpu().double() * torch.outer(scales, scales)
     return 0.5 * (gram + gram.T)
 
 
 def rank_tolerance(jacobian: Tensor) -> float:
-    """Relative accuracy of a Gram matrix computed in ``jacobian``'s dtype."""
-    return 10.0 * float(torch.finfo(jacobian.dtype).eps)
+    """Relative accuracy of a Gram matrix computed from ``jacobian`` (in at least float32)."""
+    return 10.0 * float(torch.finfo(jacobian.dtype if jacobian.dtype == torch.float64 else torch.float32).eps)
 
 
 def combine_rows(weights: Tensor | Sequence[float], jacobian: Tensor) -> Tensor:
-    """Σₖ wₖ Jₖ, in ``jacobian``'s dtype and on its device."""
-    w = torch.as_tensor(weights, dtype=jacobian.dtype, device=jacobian.device)
-    return w @ jacobian.detach()
+    """Σₖ wₖ Jₖ, in ``jacobian``'s dtype and on its device.
+
+    Formed as Σₖ (wₖ sₖ)(Jₖ/sₖ) with sₖ the :func:`row_scales`, in float32 (float64 for a
+    float64 Jacobian): a huge weight on a tiny row (PCGrad projecting on an underflowing
+    gradient) gives a moderate coefficient, and half-precision rows are summed in float32."""
+    scales = row_scales(jacobian)
+    coefficients = torch.as_tensor(weights, dtype=torch.float64).cpu() * scales
+    j = jacobian.detach().to(compute_dtype(jacobian))
+    unit = j / scales.to(j)[:, None]
+    return (coefficients.to(unit) @ unit).to(jacobian.dtype)
 
 
 def nonzero_rows(gram: Tensor) -> Tensor:
@@ -194,7 +219,9 @@ def frank_wolfe_weights(gram: Tensor, tol: float, max_iters: int) -> tuple[Tenso
 
     Each iteration moves α towards the vertex eₜ with the smallest gₜ·x, with the exact
     line search of their Algorithm 1 (min-norm point of a segment), and stops once the step
-    γ falls below ``tol``. Returns ``(α, converged)``.
+    γ falls below ``tol`` or α already is the vertex the step moves to (a solution on a
+    vertex: one task, identical rows, a row that is the min-norm point). Returns
+    ``(α, converged)``.
     """
     num = len(gram)
     alpha = torch.full((num,), 1.0 / num, dtype=torch.float64)
@@ -208,20 +235,29 @@ def frank_wolfe_weights(gram: Tensor, tol: float, max_iters: int) -> tuple[Tenso
             gamma = 0.0
         else:
             gamma = (x_x - x_g) / (x_x + g_g - 2.0 * x_g)
+        at_vertex = float(alpha[t]) == 1.0  # α is already eₜ: the step cannot move it
         alpha *= 1.0 - gamma
         alpha[t] += gamma
-        if gamma < tol:
+        if gamma < tol or at_vertex:
             return alpha, True
     return alpha, False
 
 
 def cagrad_weights(gram: Tensor, c: float, owner: str) -> tuple[Tensor, bool]:
-    """Weights (on the rows) of CAGrad's direction d = g₀ + c‖g₀‖ g_w / ‖g_w‖.
+    """Weights (on the rows) of CAGrad's direction d, the solution of
+    max_d minᵢ gᵢ·d s.t. ‖d − g₀‖ ≤ c‖g₀‖ (g₀ the mean of the rows).
 
-    w minimises F(w) = g_wᵀg₀ + c‖g₀‖ ‖g_w‖ over the simplex (g_w = Σ wᵢ gᵢ, g₀ the mean of
-    the rows), solved with SciPy's SLSQP on the trace-normalised Gram matrix (F's minimiser
-    does not depend on the scale), in NumPy (SciPy's own dependency). Where g_w = 0 (0 is in
-    the hull: a Pareto-stationary point) d = g₀. Returns ``(weights, converged)``; when SLSQP
+    Through the dual: w minimises F(w) = g_wᵀg₀ + c‖g₀‖ ‖g_w‖ over the simplex (g_w = Σ wᵢ gᵢ),
+    solved with SciPy's SLSQP on the trace-normalised Gram matrix (F's minimiser does not
+    depend on the scale), in NumPy (SciPy's own dependency), and d = g₀ + c‖g₀‖ g_w/‖g_w‖.
+
+    That recovery needs g_w ≠ 0. With c ≥ 1 the ball holds 0, and when 0 is also in the
+    convex hull of the rows (a Pareto-stationary point: no d improves every task) the dual
+    optimum is g_w = 0 and the best worst rate is exactly 0, reached by every d of the ball
+    with gᵢ·d ≥ 0 for all i. d is then the one nearest g₀: the projection of g₀ on that cone
+    (a small quadratic programme in the coefficients of the rows, also SLSQP; its distance
+    to g₀ is at most ‖g₀‖ ≤ c‖g₀‖ since d = 0 qualifies). For c < 1, g_w = 0 cannot be
+    optimal unless g₀ = 0, where d = g₀ = 0. Returns ``(weights, converged)``; when SLSQP
     fails the weights are 1/T.
     """
     num = len(gram)
@@ -229,17 +265,22 @@ def cagrad_weights(gram: Tensor, c: float, owner: str) -> tuple[Tensor, bool]:
     scale = float(gram.trace()) / num
     if c == 0.0 or scale <= 0.0:
         return mean, True
+    g = gram / scale
+    if c >= 1.0:
+        hull, _ = min_norm_weights(g, 1e-12, 250)
+        if float(hull @ g @ hull) <= 1e-12 * float(g.diagonal().max()):
+            return _nearest_common_ascent(g, mean, owner)
     optimize = import_scipy_optimize(owner)
     import numpy as np
 
     start = mean.numpy()
-    g = (gram / scale).numpy()
-    b = g @ start
+    gn = g.numpy()
+    b = gn @ start
     radius = c * math.sqrt(max(float(start @ b), 0.0))
     tiny = 1e-20
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-        gw = g @ w
+        gw = gn @ w
         norm = math.sqrt(max(float(w @ gw), 0.0) + tiny)
         return float(w @ b) + radius * norm, b + radius * gw / norm
 
@@ -256,10 +297,35 @@ def cagrad_weights(gram: Tensor, c: float, owner: str) -> tuple[Tensor, bool]:
         return mean, False
     w = np.clip(result.x, 0.0, None)
     w /= w.sum()
-    norm = math.sqrt(max(float(w @ g @ w), 0.0))
+    norm = math.sqrt(max(float(w @ gn @ w), 0.0))
     if norm <= 1e-10:
         return mean, True
     return mean + (radius / norm) * torch.from_numpy(w), True
+
+
+def _nearest_common_ascent(g: Tensor, mean: Tensor, owner: str) -> tuple[Tensor, bool]:
+    """Coefficients a of the d = Σ aᵢ gᵢ nearest g₀ = Σ meanᵢ gᵢ with gᵢ·d ≥ 0 for all i:
+    min (a − mean)ᵀ G (a − mean) s.t. G a ≥ 0, from a = 0 (d = 0, feasible)."""
+    optimize = import_scipy_optimize(owner)
+    import numpy as np
+
+    gn, m = g.numpy(), mean.numpy()
+
+    def objective(a: np.ndarray) -> tuple[float, np.ndarray]:
+        gap = gn @ (a - m)
+        return float((a - m) @ gap), 2.0 * gap
+
+    result = optimize.minimize(
+        objective,
+        np.zeros_like(m),
+        jac=True,
+        method="SLSQP",
+        constraints=[{"type": "ineq", "fun": lambda a: gn @ a, "jac": lambda a: gn}],
+        options={"maxiter": 200, "ftol": 1e-14},
+    )
+    if not result.success or not np.all(np.isfinite(result.x)):
+        return mean, False
+    return torch.from_numpy(result.x), True
 
 
 def bargaining_weights(gram: Tensor, start: Tensor, tol: float, max_iters: int) -> tuple[Tensor, bool]:

@@ -9,7 +9,14 @@ import torch
 from torch import Tensor
 
 from dynamtl._helpers import check_choice
-from dynamtl.aggregation._solvers import check_jacobian, combine_rows, gramian, per_task, rank_tolerance
+from dynamtl.aggregation._solvers import (
+    check_jacobian,
+    combine_rows,
+    gramian,
+    nonzero_rows,
+    per_task,
+    rank_tolerance,
+)
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.facts import aggregation_facts
 
@@ -40,7 +47,9 @@ class AlignedMTL(GradientAggregation):
     Weighted rows: the rows are λₖ ∇Lₖ. The alignment equalises the row norms, so λ does not
     act as a task importance here (it changes which orthogonal basis the rows are aligned
     to and the scale σ, but every aligned row has norm σ); give the importance as ``pref``.
-    Rows that are exactly zero do not count in the rank.
+    Rows that are exactly zero (λₖ = 0, or a task whose loss has no gradient this step) are
+    left out: the update is Aligned-MTL on the other rows, with w = 1/T' over the T' others
+    (or their ``pref``).
 
     Args:
         scale: ``"min"`` (default, the paper), ``"median"`` or ``"mean"`` of the positive
@@ -67,15 +76,19 @@ class AlignedMTL(GradientAggregation):
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
         num = jacobian.shape[0]
-        w = per_task(type(self).__name__, "pref", self.pref if self.pref is not None else 1.0 / num, num)
+        pref = per_task(type(self).__name__, "pref", self.pref if self.pref is not None else 1.0, num)
         gram = gramian(jacobian)
-        values, vectors = torch.linalg.eigh(gram)
+        active = nonzero_rows(gram)
+        weights = torch.zeros(num, dtype=torch.float64)
+        if not active.any():
+            return combine_rows(weights, jacobian)
+        w = pref[active] if self.pref is not None else pref[active] / int(active.sum())
+        values, vectors = torch.linalg.eigh(gram[active][:, active])
         top = float(values.max())
-        kept = values > top * num * rank_tolerance(jacobian)
-        if top <= 0.0 or not kept.any():
-            return combine_rows(torch.zeros(num, dtype=torch.float64), jacobian)
+        kept = values > top * len(values) * rank_tolerance(jacobian)
         values, vectors = values[kept], vectors[:, kept]
         median = values.quantile(0.5, interpolation="midpoint")  # the mean of the middle two for an even rank
         sigma2 = {"min": values.min(), "median": median, "mean": values.mean()}[self.scale]
         balance = sigma2.sqrt() * (vectors / values.sqrt()) @ vectors.T
-        return combine_rows(balance @ w, jacobian)
+        weights[active] = balance @ w
+        return combine_rows(weights, jacobian)

@@ -114,7 +114,7 @@ def accumulate(ctx: StepContext, grads: Gradients) -> None:
         if g is None:
             continue
         p = ctx.params[name]
-        g = g.detach().reshape(p.shape)
+        g = g.detach().reshape(p.shape).to(p.dtype)  # float32 weights times float16 gradients
         p.grad = g.clone() if p.grad is None else p.grad + g
 
 
@@ -126,4 +126,5 @@ def weighting_backward(ctx: StepContext, weights: Tensor, regularizer: Tensor | 
     total = (weights * ctx.losses.detach()).sum()
     if regularizer is not None:
         total = total + regularizer
-    total.backward()
+    if total.requires_grad:
+        total.backward()

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from dynamtl.aggregation._solvers import cagrad_weights, check_jacobian, combine_rows, gramian, warn_once
+from dynamtl.aggregation._solvers import (
+    cagrad_weights,
+    check_jacobian,
+    combine_rows,
+    gramian,
+    nonzero_rows,
+    warn_once,
+)
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.facts import aggregation_facts
 
@@ -38,9 +46,16 @@ class CAGrad(GradientAggregation):
         rescale: divide d by 1 + c² (the official code's default ``rescale=1``). Its
             ``rescale=2`` (division by 1 + c) is not offered.
 
-    When SLSQP does not converge, a warning is logged (once) and the mean gradient g₀ is
-    returned; where g_w* = 0 (0 is in the convex hull of the rows: a Pareto-stationary
-    point) d = g₀.
+    Every c ≥ 0 is solved as posed. With c ≥ 1 the ball contains 0; if 0 is also in the
+    convex hull of the rows (a Pareto-stationary point) the best worst rate is 0 and the
+    dual's recovery formula is undefined (g_w* = 0): d is then the point nearest g₀ with
+    gᵢ·d ≥ 0 for every task (the projection of g₀ on that cone), which lies in the ball.
+    The official code returns g₀ there, which can make a task worse.
+
+    Rows that are exactly zero (λₖ = 0, or a task whose loss has no gradient this step) are
+    left out, g₀ included: the update equals CAGrad on the other rows (a zero row would
+    otherwise pin the worst rate at 0 and turn d into g₀). When SLSQP does not converge, a
+    warning is logged (once) and the mean gradient g₀ is returned.
 
     >>> import torch
     >>> CAGrad(c=0.0).combine(torch.tensor([[1.0, 0.0], [-1.0, 2.0]]))
@@ -61,9 +76,15 @@ class CAGrad(GradientAggregation):
 
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
-        weights, converged = cagrad_weights(gramian(jacobian), self.c, type(self).__name__)
+        gram = gramian(jacobian)
+        active = nonzero_rows(gram)
+        weights = torch.zeros(len(gram), dtype=torch.float64)
+        if not active.any():
+            return combine_rows(weights, jacobian)
+        solved, converged = cagrad_weights(gram[active][:, active], self.c, type(self).__name__)
         if not converged:
-            warn_once(self._warned, "CAGrad: SLSQP did not converge on the dual; the mean gradient is used instead")
+            warn_once(self._warned, "CAGrad: SLSQP did not converge; the mean gradient is used instead")
         elif self.rescale:
-            weights = weights / (1.0 + self.c**2)
+            solved = solved / (1.0 + self.c**2)
+        weights[active] = solved
         return combine_rows(weights, jacobian)

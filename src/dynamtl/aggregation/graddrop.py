@@ -52,7 +52,8 @@ class GradDrop(GradientAggregation):
     activations of one chosen layer (summed over the batch for P) and back-propagates the
     result; here it acts on the gradients of the shared parameters, as the common
     re-implementations do. Ties f(P) = U keep the negative sign, so every coordinate keeps
-    exactly one sign.
+    exactly one sign. Half-precision rows (float16, bfloat16) are summed in float32, and U is
+    drawn in float64 for every dtype (the same masks whatever the dtype).
 
     >>> import torch
     >>> GradDrop().combine(torch.tensor([[1.0, -2.0], [1.0, -2.0]]))
@@ -81,6 +82,8 @@ class GradDrop(GradientAggregation):
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
         rows = jacobian.detach()
+        if rows.dtype in (torch.float16, torch.bfloat16):
+            rows = rows.float()
         leak = per_task(type(self).__name__, "leak", self.leak, rows.shape[0])
         positive_parts = rows.clamp(min=0.0)
         positive = positive_parts.sum(0)
@@ -90,13 +93,15 @@ class GradDrop(GradientAggregation):
         if self.f is not None:
             purity = self.f(purity)
         generator = self.generator.on(rows.device)
-        uniform = torch.rand(purity.shape, generator=generator, dtype=rows.dtype, device=rows.device)
-        keep_positive = purity > uniform
+        # U is drawn in float64 whatever the dtype: the same seed gives the same masks in
+        # float64, float32, bfloat16 and float16
+        uniform = torch.rand(purity.shape, generator=generator, dtype=torch.float64, device=rows.device)
+        keep_positive = purity > uniform.to(purity)
         if not leak.any():
-            return torch.where(keep_positive, positive, negative)
+            return torch.where(keep_positive, positive, negative).to(jacobian.dtype)
         kept = torch.as_tensor(1.0 - leak, dtype=rows.dtype, device=rows.device)
         masked = torch.where(keep_positive, kept @ positive_parts, kept @ (rows - positive_parts))
-        return masked + torch.as_tensor(leak, dtype=rows.dtype, device=rows.device) @ rows
+        return (masked + torch.as_tensor(leak, dtype=rows.dtype, device=rows.device) @ rows).to(jacobian.dtype)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.state()}

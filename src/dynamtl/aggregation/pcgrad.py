@@ -63,7 +63,7 @@ class PCGrad(GradientAggregation):
             coefficients[i] = 1.0
             products = list(gram[i])  # gᵢᴾᶜ · gₖ for every k
             for j in order:
-                if products[j] < 0.0:
+                if products[j] < 0.0 and gram[j][j] > 0.0:
                     shift = products[j] / gram[j][j]
                     coefficients[j] -= shift
                     products = [p - shift * q for p, q in zip(products, gram[j])]

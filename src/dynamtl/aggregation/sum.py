@@ -29,4 +29,5 @@ class Sum(Aggregation):
         total = (weights * ctx.losses).sum()
         if regularizer is not None:
             total = total + regularizer
-        total.backward()
+        if total.requires_grad:  # not when no task's loss has a graph in this step
+            total.backward()

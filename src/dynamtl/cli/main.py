@@ -19,6 +19,7 @@ try:
 except ModuleNotFoundError as missing:  # pragma: no cover - depends on the installed extras
     raise ModuleNotFoundError("the dynamtl command needs click: pip install 'dynamtl[cli]'") from missing
 
+import dynamtl
 from dynamtl.registry import (
     AGGREGATIONS,
     BENCHMARKS,
@@ -35,10 +36,10 @@ from dynamtl.train.folder import RunFolderError
 from dynamtl.train.processes import launched_as_main
 from dynamtl.train.runs import resume as resume_run
 from dynamtl.train.runs import train as train_run
-from dynamtl.train.session import DataError, TrainingStopped
+from dynamtl.train.session import DataError, RunStopped, TrainingStopped
 
 USER_ERRORS = (ConfigError, RegistryError, RunFolderError, CheckpointError, TrainingStopped, DataError)
-COMPARE_KEYS = ("methods", "seeds")
+COMPARE_KEYS = ("methods", "seeds", "variants", "controls")
 MAIN_JOB = Path(__file__).with_name("main_job.toml")
 TABLES = {"options": "--option", "benchmark_options": "--benchmark-option"}
 """Config fields that are tables, and the repeatable NAME=VALUE flag of each."""
@@ -78,13 +79,13 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as error:
             raise click.ClickException(str(error)) from error
-        except KeyboardInterrupt as interrupt:
-            raise click.ClickException(
-                "interrupted: an unfinished run continues from its last checkpoint with `dynamtl resume RUN_DIR`"
-            ) from interrupt
+        except RunStopped as stop:
+            click.echo(str(stop), err=True)
+            ctx.exit(128 + stop.signal)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(dynamtl.__version__, prog_name="dynamtl", message="%(prog)s %(version)s")
 def main() -> None:
     """Dynamic task weighting for multi-task and auxiliary learning."""
 
@@ -167,11 +168,13 @@ def train(config_file: Path | None, out: Path | None, quiet: bool, **flags: Any)
 @_run_flags(exclude=("method", "seed"))
 @click.option("--methods", help="comma-separated method specs to compare (stl is always added)")
 @click.option("--seeds", help="comma-separated seeds (default: 0)")
+@click.option("--controls/--no-controls", default=None,
+              help="add the matched controls of runs whose weights do not average 1 (default: on)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="the comparison folder (default: comparisons/BENCHMARK)")
 @click.option("--quiet", is_flag=True, help="no progress bars and no epoch lines")
-def compare(config_file: Path | None, methods: str | None, seeds: str | None, out: Path | None, quiet: bool,
-            **flags: Any) -> None:
+def compare(config_file: Path | None, methods: str | None, seeds: str | None, controls: bool | None,
+            out: Path | None, quiet: bool, **flags: Any) -> None:
     """Train several methods over several seeds, with single-task baselines, and tabulate
     the test metrics and Δ_MTL (mean ± std, best in bold). Without --config and
     --benchmark it runs the main job (the embedded main_job.toml)."""
@@ -186,7 +189,12 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, ou
         raise ConfigError("give the methods to compare: --methods auto-lambda,hydalearn,equal")
     base = RunConfig.from_mapping(values, _source(config_file))
     out = out or Path("comparisons") / base.benchmark
-    comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet)
+    variants = listed["variants"] or {}
+    if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
+        raise ConfigError("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
+    with_controls = controls if controls is not None else listed["controls"] is not False
+    comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet, variants=variants,
+                                controls=with_controls)
     click.echo(comparison.markdown)
     click.echo("\nwritten: " + ", ".join(str(f) for f in comparison.files))
 
@@ -195,10 +203,12 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, ou
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--checkpoint", "which", type=click.Choice(["last", "previous"]), default="last", show_default=True,
               help="the checkpoint to continue from")
+@click.option("--allow-changes", is_flag=True,
+              help="resume although the config or environment (versions, threads) differs from the checkpoint's")
 @click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines")
-def resume(run_dir: Path, which: str, quiet: bool) -> None:
-    """Continue an interrupted run from its checkpoint."""
-    results = resume_run(run_dir, which=which, progress=not quiet)
+def resume(run_dir: Path, which: str, allow_changes: bool, quiet: bool) -> None:
+    """Continue an interrupted run from its checkpoint (a finished run: report its results)."""
+    results = resume_run(run_dir, which=which, progress=not quiet, allow_changes=allow_changes)
     _report(results, run_dir)
 
 

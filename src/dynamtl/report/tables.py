@@ -13,6 +13,7 @@ from dynamtl.metrics import Metric
 
 MISSING = "–"
 DELTA_MTL_DECIMALS = 2
+WEIGHT_SUM_DECIMALS = 2
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,15 @@ class _Column:
 
     title: str
     csv_name: str
-    higher_is_better: bool
+    higher_is_better: bool | None  # None: a description, neither better nor worse (no arrow, no bold)
     decimals: int
     signed: bool
     read: Callable[[Mapping[str, Any]], float | None]
 
     @property
     def heading(self) -> str:
+        if self.higher_is_better is None:
+            return self.title
         return f"{self.title} {'↑' if self.higher_is_better else '↓'}"
 
     def rounded(self, value: float) -> float:
@@ -65,7 +68,10 @@ def compare_table(
     * one row per ``"method"``, in the order methods first appear in ``results``;
     * ``seeds``: how many runs of the method there are;
     * one column ``task/metric`` per entry of ``metrics``, read from ``result[split]``;
-    * a last column ``Δ_MTL (%)`` (higher is better) when any run has a ``delta_mtl``.
+    * a column ``Δ_MTL (%)`` (higher is better) when any run has a ``delta_mtl``;
+    * a last column ``Σλ``, the run's mean over its steps of the sum of its task weights
+      (``"mean_weight_sum"``, 2 decimals, never bold), when any run has one: a weighting
+      whose weights do not sum to the number of tasks also changes the learning rate.
 
     Markdown cells are ``mean ± std`` with ``decimals`` decimals for metrics and
     2 decimals and an explicit sign for Δ_MTL (``+1.25 ± 0.30``); std is the sample standard
@@ -119,6 +125,11 @@ def compare_table(
             read=lambda result: result.get("delta_mtl"),
         )
         columns.append(delta)
+    if any(result.get("mean_weight_sum") is not None for result in results):
+        columns.append(_Column(
+            title="Σλ", csv_name="mean_weight_sum", higher_is_better=None, decimals=WEIGHT_SUM_DECIMALS, signed=False,
+            read=lambda result: result.get("mean_weight_sum"),
+        ))  # fmt: skip
     runs = _runs_by_method(results)
     cells = {method: [_cell(method, column, method_runs) for column in columns] for method, method_runs in runs.items()}
     return _markdown(columns, runs, cells), _csv(columns, runs, cells)
@@ -197,7 +208,7 @@ def _markdown(
 
 def _best(column: _Column, cells: Sequence[_Cell | None]) -> float | None:
     means = [column.rounded(cell.mean) for cell in cells if cell is not None]
-    if not means:
+    if not means or column.higher_is_better is None:
         return None
     return max(means) if column.higher_is_better else min(means)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from dynamtl.metrics import delta_mtl
-from dynamtl.registry import RegistryError, parse_method
 from dynamtl.report.tables import compare_table
 from dynamtl.train.config import ConfigError, RunConfig, plan
+from dynamtl.train.controls import RunSpec, matched_controls, method_specs, weight_columns
 from dynamtl.train.folder import write_json_atomic
 from dynamtl.train.plots import draw_weights_comparison
 from dynamtl.train.runs import train_or_reuse
@@ -44,11 +44,25 @@ class Comparison:
 
 
 def compare(
-    base: RunConfig, methods: Sequence[str], seeds: Sequence[int], out: Path, *, progress: bool = True
+    base: RunConfig,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    *,
+    progress: bool = True,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+    controls: bool = True,
 ) -> Comparison:
     """Train (or reuse) every method of ``methods`` and the ``stl`` baselines for every
     seed of ``seeds`` with the settings of ``base`` (its ``method`` and ``seed`` are
     ignored; an option goes to the methods that take it), then write the tables and plots.
+
+    A name of ``variants`` is a method at options of its own
+    (:func:`~dynamtl.train.controls.method_specs`). With ``controls`` (default), every run
+    whose weights do not average 1 is followed by its matched controls, a Static run at
+    its mean weights and an Equal run at its mean learning-rate scale
+    (:func:`~dynamtl.train.controls.matched_controls`), rows ``<method>.static`` and
+    ``<method>.equal-lr``; the table's ``Σλ`` column is each run's mean weight sum.
 
     Every configuration is checked before anything is trained: ``ConfigError`` lists
     every problem, including options that no method takes.
@@ -60,8 +74,7 @@ def compare(
         raise ConfigError(f"seeds are given twice: {list(seeds)}")
     wanted = [m for m in dict.fromkeys(methods) if m != BASELINE]
     configs = {BASELINE: base.replace(method=BASELINE, options={}, noise_task=False)}
-    configs.update({m: base.replace(method=m, options=_options_for(m, base.options)) for m in wanted})
-    _check_options_used(base.options, wanted)
+    configs.update({spec.label: spec.config for spec in method_specs(base, wanted, variants)})
     checked, problems = {}, []
     for method, config in configs.items():
         try:
@@ -76,20 +89,28 @@ def compare(
         out / "comparison.json", {"benchmark": base.benchmark, "methods": list(configs), "seeds": list(seeds),
                                   "config": checked[BASELINE].config.to_dict()},
     )
-    results = []
+    results, labels = [], list(configs)
     for seed in seeds:
         baseline: dict[str, Any] | None = None
-        for method, config in configs.items():
-            result = dict(train_or_reuse(config.replace(seed=seed), _run_dir(out, method, seed), progress=progress))
+        grid = [RunSpec(label, config) for label, config in configs.items()]
+        for spec in grid:
+            run_dir = _run_dir(out, spec.label, seed)
+            result = dict(train_or_reuse(spec.config.replace(seed=seed), run_dir, progress=progress))
+            result = weight_columns({**result, "method": spec.label}, run_dir)
             baseline = baseline or result
             result["delta_mtl"] = delta_mtl(_primary(result, metrics), _primary(baseline, metrics), metrics)
             results.append(result)
+            if controls and spec.label in configs:
+                added = matched_controls(spec, seed, run_dir)
+                grid += added
+                labels += [c.label for c in added if c.label not in labels]
+    results.sort(key=lambda result: labels.index(result["method"]))
     markdown, table = compare_table(results, metrics)
     files = [out / "table.md", out / "table.csv"]
     files[0].write_text(markdown + "\n")
     files[1].write_text(table)
     for seed in seeds:
-        runs = {method: _run_dir(out, method, seed) for method in wanted}
+        runs = {label: _run_dir(out, label, seed) for label in labels[1:] if _run_dir(out, label, seed).is_dir()}
         if runs:
             files += draw_weights_comparison(runs, out / "plots" / f"weights_seed{seed}.png")
     return Comparison(markdown, table, results, files)
@@ -101,23 +122,3 @@ def _run_dir(out: Path, method: str, seed: int) -> Path:
 
 def _primary(result: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {task: result["test"][task] for task in metrics}
-
-
-def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        spec = parse_method(method)
-    except RegistryError:
-        return dict(options)  # plan() reports the unknown name
-    return {key: value for key, value in options.items() if spec.takes(key)}
-
-
-def _check_options_used(options: Mapping[str, Any], methods: Sequence[str]) -> None:
-    specs = []
-    for method in methods:
-        try:
-            specs.append(parse_method(method))
-        except RegistryError:
-            continue
-    unused = [key for key in options if not any(spec.takes(key) for spec in specs)]
-    if unused:
-        raise ConfigError(f"no compared method takes the option(s) {unused}; methods compared: {list(methods)}")

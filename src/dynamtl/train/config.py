@@ -11,6 +11,7 @@ config is what a run folder's ``config.json`` holds.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import sys
 import typing
@@ -21,9 +22,11 @@ from typing import Any, Literal
 
 import torch
 
+import dynamtl
 from dynamtl.benchmarks.base import Benchmark, default_root
 from dynamtl.benchmarks.noise import NOISE, WithNoiseTask
 from dynamtl.registry import (
+    Method,
     MethodContext,
     MethodSpec,
     OptionValue,
@@ -148,13 +151,12 @@ class RunConfig:
         return cls(**parsed)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values (tuples as lists)."""
+        """The config as JSON values, exactly as ``config.json`` reads back (tuples as
+        lists)."""
         out = dataclasses.asdict(self)
         out["options"], out["benchmark_options"] = dict(self.options), dict(self.benchmark_options)
-        for key in ("tasks", "primary"):
-            if out[key] is not None:
-                out[key] = list(out[key])
-        return out
+        result: dict[str, Any] = json.loads(json.dumps(out))
+        return result
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -192,25 +194,36 @@ class RunPlan:
 
 
 def plan(config: RunConfig) -> RunPlan:
-    """Check ``config`` and fill in its defaults; ``ConfigError`` listing every problem."""
-    try:
-        bench = _benchmark(config)
-    except RegistryError as error:
-        raise ConfigError(str(error)) from error
+    """Check ``config`` and fill in its defaults, including every option of the method's
+    weighting and aggregation (a default that changes in a later dynamtl version then shows
+    as a difference, instead of silently changing a resumed run); ``ConfigError`` listing
+    every problem: a wrong benchmark name does not hide a wrong method or value."""
     problems: list[str] = []
-    config = _resolve_defaults(config, bench)
+    try:
+        bench: Benchmark | None = _benchmark(config)
+    except RegistryError as error:
+        problems.append(str(error))
+        bench = None
+    if bench is not None:
+        config = _resolve_defaults(config, bench)
     problems += _check_ranges(config)
-    tasks, primary = _check_tasks(config, bench, problems)
+    tasks, primary = _check_tasks(config, bench, problems) if bench is not None else ((), ())
     try:
         method = parse_method(config.method, _with_benchmark_options(config, bench))
     except RegistryError as error:
-        problems.append(str(error))
+        problems += str(error).splitlines()
         method = None
-    if method is not None and method.single_task and config.noise_task:
+    named = method or _method_named(config.method)
+    if named is not None and named.single_task and config.noise_task:
         problems.append("stl trains each primary task alone: --noise-task does not apply to it")
+    wrong_mode = named is not None and named.auxiliary_only and config.mode != "auxiliary"
+    if wrong_mode:
+        assert named is not None
+        problems.append(f"{named.name!r} weighs auxiliary tasks against primary ones: run it with "
+                        "--mode auxiliary (and --primary TASK, or the benchmark's default primary task)")
     trained = (*tasks, NOISE) if config.noise_task else tasks
     context = MethodContext(trained, primary, config.mode == "auxiliary", config.seed)
-    if method is not None and tasks and primary:
+    if method is not None and bench is not None and tasks and primary and not wrong_mode:
         try:
             weighting, aggregation = method.build(context)
             weighting.bind(trained)
@@ -223,13 +236,40 @@ def plan(config: RunConfig) -> RunPlan:
                                 f"(network=split on NYUv2 and CityScapes)")
     if problems:
         raise ConfigError("invalid run configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-    assert method is not None
+    assert method is not None and bench is not None
     resolved = config.replace(
         method=method.name, tasks=tasks, primary=primary if config.mode == "auxiliary" else None,
-        options=method.options,
+        options=_every_option(method),
         benchmark_options=benchmark_options(config.benchmark, config.benchmark_options),
     )
     return RunPlan(resolved, bench, method, context)
+
+
+def _method_named(spec: str) -> MethodSpec | None:
+    """The method ``spec`` names without its options (``None`` when the name is wrong),
+    to check what does not depend on them."""
+    try:
+        return parse_method(spec)
+    except RegistryError:
+        return None
+
+
+def _every_option(method: MethodSpec) -> dict[str, Any]:
+    """The method's options with their values: those given, and the defaults of all others."""
+    def filled(half: Method, given: Mapping[str, Any]) -> dict[str, Any]:
+        defaults = {k: v for k, v in half.option_defaults().items() if v is not inspect.Parameter.empty}
+        return {**defaults, **given}
+
+    return dataclasses.replace(
+        method, weighting_options=filled(method.weighting, method.weighting_options),
+        aggregation_options=filled(method.aggregation, method.aggregation_options),
+    ).options
+
+
+def environment() -> dict[str, Any]:
+    """What besides the config can change a run's numbers: the versions of dynamtl and
+    torch and torch's thread count (recorded in ``config.json`` and every checkpoint)."""
+    return {"dynamtl": dynamtl.__version__, "torch": str(torch.__version__), "threads": torch.get_num_threads()}
 
 
 def _benchmark(config: RunConfig) -> Benchmark:
@@ -248,13 +288,15 @@ def _benchmark(config: RunConfig) -> Benchmark:
         raise RegistryError(str(error)) from error
 
 
-def _with_benchmark_options(config: RunConfig, bench: Benchmark) -> dict[str, OptionValue]:
+def _with_benchmark_options(config: RunConfig, bench: Benchmark | None) -> dict[str, OptionValue]:
     """The run's method options over the benchmark's ``defaults.method_options`` for the
     parts of its method (qualified ``part.name``, so a combination routes them right)."""
     try:
         spec = parse_method(config.method)
     except RegistryError:
         return dict(config.options)  # parsed again with the options, which reports it
+    if bench is None:
+        return dict(config.options)
     parts = (spec.weighting.name, spec.aggregation.name)
     defaults = {f"{part}.{name}": value for part in parts
                 for name, value in bench.defaults.method_options.get(part, {}).items()}
@@ -280,16 +322,16 @@ def _resolve_defaults(config: RunConfig, bench: Benchmark) -> RunConfig:
 
 
 def _check_ranges(c: RunConfig) -> list[str]:
-    assert c.epochs is not None and c.batch_size is not None and c.lr is not None
-    assert c.momentum is not None and c.weight_decay is not None and c.step_epochs is not None
+    """The out-of-range values of ``c`` (fields still ``None``, left unresolved when the
+    benchmark is unknown, are not checked)."""
     checks = [
-        (c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}"),
-        (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
-        (c.lr > 0, f"lr must be > 0, got {c.lr}"),
-        (0 <= c.momentum < 1, f"momentum must lie in [0, 1), got {c.momentum}"),
-        (c.momentum == 0 or c.optimizer == "sgd", f"momentum is SGD's; {c.optimizer} has none: drop --momentum"),
-        (c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
-        (c.step_epochs >= 1, f"step_epochs must be >= 1, got {c.step_epochs}"),
+        (c.epochs is None or c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}"),
+        (c.batch_size is None or c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
+        (c.lr is None or c.lr > 0, f"lr must be > 0, got {c.lr}"),
+        (c.momentum is None or 0 <= c.momentum < 1, f"momentum must lie in [0, 1), got {c.momentum}"),
+        (not c.momentum or c.optimizer == "sgd", f"momentum is SGD's; {c.optimizer} has none: drop --momentum"),
+        (c.weight_decay is None or c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
+        (c.step_epochs is None or c.step_epochs >= 1, f"step_epochs must be >= 1, got {c.step_epochs}"),
         (0 < c.step_gamma <= 1, f"step_gamma must lie in (0, 1], got {c.step_gamma}"),
         (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
         (c.limit is None or c.limit >= 1, f"limit must be >= 1 (or absent), got {c.limit}"),

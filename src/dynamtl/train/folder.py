@@ -1,21 +1,36 @@
-"""The layout of a run folder (documented in ``docs/cli.md``, "Run folder") and atomic
-writes of its files."""
+"""The layout of a run folder (documented in ``docs/cli.md``, "Run folder"), atomic
+writes of its files, and the lock that lets one process at a time write it."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-from collections.abc import Callable
+import socket
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+try:
+    from filelock import FileLock, Timeout
+except ModuleNotFoundError as missing:  # pragma: no cover - depends on the installed extras
+    raise ModuleNotFoundError("dynamtl.train needs filelock: pip install 'dynamtl[cli]'") from missing
 
 RESULTS_FORMAT = 1
 
 
 class RunFolderError(RuntimeError):
     """A run folder that cannot be used as asked: it holds no run, another run, or a
-    finished one."""
+    finished one, a damaged file, or another process is writing it."""
+
+
+class FolderWriteError(RunFolderError):
+    """A file of a run folder could not be written (disk full, read-only folder…): the
+    staged temporary file was removed and the file's previous version kept."""
 
 
 @dataclass(frozen=True)
@@ -68,31 +83,107 @@ class RunFolder:
     def finished(self) -> bool:
         return self.results.is_file()
 
-    def read_json(self, path: Path) -> dict[str, Any]:
-        """A JSON file of the folder; ``RunFolderError`` saying what the folder lacks."""
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def holder_file(self) -> Path:
+        return self.root / ".lock.holder"
+
+    def read_json(self, path: Path, *, repair: str = "") -> dict[str, Any]:
+        """A JSON file of the folder; ``RunFolderError`` saying what the folder lacks, or
+        which file is damaged and what to do (``repair``: how to get it back, when there
+        is a way)."""
         if not path.is_file():
             raise RunFolderError(f"{path} is missing: {self.root} is not a dynamtl run folder (made by `dynamtl train`)")
-        return json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise RunFolderError(
+                f"{path} is damaged (not valid JSON: {error}): {repair or 'restore it from a backup, or delete the run folder and train anew'}"
+            ) from error
+        if not isinstance(data, dict):
+            raise RunFolderError(f"{path} is damaged (it holds a {type(data).__name__}, not a table): "
+                                 f"{repair or 'restore it from a backup, or delete the run folder and train anew'}")
+        return data
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(file)`` so that a reader (or a run killed at any
-    moment) sees the old content or the new one, never a part: temporary file, fsync,
-    ``os.replace``, fsync of the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def locked(folder: RunFolder) -> Iterator[None]:
+    """Hold the lock of ``folder`` (``.lock``, a :class:`filelock.FileLock`) while the
+    block runs, so that one process at a time writes the folder; ``RunFolderError`` naming
+    the process that holds it. The operating system releases the lock of a process that
+    dies, so a killed run never leaves a stale lock (``.lock.holder`` only says who took it
+    last)."""
+    folder.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder.lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(
+            f"{folder.root} is in use by another dynamtl process ({_holder(folder)}): wait for it to end, or stop "
+            "it (Ctrl-C, or kill -INT PID: it checkpoints and exits), then try again"
+        ) from None
+    try:
+        write_json_atomic(folder.holder_file, {
+            "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv),
+        })
+        yield
+    finally:
+        lock.release()
+
+
+def _holder(folder: RunFolder) -> str:
+    try:
+        holder = json.loads(folder.holder_file.read_text())
+        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}: {holder['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its holder is not recorded in {folder.holder_file}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader (or a run killed at any moment) sees the
+    old content or the new one, never a part: temporary file, fsync, ``os.replace``,
+    fsync of the folder. ``FolderWriteError`` (one line: the folder and the cause) when the
+    file system refuses, the temporary file removed and the old ``path`` kept."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as file:
-        write(file)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(temporary, data)
+        os.replace(temporary, path)
+    except OSError as error:
+        remove_quietly(temporary)
+        raise write_error(path, error) from error
+    sync_folder(path.parent)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (``OSError`` as the file system raises it)."""
+    with open(path, "wb") as file:
+        file.write(data)
         file.flush()
         os.fsync(file.fileno())
-    os.replace(temporary, path)
-    sync_folder(path.parent)
+
+
+def write_error(path: Path, error: OSError) -> FolderWriteError:
+    """The one-line error for ``path`` not written because of ``error``."""
+    causes = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}
+    cause = causes.get(error.errno or 0, error.strerror or str(error))
+    return FolderWriteError(f"cannot write {path.name} in {path.parent}: {cause}; its previous version is kept")
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove ``path`` if it exists (a staged file after a failed write)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """``data`` as indented JSON, written atomically."""
-    text = json.dumps(data, indent=2) + "\n"
-    write_atomic(path, lambda file: file.write(text.encode()))
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def sync_folder(folder: Path) -> None:

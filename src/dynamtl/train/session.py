@@ -7,16 +7,23 @@ Determinism: the run seeds torch, NumPy and Python, turns on
 deterministic version) for its duration, and draws every data order from the seed alone
 (:mod:`dynamtl.train.batches`). On CPU a run, killed and resumed at any step, ends with
 the same weights and metrics, bit for bit, as one that was never interrupted.
+
+Signals: ``SIGUSR1`` checkpoints after the current step; ``SIGINT`` (Ctrl-C) and ``SIGTERM``
+checkpoint after the current step, write a ``stop`` record to ``events.jsonl`` and end the
+run with :class:`RunStopped`, whose message is the command that continues it. A second
+``SIGINT`` interrupts at once (the last checkpoint is kept).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +38,11 @@ import dynamtl
 from dynamtl.step import MultiTask, NonFiniteLossError
 from dynamtl.train import checkpoint
 from dynamtl.train.batches import MetaStream, Passes
-from dynamtl.train.config import ConfigError, RunConfig, RunPlan
+from dynamtl.train.config import ConfigError, RunConfig, RunPlan, environment
 from dynamtl.train.evaluate import Evaluation, evaluate
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
+    FolderWriteError,
     RunFolder,
     write_atomic,
     write_json_atomic,
@@ -55,18 +63,41 @@ class DataError(RuntimeError):
     """The benchmark's data could not be loaded; the message is the loader's."""
 
 
+logger = logging.getLogger("dynamtl")
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped on a non-finite loss; its last good checkpoint is kept."""
 
 
+class RunStopped(RuntimeError):
+    """The run was stopped by a signal (``SIGINT``, ``SIGTERM``) after checkpointing; the
+    message says how to continue it. ``signal``: the signal's number."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal = signal_number
+
+
+@dataclass(frozen=True)
+class Display:
+    """How a run shows itself: ``progress`` bars and epoch lines (on a terminal), each
+    prefixed with ``label`` (``"[5/17] auto-lambda seed 0"`` in a comparison)."""
+
+    progress: bool = True
+    label: str = ""
+
+
 def run_session(
-    checked: RunPlan, folder: RunFolder, processes: Processes, *, progress: bool, resume_from: str | None
+    checked: RunPlan, folder: RunFolder, processes: Processes, *, display: Display, resume_from: str | None,
+    allow_changes: bool = False,
 ) -> dict[str, Any]:
     """Train ``checked`` in ``folder``, from scratch or from the checkpoint ``resume_from``
     (``"last"`` or ``"previous"``), in ``processes`` (rank 0 writes the folder); return the
-    results written to ``results.json``."""
+    results written to ``results.json``. A checkpoint whose config or environment differs
+    from the run's is refused unless ``allow_changes``."""
     with _deterministic():
-        session = _Session(checked, folder, processes, progress, resume_from)
+        session = _Session(checked, folder, processes, display, resume_from, allow_changes)
         try:
             return session.run()
         finally:
@@ -87,19 +118,22 @@ class _Session:
     """The objects of one run and its training loop."""
 
     def __init__(
-        self, checked: RunPlan, folder: RunFolder, processes: Processes, progress: bool, resume_from: str | None
+        self, checked: RunPlan, folder: RunFolder, processes: Processes, display: Display, resume_from: str | None,
+        allow_changes: bool,
     ) -> None:
         config = checked.config
         assert config.epochs is not None and config.batch_size is not None
         self.config, self.folder, self.processes = config, folder, processes
-        self.progress = progress and processes.main
+        self.progress = display.progress and processes.main
+        self.label = f"{display.label} " if display.label else ""
+        self.environment = environment()
         self.epochs, self.batch_size = config.epochs, config.batch_size
         if self.batch_size % processes.size:
             raise ConfigError(
                 f"--batch-size {self.batch_size} is the global batch, shared by {processes.size} processes: "
                 f"choose a multiple of {processes.size}"
             )
-        state = self._checked_checkpoint(resume_from) if resume_from else None
+        state, changes = self._checked_checkpoint(resume_from, allow_changes) if resume_from else (None, [])
         checkpoint.seed_everything(config.seed)
         self.bench = bench = checked.benchmark
         assert config.root is not None
@@ -132,51 +166,68 @@ class _Session:
         self.skipped, self.last_weights = 0, torch.zeros(0)
         self.seconds = {"train": 0.0, "eval": 0.0}
         written = folder if processes.main else None
+        if processes.main and (state is None or changes):
+            write_json_atomic(folder.config, {**config.to_dict(), "environment": self.environment})
         if state is None:
-            if processes.main:
-                write_json_atomic(folder.config, config.to_dict())
             self.log = RunLog(written)
             self.log.event("start", dynamtl=dynamtl.__version__, tasks=list(names))
         else:
             self._load(state)
-            self.log = RunLog(written, state["log_sizes"], self.step)
+            self.log = RunLog(written, state["log_sizes"], self.step, self.epoch)
             self.log.event("resume", checkpoint=resume_from, **self._position())
+            for change in changes:
+                self.log.event("change", change=change)
+            for repair in self.log.repairs:
+                logger.warning("%s", repair)
+                self.log.event("log-repair", repair=repair)
 
-    def _checked_checkpoint(self, which: str) -> dict[str, Any]:
+    def _checked_checkpoint(self, which: str, allow_changes: bool) -> tuple[dict[str, Any], list[str]]:
+        """The checkpoint ``which`` and the differences of its config and environment from
+        this run's (allowed ones only)."""
         if which not in ("last", "previous"):
             raise ValueError(f"checkpoint must be 'last' or 'previous', got {which!r}")
         path = self.folder.checkpoint(which)
         state = checkpoint.load(path)
-        differences = checkpoint.config_differences(state["config"], self.config.to_dict())
-        if differences:
+        differences = checkpoint.config_differences(
+            {**state["config"], "environment": state.get("environment", {})},
+            {**self.config.to_dict(), "environment": self.environment},
+        )
+        if differences and not allow_changes:
+            listed = "".join(f"\n  - {d}" for d in differences)
             raise checkpoint.CheckpointError(
-                f"the checkpoint {path} was made by a different run ({'; '.join(differences)}): resume it with "
-                "its own configuration, or start a new run in another folder"
+                f"the checkpoint {path} was made under another configuration or environment:{listed}\n"
+                f"resume with the same settings (OMP_NUM_THREADS, versions), or accept the changes with "
+                f"`dynamtl resume {self.folder.root} --allow-changes` (results may then differ from an "
+                "uninterrupted run); or start a new run in another folder"
             )
+        if differences and self.processes.main:
+            logger.warning("resuming %s with changes: %s", self.folder.root, "; ".join(differences))
         saved = state.get("processes", 1)
         if saved != self.processes.size:
             raise checkpoint.CheckpointError(
                 f"the checkpoint {path} was made by {saved} process(es), this run has {self.processes.size}: the "
                 f"position in the data depends on it; resume with {saved} process(es) "
-                f"(torchrun --nproc_per_node={saved} -m dynamtl.cli resume ...)"
+                f"(torchrun --nproc_per_node={saved} -m dynamtl.cli resume {self.folder.root})"
             )
-        return state
+        return state, differences
 
     def run(self) -> dict[str, Any]:
         total = self.epochs * self.training.per_pass
         disable = None if self.progress else True  # None: bars only on a terminal
-        with _on_demand_checkpoints() as requested, tqdm(
+        with _signals() as signals, tqdm(
             total=total, initial=self.step, unit="step", disable=disable, dynamic_ncols=True
         ) as bar:
             while self.epoch < self.epochs:
-                bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
-                self._train_epoch(requested, bar)
+                bar.set_description(f"{self.label}epoch {self.epoch + 1}/{self.epochs}")
+                self._train_epoch(signals, bar)
                 summary = self._end_epoch()
                 if self.progress:
-                    bar.write(summary)
+                    bar.write(f"{self.label}{summary}")
+                if self.processes.any(signals.stop is not None):
+                    self._stop(signals)
         return self._finish()
 
-    def _train_epoch(self, requested: threading.Event, bar: tqdm) -> None:
+    def _train_epoch(self, signals: _Signals, bar: tqdm) -> None:
         needs_meta = self.mtl.weighting.needs_meta_batch
         start = time.perf_counter()
         batches = self.resumed_batches or self.training.iterate(self.epoch, self.batch)
@@ -198,13 +249,28 @@ class _Session:
             self.batch = index + 1
             bar.update()
             every = self.config.checkpoint_every
-            signalled = self.processes.any(requested.is_set())  # the same decision on every process
+            signalled = self.processes.any(signals.checkpoint.is_set())  # the same decision on every process
             if (every and self.step % every == 0) or signalled:
                 reason = "signal" if signalled else "steps"
-                requested.clear()
+                signals.checkpoint.clear()
                 start = self._charge_time(start)
                 self._save(reason)
+                if signalled and self.processes.any(signals.stop is not None):
+                    self._stop(signals)
         self._charge_time(start)
+
+    def _stop(self, signals: _Signals) -> None:
+        """End the run after a stopping signal: the checkpoint just saved is the one to
+        continue from."""
+        number = signals.stop or signal.SIGTERM
+        name = signal.Signals(number).name
+        self.log.event("stop", reason=name, **self._position())
+        position = self._position()
+        raise RunStopped(
+            f"stopped by {name} at step {position['step']} (epoch {position['epoch']}, batch {position['batch']}); "
+            f"checkpoint saved in {self.folder.checkpoints}. Continue with: dynamtl resume {self.folder.root}",
+            number,
+        )
 
     def _charge_time(self, start: float) -> float:
         """Add the training time since ``start`` to the epoch's and the run's; return now."""
@@ -268,7 +334,7 @@ class _Session:
             "steps": self.step, "skipped_steps": self.skipped, "seconds": dict(self.seconds),
         }
         if self.processes.main:
-            write_atomic(self.folder.model, lambda file: torch.save(selection.best_model, file))
+            write_atomic(self.folder.model, checkpoint.serialized(selection.best_model))
             write_json_atomic(self.folder.results, results)
             self.log.event("finish", best_epoch=selection.best_epoch, steps=self.step)
             draw_run_plots(self.folder.root)
@@ -281,8 +347,19 @@ class _Session:
     def _save(self, reason: str) -> None:
         if not self.processes.main:
             return
-        checkpoint.save(self.folder, {
+        try:
+            checkpoint.save(self.folder, self._state())
+        except FolderWriteError as error:
+            raise FolderWriteError(
+                f"{error}; make room (or the folder writable) and continue with `dynamtl resume {self.folder.root}`"
+            ) from error
+        self.log.event("checkpoint", reason=reason, **self._position())
+
+    def _state(self) -> dict[str, Any]:
+        """Everything the run needs to continue (see :mod:`dynamtl.train.checkpoint`)."""
+        return {
             "config": self.config.to_dict(),
+            "environment": self.environment,
             "processes": self.processes.size,
             "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
             "model": self.model.state_dict(),
@@ -297,8 +374,7 @@ class _Session:
             "last_weights": self.last_weights,
             "seconds": dict(self.seconds),
             "log_sizes": self.log.sizes(),
-        })
-        self.log.event("checkpoint", reason=reason, **self._position())
+        }
 
     def _position(self) -> dict[str, int]:
         """The last step done: run ``step``, its ``epoch`` and ``batch`` (1-based, as in
@@ -356,18 +432,37 @@ class _EpochTotals:
         self.skipped, self.seconds = state["skipped"], state["seconds"]
 
 
+class _Signals:
+    """What the signals received so far ask for: ``checkpoint`` (an event: after the
+    current step) and ``stop`` (the number of a stopping signal, then end the run)."""
+
+    def __init__(self) -> None:
+        self.checkpoint = threading.Event()
+        self.stop: int | None = None
+
+    def handle(self, number: int, frame: Any) -> None:
+        if number != getattr(signal, "SIGUSR1", None):
+            if self.stop == signal.SIGINT and number == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            self.stop = number
+        self.checkpoint.set()
+
+
 @contextlib.contextmanager
-def _on_demand_checkpoints() -> Iterator[threading.Event]:
-    """An event set by ``SIGUSR1`` (``kill -USR1 PID``): checkpoint after the current step.
-    Only in the main thread of a platform that has the signal."""
-    requested = threading.Event()
-    usable = hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGUSR1, lambda *_: requested.set()) if usable else None
+def _signals() -> Iterator[_Signals]:
+    """Handlers of ``SIGUSR1`` (checkpoint after the current step), ``SIGINT`` and
+    ``SIGTERM`` (checkpoint after the current step, then stop), put back afterwards. Only
+    in the main thread (elsewhere Python delivers no signals)."""
+    received = _Signals()
+    names = ("SIGUSR1", "SIGINT", "SIGTERM")
+    numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    usable = threading.current_thread() is threading.main_thread()
+    previous = {number: signal.signal(number, received.handle) for number in numbers} if usable else {}
     try:
-        yield requested
+        yield received
     finally:
-        if usable:
-            signal.signal(signal.SIGUSR1, signal.SIG_DFL if previous is None else previous)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
 def _optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

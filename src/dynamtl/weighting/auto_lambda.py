@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from dynamtl._helpers import check_choice
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
+from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import task_indices
 from dynamtl.weighting.base import (
@@ -154,11 +155,11 @@ class AutoLambda(OwnOptimizer, Weighting):
     def weights(self, ctx: StepContext) -> Tensor:
         due = ctx.step % self.interval == 0
         if self.order == "lookahead" and due:
-            self._update(self._hypergradient_lookahead(ctx))
+            self._update(self._hypergradient_lookahead(ctx), ctx)
         elif self.order == "lagged" and self._pending is not None:
             pending, self._pending = self._pending, None
             theta_next = ctx.current_params()
-            self._update(self._finite_difference(ctx.objective, pending, theta_next, ctx.meta_batch))
+            self._update(self._finite_difference(ctx.objective, pending, theta_next, ctx.meta_batch), ctx)
         return self.lambdas.detach().clone()
 
     def after_backward(self, ctx: StepContext) -> None:
@@ -204,7 +205,12 @@ class AutoLambda(OwnOptimizer, Weighting):
         """u = J ⊙ ∇θ' L_val(θ'), the meta-gradient averaged over the processes."""
         leaves = {n: t.detach().requires_grad_() for n, t in theta_next.items()}
         meta_loss = self._meta_loss(objective, leaves, meta_batch)
+        if not meta_loss.requires_grad:  # no primary task has a graph on this meta batch
+            return {}
         v = objective.replicas.means(torch.autograd.grad(meta_loss, list(leaves.values()), allow_unused=True))
+        if objective.check_finite:
+            primary = "+".join(objective.tasks.names[i] for i in self.primary)
+            check_gradients([v], [primary], "meta")
         return {n: at.jacobian[n] * g for n, g in zip(leaves, v) if g is not None and n in at.jacobian}
 
     def _finite_difference(
@@ -212,21 +218,26 @@ class AutoLambda(OwnOptimizer, Weighting):
     ) -> Tensor:
         """⟨∇θ Lᵢ(θ; batch), u⟩ for every task i, u = J ⊙ ∇θ' L_val(θ'), by finite differences."""
         u = self._direction(objective, at, theta_next, meta_batch)
-        norm = math.sqrt(sum(float((d * d).sum()) for d in u.values()))
+        # the norm and the differences in float32 at least: float16 squares overflow, and
+        # float16 losses differ by a few units in the last place
+        norm = math.sqrt(sum(float(d.to(self.lambdas.dtype).square().sum()) for d in u.values()))
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)
         eps = self.epsilon / norm
         with torch.no_grad():
-            plus = objective.losses(at.batch, _shifted(at.theta, u, eps), at.rng)
+            plus = objective.losses(at.batch, _shifted(at.theta, u, eps), at.rng, "perturbation +εu (training batch)")
+            plus = plus.to(self.lambdas.dtype)
             if self.difference == "forward":
-                return objective.replicas.mean((plus - at.losses) / eps)
-            minus = objective.losses(at.batch, _shifted(at.theta, u, -eps), at.rng)
-        return objective.replicas.mean((plus - minus) / (2 * eps))
+                return objective.replicas.mean((plus - at.losses.to(plus)) / eps)
+            minus = objective.losses(at.batch, _shifted(at.theta, u, -eps), at.rng, "perturbation −εu (training batch)")
+        return objective.replicas.mean((plus - minus.to(plus)) / (2 * eps))
 
     def _meta_loss(self, objective: Objective, params: dict[str, Tensor], meta_batch: Any) -> Tensor:
-        return objective.losses(meta_batch, params)[list(self.primary)].sum()
+        return objective.losses(meta_batch, params, pass_name="meta")[list(self.primary)].sum()
 
-    def _update(self, hypergradient: Tensor) -> None:
+    def _update(self, hypergradient: Tensor, ctx: StepContext) -> None:
+        if ctx.objective.check_finite:
+            check_losses(hypergradient, ctx.objective.tasks.names, "meta", "hypergradient")
         self.last_hypergradient = hypergradient.detach()
         self._own_step(self.lambdas, hypergradient)
         if self.nonnegative:

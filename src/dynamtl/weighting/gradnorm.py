@@ -25,7 +25,8 @@ class GradNorm(OwnOptimizer, Weighting):
 
     the GradNorm loss L_grad = Σᵢ |Gᵢ − Ḡ · rᵢ^α| is differentiated with respect to w
     only, the target Ḡ · rᵢ^α held constant, so ∂L_grad/∂wᵢ = sign(Gᵢ − Ḡ rᵢ^α) ‖∇_W Lᵢ‖.
-    w is updated by its own optimizer, then renormalised to Σᵢ wᵢ = T. The step's
+    w is updated by its own optimizer, then clamped at 1e-6 (a weight never turns
+    negative, which would be gradient ascent on its task) and renormalised to Σᵢ wᵢ = T. The step's
     weights are w *before* that update, as in the paper's algorithm. Tasks that train
     slowly (large rᵢ) get a larger gradient share; α sets how strongly. Lᵢ(0) is the loss
     of the first step this weighting sees (saved in the state dict).
@@ -48,6 +49,11 @@ class GradNorm(OwnOptimizer, Weighting):
     rate ``lr``, so that how fast the weights move does not depend on the model's optimizer.
     Adam moves each wᵢ by at most about ``lr`` per step (lr = 1e-3: a weight can travel by
     1 in about a thousand steps). No official code was released.
+
+    A task whose loss has no gradient in a step (no labelled sample in the batch) is left
+    out of that step's L_grad, Ḡ and mean rate; its weight does not change and the others
+    share the rest of T. Lᵢ(0) is the loss of the first step in which task i has a gradient.
+    Norms and weights are float32 for a half-precision model.
 
     Args:
         alpha: α, the strength of the pull towards equal training rates (1.5 by default;
@@ -98,33 +104,42 @@ class GradNorm(OwnOptimizer, Weighting):
 
     def weights(self, ctx: StepContext) -> Tensor:
         grads = ctx.task_gradients()
-        self.layer_names = self._resolve_layer(grads)
+        present = [any(g is not None for g in task.values()) for task in grads]
         w = self.task_weights
-        norms = torch.stack([_norm(g, self.layer_names) for g in grads]).to(w)
+        if sum(present) < 2:  # nothing to balance in this step
+            return w.detach().clone().to(ctx.losses)
+        names = [n for n, p in zip(self.task_names or (), present) if p]
+        self.layer_names = self._resolve_layer([g for g, p in zip(grads, present) if p], names)
+        active = torch.tensor(present, device=w.device)
+        norms = torch.stack([_norm(g, self.layer_names, w) for g in grads])
         losses = ctx.losses.detach().to(w)
-        if not bool(self.started):
-            if bool((losses <= 0).any()):
+        unset = active & (self.initial_losses == 0)  # L(0) is recorded when a task first has a gradient
+        if bool(unset.any()):
+            if bool((losses[unset] <= 0).any()):
                 raise ValueError(
                     f"GradNorm divides by the first losses {losses.tolist()}: every task loss must be > 0 "
                     "(shift a loss that can reach 0 or below by a constant)"
                 )
-            self.initial_losses = losses.clone()
-            self.started.fill_(True)
-        ratios = losses / self.initial_losses
-        rates = ratios / ratios.mean()
+            self.initial_losses = torch.where(unset, losses, self.initial_losses)
+        self.started.fill_(True)
         used = w.detach().clone()
+        ratios = torch.where(active, losses / torch.where(active, self.initial_losses, 1.0), 0.0)
+        rates = ratios / ratios[active].mean()
         with torch.enable_grad():
             gradnorms = w * norms
-            target = (gradnorms.mean() * rates**self.alpha).detach()
-            loss = (gradnorms - target).abs().sum()
+            target = (gradnorms[active].mean() * rates**self.alpha).detach()
+            loss = ((gradnorms - target).abs() * active).sum()
             (grad,) = torch.autograd.grad(loss, w)
         self.last_loss = loss.detach()
         self._own_step(w, grad)
         with torch.no_grad():
-            w.mul_(self.num_tasks / w.sum())
+            # absent tasks keep their weight; the others stay positive and share the rest of T
+            w.copy_(torch.where(active, w.clamp(min=_MIN_WEIGHT), used))
+            rest = self.num_tasks - used[~active].sum()
+            w.copy_(torch.where(active, w * rest / w[active].sum(), used))
         return used.to(ctx.losses)
 
-    def _resolve_layer(self, grads: list[Gradients]) -> tuple[str, ...]:
+    def _resolve_layer(self, grads: list[Gradients], names: list[str]) -> tuple[str, ...]:
         shared = shared_parameters(grads)
         if self.layer is None:
             common = [n for n in shared if all(g[n] is not None for g in grads)]
@@ -141,7 +156,7 @@ class GradNorm(OwnOptimizer, Weighting):
                 f"GradNorm's layer {bad} is not a shared trainable parameter; "
                 f"choose among the shared parameters {shared}"
             )
-        unused = [t for t, g in zip(self.task_names or (), grads) if all(g[n] is None for n in self.layer)]
+        unused = [t for t, g in zip(names, grads) if all(g[n] is None for n in self.layer)]
         if unused:
             raise ValueError(
                 f"the loss of task(s) {unused} does not depend on GradNorm's layer {list(self.layer)}: "
@@ -151,7 +166,12 @@ class GradNorm(OwnOptimizer, Weighting):
 
 
 
-def _norm(grads: Gradients, names: tuple[str, ...]) -> Tensor:
-    """‖(g_n)_{n ∈ names}‖₂ over the concatenated gradients (a missing gradient counts 0)."""
-    parts = [grads[n].detach().reshape(-1) for n in names if grads[n] is not None]  # type: ignore[union-attr]
-    return torch.cat(parts).norm() if parts else torch.zeros(())
+_MIN_WEIGHT = 1e-6
+"""The smallest weight after an update, before renormalisation: a weight never crosses 0."""
+
+
+def _norm(grads: Gradients, names: tuple[str, ...], like: Tensor) -> Tensor:
+    """‖(g_n)_{n ∈ names}‖₂ over the concatenated gradients (a missing gradient counts 0), in
+    ``like``'s dtype (float32 for a half-precision model) and on its device."""
+    parts = [grads[n].detach().reshape(-1).to(like) for n in names if grads[n] is not None]  # type: ignore[union-attr]
+    return torch.cat(parts).norm() if parts else torch.zeros((), dtype=like.dtype, device=like.device)

@@ -53,7 +53,9 @@ class HydaLearn(Weighting):
         step_size: η; ``None`` uses the optimizer's learning rates.
         floor: the smallest share a task keeps (0 = tasks with no gain get no weight).
         normalize: ``"sum"`` or ``"main"``.
-        total: what the weights sum to with ``normalize="sum"`` (default: T).
+        total: what the weights sum to with ``normalize="sum"`` (default: the number of
+            tasks whose loss has a graph in this step, T when every task has one; a task
+            absent from a batch gets weight 0 and the step is the step on the others).
     """
 
     facts = Facts(
@@ -102,11 +104,11 @@ class HydaLearn(Weighting):
         rates = self._step_sizes(ctx)
         if self.gain == "first_order":
             main_grad = self._main_gradient(ctx, grads)
-            gains = torch.stack([_dot(main_grad, g, rates, ctx.losses) for g in grads])
+            gains = torch.stack([_dot(main_grad, g, rates, ctx.losses.device) for g in grads])
         else:
             gains = self._lookahead_gains(ctx, grads, rates)
         self.last_gains = gains.detach()
-        return self._weights_from_gains(gains.detach())
+        return self._weights_from_gains(gains.detach(), sum(ctx.present))
 
     def _step_sizes(self, ctx: StepContext) -> dict[str, float]:
         if self.step_size is not None:
@@ -121,25 +123,29 @@ class HydaLearn(Weighting):
         if self.gain_batch == "current":
             return combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
         leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
-        loss = self._main_loss(ctx.objective.losses(ctx.meta_batch, leaves))
+        loss = self._main_loss(ctx.objective.losses(ctx.meta_batch, leaves, pass_name="meta"))
         meta_grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         return dict(zip(leaves, ctx.objective.replicas.means(meta_grads)))
 
     def _lookahead_gains(self, ctx: StepContext, grads: list[Gradients], rates: dict[str, float]) -> Tensor:
         theta = ctx.current_params()
         with torch.no_grad():
+            # gains in float32 at least: float16 losses differ by a few units in the last place
             if self.gain_batch == "current":
-                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(ctx.losses.detach())
+                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(_wide(ctx.losses.detach()))
             else:
                 batch, rng = ctx.meta_batch, capture_rng(ctx.objective.device)
-                base = self._main_loss(ctx.objective.losses(batch, theta, rng))
+                base = self._main_loss(_wide(ctx.objective.losses(batch, theta, rng, "meta")))
+            which = "training" if self.gain_batch == "current" else "meta"
             gains = []
-            for g in grads:
+            for name, g in zip(ctx.objective.tasks.names, grads):
                 moved = {n: t - rates[n] * g[n] if g[n] is not None and n in rates else t for n, t in theta.items()}
-                gains.append(base - self._main_loss(ctx.objective.losses(batch, moved, rng)))
+                after = ctx.objective.losses(batch, moved, rng, f"look-ahead of task {name!r} ({which} batch)")
+                gains.append(base - self._main_loss(_wide(after)))
         return ctx.objective.replicas.mean(torch.stack(gains))
 
-    def _weights_from_gains(self, gains: Tensor) -> Tensor:
+    def _weights_from_gains(self, gains: Tensor, present: int | None = None) -> Tensor:
+        """Weights from the gains; ``present``: the number of tasks with a gradient this step."""
         positive = gains.clamp(min=0.0)
         main = list(self.main)
         if float(positive.sum()) <= 0.0 or (self.normalize == "main" and float(positive[main].sum()) <= 0.0):
@@ -148,16 +154,22 @@ class HydaLearn(Weighting):
         share = (positive / positive.sum()).clamp(min=self.floor)
         if self.normalize == "main":
             return share / share[main].mean()
-        total = self.total if self.total is not None else float(self.num_tasks)
+        total = self.total if self.total is not None else float(present or self.num_tasks)
         return total * share / share.sum()
 
 
-def _dot(a: Gradients, b: Gradients, rates: dict[str, float], like: Tensor) -> Tensor:
-    """Σ over parameters of η_p ⟨a_p, b_p⟩ (parameters missing from either count 0)."""
-    total = torch.zeros((), dtype=like.dtype, device=like.device)
+def _dot(a: Gradients, b: Gradients, rates: dict[str, float], device: torch.device) -> Tensor:
+    """Σ over parameters of η_p ⟨a_p, b_p⟩ (parameters missing from either count 0), in
+    float32 at least."""
+    total = torch.zeros((), dtype=torch.float32, device=device)  # float64 terms make it float64
     for n, x in a.items():
         y = b.get(n)
         if x is not None and y is not None and n in rates:
-            total = total + rates[n] * (x * y).sum()
+            total = total + rates[n] * (_wide(x) * _wide(y)).sum()
     return total
+
+
+def _wide(values: Tensor) -> Tensor:
+    """``values`` in float32 if they are float16 or bfloat16 (float64 stays float64)."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
