@@ -44,8 +44,10 @@ def _step(aggregation, representation=None):
     info = mtl.backward(batch)
     out = twin(*batch[:1])
     names, params = zip(*twin.named_parameters())
-    grads = [torch.autograd.grad(WEIGHTS[t] * F.mse_loss(out[t], batch[1][t]), params, retain_graph=True, allow_unused=True)
-             for t in TASKS]
+    grads = [
+        torch.autograd.grad(WEIGHTS[t] * F.mse_loss(out[t], batch[1][t]), params, retain_graph=True, allow_unused=True)
+        for t in TASKS
+    ]
     return model, names, grads, info
 
 
@@ -115,4 +117,4 @@ def test_the_repr_is_the_call_with_its_arguments(name):
         if option not in REQUIRED.get(name, {}):
             assert f"{option}={default!r}" in text
     if "lambda" not in text:
-        assert repr(eval(text, vars(dm))) == text  # noqa: S307 — our own repr, rebuilt
+        assert repr(eval(text, vars(dm))) == text  # our own repr, rebuilt

@@ -51,7 +51,9 @@ def test_the_dual_cone_solver_agrees_with_enumerating_every_active_set():
             v = u.clone()
             if free:
                 f = torch.tensor(free)
-                v[f] = torch.linalg.solve(gram[f][:, f], -(gram[f][:, list(fixed)] @ u[list(fixed)]) if fixed else torch.zeros(len(free), dtype=F64))
+                a = list(fixed)
+                rhs = -(gram[f][:, a] @ u[a]) if fixed else torch.zeros(len(free), dtype=F64)
+                v[f] = torch.linalg.solve(gram[f][:, f], rhs)
             if bool((v >= u - 1e-12).all()) and (best is None or float(v @ gram @ v) < float(best @ gram @ best)):
                 best = v
     ours, _ = dual_cone_weights(gram, u, 100)

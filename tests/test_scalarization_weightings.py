@@ -24,8 +24,10 @@ def autograd_weights(scalarization, losses):
 @pytest.mark.parametrize("seed", range(3))
 def test_stch_weights_are_the_gradient_of_the_smooth_maximum(mu, seed):
     g = torch.Generator().manual_seed(seed)
-    losses, pref, ideal = torch.rand(3, generator=g, dtype=F64) * 4, torch.rand(3, generator=g, dtype=F64), torch.rand(3, generator=g, dtype=F64) * 0.2
-    stch = dm.STCH(mu=mu, preference=dict(zip(NAMES, pref.tolist())), ideal=dict(zip(NAMES, ideal.tolist()))).bind(NAMES)
+    losses = torch.rand(3, generator=g, dtype=F64) * 4
+    pref, ideal = torch.rand(3, generator=g, dtype=F64), torch.rand(3, generator=g, dtype=F64) * 0.2
+    stch = dm.STCH(mu=mu, preference=dict(zip(NAMES, pref.tolist())), ideal=dict(zip(NAMES, ideal.tolist())))
+    stch.bind(NAMES)
     expected = autograd_weights(lambda v: mu * torch.logsumexp(pref * (v - ideal) / mu, dim=0), losses)
     torch.testing.assert_close(stch.loss_weights(losses), expected)
 
@@ -55,7 +57,9 @@ def test_stch_refuses_bad_options():
 def test_gls_is_the_geometric_mean(seed):
     losses = torch.rand(4, generator=torch.Generator().manual_seed(seed), dtype=F64) + 0.05
     gls = dm.GLS().bind(list("abcd"))
-    geometric = lambda v: torch.prod(v) ** (1 / 4)  # noqa: E731
+    def geometric(v):
+        return torch.prod(v) ** (1 / 4)
+
     torch.testing.assert_close(gls(losses), geometric(losses))
     torch.testing.assert_close(gls.loss_weights(losses), autograd_weights(geometric, losses))
     many = torch.full((400,), 1e-3, dtype=F64)  # the plain product would underflow to 0
@@ -83,7 +87,8 @@ def test_imtl_l_scales_move_towards_the_inverse_losses():
 
 def test_imtl_l_trains_its_scales_with_the_models_optimizer_and_composes_with_imtl_g():
     torch.manual_seed(0)
-    model = torch.nn.ModuleDict({"trunk": torch.nn.Linear(3, 4), "a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)}).double()
+    layers = {"trunk": torch.nn.Linear(3, 4), "a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)}
+    model = torch.nn.ModuleDict(layers).double()
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -97,7 +102,8 @@ def test_imtl_l_trains_its_scales_with_the_models_optimizer_and_composes_with_im
     net = Net()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     weighting = dm.IMTLL()
-    mtl = dm.MultiTask(net, dm.Tasks({"a": F.mse_loss, "b": F.mse_loss}), optimizer, weighting=weighting, aggregation=dm.IMTLG())
+    tasks = dm.Tasks({"a": F.mse_loss, "b": F.mse_loss})
+    mtl = dm.MultiTask(net, tasks, optimizer, weighting=weighting, aggregation=dm.IMTLG())
     x = torch.randn(16, 3, dtype=F64)
     batch = (x, {"a": x.sum(1), "b": 10 * x[:, 0]})
     info = mtl.step(batch)

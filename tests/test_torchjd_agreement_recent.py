@@ -16,7 +16,7 @@ import pytest
 import torch
 
 torchjd = pytest.importorskip("torchjd", reason="TorchJD is an optional reference: pip install torchjd")
-pytest.importorskip("qpsolvers", reason="TorchJD's UPGrad needs its projector extra: pip install 'torchjd[quadprog-projector]'")
+pytest.importorskip("qpsolvers", reason="TorchJD's UPGrad needs: pip install 'torchjd[quadprog-projector]'")
 from torchjd import aggregation as jd  # noqa: E402
 from torchjd import scalarization as jds  # noqa: E402
 from torchjd.linalg import QuadprogProjector  # noqa: E402
@@ -47,7 +47,10 @@ def test_upgrad_and_dualproj_unregularised_with_a_preference(rows, cols, seed):
         dm.UPGrad(pref=pref.tolist(), reg_eps=0.0).combine(j), jd.UPGrad(pref, projector=exact)(j), rtol=1e-7, atol=1e-9
     )
     torch.testing.assert_close(
-        dm.DualProj(pref=pref.tolist(), reg_eps=0.0).combine(j), jd.DualProj(pref, projector=exact)(j), rtol=1e-7, atol=1e-9
+        dm.DualProj(pref=pref.tolist(), reg_eps=0.0).combine(j),
+        jd.DualProj(pref, projector=exact)(j),
+        rtol=1e-7,
+        atol=1e-9,
     )
 
 

@@ -43,7 +43,8 @@ class ArgumentsRepr:
         else:
             bound.apply_defaults()
             arguments = {}
-            for (name, value), parameter in zip(list(bound.arguments.items())[1:], list(bound.signature.parameters.values())[1:]):
+            parameters = list(bound.signature.parameters.values())[1:]
+            for (name, value), parameter in zip(list(bound.arguments.items())[1:], parameters):
                 if parameter.kind is parameter.VAR_KEYWORD:
                     arguments.update(value)
                 elif parameter.kind is parameter.VAR_POSITIONAL:

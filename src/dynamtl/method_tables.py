@@ -55,7 +55,8 @@ def overview() -> str:
 def summary() -> str:
     """``docs/methods.md``'s summary: every method with its options and their defaults."""
     methods = [*WEIGHTINGS.values(), *AGGREGATIONS.values()]
-    return _table(["`--method`", "kind", "options (default)"], [[f"`{m.name}`", _kind(m), _options(m)] for m in methods])
+    rows = [[f"`{m.name}`", _kind(m), _options(m)] for m in methods]
+    return _table(["`--method`", "kind", "options (default)"], rows)
 
 
 TABLES: dict[str, Callable[[], str]] = {"overview": overview, "summary": summary}

@@ -169,7 +169,8 @@ def _declared(package: types.ModuleType, base: type[nn.Module], default: str) ->
     """Every class exported by ``package`` that declares its own facts: the default first,
     then by family and name."""
     classes = [getattr(package, name) for name in package.__all__]
-    methods = [method_of(c) for c in classes if isinstance(c, type) and issubclass(c, base) and vars(c).get("facts") is not None]
+    declared = [c for c in classes if isinstance(c, type) and issubclass(c, base) and vars(c).get("facts") is not None]
+    methods = [method_of(c) for c in declared]
     return sorted(methods, key=lambda m: (m.name != default, FAMILIES.index(m.family), m.name))
 
 
@@ -215,7 +216,8 @@ def benchmark_options(name: str, options: Mapping[str, OptionValue]) -> dict[str
     parsed = {}
     for key, value in options.items():
         if key not in accepted:
-            raise RegistryError(f"benchmark {name!r} takes no option {key!r}; it accepts: {', '.join(accepted) or 'none'}")
+            listed = ", ".join(accepted) or "none"
+            raise RegistryError(f"benchmark {name!r} takes no option {key!r}; it accepts: {listed}")
         parsed[key] = parse_value(value, hints[key], f"option {key!r} of benchmark {name!r}")
     return parsed
 
@@ -273,7 +275,8 @@ class MethodSpec:
     def takes(self, option: str) -> bool:
         """Whether ``option`` (``name``, or ``half.name`` qualified) is an option of this method."""
         owner, dot, name = option.rpartition(".")
-        return any((not dot or owner == half.name) and name in half.options for half in (self.weighting, self.aggregation))
+        halves = (self.weighting, self.aggregation)
+        return any((not dot or owner == half.name) and name in half.options for half in halves)
 
     def build(self, context: MethodContext) -> tuple[Weighting, Aggregation]:
         """The weighting and aggregation objects for one run."""

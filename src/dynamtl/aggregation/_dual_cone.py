@@ -94,5 +94,7 @@ def checked_preference(owner: str, pref: Sequence[float] | None) -> Tensor | Non
         return None
     values = torch.as_tensor(list(pref), dtype=torch.float64)
     if values.dim() != 1 or not bool(values.isfinite().all()) or bool((values < 0).any()) or float(values.sum()) <= 0:
-        raise ValueError(f"{owner}'s pref must be finite non-negative weights, one per task, not all 0; got {list(pref)}")
+        raise ValueError(
+            f"{owner}'s pref must be finite non-negative weights, one per task, not all 0; got {list(pref)}"
+        )
     return values

@@ -52,7 +52,8 @@ class IMTLL(LossWeighting):
 
     def _on_bind(self) -> None:
         with torch.no_grad():
-            self.log_scales.data = torch.zeros(self.num_tasks, dtype=self.log_scales.dtype, device=self.log_scales.device)
+            scales = self.log_scales
+            scales.data = torch.zeros(self.num_tasks, dtype=scales.dtype, device=scales.device)
 
     def loss_weights(self, losses: Tensor) -> Tensor:
         return torch.exp(self.log_scales)

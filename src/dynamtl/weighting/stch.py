@@ -78,10 +78,10 @@ class STCH(LossWeighting):
 
     def loss_weights(self, losses: Tensor) -> Tensor:
         names = self.task_names or ()
-        like = {"dtype": losses.dtype, "device": losses.device}
+        dtype, device = losses.dtype, losses.device
         if self.preference is None:
-            p = torch.full((len(names),), 1.0 / len(names), **like)
+            p = torch.full((len(names),), 1.0 / len(names), dtype=dtype, device=device)
         else:
-            p = torch.tensor([float(self.preference.get(n, 0.0)) for n in names], **like)
-        z = torch.tensor([float((self.ideal or {}).get(n, 0.0)) for n in names], **like)
+            p = torch.tensor([float(self.preference.get(n, 0.0)) for n in names], dtype=dtype, device=device)
+        z = torch.tensor([float((self.ideal or {}).get(n, 0.0)) for n in names], dtype=dtype, device=device)
         return p * torch.softmax(p * (losses - z) / self.mu, dim=0)
