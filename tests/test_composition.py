@@ -43,6 +43,7 @@ AGGREGATIONS = {
     "upgrad": dm.UPGrad,
     "dualproj": dm.DualProj,
     "config": dm.ConFIG,
+    "fairgrad": dm.FairGrad,
 }
 
 
@@ -98,7 +99,7 @@ def test_equal_with_sum_is_a_plain_backward_of_the_summed_loss() -> None:
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("aggregation", ["pcgrad", "cagrad", "mgda", "imtl-g", "upgrad", "dualproj", "config"])
+@pytest.mark.parametrize("aggregation", ["pcgrad", "cagrad", "mgda", "imtl-g", "upgrad", "dualproj", "config", "fairgrad"])
 def test_aggregation_sees_the_weighted_task_gradients(aggregation) -> None:
     """Static(w) + X: the shared parameters get X.combine on rows wₖ∇Lₖ, each head wₖ∇Lₖ."""
     weights = {"main": 1.0, "aux": 0.25}

@@ -62,6 +62,14 @@ def test_config(rows, cols, seed):
     torch.testing.assert_close(dm.ConFIG(pref=pref.tolist()).combine(j), jd.ConFIG(pref)(j), rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0, 5.0])
+@pytest.mark.parametrize(("rows", "cols", "seed"), [s for s in SHAPES if s[0] <= s[1]])
+def test_fairgrad(alpha, rows, cols, seed):
+    pytest.importorskip("scipy", reason="TorchJD's FairGrad needs SciPy: pip install 'torchjd[fairgrad]'")
+    j = jacobian(rows, cols, seed, shift=0.3)  # 0 must not be in the hull: a solution exists
+    torch.testing.assert_close(dm.FairGrad(alpha=alpha).combine(j), jd.FairGrad(alpha=alpha)(j), rtol=1e-6, atol=1e-8)
+
+
 def _gradient(scalarize, losses):
     values = losses.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(scalarize(values), values)

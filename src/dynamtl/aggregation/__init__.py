@@ -5,6 +5,7 @@ from dynamtl.aggregation.base import Aggregation, GradientAggregation
 from dynamtl.aggregation.cagrad import CAGrad
 from dynamtl.aggregation.config import ConFIG
 from dynamtl.aggregation.dualproj import DualProj
+from dynamtl.aggregation.fairgrad import FairGrad
 from dynamtl.aggregation.graddrop import GradDrop
 from dynamtl.aggregation.gradvac import GradVac
 from dynamtl.aggregation.imtl_g import IMTLG
@@ -22,6 +23,7 @@ __all__ = [
     "CAGrad",
     "ConFIG",
     "DualProj",
+    "FairGrad",
     "GradDrop",
     "GradVac",
     "GradientAggregation",
