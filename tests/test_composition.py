@@ -29,6 +29,7 @@ WEIGHTINGS = {
     "stch": lambda: dm.STCH(mu=0.5),
     "gls": lambda: dm.GLS(),
     "imtl-l": lambda: dm.IMTLL(),
+    "db-mtl": lambda: dm.DBMTL(),
 }
 AGGREGATIONS = {
     "sum": dm.Sum,

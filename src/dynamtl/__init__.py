@@ -23,6 +23,7 @@ from dynamtl.objective import Objective
 from dynamtl.step import MultiTask, NonFiniteLossError, StepInfo
 from dynamtl.tasks import Tasks
 from dynamtl.weighting import (
+    DBMTL,
     DWA,
     FAMO,
     GCS,
@@ -44,6 +45,7 @@ from dynamtl.weighting import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DBMTL",
     "DWA",
     "FAMO",
     "GCS",
@@ -59,8 +61,8 @@ __all__ = [
     "CAGrad",
     "ConFIG",
     "DualProj",
-    "FairGrad",
     "Equal",
+    "FairGrad",
     "GradDrop",
     "GradNorm",
     "GradVac",

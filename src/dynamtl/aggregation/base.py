@@ -82,11 +82,7 @@ class GradientAggregation(Aggregation):
         accumulate(ctx, combine_gradients(specific, w))
         self.last_weights = torch.ones_like(w)  # no shared parameter: every task keeps its own gradient
         if shared:
-            rows = [
-                torch.cat([(w[k] * g[n] if g[n] is not None else torch.zeros_like(ctx.params[n])).reshape(-1) for n in shared])
-                for k, g in enumerate(task_grads)
-            ]
-            alpha, flat = self.weights_and_update(torch.stack(rows))
+            alpha, flat = self.weights_and_update(w[:, None] * shared_rows(ctx, task_grads, shared))
             self.last_weights = alpha.to(w)
             accumulate(ctx, dict(zip(shared, flat.split([ctx.params[n].numel() for n in shared]))))
         weighting_backward(ctx, weights, regularizer)
@@ -106,6 +102,16 @@ def fitted_row_weights(jacobian: Tensor, update: Tensor) -> Tensor:
 def shared_parameters(task_grads: list[Gradients]) -> list[str]:
     """Names of the parameters that the losses of at least two tasks depend on."""
     return [n for n in task_grads[0] if sum(g[n] is not None for g in task_grads) > 1]
+
+
+def shared_rows(ctx: StepContext, task_grads: list[Gradients], shared: list[str]) -> Tensor:
+    """The matrix ``[T, D]`` of the task gradients flattened over the parameters ``shared``
+    (zeros where a task's loss does not depend on one)."""
+    rows = [
+        torch.cat([(g[n] if g[n] is not None else torch.zeros_like(ctx.params[n])).reshape(-1) for n in shared])
+        for g in task_grads
+    ]
+    return torch.stack(rows).detach()
 
 
 def accumulate(ctx: StepContext, grads: Gradients) -> None:

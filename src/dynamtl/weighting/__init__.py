@@ -2,6 +2,7 @@
 
 from dynamtl.weighting.auto_lambda import AutoLambda
 from dynamtl.weighting.base import LossWeighting, Weighting
+from dynamtl.weighting.db_mtl import DBMTL
 from dynamtl.weighting.dwa import DWA
 from dynamtl.weighting.equal import Equal
 from dynamtl.weighting.famo import FAMO
@@ -17,6 +18,7 @@ from dynamtl.weighting.stch import STCH
 from dynamtl.weighting.uncertainty import Uncertainty
 
 __all__ = [
+    "DBMTL",
     "DWA",
     "FAMO",
     "GCS",
