@@ -27,7 +27,8 @@ class Net(nn.Module):
 def _batch(seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(8, 3, generator=g, dtype=torch.float64)
-    return x, {"a": torch.randn(8, generator=g, dtype=torch.float64), "b": 30 * torch.randn(8, generator=g, dtype=torch.float64)}
+    a, b = torch.randn(8, generator=g, dtype=torch.float64), 30 * torch.randn(8, generator=g, dtype=torch.float64)
+    return x, {"a": a, "b": b}
 
 
 def test_weights_follow_the_definition_over_steps():
@@ -42,11 +43,9 @@ def test_weights_follow_the_definition_over_steps():
         info = mtl.backward((x, y))
         out = twin(x)
         losses = torch.stack([F.mse_loss(out[k], y[k]) for k in TASKS])
-        rows = torch.stack([
-            torch.cat([g.reshape(-1) for g in torch.autograd.grad(torch.log(losses[i] + 1e-8), list(twin.trunk.parameters()),
-                                                                  retain_graph=True)])
-            for i in range(2)
-        ])
+        trunk = list(twin.trunk.parameters())
+        grads = [torch.autograd.grad(torch.log(losses[i] + 1e-8), trunk, retain_graph=True) for i in range(2)]
+        rows = torch.stack([torch.cat([g.reshape(-1) for g in task]) for task in grads])
         rate = 0.9 / t**0.5
         average = (1 - rate) * rows if average is None else rate * average + (1 - rate) * rows
         norms = average.norm(dim=1)
