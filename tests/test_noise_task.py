@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dynamtl.benchmarks.drift import RelevanceDrift
 from dynamtl.benchmarks.noise import WithNoiseTask
-from dynamtl.metrics import accuracy
+from dynamtl.metrics import ACCURACY
 
 
 def _bench(**kwargs):
@@ -33,7 +33,7 @@ def _test_accuracy_of_a_linear_classifier(train_x, train_y, test_x, test_y, clas
 
     optimizer.step(closure)
     with torch.no_grad():
-        return accuracy(linear(features(test_x)), test_y)
+        return ACCURACY.value(linear(features(test_x)), test_y)
 
 
 def test_noise_labels_carry_no_information_about_the_inputs(tmp_path):

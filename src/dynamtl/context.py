@@ -78,18 +78,22 @@ class StepContext:
         loss that does not depend on the parameters) gets ``None`` for every parameter: a
         zero gradient row, so the step is the step on the other tasks. With the objective's
         ``check_finite``, a NaN or infinite gradient raises
-        :class:`~dynamtl.NonFiniteLossError` naming the task.
+        :class:`~dynamtl.NonFiniteLossError` naming the task. Under loss scaling they are
+        the true (unscaled) gradients, and a non-finite one is an overflow of the scale:
+        :class:`~dynamtl.precision.GradientOverflow` (checked first).
         """
         if self._task_gradients is None:
             params = list(self.params.values())
             names = list(self.params)
+            precision = self.objective.precision
             local: list[Tensor | None] = []
             for loss in self.task_losses:
                 if loss.requires_grad:
-                    local.extend(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+                    local.extend(precision.local_gradients(loss, params, retain_graph=True))
                 else:
                     local.extend([None] * len(params))
             grads = self.objective.replicas.means(local)
+            precision.check(grads)
             self._task_gradients = [
                 dict(zip(names, grads[k : k + len(names)])) for k in range(0, len(grads), len(names))
             ]
@@ -120,7 +124,7 @@ class StepContext:
             if not loss.requires_grad:  # no graph in this step: a zero row
                 rows.append(torch.cat([torch.zeros_like(z).reshape(-1) for z in self.representation]))
                 continue
-            grads = torch.autograd.grad(loss, self.representation, retain_graph=True, allow_unused=True)
+            grads = self.objective.precision.local_gradients(loss, self.representation, retain_graph=True)
             rows.append(torch.cat([(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]))
         return torch.stack(rows)
 
@@ -136,3 +140,10 @@ def combine_gradients(task_grads: Sequence[Gradients], weights: Sequence[float |
         parts = [w * g[name] for w, g in zip(weights, task_grads) if g[name] is not None]
         out[name] = sum(parts[1:], parts[0]) if parts else None
     return out
+
+
+def widened(values: Tensor) -> Tensor:
+    """``values`` in float32 if they are float16 or bfloat16 (float32 and float64 unchanged):
+    the dtype in which methods take products, norms and differences of a half-precision
+    model's gradients and losses."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dynamtl.distributed import Replicas, unwrap
+from dynamtl.precision import Precision, float32_loss
 from dynamtl.nonfinite import check_losses
 from dynamtl.tasks import Tasks
 
@@ -88,6 +89,7 @@ class Objective:
         if not self.params:
             raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
         self.device = next(iter(self.params.values())).device
+        self.precision = Precision(device_type=self.device.type)  # MultiTask(..., scaler=...) sets its own
         self.check_finite = False
 
     def losses(
@@ -124,9 +126,11 @@ class Objective:
         it depends on (other heads get ``None``, not zeros). A loss that does not depend on
         the parameters (e.g. a masked loss with no labelled sample, returning a constant)
         is moved to the parameters' device and has no gradient: every method treats that
-        task as having a zero gradient in this step.
+        task as having a zero gradient in this step. Inside a step under autocast the
+        model runs under the caller's autocast and the losses are float32 (see
+        :mod:`dynamtl.precision`).
         """
-        with replayed_rng(rng, self.device):
+        with replayed_rng(rng, self.device), self.precision.forward():
             if params is None:
                 self.representation, self._capturing = [], True
                 try:
@@ -196,7 +200,7 @@ class Objective:
             )
         if loss.device != self.device:
             loss = loss.to(self.device)
-        return loss
+        return float32_loss(loss)
 
 
 @contextlib.contextmanager

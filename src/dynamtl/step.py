@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import weakref
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
 from dynamtl.nonfinite import NonFiniteLossError, check_gradients, check_losses
 from dynamtl.objective import Objective, capture_rng
+from dynamtl.precision import GradientOverflow, Precision
 from dynamtl.tasks import Tasks
 from dynamtl.weighting.base import Weighting
 from dynamtl.weighting.equal import Equal
@@ -26,15 +28,17 @@ __all__ = ["MultiTask", "NonFiniteLossError", "StepGuard", "StepInfo"]
 
 @dataclass
 class StepInfo:
-    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``,
-    and ``aggregation_weights``: the weights αₖ the aggregation gave the weighted task
-    gradients λₖ∇Lₖ (the shared parameters moved along Σₖ αₖλₖ∇Lₖ; 1 with :class:`Sum`),
+    """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``;
+    ``skipped``: the scaled gradients overflowed and the step was skipped (only with a
+    ``GradScaler``); ``aggregation_weights``: the weights αₖ the aggregation gave the weighted
+    task gradients λₖ∇Lₖ (the shared parameters moved along Σₖ αₖλₖ∇Lₖ; 1 with :class:`Sum`),
     ``None`` for an aggregation that does not report them."""
 
     names: tuple[str, ...]
     losses: Tensor
     weights: Tensor
     seconds: float
+    skipped: bool = False
     aggregation_weights: Tensor | None = None
 
     def as_dict(self) -> dict[str, float]:
@@ -45,6 +49,8 @@ class StepInfo:
         if self.aggregation_weights is not None:
             out.update({f"aggregation_weight/{n}": float(v) for n, v in zip(self.names, self.aggregation_weights)})
         out["seconds"] = self.seconds
+        if self.skipped:
+            out["skipped"] = True
         return out
 
 
@@ -73,6 +79,18 @@ class MultiTask:
         representation: the name of the submodule whose output every head reads, for
             aggregations that can work on the gradients of that shared representation
             instead of the shared parameters (``MGDA(upper_bound=True)``).
+        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision (see below).
+
+    Mixed precision: run :meth:`step` (or :meth:`backward`) inside ``torch.autocast`` as
+    in any AMP loop; the model's forward passes run under it, the rest of the step in
+    float32 (:mod:`dynamtl.precision`). With ``scaler``, every backward pass is taken of
+    the scaled losses and every gradient that a weighting or aggregation reads is unscaled
+    first. A step whose scaled gradients hold an inf or NaN is skipped the GradScaler way:
+    the weighting's and aggregation's state is put back as it was, ``.grad`` is left
+    non-finite so that ``scaler.step`` skips the optimizer step and ``scaler.update``
+    lowers the scale, and :attr:`StepInfo.skipped` is set. :meth:`step` calls
+    ``scaler.step(optimizer)`` and ``scaler.update()`` itself; after :meth:`backward`
+    your loop does, exactly as after ``scaler.scale(loss).backward()``.
 
     Use :meth:`step` for the whole step, or :meth:`backward` to leave ``optimizer.step()``
     to your loop (gradient clipping, ``GradScaler``, schedulers). Call :meth:`end_epoch`
@@ -99,6 +117,7 @@ class MultiTask:
         aggregation: Aggregation | None = None,
         check_finite: bool = True,
         representation: str | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         _check_kind(model, nn.Module, "model", "an nn.Module returning {task: prediction}")
         _check_kind(tasks, Tasks, "tasks", "dm.Tasks({'name': loss_fn, ...})")
@@ -110,6 +129,7 @@ class MultiTask:
             _check_kind(aggregation, Aggregation, "aggregation", "an aggregation instance such as dm.PCGrad()")
         self.objective = Objective(model, tasks, representation)
         self.objective.check_finite = check_finite
+        self.precision = self.objective.precision = Precision(scaler, self.objective.device.type)
         self.tasks = tasks
         self.optimizer = optimizer
         self.weighting = _claim(weighting or Equal(), self).bind(tasks)
@@ -161,19 +181,35 @@ class MultiTask:
                 f"{type(self.weighting).__name__} needs a meta batch: call step(batch, meta_batch=...) "
                 "with a batch from a held-out split or a reshuffled training loader"
             )
-        guard = StepGuard(self) if self.check_finite else None
-        try:
-            info = self._backward(batch, meta_batch)
-        except NonFiniteLossError as error:
-            error.step = self.steps + 1
-            if guard is not None:
-                guard.restore()
-            raise
-        finally:
-            self.objective.representation = []  # free Z of this step
+        scaled = self.precision.scaler is not None
+        guard = StepGuard(self) if self.check_finite or scaled else None
+        with self.precision.step(self.objective.device):
+            try:
+                info = self._backward(batch, meta_batch)
+            except NonFiniteLossError as error:
+                error.step = self.steps + 1
+                if guard is not None:
+                    guard.restore()
+                raise
+            except GradientOverflow as overflow:
+                assert guard is not None
+                return self._skip(guard, overflow, start)
+            finally:
+                self.objective.representation = []  # free Z of this step
         self.steps += 1
         info.seconds = time.perf_counter() - start
         return info
+
+    def _skip(self, guard: StepGuard, overflow: GradientOverflow, start: float) -> StepInfo:
+        """A step whose scaled gradients overflowed, skipped the GradScaler way: everything
+        is put back as before the step, then ``.grad`` is made infinite so that
+        ``scaler.step`` skips the optimizer step and ``scaler.update`` lowers the scale."""
+        guard.restore()
+        for p in self.objective.params.values():
+            p.grad = torch.full_like(p, float("inf"))
+        losses = overflow.losses if overflow.losses is not None else torch.full((len(self.tasks),), float("nan"))
+        nan = torch.full_like(losses, float("nan"))
+        return StepInfo(self.tasks.names, losses, nan, time.perf_counter() - start, skipped=True)
 
     def _backward(self, batch: Any, meta_batch: Any) -> StepInfo:
         rng = capture_rng(self.objective.device)
@@ -192,17 +228,23 @@ class MultiTask:
         losses = ctx.losses
         if self.check_finite and self.objective.replicas.distributed:
             check_losses(losses, self.tasks.names, "training")  # the global batch's: same decision everywhere
-        weights = self.weighting.weights(ctx)
-        if self.check_finite:
-            check_losses(weights, self.tasks.names, f"{type(self.weighting).__name__} weighting", "weight")
-        self.aggregation.last_weights = None
-        self.aggregation.backward(ctx, weights, self.weighting.regularizer())
+        try:
+            weights = self.weighting.weights(ctx)
+            if self.check_finite:
+                check_losses(weights, self.tasks.names, f"{type(self.weighting).__name__} weighting", "weight")
+            self.aggregation.last_weights = None
+            self.aggregation.backward(ctx, weights, self.weighting.regularizer())
+            self.precision.check([p.grad for p in ctx.params.values()])  # an overflow (with a scaler)
+        except GradientOverflow as overflow:
+            overflow.losses = losses.detach()
+            raise
         if self.check_finite:
             self._check_gradients(ctx)
         self.weighting.after_backward(ctx)
         alpha = self.aggregation.last_weights
         return StepInfo(
-            self.tasks.names, losses.detach(), weights.detach(), 0.0, None if alpha is None else alpha.detach()
+            self.tasks.names, losses.detach(), weights.detach(), 0.0,
+            aggregation_weights=None if alpha is None else alpha.detach(),
         )
 
     def _check_gradients(self, ctx: StepContext) -> None:
@@ -224,7 +266,11 @@ class MultiTask:
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         info = self.backward(batch, meta_batch)
-        self.optimizer.step()
+        if self.precision.scaler is None:
+            self.optimizer.step()
+        else:
+            self.precision.scaler.step(self.optimizer)
+            self.precision.scaler.update()
         info.seconds = time.perf_counter() - start
         return info
 
@@ -310,6 +356,8 @@ _OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[MultiTask]] 
 def _claim(method: nn.Module, mtl: MultiTask) -> Any:
     """``method``, recorded as belonging to ``mtl``; ``ValueError`` if another live MultiTask has it."""
     owner = _OWNERS.get(method)
+    if owner is not None and owner() is not None and owner() is not mtl:
+        gc.collect()  # a MultiTask nobody holds any more may only wait for the cycle collector
     if owner is not None and owner() is not None and owner() is not mtl:
         kind = type(method).__name__
         raise ValueError(

@@ -57,9 +57,20 @@ def gramian(jacobian: Tensor) -> Tensor:
     return 0.5 * (gram + gram.T)
 
 
+def solver_tolerance(jacobian: Tensor) -> float:
+    """Relative accuracy of the Gram matrix of ``jacobian`` (10 ε of the dtype it is computed in)."""
+    return 10.0 * float(torch.finfo(compute_dtype(jacobian)).eps)
+
+
 def rank_tolerance(jacobian: Tensor) -> float:
-    """Relative accuracy of a Gram matrix computed from ``jacobian`` (in at least float32)."""
-    return 10.0 * float(torch.finfo(jacobian.dtype if jacobian.dtype == torch.float64 else torch.float32).eps)
+    """Relative size below which an eigenvalue of the Gram matrix counts as zero.
+
+    Rounding the rows to ``jacobian``'s dtype (relative error ε) turns an exactly dependent
+    row into one whose Gram eigenvalue is of order ε² times the largest: with bfloat16
+    (ε = 2⁻⁸) that is far above the accuracy of the float32 products, so the tolerance is
+    the larger of 10 ε² of the rows' dtype and :func:`solver_tolerance`."""
+    eps = float(torch.finfo(jacobian.dtype).eps)
+    return max(10.0 * eps * eps, solver_tolerance(jacobian))
 
 
 def combine_rows(weights: Tensor | Sequence[float], jacobian: Tensor) -> Tensor:
@@ -251,13 +262,13 @@ def cagrad_weights(gram: Tensor, c: float, owner: str) -> tuple[Tensor, bool]:
     solved with SciPy's SLSQP on the trace-normalised Gram matrix (F's minimiser does not
     depend on the scale), in NumPy (SciPy's own dependency), and d = g₀ + c‖g₀‖ g_w/‖g_w‖.
 
-    That recovery needs g_w ≠ 0. With c ≥ 1 the ball holds 0, and when 0 is also in the
-    convex hull of the rows (a Pareto-stationary point: no d improves every task) the dual
-    optimum is g_w = 0 and the best worst rate is exactly 0, reached by every d of the ball
-    with gᵢ·d ≥ 0 for all i. d is then the one nearest g₀: the projection of g₀ on that cone
-    (a small quadratic programme in the coefficients of the rows, also SLSQP; its distance
-    to g₀ is at most ‖g₀‖ ≤ c‖g₀‖ since d = 0 qualifies). For c < 1, g_w = 0 cannot be
-    optimal unless g₀ = 0, where d = g₀ = 0. Returns ``(weights, converged)``; when SLSQP
+    That recovery needs g_w ≠ 0. When 0 is in the convex hull of the rows (no d improves
+    every task: the best worst rate is at most 0) and the ball reaches the cone
+    {d : gᵢ·d ≥ 0 for all i} (always for c ≥ 1, since d = 0 is in the ball), the best worst
+    rate is exactly 0, the dual optimum is g_w = 0, and every d of the ball in that cone is
+    optimal. d is then the one nearest g₀: the projection of g₀ on the cone (a small
+    quadratic programme in the coefficients of the rows, also SLSQP). Otherwise the dual
+    optimum has g_w ≠ 0 and the formula holds. Returns ``(weights, converged)``; when SLSQP
     fails the weights are 1/T.
     """
     num = len(gram)
@@ -266,17 +277,19 @@ def cagrad_weights(gram: Tensor, c: float, owner: str) -> tuple[Tensor, bool]:
     if c == 0.0 or scale <= 0.0:
         return mean, True
     g = gram / scale
-    if c >= 1.0:
-        hull, _ = min_norm_weights(g, 1e-12, 250)
-        if float(hull @ g @ hull) <= 1e-12 * float(g.diagonal().max()):
-            return _nearest_common_ascent(g, mean, owner)
+    radius = c * math.sqrt(max(float(mean @ g @ mean), 0.0))
+    hull, _ = min_norm_weights(g, 1e-12, 250)
+    if float(hull @ g @ hull) <= 1e-12 * float(g.diagonal().max()):  # 0 is in the hull
+        nearest, converged = _nearest_common_ascent(g, mean, owner)
+        gap = nearest - mean
+        if not converged or math.sqrt(max(float(gap @ g @ gap), 0.0)) <= radius * (1.0 + 1e-9):
+            return nearest, converged
     optimize = import_scipy_optimize(owner)
     import numpy as np
 
     start = mean.numpy()
     gn = g.numpy()
     b = gn @ start
-    radius = c * math.sqrt(max(float(start @ b), 0.0))
     tiny = 1e-20
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:

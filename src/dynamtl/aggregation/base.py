@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dynamtl._helpers import ArgumentsRepr
-from dynamtl.aggregation._solvers import combine_rows
+from dynamtl.aggregation._solvers import combine_rows, compute_dtype, gramian, rank_tolerance
 from dynamtl.context import Gradients, StepContext, combine_gradients
 from dynamtl.facts import Facts
 
@@ -91,12 +91,8 @@ class GradientAggregation(Aggregation):
 def fitted_row_weights(jacobian: Tensor, update: Tensor) -> Tensor:
     """α = argmin ‖Jᵀα − d‖ (float64, CPU; minimum norm), from the Gram matrix: Gα = Jd."""
     j = jacobian.detach()
-    if j.dtype in (torch.float16, torch.bfloat16):
-        j = j.float()
-    gram = (j @ j.T).double().cpu()
-    target = (j @ update.detach().to(j)).double().cpu()
-    tolerance = 10.0 * float(torch.finfo(j.dtype).eps)
-    return torch.linalg.lstsq(gram, target, rcond=tolerance, driver="gelsd").solution
+    target = (j.to(compute_dtype(j)) @ update.detach().to(compute_dtype(j))).double().cpu()
+    return torch.linalg.lstsq(gramian(j), target, rcond=rank_tolerance(j), driver="gelsd").solution
 
 
 def shared_parameters(task_grads: list[Gradients]) -> list[str]:
@@ -115,12 +111,13 @@ def shared_rows(ctx: StepContext, task_grads: list[Gradients], shared: list[str]
 
 
 def accumulate(ctx: StepContext, grads: Gradients) -> None:
-    """Add ``grads`` (name -> gradient, possibly flat) into the parameters' ``.grad``."""
+    """Add ``grads`` (name -> true gradient, possibly flat) into the parameters' ``.grad``
+    (times the loss scale under a ``GradScaler``, as ``scaler.scale(loss).backward()`` would)."""
     for name, g in grads.items():
         if g is None:
             continue
         p = ctx.params[name]
-        g = g.detach().reshape(p.shape).to(p.dtype)  # float32 weights times float16 gradients
+        g = ctx.objective.precision.scaled(g.detach().reshape(p.shape).to(p.dtype))  # float32 weights times float16 gradients
         p.grad = g.clone() if p.grad is None else p.grad + g
 
 
@@ -133,4 +130,4 @@ def weighting_backward(ctx: StepContext, weights: Tensor, regularizer: Tensor | 
     if regularizer is not None:
         total = total + regularizer
     if total.requires_grad:
-        total.backward()
+        ctx.objective.precision.backward(total)

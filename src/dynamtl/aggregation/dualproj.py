@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from dynamtl.aggregation._dual_cone import checked_preference, dual_cone_weights, normalized_gram, preference
-from dynamtl.aggregation._solvers import check_jacobian, gramian, warn_once
+from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, warn_once
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.facts import aggregation_facts
 
@@ -26,7 +27,9 @@ class DualProj(GradientAggregation):
     every gradient before averaging). The quadratic programme on the T × T Gram matrix is
     solved exactly (Lawson–Hanson active set).
 
-    Weighted rows: the rows are λₖ∇Lₖ, so λ weighs the mean that is projected.
+    Weighted rows: the rows are λₖ∇Lₖ, so λ weighs the mean that is projected. Rows that are
+    exactly zero (λₖ = 0, or a task without shared parameters or without a graph this step)
+    are left out (α = 0; the default preference is 1/T over the other rows).
 
     Args:
         pref: the preference p, one non-negative value per task (default 1/T each).
@@ -61,9 +64,12 @@ class DualProj(GradientAggregation):
 
     def row_weights(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
-        gram = normalized_gram(gramian(jacobian), self.reg_eps)
-        num = len(gram)
-        alpha, converged = dual_cone_weights(gram, preference("DualProj", self.pref, num, 1.0 / num), self.max_iters)
+        full = gramian(jacobian)
+        active = nonzero_rows(full)
+        pref = preference("DualProj", self.pref, len(full), 1.0 / max(int(active.sum()), 1))[active]
+        alpha, converged = dual_cone_weights(normalized_gram(full[active][:, active], self.reg_eps), pref, self.max_iters)
         if not converged:
             warn_once(self._warned, f"DualProj: the projection did not converge in max_iters={self.max_iters}")
-        return alpha
+        weights = torch.zeros(len(full), dtype=torch.float64)
+        weights[active] = alpha
+        return weights

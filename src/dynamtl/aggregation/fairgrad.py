@@ -16,6 +16,10 @@ from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.facts import aggregation_facts
 
 
+_NEGLIGIBLE = 10.0 * float(torch.finfo(torch.float64).eps)
+"""A row whose squared norm is below this fraction of the largest one's counts as zero."""
+
+
 class FairGrad(GradientAggregation):
     r"""Fair resource allocation: the update that maximises the α-fair utility of the tasks'
     improvement rates.
@@ -36,8 +40,10 @@ class FairGrad(GradientAggregation):
     G/s), from the solution for orthogonal gradients, wᵢ = ‖gᵢ‖^{−2a/(a+1)}.
 
     Weighted rows: the rows are λₖ∇Lₖ, so λ changes the tasks' rates and the allocation; a
-    row that is exactly zero (λₖ = 0, or no shared parameter) gets w = 0 and the others
-    share the update. A solution exists unless 0 is in the convex hull of the gradients; if
+    row that is zero (λₖ = 0, or no shared parameter), or negligible (‖gₖ‖² below 10 float64
+    machine epsilons of the largest ‖gᵢ‖²), gets w = 0 and the others share the update. For
+    a > 1 the allocation gives a tiny gradient a huge weight (wₖ ∝ ‖gₖ‖^{−2a/(a+1)}), so a
+    row that is only rounding would otherwise take over the update. A solution exists unless 0 is in the convex hull of the gradients; if
     Newton does not converge a warning is logged once and the orthogonal solution is used.
 
     Args:
@@ -77,7 +83,8 @@ class FairGrad(GradientAggregation):
     def row_weights(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
         gram = gramian(jacobian)
-        active = nonzero_rows(gram)
+        squared = gram.diagonal()
+        active = nonzero_rows(gram) & (squared > _NEGLIGIBLE * squared.max())
         weights = torch.zeros(len(gram), dtype=torch.float64)
         if self.alpha == 0.0:
             return torch.full((len(gram),), 1.0 / len(gram), dtype=torch.float64)

@@ -15,7 +15,7 @@ from dynamtl.aggregation._solvers import (
     gramian,
     min_norm_weights,
     nonzero_rows,
-    rank_tolerance,
+    solver_tolerance,
     warn_once,
 )
 from dynamtl.aggregation.base import GradientAggregation, weighting_backward
@@ -59,8 +59,9 @@ class MGDA(GradientAggregation):
             or Lᵢ‖gᵢ‖) need the losses, which an aggregation does not see: put them in λ with
             a weighting instead.
         tol: for ``"exact"``, the optimality tolerance relative to the largest ‖gᵢ‖²
-            (default: 10 machine epsilons of the Jacobian's dtype); for ``"frank-wolfe"``,
-            the step size γ below which it stops (default 1e-5).
+            (default: 10 machine epsilons of the dtype the Gram matrix is computed in,
+            float64 for float64 rows and float32 for all others); for ``"frank-wolfe"``, the
+            step size γ below which it stops (default 1e-5).
         max_iters: iterations of the solver (major cycles for ``"exact"``; default 250).
 
     A solver that does not converge within ``max_iters`` logs a warning (once) and returns
@@ -122,9 +123,10 @@ class MGDA(GradientAggregation):
         # Under DDP the rows hold this process's samples: the global batch's Gram matrix is
         # the sum of the processes' ones (over R²), and α* does not change with its scale.
         gram = ctx.objective.replicas.mean(gramian(rows).to(rows.device))
-        alpha = self.gram_weights(gram, rank_tolerance(rows))
+        ctx.objective.precision.check([gram])
+        alpha = self.gram_weights(gram, solver_tolerance(rows))
         self.last_weights = alpha.to(w)
-        (alpha.to(w) * w * ctx.losses).sum().backward()
+        ctx.objective.precision.backward((alpha.to(w) * w * ctx.losses).sum())
         weighting_backward(ctx, weights, regularizer)
 
     def combine(self, jacobian: Tensor) -> Tensor:
@@ -133,7 +135,7 @@ class MGDA(GradientAggregation):
     def row_weights(self, jacobian: Tensor) -> Tensor:
         """α* on the simplex (zero for all-zero rows) such that d = Σₖ α*ₖ Jₖ."""
         check_jacobian(type(self).__name__, jacobian)
-        return self.gram_weights(gramian(jacobian), rank_tolerance(jacobian))
+        return self.gram_weights(gramian(jacobian), solver_tolerance(jacobian))
 
     def gram_weights(self, gram: Tensor, default_tol: float) -> Tensor:
         """α* (float64, on the CPU) from the Gram matrix ``gram`` of the rows; ``default_tol``:

@@ -30,4 +30,4 @@ class Sum(Aggregation):
         if regularizer is not None:
             total = total + regularizer
         if total.requires_grad:  # not when no task's loss has a graph in this step
-            total.backward()
+            ctx.objective.precision.backward(total)

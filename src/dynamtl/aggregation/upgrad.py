@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.aggregation._dual_cone import checked_preference, dual_cone_weights, normalized_gram, preference
-from dynamtl.aggregation._solvers import check_jacobian, gramian, warn_once
+from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, warn_once
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.facts import aggregation_facts
 
@@ -34,7 +34,9 @@ class UPGrad(GradientAggregation):
     (Lawson–Hanson active set), not an iterative approximation.
 
     Weighted rows: the rows are λₖ∇Lₖ, so λ scales each task's gradient before it is
-    projected; a row that is exactly zero adds nothing and constrains nothing.
+    projected. Rows that are exactly zero (λₖ = 0, or a task without shared parameters or
+    without a graph this step) are left out (α = 0; the default preference is 1/T over the
+    other rows), so the step is the step on the other tasks.
 
     Args:
         pref: the preference p, one non-negative value per task (default 1/T each).
@@ -73,9 +75,11 @@ class UPGrad(GradientAggregation):
 
     def row_weights(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
-        gram = normalized_gram(gramian(jacobian), self.reg_eps)
-        num = len(gram)
-        pref = preference("UPGrad", self.pref, num, 1.0 / num)
+        full = gramian(jacobian)
+        active = nonzero_rows(full)
+        num = int(active.sum())
+        pref = preference("UPGrad", self.pref, len(full), 1.0 / max(num, 1))[active]
+        gram = normalized_gram(full[active][:, active], self.reg_eps)
         alpha = torch.zeros(num, dtype=torch.float64)
         for i in range(num):
             unit = torch.zeros(num, dtype=torch.float64)
@@ -84,4 +88,6 @@ class UPGrad(GradientAggregation):
             if not converged:
                 warn_once(self._warned, f"UPGrad: a projection did not converge in max_iters={self.max_iters}")
             alpha += v
-        return alpha
+        weights = torch.zeros(len(full), dtype=torch.float64)
+        weights[active] = alpha
+        return weights

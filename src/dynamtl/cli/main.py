@@ -68,6 +68,7 @@ HELP: dict[str, str] = {
     "device": "cpu, cuda, cuda:N",
     "checkpoint_every": "also checkpoint every N steps (0: at every epoch's end only)",
     "on_nonfinite": "on a NaN/inf loss: stop (keeping the last checkpoint) or skip the batch",
+    "precision": "32 (float32), bf16 (bfloat16 autocast) or fp16 (float16 autocast with loss scaling)",
 }
 
 

@@ -49,6 +49,7 @@ Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["none", "cosine", "step"]
 MetaSource = Literal["val", "train"]
 OnNonFinite = Literal["stop", "skip"]
+Precision = Literal["32", "bf16", "fp16"]
 
 
 class ConfigError(ValueError):
@@ -97,6 +98,11 @@ class RunConfig:
             epoch only).
         on_nonfinite: on a NaN/inf loss, ``"stop"`` the run (the last checkpoint is kept)
             or ``"skip"`` the batch (skips are counted in the logs).
+        precision: ``"32"`` (float32), ``"bf16"`` (steps under bfloat16 autocast) or
+            ``"fp16"`` (float16 autocast with a ``torch.amp.GradScaler``, whose state is
+            checkpointed; steps whose scaled gradients overflow are skipped and logged
+            with ``"skipped": true``). Parameters stay float32 (see
+            :mod:`dynamtl.precision`).
     """
 
     benchmark: str
@@ -124,6 +130,7 @@ class RunConfig:
     device: str = "cpu"
     checkpoint_every: int = 0
     on_nonfinite: OnNonFinite = "stop"
+    precision: Precision = "32"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "the configuration") -> RunConfig:

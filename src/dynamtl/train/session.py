@@ -147,10 +147,12 @@ class _Session:
         self.device = processes.device
         self.model = bench.model({task: spec.out_features for task, spec in self.specs.items()}).to(self.device)
         weighting, aggregation = checked.method.build(checked.context)
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         self.mtl = MultiTask(
             processes.wrap(self.model), bench.tasks(names), _optimizer(config, self.model),
             weighting=weighting, aggregation=aggregation,
             representation=bench.representation if aggregation.needs_representation else None,
+            scaler=self.scaler,
         )
         assert self.mtl.optimizer is not None
         self.optimizer = self.mtl.optimizer
@@ -239,12 +241,14 @@ class _Session:
             record: dict[str, Any] = {"step": self.step, "epoch": self.epoch + 1, "batch": index + 1,
                                       "lr": self.optimizer.param_groups[0]["lr"]}
             try:
-                info = self.mtl.step(batch, meta_batch)
+                with self._autocast():
+                    info = self.mtl.step(batch, meta_batch)
             except NonFiniteLossError as error:
                 self._non_finite(error, record)
             else:
                 self.totals.add(info.losses)
-                self.last_weights = info.weights
+                if not info.skipped:  # a loss-scale overflow (fp16)
+                    self.last_weights = info.weights
                 self.log.step({**record, **info.as_dict()})
             self.batch = index + 1
             bar.update()
@@ -259,6 +263,10 @@ class _Session:
                     self._stop(signals)
         self._charge_time(start)
 
+    def _autocast(self) -> torch.autocast:
+        """The autocast of ``--precision`` (disabled for 32)."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
     def _stop(self, signals: _Signals) -> None:
         """End the run after a stopping signal: the checkpoint just saved is the one to
         continue from."""
@@ -366,6 +374,7 @@ class _Session:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "multitask": self.mtl.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
             "meta_stream": self.meta_stream.drawn,
             "totals": self.totals.state_dict(),
@@ -396,6 +405,8 @@ class _Session:
                 "it was made by another version of the benchmark or method; start a new run"
             ) from error
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.epoch < self.epochs:  # position the loaders before the random state is put back
             self.resumed_batches = self.training.iterate(self.epoch, self.batch)
         self.meta_stream.seek(state["meta_stream"])

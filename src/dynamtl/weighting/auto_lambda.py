@@ -15,7 +15,7 @@ from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
-from dynamtl.tasks import task_indices
+from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import (
     MetaOptimizerFactory,
     OwnOptimizer,
@@ -60,6 +60,11 @@ class AutoLambda(OwnOptimizer, Weighting):
     paper's code; for plain SGD without momentum the two agree. The perturbed forward
     passes replay the random state of the training forward pass (same dropout masks) and
     never touch BatchNorm running statistics.
+
+    Under mixed precision (``torch.autocast`` around the step) the forward passes of the
+    virtual step run under the caller's autocast, but the finite-difference passes run in
+    full precision: their difference is ~``epsilon`` × the directional derivative, below the
+    rounding error of a 16-bit loss. Look-ahead and hypergradient arithmetic is float32.
 
     Modes: multi-task learning (``primary=None``: every task is primary) and auxiliary
     learning (``primary`` a subset; the others only help).
@@ -135,7 +140,7 @@ class AutoLambda(OwnOptimizer, Weighting):
             raise ValueError(f"interval must be >= 1, got {interval}")
         if lr <= 0 or epsilon <= 0:
             raise ValueError(f"lr and epsilon must be > 0, got lr={lr}, epsilon={epsilon}")
-        self.primary_names = [primary] if isinstance(primary, str) else primary
+        self.primary_names = None if primary is None else name_list(primary, "primary")
         self.init, self.lr, self.factory = init, lr, meta_optimizer
         self.hypergradient, self.order, self.interval = hypergradient, order, interval
         self.nonnegative, self.epsilon, self.difference = nonnegative, epsilon, difference
@@ -180,10 +185,10 @@ class AutoLambda(OwnOptimizer, Weighting):
         names, params = list(ctx.params), list(ctx.params.values())
         exact = self.hypergradient == "exact"
         lam = self.lambdas.detach().requires_grad_(exact)
-        local = torch.autograd.grad(
-            (lam * ctx.losses).sum(), params, retain_graph=True, create_graph=exact, allow_unused=True
-        )
+        precision = ctx.objective.precision
+        local = precision.local_gradients((lam * ctx.losses).sum(), params, retain_graph=True, create_graph=exact)
         grads = dict(zip(names, ctx.objective.replicas.means(local)))
+        precision.check(list(grads.values()))
         with torch.no_grad():
             moved = ctx.lookahead.step(grads)
         pending = _Pending(
@@ -207,7 +212,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         meta_loss = self._meta_loss(objective, leaves, meta_batch)
         if not meta_loss.requires_grad:  # no primary task has a graph on this meta batch
             return {}
-        v = objective.replicas.means(torch.autograd.grad(meta_loss, list(leaves.values()), allow_unused=True))
+        v = objective.precision.gradients(meta_loss, list(leaves.values()), objective.replicas)
         if objective.check_finite:
             primary = "+".join(objective.tasks.names[i] for i in self.primary)
             check_gradients([v], [primary], "meta")
@@ -224,11 +229,14 @@ class AutoLambda(OwnOptimizer, Weighting):
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)
         eps = self.epsilon / norm
-        with torch.no_grad():
+        rounded = objective.precision.autocast is not None  # at.losses came from a 16-bit pass
+        # in full precision: a 16-bit forward pass would round away the difference
+        with torch.no_grad(), objective.precision.full():
             plus = objective.losses(at.batch, _shifted(at.theta, u, eps), at.rng, "perturbation +εu (training batch)")
             plus = plus.to(self.lambdas.dtype)
             if self.difference == "forward":
-                return objective.replicas.mean((plus - at.losses.to(plus)) / eps)
+                base = objective.losses(at.batch, at.theta, at.rng, "training (full precision)") if rounded else at.losses
+                return objective.replicas.mean((plus - base.to(plus)) / eps)
             minus = objective.losses(at.batch, _shifted(at.theta, u, -eps), at.rng, "perturbation −εu (training batch)")
         return objective.replicas.mean((plus - minus.to(plus)) / (2 * eps))
 

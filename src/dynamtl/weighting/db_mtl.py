@@ -40,7 +40,7 @@ class DBMTL(Weighting):
     gradients of log(Lᵢ + ε) (λ above), so that DB-MTL is a weighting that composes with any
     aggregation. Task heads get the same λᵢ times their task's gradient (the official code
     gives them the unscaled gradient of log(Lᵢ + ε)). A task whose averaged gradient is zero
-    keeps the factor 1.
+    keeps the factor 1; a task without a graph in this step (no labelled sample) gets λ = 0.
 
     Args:
         beta: β of the moving average (the official default 0.9).
@@ -72,13 +72,14 @@ class DBMTL(Weighting):
 
     def weights(self, ctx: StepContext) -> Tensor:
         losses = ctx.losses.detach()
-        if bool((losses + self.epsilon <= 0).any()):
+        present = torch.tensor(ctx.present, device=losses.device)
+        if bool((present & (losses + self.epsilon <= 0)).any()):
             bad = {n: float(v) for n, v in zip(self.task_names or (), losses.tolist()) if v + self.epsilon <= 0}
             raise ValueError(
                 f"DB-MTL takes log(L + epsilon), which needs every loss > -epsilon; got {bad} at step {ctx.step + 1}: "
                 "shift a loss that can be negative"
             )
-        inverse = 1.0 / (losses + self.epsilon)
+        inverse = torch.where(present, 1.0 / (losses + self.epsilon), torch.zeros_like(losses))
         grads = ctx.task_gradients()
         shared = shared_parameters(grads)
         if not shared:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
+from dynamtl.context import StepContext
 from dynamtl.facts import Facts
-from dynamtl.tasks import task_indices
+from dynamtl.tasks import expect_mapping, task_indices
 from dynamtl.weighting.base import LossWeighting, MetaOptimizerFactory, OwnOptimizer
 
 
@@ -42,6 +44,11 @@ class FAMO(OwnOptimizer, LossWeighting):
     larger batches or a smaller ``lr`` reduce it. The paper's code also clips the model's
     gradient norm at 1 (``max_norm``); clip in your own loop
     (:meth:`~dynamtl.MultiTask.backward`) if you want that.
+
+    A task whose loss has no gradient in a step (no labelled sample in the batch) gets λ = 0
+    in that step and the others share the weight as FAMO over them would; ξ is updated
+    only from the tasks present in both steps of a change. (Called as ``famo(losses)``
+    FAMO does not know which tasks are absent.)
 
     FAMO needs only the losses, so it also works as ``loss = famo(losses)`` in any loop
     (one call per step). The previous losses and the optimizer's state are saved in the
@@ -82,6 +89,8 @@ class FAMO(OwnOptimizer, LossWeighting):
             raise ValueError(f"FAMO needs lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         if epsilon < 0:
             raise ValueError(f"FAMO's epsilon must be >= 0, got {epsilon}")
+        if min_losses is not None:
+            expect_mapping(min_losses, "FAMO's min_losses", "task name -> lower bound", "FAMO(min_losses={'depth': 0.0})")
         self.lr, self.weight_decay, self.factory = lr, weight_decay, meta_optimizer
         self.given_min_losses = dict(min_losses or {})
         self.epsilon = epsilon
@@ -89,6 +98,7 @@ class FAMO(OwnOptimizer, LossWeighting):
         self.register_buffer("min_losses", torch.zeros(0))
         self.register_buffer("previous_losses", torch.zeros(0))
         self.register_buffer("has_previous", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("previous_present", torch.zeros(0, dtype=torch.bool))
 
     def _on_bind(self) -> None:
         names = self.task_names or ()
@@ -96,17 +106,28 @@ class FAMO(OwnOptimizer, LossWeighting):
             task_indices(names, self.given_min_losses, role="min_losses")  # rejects unknown names
         self.min_losses = torch.tensor([float(self.given_min_losses.get(n, 0.0)) for n in names])
         self.previous_losses = torch.zeros(len(names))
+        self.previous_present = torch.ones(len(names), dtype=torch.bool)
         self.logits.data = torch.zeros(len(names))
         self._own_optimizer(self.logits, self.factory, lr=self.lr, weight_decay=self.weight_decay)
 
-    def loss_weights(self, losses: Tensor) -> Tensor:
+    def weights(self, ctx: StepContext) -> Tensor:
+        return self.loss_weights(ctx.losses.detach(), torch.tensor(ctx.present))
+
+    def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
+        """λ from the losses; ``present``: which tasks have a gradient in this step (all by
+        default). Absent tasks get λ = 0, the others share the weight among themselves."""
         current = losses.detach().to(self.logits)
-        shifted = self._shifted(current)
+        here = torch.ones_like(current, dtype=torch.bool) if present is None else present.to(current.device)
+        shifted = torch.where(here, self._shifted(torch.where(here, current, self.min_losses + 1.0)), 1.0)
         if bool(self.has_previous):
-            self._update(self._shifted(self.previous_losses).log() - shifted.log())
-        self.previous_losses = current.clone()
+            both = here & self.previous_present
+            if bool(both.any()):
+                decrease = self._shifted(self.previous_losses).log() - shifted.log()
+                self._update(decrease, both)
+        self.previous_losses = torch.where(here, current, self.min_losses + 1.0)
+        self.previous_present = here.clone()
         self.has_previous.fill_(True)
-        ratio = torch.softmax(self.logits.detach(), dim=0) / shifted
+        ratio = torch.where(here, _softmax_over(self.logits.detach(), here) / shifted, 0.0)
         return (ratio / ratio.sum()).to(losses)
 
     def _shifted(self, losses: Tensor) -> Tensor:
@@ -121,8 +142,15 @@ class FAMO(OwnOptimizer, LossWeighting):
             )
         return shifted
 
-    def _update(self, decrease: Tensor) -> None:
-        """One optimizer step on ξ with gradient J_z(ξ)ᵀ Δ, Δ = ``decrease`` of the log-losses."""
-        z = torch.softmax(self.logits.detach(), dim=0)
-        self._own_step(self.logits, z * (decrease - (z * decrease).sum()))
+    def _update(self, decrease: Tensor, tasks: Tensor) -> None:
+        """One optimizer step on ξ with gradient J_z(ξ)ᵀ Δ, Δ = ``decrease`` of the log-losses,
+        over the ``tasks`` (a mask) present in both steps (the others get no gradient)."""
+        z = _softmax_over(self.logits.detach(), tasks)
+        decrease = torch.where(tasks, decrease, 0.0)
+        self._own_step(self.logits, torch.where(tasks, z * (decrease - (z * decrease).sum()), 0.0))
+
+
+def _softmax_over(logits: Tensor, mask: Tensor) -> Tensor:
+    """softmax of ``logits`` over the entries of ``mask``, 0 elsewhere."""
+    return torch.softmax(logits.masked_fill(~mask, -math.inf), dim=0).masked_fill(~mask, 0.0)
 

@@ -10,8 +10,9 @@ from torch import Tensor
 
 from dynamtl._helpers import check_choice
 from dynamtl.aggregation.base import shared_parameters
-from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.context import Gradients, StepContext, combine_gradients, widened
 from dynamtl.facts import Facts
+from dynamtl.tasks import name_list
 from dynamtl.weighting.base import Weighting, main_and_auxiliary
 
 
@@ -54,7 +55,7 @@ class GCS(Weighting):
     def __init__(self, main: Sequence[str] | str, *, variant: Literal["unweighted", "weighted"] = "unweighted") -> None:
         super().__init__()
         check_choice("variant", variant, ("unweighted", "weighted"))
-        self.main_names = [main] if isinstance(main, str) else list(main)
+        self.main_names = name_list(main, "main")
         self.variant = variant
         self.main: tuple[int, ...] = ()
         self.auxiliary: tuple[int, ...] = ()
@@ -80,7 +81,7 @@ def _cosine(a: Gradients, b: Gradients) -> Tensor:
     names = shared_parameters([a, b])
     if not names:
         return torch.zeros(())
-    x = torch.cat([a[n].detach().reshape(-1) for n in names])  # type: ignore[union-attr]
-    y = torch.cat([b[n].detach().reshape(-1) for n in names])  # type: ignore[union-attr]
+    x = widened(torch.cat([a[n].detach().reshape(-1) for n in names]))  # type: ignore[union-attr]
+    y = widened(torch.cat([b[n].detach().reshape(-1) for n in names]))  # type: ignore[union-attr]
     norms = x.norm() * y.norm()
     return (x @ y) / norms if norms > 0 else torch.zeros((), dtype=x.dtype)

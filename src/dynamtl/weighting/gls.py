@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
@@ -24,7 +25,8 @@ class GLS(LossWeighting):
     Yogamani, Rawashdeh, CVPR Workshops 2019). Computed in log space (S = exp(mean log L)),
     so many tasks do not underflow the product.
 
-    Every loss must be positive: a loss ≤ 0 (or not finite) raises ``ValueError`` naming
+    A task without a graph in this step (no labelled sample) is left out: λ = 0 and S is
+    the geometric mean of the others. Every other loss must be positive: a loss ≤ 0 (or not finite) raises ``ValueError`` naming
     the task; add a small constant to a loss that can reach 0.
 
     >>> import torch
@@ -38,8 +40,14 @@ class GLS(LossWeighting):
         "Chennupati, Sistu, Yogamani & Rawashdeh, MultiNet++: Geometric Loss Strategy, CVPR Workshops 2019",
     )
 
-    def loss_weights(self, losses: Tensor) -> Tensor:
-        bad = ~(losses > 0) | ~torch.isfinite(losses)
+    def weights(self, ctx: StepContext) -> Tensor:
+        return self.loss_weights(ctx.losses.detach(), torch.tensor(ctx.present))
+
+    def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
+        """λ from the losses; ``present``: which tasks have a loss with a graph in this step
+        (all by default). Absent tasks get λ = 0 and the mean is over the others."""
+        here = torch.ones_like(losses, dtype=torch.bool) if present is None else present.to(losses.device)
+        bad = here & (~(losses > 0) | ~torch.isfinite(losses))
         if bool(bad.any()):
             names = self.task_names or ()
             values = {names[i]: float(losses[i]) for i in bad.nonzero().squeeze(1).tolist()}
@@ -47,4 +55,8 @@ class GLS(LossWeighting):
                 f"GLS takes the geometric mean of the losses, which needs every loss > 0 and finite; got {values}: "
                 "add a small constant to a loss that can reach 0"
             )
-        return torch.exp(losses.log().mean()) / (losses.numel() * losses)
+        weights = torch.zeros_like(losses)
+        if bool(here.any()):
+            kept = losses[here]
+            weights[here] = torch.exp(kept.log().mean()) / (kept.numel() * kept)
+        return weights

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from dynamtl._helpers import check_choice
-from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.context import Gradients, StepContext, combine_gradients, widened
 from dynamtl.facts import Facts
 from dynamtl.lookahead import learning_rates
 from dynamtl.objective import capture_rng
-from dynamtl.tasks import task_indices
+from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import Weighting
 
 
@@ -87,7 +87,7 @@ class HydaLearn(Weighting):
             raise ValueError(f"floor is a share of the weight and must lie in [0, 1), got {floor}")
         if total is not None and total <= 0:
             raise ValueError(f"total must be > 0, got {total}")
-        self.main_names = [main] if isinstance(main, str) else list(main)
+        self.main_names = name_list(main, "main")
         self.gain, self.gain_batch, self.step_size = gain, gain_batch, step_size
         self.floor, self.normalize, self.total = floor, normalize, total
         self.needs_meta_batch = gain_batch == "meta"
@@ -124,24 +124,24 @@ class HydaLearn(Weighting):
             return combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
         leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
         loss = self._main_loss(ctx.objective.losses(ctx.meta_batch, leaves, pass_name="meta"))
-        meta_grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        return dict(zip(leaves, ctx.objective.replicas.means(meta_grads)))
+        meta_grads = ctx.objective.precision.gradients(loss, list(leaves.values()), ctx.objective.replicas)
+        return dict(zip(leaves, meta_grads))
 
     def _lookahead_gains(self, ctx: StepContext, grads: list[Gradients], rates: dict[str, float]) -> Tensor:
         theta = ctx.current_params()
         with torch.no_grad():
             # gains in float32 at least: float16 losses differ by a few units in the last place
             if self.gain_batch == "current":
-                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(_wide(ctx.losses.detach()))
+                batch, rng, base = ctx.batch, ctx.rng, self._main_loss(widened(ctx.losses.detach()))
             else:
                 batch, rng = ctx.meta_batch, capture_rng(ctx.objective.device)
-                base = self._main_loss(_wide(ctx.objective.losses(batch, theta, rng, "meta")))
+                base = self._main_loss(widened(ctx.objective.losses(batch, theta, rng, "meta")))
             which = "training" if self.gain_batch == "current" else "meta"
             gains = []
             for name, g in zip(ctx.objective.tasks.names, grads):
                 moved = {n: t - rates[n] * g[n] if g[n] is not None and n in rates else t for n, t in theta.items()}
                 after = ctx.objective.losses(batch, moved, rng, f"look-ahead of task {name!r} ({which} batch)")
-                gains.append(base - self._main_loss(_wide(after)))
+                gains.append(base - self._main_loss(widened(after)))
         return ctx.objective.replicas.mean(torch.stack(gains))
 
     def _weights_from_gains(self, gains: Tensor, present: int | None = None) -> Tensor:
@@ -165,11 +165,6 @@ def _dot(a: Gradients, b: Gradients, rates: dict[str, float], device: torch.devi
     for n, x in a.items():
         y = b.get(n)
         if x is not None and y is not None and n in rates:
-            total = total + rates[n] * (_wide(x) * _wide(y)).sum()
+            total = total + rates[n] * (widened(x) * widened(y)).sum()
     return total
-
-
-def _wide(values: Tensor) -> Tensor:
-    """``values`` in float32 if they are float16 or bfloat16 (float64 stays float64)."""
-    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from dynamtl.aggregation.base import shared_parameters
-from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.context import Gradients, StepContext, combine_gradients, widened
 from dynamtl.facts import Facts
+from dynamtl.tasks import name_list
 from dynamtl.weighting.base import Weighting, main_and_auxiliary
 
 
@@ -77,7 +78,7 @@ class OLAux(Weighting):
             raise ValueError(f"OLAux's interval N must be >= 1, got {interval}")
         if beta <= 0:
             raise ValueError(f"OLAux's beta must be > 0, got {beta}")
-        self.main_names = [main] if isinstance(main, str) else list(main)
+        self.main_names = name_list(main, "main")
         self.interval, self.beta, self.init, self.nonnegative = interval, beta, init, nonnegative
         self.main: tuple[int, ...] = ()
         self.auxiliary: tuple[int, ...] = ()
@@ -112,4 +113,4 @@ class OLAux(Weighting):
 def _dot(a: Gradients, b: Gradients) -> Tensor:
     """⟨a, b⟩ summed over the parameters both have a gradient for."""
     names = shared_parameters([a, b])
-    return sum(((a[n].detach() * b[n].detach()).sum() for n in names), torch.zeros(()))  # type: ignore[union-attr]
+    return sum(((widened(a[n].detach()) * widened(b[n].detach())).sum() for n in names), torch.zeros(()))  # type: ignore[union-attr]

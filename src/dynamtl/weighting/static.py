@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.facts import Facts
-from dynamtl.tasks import task_indices
+from dynamtl.tasks import expect_mapping, task_indices
 from dynamtl.weighting.base import LossWeighting
 
 
@@ -27,6 +27,7 @@ class Static(LossWeighting):
 
     def __init__(self, weights: Mapping[str, float]) -> None:
         super().__init__()
+        expect_mapping(weights, "Static", "task name -> weight", "Static({'seg': 1.0, 'depth': 0.5})")
         if not weights:
             raise ValueError("Static needs a weight per task: Static({'task': 1.0, ...})")
         self.given = dict(weights)

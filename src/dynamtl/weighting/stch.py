@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
@@ -26,6 +27,9 @@ class STCH(LossWeighting):
     of the weight. From *Smooth Tchebycheff Scalarization for Multi-Objective Optimization*
     (Lin, Zhang, Liu, Zhang, Kwong, ICML 2024), Equation 7. Computed as a softmax, so
     large losses and small μ do not overflow.
+
+    A task without a graph in this step (no labelled sample) is left out: λ = 0, the
+    maximum is over the others, and the default preference is 1/T over them.
 
     The weights sum to Σᵢ pᵢ softmaxᵢ ≤ maxᵢ pᵢ (1/T with the uniform preference): the
     gradient is that of S, smaller than Equal's Σᵢ Lᵢ; scale the learning rate, or the
@@ -76,12 +80,19 @@ class STCH(LossWeighting):
         if self.preference is not None and sum(self.preference.values()) <= 0:
             raise ValueError(f"STCH's preference gives every task 0: {self.preference}")
 
-    def loss_weights(self, losses: Tensor) -> Tensor:
+    def weights(self, ctx: StepContext) -> Tensor:
+        return self.loss_weights(ctx.losses.detach(), torch.tensor(ctx.present))
+
+    def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
+        """λ from the losses; ``present``: which tasks have a loss with a graph in this step
+        (all by default). Absent tasks get λ = 0; the smooth maximum is over the others."""
         names = self.task_names or ()
         dtype, device = losses.dtype, losses.device
+        here = torch.ones_like(losses, dtype=torch.bool) if present is None else present.to(device)
         if self.preference is None:
-            p = torch.full((len(names),), 1.0 / len(names), dtype=dtype, device=device)
+            p = torch.full((len(names),), 1.0 / max(int(here.sum()), 1), dtype=dtype, device=device)
         else:
             p = torch.tensor([float(self.preference.get(n, 0.0)) for n in names], dtype=dtype, device=device)
         z = torch.tensor([float((self.ideal or {}).get(n, 0.0)) for n in names], dtype=dtype, device=device)
-        return p * torch.softmax(p * (losses - z) / self.mu, dim=0)
+        scores = torch.where(here, p * (losses - z) / self.mu, torch.full_like(losses, -torch.inf))
+        return torch.where(here, p * torch.softmax(scores, dim=0), torch.zeros_like(losses))

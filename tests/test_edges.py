@@ -1,0 +1,627 @@
+"""Every weighting and aggregation at the edges of real training, enumerated from the registry
+so that a new method is covered as soon as it is registered: tasks whose loss has no graph
+in a step, degenerate gradient geometry in float64/float32/bfloat16, non-finite values in
+any pass (detected in the step, named, everything rolled back bit for bit), half-precision
+models, errors from the user's model or loss, whose parameters, and constructor arguments
+of the wrong kind."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dynamtl as dm
+from dynamtl import registry
+from dynamtl.aggregation.base import GradientAggregation
+
+TASKS = ("a", "b", "c")
+WEIGHTINGS = sorted(n for n, m in registry.WEIGHTINGS.items() if not m.single_task)
+AGGREGATIONS = sorted(registry.AGGREGATIONS)
+GRADIENT_AGGREGATIONS = sorted(
+    n for n, m in registry.AGGREGATIONS.items() if issubclass(m.factory, GradientAggregation)
+)
+
+
+# values for the options a method cannot do without (the registry says which those are)
+REQUIRED = {"weights": lambda tasks: {t: 0.5 + i for i, t in enumerate(tasks)}}
+
+
+def build(kind: str, name: str, tasks=TASKS):
+    """The registry's ``name`` for ``tasks`` (auxiliary mode, primary task ``a``, seed 0)."""
+    method = (registry.WEIGHTINGS if kind == "weighting" else registry.AGGREGATIONS)[name]
+    context = registry.MethodContext(tasks=tuple(tasks), primary=("a",), auxiliary=True, seed=0)
+    needed = [n for n, d in method.option_defaults().items() if d is inspect.Parameter.empty]
+    return method.build(context, {n: REQUIRED[n](tasks) for n in needed})
+
+
+class Net(nn.Module):
+    """Trunk Linear(4, 6) [→ BatchNorm1d] → tanh, one Linear(6, 1) head per task."""
+
+    def __init__(self, names=TASKS, batchnorm=False):
+        super().__init__()
+        layers = [nn.Linear(4, 6)] + ([nn.BatchNorm1d(6)] if batchnorm else []) + [nn.Tanh()]
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict({n: nn.Linear(6, 1) for n in names})
+
+    def forward(self, x, task=None):
+        h = self.trunk(x)
+        if task is not None:
+            return self.heads[task](h).squeeze(-1)
+        return {n: head(h).squeeze(-1) for n, head in self.heads.items()}
+
+
+def net(seed=0, dtype=torch.float64, **kwargs):
+    torch.manual_seed(seed)
+    return Net(**kwargs).to(dtype)
+
+
+def masked_mse(prediction, target):
+    """MSE over the labelled samples (NaN target = no label); a constant 0 without any."""
+    labelled = ~torch.isnan(target)
+    if not bool(labelled.any()):
+        return torch.tensor(0.0)
+    return F.mse_loss(prediction[labelled], target[labelled])
+
+
+def batch(seed=0, n=16, dtype=torch.float64, names=TASKS, multi_input=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    if multi_input:
+        return {t: (draw(n, 4), draw(n)) for t in names}
+    return draw(n, 4), {t: draw(n) for t in names}
+
+
+def unlabelled(b, task, multi_input=False):
+    """``b`` with every target of ``task`` missing (NaN)."""
+    if multi_input:
+        x, y = b[task]
+        return {**b, task: (x, torch.full_like(y, float("nan")))}
+    x, targets = b
+    return x, {**targets, task: torch.full_like(targets[task], float("nan"))}
+
+
+def without(b, task, multi_input=False):
+    if multi_input:
+        return {t: v for t, v in b.items() if t != task}
+    return b[0], {t: y for t, y in b[1].items() if t != task}
+
+
+def grads_after_backward(weighting, aggregation, names, b, meta, multi_input=False, seed=0):
+    """``.grad`` of every parameter after one ``MultiTask.backward`` on a fresh ``net(seed)``."""
+    model = net(seed)
+    tasks = dm.Tasks({t: masked_mse for t in names}, multi_input=multi_input)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    mtl = dm.MultiTask(model, tasks, opt, weighting=weighting, aggregation=aggregation)
+    info = mtl.backward(b, meta)
+    return {n: p.grad for n, p in model.named_parameters()}, info
+
+
+def assert_same_gradients(got, expected, atol=1e-10):
+    for name in got:
+        g, e = got[name], expected[name]
+        g = torch.zeros(1, dtype=torch.float64) if g is None else g
+        e = torch.zeros(1, dtype=torch.float64) if e is None else e
+        torch.testing.assert_close(g.expand_as(e) if g.numel() == 1 else g, e.expand_as(g) if e.numel() == 1 else e,
+                                   atol=atol, rtol=1e-7, msg=f"gradient of {name}")
+
+
+# --------------------------------------------------------------------- 1. a task without a graph
+
+# Weightings whose weights of the present tasks depend on the other tasks' *loss values* or on
+# T by design: the absent task's constant loss still counts (RLW draws T random weights).
+WEIGHTS_DEPEND_ON_ALL_TASKS = {"rlw"}
+
+
+@pytest.mark.parametrize("multi_input", [False, True], ids=["single-input", "multi-input"])
+@pytest.mark.parametrize("name", AGGREGATIONS)
+def test_aggregation_step_with_a_graphless_task_is_the_step_on_the_other_tasks(name, multi_input):
+    b = batch(1, multi_input=multi_input)
+    got, _ = grads_after_backward(None, build("aggregation", name), TASKS, unlabelled(b, "c", multi_input), None,
+                                  multi_input)
+    expected, _ = grads_after_backward(None, build("aggregation", name, ("a", "b")), ("a", "b"),
+                                       without(b, "c", multi_input), None, multi_input)
+    assert got["heads.c.weight"] is None or not got["heads.c.weight"].any()
+    assert_same_gradients(got, expected, atol=1e-8 if name in ("cagrad", "nash-mtl") else 1e-10)
+
+
+@pytest.mark.parametrize("multi_input", [False, True], ids=["single-input", "multi-input"])
+@pytest.mark.parametrize("name", WEIGHTINGS)
+def test_weighting_step_with_a_graphless_task_is_the_step_on_the_other_tasks(name, multi_input):
+    b, meta = batch(1, multi_input=multi_input), batch(2, multi_input=multi_input)
+    absent = unlabelled(b, "c", multi_input)
+    got, info = grads_after_backward(build("weighting", name), None, TASKS, absent, meta, multi_input)
+    assert torch.isfinite(info.weights).all()
+    assert got["heads.c.weight"] is None or not got["heads.c.weight"].any()
+    # the step is Σ over the present tasks of λₖ ∇Lₖ with the reported λ: the absent row is zero
+    model = net(0)
+    tasks = dm.Tasks({t: masked_mse for t in ("a", "b")}, multi_input=multi_input)
+    losses = dm.Objective(model, tasks).losses(without(b, "c", multi_input))
+    (info.weights[:2] * losses).sum().backward()
+    assert_same_gradients(got, {n: p.grad for n, p in model.named_parameters()})
+    if name in WEIGHTS_DEPEND_ON_ALL_TASKS:
+        return
+    expected, info2 = grads_after_backward(build("weighting", name, ("a", "b")), None, ("a", "b"),
+                                           without(b, "c", multi_input), without(meta, "c", multi_input),
+                                           multi_input)
+    torch.testing.assert_close(info.weights[:2], info2.weights)
+    assert_same_gradients(got, expected)
+
+
+def test_pcgrad_with_an_ignored_task_is_the_issue_example():
+    """Two tasks on one linear layer, every target of b is the ignore value."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+
+    def ce_head(k):
+        def loss(out, y):
+            keep = y != -100
+            return F.cross_entropy(out[keep], y[keep]) if keep.any() else torch.tensor(0.0)
+        return loss
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = model
+
+        def forward(self, x):
+            out = self.lin(x)
+            return {"a": out, "b": out}
+
+    two = Two()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    b = (x, {"a": torch.tensor([0, 1, 0, 1, 1]), "b": torch.full((5,), -100)})
+    opt = torch.optim.SGD(two.parameters(), lr=0.1)
+    dm.MultiTask(two, dm.Tasks({"a": ce_head(0), "b": ce_head(1)}), opt, aggregation=dm.PCGrad()).backward(b)
+    expected = torch.autograd.grad(F.cross_entropy(model(x), b[1]["a"]), list(model.parameters()))
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, e)
+
+
+# ------------------------------------------------------------- 2. degenerate gradient geometry
+
+
+def degenerate_jacobians():
+    g = torch.Generator().manual_seed(3)
+    r = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    return {
+        "zero row": torch.stack([r[0], torch.zeros(5, dtype=torch.float64), r[1]]),
+        "underflowing row": torch.stack([r[0], 1e-25 * r[1], r[2]]),
+        "duplicate rows": torch.stack([r[0], r[0], r[1]]),
+        "opposite rows": torch.stack([r[0], -r[0]]),
+        "one task": r[:1],
+        "rank deficient": torch.stack([r[0], r[1], r[0] + 2 * r[1]]),
+        "issue example": torch.tensor([[1.0, 0.5, 0.0], [-3e-25, 1e-25, 0.0]], dtype=torch.float64),
+    }
+
+
+DEGENERATE = degenerate_jacobians()
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("case", list(DEGENERATE))
+@pytest.mark.parametrize("name", GRADIENT_AGGREGATIONS)
+def test_degenerate_jacobians_give_the_float64_result(name, case, dtype):
+    j = DEGENERATE[case].to(dtype)
+    reference = build("aggregation", name).combine(DEGENERATE[case])
+    d = build("aggregation", name).combine(j)
+    assert d.dtype == dtype and torch.isfinite(d).all()
+    assert torch.isfinite(reference).all()
+    scale = float(j.double().norm(dim=1).sum())
+    assert float((d.double() - reference).norm()) <= TOLERANCE[dtype] * max(scale, 1e-30), (d, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_pcgrad_issue_example(dtype):
+    j = torch.tensor([[1.0, 0.5, 0.0], [-3e-25, 1e-25, 0.0]], dtype=dtype)
+    torch.testing.assert_close(dm.PCGrad().combine(j).double(), torch.tensor([0.25, 0.75, 0.0], dtype=torch.float64),
+                               atol=TOLERANCE[dtype], rtol=0)
+
+
+# ----------------------------------------------------------------------------- 3. CAGrad c ≥ 1
+
+
+def independent_cagrad(j: np.ndarray, c: float) -> float:
+    """The best worst rate max_d minᵢ gᵢ·d s.t. ‖d − g₀‖ ≤ c‖g₀‖, solved as posed in d-space
+    over (d, t) with SciPy's trust-region constrained solver (not the dual CAGrad uses)."""
+    from scipy import optimize
+
+    g0 = j.mean(0)
+    r2 = (c * np.linalg.norm(g0)) ** 2
+    dim = j.shape[1]
+    constraints = optimize.NonlinearConstraint(
+        lambda z: np.concatenate([j @ z[:dim] - z[-1], [r2 - float(((z[:dim] - g0) ** 2).sum())]]), 0.0, np.inf
+    )
+    start = np.concatenate([g0, [float((j @ g0).min())]])
+    with warnings.catch_warnings():  # its quasi-Newton update warns on the linear objective
+        warnings.simplefilter("ignore", UserWarning)
+        result = optimize.minimize(lambda z: -z[-1], start, method="trust-constr", constraints=[constraints],
+                                   options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 5000})
+    assert result.status in (1, 2), result.message
+    return -float(result.fun)
+
+
+CAGRAD_CASES = {
+    "issue example": [[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [-0.1, 1.0, 0]],
+    "0 in the hull": [[1.0, 0.2], [-1.0, 0.3], [0.0, -1.0]],
+    "conflicting pair": [[1.0, 0.5, -0.2], [-2.0, 1.0, 0.3]],
+    "random": torch.randn(4, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64).tolist(),
+}
+
+
+@pytest.mark.parametrize("c", [0.1, 0.4, 0.9, 1.0, 2.0, 5.0])
+@pytest.mark.parametrize("case", list(CAGRAD_CASES))
+def test_cagrad_reaches_the_best_worst_rate_of_an_independent_solve(case, c):
+    j = torch.tensor(CAGRAD_CASES[case], dtype=torch.float64)
+    d = dm.CAGrad(c=c, rescale=False).combine(j)
+    best = independent_cagrad(j.numpy(), c)
+    g0 = j.mean(0)
+    assert float((d - g0).norm()) <= c * float(g0.norm()) * (1 + 1e-6) + 1e-9  # inside the ball
+    tol = 3e-5 * float(j.norm(dim=1).max() * g0.norm())
+    worst = float((j @ d).min())
+    assert worst >= best - tol
+    # no d does better than 0 when 0 is in the hull (Σ wᵢ gᵢ·d = 0): there the independent
+    # solver stops short of 0 by more than its tolerance
+    assert worst <= (0.0 if zero_in_hull(j.numpy()) else best + tol)
+
+
+def zero_in_hull(j: np.ndarray) -> bool:
+    """Whether some w ≥ 0 with Σw = 1 has Jᵀw = 0 (a linear programme)."""
+    from scipy import optimize
+
+    rows = j.shape[0]
+    equalities = np.vstack([j.T, np.ones((1, rows))])
+    result = optimize.linprog(np.zeros(rows), A_eq=equalities, b_eq=np.r_[np.zeros(j.shape[1]), 1.0], bounds=(0, None))
+    return result.status == 0
+
+
+@pytest.mark.parametrize("c", [0.1, 2.0])
+def test_cagrad_issue_example_improves_no_task_worse_than_zero(c):
+    j = torch.tensor(CAGRAD_CASES["issue example"], dtype=torch.float64)
+    d = dm.CAGrad(c=c, rescale=False).combine(j)
+    torch.testing.assert_close(d, torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64), atol=1e-7, rtol=0)
+
+
+# -------------------------------------------------------------------- 4. GradNorm stays positive
+
+
+class Trunk(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(8, 16)
+        self.heads = nn.ModuleDict({"a": nn.Linear(16, 1), "b": nn.Linear(16, 1)})
+
+    def forward(self, x):
+        h = torch.tanh(self.trunk(x))
+        return {n: head(h).squeeze(-1) for n, head in self.heads.items()}
+
+
+@pytest.mark.parametrize("lr", [0.025, 1e-3])
+def test_gradnorm_weights_stay_positive_and_sum_to_t(lr):
+    torch.manual_seed(0)
+    model = Trunk()
+    tasks = dm.Tasks({"a": F.mse_loss, "b": lambda p, y: 1e4 * F.mse_loss(p, y)})
+    weighting = dm.GradNorm(lr=lr)
+    mtl = dm.MultiTask(model, tasks, torch.optim.SGD(model.parameters(), lr=1e-6), weighting=weighting)
+    smallest = math.inf
+    for step in range(300 if lr > 0.01 else 1200):
+        x = torch.randn(16, 8)
+        mtl.step((x, {"a": torch.randn(16), "b": torch.randn(16)}))
+        w = weighting.task_weights.detach()
+        smallest = min(smallest, float(w.min()))
+        assert float(w.sum()) == pytest.approx(2.0, rel=1e-5)
+    assert smallest > 0.0
+
+
+# -------------------------------------------------------------------- 5. Frank-Wolfe on a vertex
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [([[0.1, 0.0], [1.0, 1.0]], [0.1, 0.0]), ([[0.3, 0.4]], [0.3, 0.4]), ([[0.3, 0.4], [0.3, 0.4]], [0.3, 0.4])],
+    ids=["vertex", "one task", "identical rows"],
+)
+def test_frank_wolfe_on_a_vertex_converges_without_warning(rows, expected, caplog):
+    with caplog.at_level(logging.WARNING, logger="dynamtl"):
+        d = dm.MGDA(solver="frank-wolfe").combine(torch.tensor(rows, dtype=torch.float64))
+    torch.testing.assert_close(d, torch.tensor(expected, dtype=torch.float64))
+    assert not caplog.records
+
+
+# ------------------------------------------------------------- 6. non-finite values in any pass
+
+
+class Poisoned:
+    """A masked MSE that returns NaN on its ``at``-th call (1-based) and counts its calls;
+    ``gradient=True`` keeps the value finite and makes its gradient NaN instead."""
+
+    def __init__(self, at: int | None = None, gradient: bool = False):
+        self.at, self.gradient, self.calls = at, gradient, 0
+
+    def __call__(self, prediction, target):
+        self.calls += 1
+        loss = masked_mse(prediction, target)
+        if self.calls == self.at:
+            if self.gradient:  # d/dx √|x − x| is infinite at 0; times 0 the value stays finite
+                return loss + 0.0 * (prediction - prediction.detach()).abs().sqrt().sum()
+            return loss * float("nan")
+        return loss
+
+
+def snapshot(mtl, model, opt):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        copy.deepcopy(opt.state_dict()),
+        copy.deepcopy(mtl.weighting.state_dict()),
+        copy.deepcopy(mtl.aggregation.state_dict()),
+    )
+
+
+def assert_identical(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b) or (a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num())
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_identical(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_identical(x, y)
+    else:
+        assert a == b or a is b or repr(a) == repr(b)
+
+
+def poisoned_run(weighting, aggregation, loss):
+    model = net(0, batchnorm=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    tasks = dm.Tasks({"a": masked_mse, "b": loss, "c": masked_mse})
+    return model, opt, dm.MultiTask(model, tasks, opt, weighting=weighting, aggregation=aggregation)
+
+
+def calls_per_step(weighting_name, aggregation_name):
+    loss = Poisoned()
+    _, _, mtl = poisoned_run(build("weighting", weighting_name), build("aggregation", aggregation_name), loss)
+    mtl.step(batch(1), batch(2))
+    first = loss.calls
+    mtl.step(batch(3), batch(4))
+    return first, loss.calls - first
+
+
+PAIRS = [(w, "sum") for w in WEIGHTINGS] + [("equal", a) for a in AGGREGATIONS if a != "sum"]
+
+
+@pytest.mark.parametrize("gradient", [False, True], ids=["loss", "gradient"])
+@pytest.mark.parametrize(("weighting_name", "aggregation_name"), PAIRS)
+def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighting_name, aggregation_name, gradient):
+    first, per_step = calls_per_step(weighting_name, aggregation_name)
+    for at in range(1, per_step + 1):
+        loss = Poisoned(first + at, gradient)
+        model, opt, mtl = poisoned_run(build("weighting", weighting_name), build("aggregation", aggregation_name), loss)
+        mtl.step(batch(1), batch(2))  # a good step: momentum, λ and histories are not at their start
+        before = snapshot(mtl, model, opt)
+        try:
+            mtl.step(batch(3), batch(4))
+        except dm.NonFiniteLossError as error:
+            assert error.step == 2 and "in step 2 (1-based)" in str(error)
+            assert "b" in error.values or gradient and "aggregation" in error.pass_name, str(error)
+            assert error.pass_name in str(error)
+            assert all(p.grad is None for p in model.parameters())
+            assert mtl.steps == 1
+        else:
+            # a poisoned value that cannot reach the step: the pass's value is not used (e.g. a
+            # look-ahead loss of a task that is not main) -- then the step must be finite
+            assert all(torch.isfinite(p).all() for p in model.parameters()), (at, per_step)
+            continue
+        after = snapshot(mtl, model, opt)
+        assert_identical(after, before)
+        mtl.step(batch(3), batch(4))  # the run goes on (the poison was one call)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_auto_lambda_nan_in_the_meta_input_names_the_meta_pass_in_that_step():
+    model, opt, mtl = poisoned_run(dm.AutoLambda(), None, masked_mse)
+    mtl.step(batch(1), batch(2))
+    lambdas = mtl.weighting.lambdas.detach().clone()
+    x, y = batch(4)
+    x = x.clone()
+    x[0, 0] = float("nan")
+    with pytest.raises(dm.NonFiniteLossError, match=r"in step 2 \(1-based\) .* in the meta pass") as caught:
+        mtl.step(batch(3), (x, y))
+    assert set(caught.value.values) == {"a", "b", "c"}
+    assert torch.equal(mtl.weighting.lambdas.detach(), lambdas)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- 7. low precision
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_auto_lambda_in_float16_keeps_finite_float32_weights(seed):
+    model = net(seed, torch.float16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    weighting = dm.AutoLambda()
+    mtl = dm.MultiTask(model, dm.Tasks({t: F.mse_loss for t in TASKS}), opt, weighting=weighting)
+    for step in range(3):
+        mtl.step(batch(seed + step, dtype=torch.float16), batch(100 + seed + step, dtype=torch.float16))
+    assert weighting.lambdas.dtype == torch.float32
+    assert torch.isfinite(weighting.lambdas).all()
+    assert float((weighting.lambdas - 0.1).abs().max()) <= 3 * 1e-4 + 1e-6  # Adam moves λ by ≤ lr a step
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("weighting_name", "aggregation_name"), PAIRS)
+def test_half_precision_step_matches_float32(weighting_name, aggregation_name, dtype):
+    results = {}
+    for run_dtype in (torch.float32, dtype):
+        model = net(0, torch.float32).to(dtype).to(run_dtype)  # the same (rounded) parameters
+        tasks = dm.Tasks({t: F.mse_loss for t in TASKS})
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        mtl = dm.MultiTask(model, tasks, opt, weighting=build("weighting", weighting_name),
+                           aggregation=build("aggregation", aggregation_name))
+        b, meta = batch(1, dtype=dtype), batch(2, dtype=dtype)
+        cast = lambda bb: (bb[0].to(run_dtype), {t: y.to(run_dtype) for t, y in bb[1].items()})  # noqa: E731
+        info = mtl.backward(cast(b), cast(meta))
+        for state in mtl.weighting.state_dict().values():
+            if isinstance(state, torch.Tensor) and state.is_floating_point():
+                assert state.dtype == torch.float32
+        grad = torch.cat([p.grad.float().reshape(-1) for p in model.parameters() if p.grad is not None])
+        assert torch.isfinite(info.weights).all() and torch.isfinite(grad).all()
+        results[run_dtype] = (info.weights.float(), grad)
+    (w32, g32), (w16, g16) = results[torch.float32], results[dtype]
+    torch.testing.assert_close(w16, w32, rtol=0.05, atol=0.05)
+    assert float((g16 - g32).norm()) <= 0.1 * float(g32.norm()) + 1e-3
+
+
+# ------------------------------------------------------------ 8. errors in the user's model/loss
+
+
+def test_target_with_the_wrong_number_of_rows_names_the_task_and_pass():
+    model = net(0)
+    x, y = batch(1)
+    y = {**y, "b": y["b"][:-1]}
+    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match=r"the loss of task 'b' raised RuntimeError in the training pass: "):
+        mtl.step((x, y))
+
+
+def test_float_targets_for_cross_entropy_name_the_task():
+    model = nn.Linear(4, 3)
+
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = model
+
+        def forward(self, x):
+            return {"cls": self.lin(x)}
+
+    with pytest.raises(RuntimeError, match=r"the loss of task 'cls' raised RuntimeError in the training pass"):
+        dm.MultiTask(Heads(), dm.Tasks({"cls": F.cross_entropy})).backward(
+            (torch.randn(4, 4), {"cls": torch.tensor([0.0, 1.0, 2.0, 1.0])[:, None].expand(4, 2)})
+        )
+
+
+@pytest.mark.parametrize("name", [n for n in WEIGHTINGS if registry.WEIGHTINGS[n].factory.needs_meta_batch])
+def test_meta_batch_of_another_width_names_the_meta_pass(name):
+    model = net(0)
+    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), torch.optim.SGD(model.parameters(), lr=0.1),
+                       weighting=build("weighting", name))
+    x, y = batch(2)
+    with pytest.raises(RuntimeError, match=r"the model raised RuntimeError in the meta pass: mat1 and mat2"):
+        mtl.step(batch(1), (torch.cat([x, x], 1), y))
+
+
+def test_model_error_in_a_multi_input_task_names_it():
+    model = net(0)
+    b = batch(1, multi_input=True)
+    b["b"] = (torch.randn(16, 5, dtype=torch.float64), b["b"][1])
+    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}, multi_input=True))
+    with pytest.raises(RuntimeError, match=r"the model called on the inputs of task 'b' raised RuntimeError in the training"):
+        mtl.backward(b)
+
+
+# ----------------------------------------------------------------------------- 9. whose parameters
+
+
+def test_auto_lambda_leaves_a_parameter_the_optimizer_does_not_own():
+    model = net(0)
+    opt = torch.optim.SGD([p for n, p in model.named_parameters() if n != "heads.c.bias"], lr=0.1, momentum=0.9)
+    before = model.heads.c.bias.detach().clone()
+    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), opt, weighting=dm.AutoLambda())
+    for step in range(2):
+        mtl.step(batch(step), batch(10 + step))
+    assert torch.equal(model.heads.c.bias.detach(), before)
+    assert torch.isfinite(mtl.weighting.lambdas).all()
+
+
+def test_an_optimizer_owning_none_of_the_parameters_is_refused():
+    model = net(0)
+    other = net(1)
+    with pytest.raises(ValueError, match="owns none of the model's trainable parameters.*torch.optim.SGD\\(model"):
+        dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), torch.optim.SGD(other.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize(("kind", "name"), [("weighting", n) for n in WEIGHTINGS] + [("aggregation", n) for n in AGGREGATIONS])
+def test_one_method_object_for_two_multitasks_is_refused(kind, name):
+    method = build(kind, name)
+    tasks = dm.Tasks({t: masked_mse for t in TASKS})
+    first, second = net(0), net(1)
+    held = dm.MultiTask(first, tasks, torch.optim.SGD(first.parameters(), lr=0.1), **{kind: method})
+    with pytest.raises(ValueError, match=f"already belongs to another MultiTask.*its own {type(method).__name__}"):
+        dm.MultiTask(second, tasks, torch.optim.SGD(second.parameters(), lr=0.1), **{kind: method})
+    del held  # once the first run is gone, the object may start another
+    dm.MultiTask(second, tasks, torch.optim.SGD(second.parameters(), lr=0.1), **{kind: method})
+
+
+SCHEDULERS = {
+    "step": lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1),
+    "one-cycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10),
+}
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("name", WEIGHTINGS)
+def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, scheduler):
+    model = net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = SCHEDULERS[scheduler](opt)
+    weighting = build("weighting", name)
+    tasks = dm.Tasks({t: masked_mse for t in TASKS})
+    try:
+        mtl = dm.MultiTask(model, tasks, opt, weighting=weighting)
+    except ValueError as error:
+        assert "build the scheduler after MultiTask" in str(error)
+        assert weighting.model_optimizer_parameters()
+        return
+    for step in range(3):
+        mtl.step(batch(step), batch(10 + step))
+        sched.step()
+
+
+# ------------------------------------------------------------- 10. arguments of the wrong kind
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: dm.Static([1.0, 0.5]), r"Static takes a mapping task name -> weight.*got list"),
+        (lambda: dm.Tasks(["a", "b"]), r"Tasks takes a mapping task name -> loss function.*got list"),
+        (lambda: dm.Tasks({"a": nn.MSELoss}), r"the class MSELoss, not a loss: give an instance, MSELoss\(\)"),
+        (lambda: dm.FAMO(min_losses=[0.0, 0.0]), r"FAMO's min_losses takes a mapping"),
+        (lambda: dm.AutoLambda(primary=0), r"the primary tasks are given by name"),
+        (lambda: dm.HydaLearn(main={"a": 1.0}), r"the main tasks are given by name"),
+        (lambda: dm.GCS(main=["a", 1]), r"the main tasks are given by name"),
+        (lambda: dm.OLAux(main=None), r"the main tasks are given by name"),
+        (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), weighting=dm.AutoLambda),
+         r"weighting must be a weighting instance such as dm.AutoLambda\(\), got the class AutoLambda"),
+        (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), aggregation="pcgrad"),
+         r"aggregation must be an aggregation instance such as dm.PCGrad\(\), got str"),
+        (lambda: dm.MultiTask(net(0), {"a": F.mse_loss}), r"tasks must be dm.Tasks"),
+        (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), net(1).parameters()),
+         r"optimizer must be a torch.optim.Optimizer instance, got generator"),
+    ],
+)
+def test_constructors_say_what_they_expect(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+def test_trainer_skip_rule_is_the_same_rollback():
+    """``--on-nonfinite skip`` catches the same error after the same rollback."""
+    assert issubclass(dm.NonFiniteLossError, FloatingPointError)
+    assert re.search("left as they were", str(dm.NonFiniteLossError("loss", "meta", {"a": float("nan")}, 3)))
