@@ -33,6 +33,8 @@ def dual_cone_weights(gram: Tensor, u: Tensor, max_iters: int) -> tuple[Tensor, 
     ``converged=False``.
     """
     num = len(gram)
+    if num == 0:
+        return u.clone(), True
     scale = max(float(gram.diagonal().max()), 0.0) * max(float(u.abs().max()), 1e-300)
     tol = 1e-12 * scale
     s = torch.zeros(num, dtype=torch.float64)
