@@ -116,5 +116,5 @@ def test_the_repr_is_the_call_with_its_arguments(name):
     for option, default in defaults.items():
         if option not in REQUIRED.get(name, {}):
             assert f"{option}={default!r}" in text
-    if "lambda" not in text:
+    if "lambda" not in text and "\n" not in text:  # no factory, no child module: the repr rebuilds it
         assert repr(eval(text, vars(dm))) == text  # our own repr, rebuilt

@@ -45,6 +45,7 @@ AGGREGATIONS = {
     "dualproj": dm.DualProj,
     "config": dm.ConFIG,
     "fairgrad": dm.FairGrad,
+    "cr-mogm": dm.CRMOGM,
 }
 
 

@@ -70,6 +70,15 @@ def test_fairgrad(alpha, rows, cols, seed):
     torch.testing.assert_close(dm.FairGrad(alpha=alpha).combine(j), jd.FairGrad(alpha=alpha)(j), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9])
+def test_cr_mogm_of_upgrad(beta):
+    ours = dm.CRMOGM(dm.UPGrad(), beta=beta)
+    theirs = jd.GramianWeightedAggregator(jd.CRMOGMWeighting(jd.UPGradWeighting(), alpha=beta))
+    for step in range(4):
+        j = jacobian(3, 7, step)
+        torch.testing.assert_close(ours.combine(j), theirs(j), rtol=1e-7, atol=1e-9)
+
+
 def _gradient(scalarize, losses):
     values = losses.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(scalarize(values), values)

@@ -1,6 +1,7 @@
 """dynamtl: dynamic task weighting for multi-task and auxiliary learning in PyTorch."""
 
 from dynamtl.aggregation import (
+    CRMOGM,
     IMTLG,
     MGDA,
     Aggregation,
@@ -13,6 +14,7 @@ from dynamtl.aggregation import (
     GradientAggregation,
     GradVac,
     NashMTL,
+    OnRepresentation,
     PCGrad,
     Sum,
     UPGrad,
@@ -45,6 +47,7 @@ from dynamtl.weighting import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRMOGM",
     "DBMTL",
     "DWA",
     "FAMO",
@@ -75,6 +78,7 @@ __all__ = [
     "NonFiniteLossError",
     "OLAux",
     "Objective",
+    "OnRepresentation",
     "PCGrad",
     "Static",
     "StepContext",

@@ -30,7 +30,8 @@ class ArgumentsRepr:
     """Mixin for modules whose ``repr`` is the call that built them: ``CAGrad(c=0.4,
     rescale=True)``. The constructor's arguments, defaults filled in, are recorded when the
     object is created (in ``__new__``, so no subclass has to remember) and shown by
-    :meth:`extra_repr` (tensors as lists)."""
+    :meth:`extra_repr` (tensors as lists; arguments kept as child modules are shown as such).
+    """
 
     _arguments: dict[str, Any]
 
@@ -57,6 +58,9 @@ class ArgumentsRepr:
 
     def extra_repr(self) -> str:
         shown = []
+        children = getattr(self, "_modules", {})
         for name, value in getattr(self, "_arguments", {}).items():
+            if name in children:  # shown below as a child module, by nn.Module's repr
+                continue
             shown.append(f"{name}={value.tolist() if isinstance(value, Tensor) else value!r}")
         return ", ".join(shown)
