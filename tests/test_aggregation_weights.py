@@ -118,3 +118,32 @@ def test_the_repr_is_the_call_with_its_arguments(name):
             assert f"{option}={default!r}" in text
     if "lambda" not in text and "\n" not in text:  # no factory, no child module: the repr rebuilds it
         assert repr(eval(text, vars(dm))) == text  # our own repr, rebuilt
+
+
+@pytest.mark.parametrize(("aggregation", "drawn"), [(dm.UPGrad, True), (dm.Sum, False)], ids=["upgrad", "sum"])
+def test_a_run_plots_its_aggregation_weights_when_they_change(tmp_path, aggregation, drawn):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib: pip install 'dynamtl[report]'")
+    import json
+
+    from dynamtl.report.plots import plot_run, weights_figure
+
+    torch.manual_seed(0)
+    model = Net().double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), optimizer, aggregation=aggregation())
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for step in range(1, 5):
+        x = torch.randn(10, 4, generator=g, dtype=torch.float64)
+        info = mtl.step((x, {t: torch.randn(10, generator=g, dtype=torch.float64) for t in TASKS}))
+        lines.append({"step": step, **info.as_dict()})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"benchmark": "toy", "method": "upgrad", "seed": 0}))
+    (run / "steps.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    written = plot_run(run)
+    assert ((run / "plots" / "aggregation-weights.png") in written) is drawn
+    if drawn:
+        figure = weights_figure(run, aggregation=True)
+        plotted = [list(line.get_ydata()) for line in figure.axes[0].get_lines()]
+        assert plotted == [[line[f"aggregation_weight/{t}"] for line in lines] for t in TASKS]
