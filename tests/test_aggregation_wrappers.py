@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dynamtl as dm
+from dynamtl.aggregation._solvers import random_orders
 
 F64 = torch.float64
 TASKS = ("a", "b", "c")
@@ -123,3 +124,41 @@ def test_on_representation_needs_a_representation_and_a_gradient_aggregation():
     with pytest.raises(ValueError, match="needs the shared representation"):
         dm.MultiTask(Net().double(), dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), None,
                      aggregation=dm.OnRepresentation(dm.UPGrad()))
+
+
+def test_gradvac_per_layer_applies_the_rule_to_each_layer_with_its_own_targets():
+    torch.manual_seed(0)
+    model = Net().double()
+    twin = copy.deepcopy(model)
+    aggregation = dm.GradVac(beta=0.5, seed=4, granularity="layer")
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), None, weighting=dm.Static(WEIGHTS),
+                       aggregation=aggregation)
+    x, y = _batch()
+    info = mtl.backward((x, y))
+    out = twin(x)
+    losses = [WEIGHTS[t] * F.mse_loss(out[t], y[t]) for t in TASKS]
+    layers = {"trunk.0": twin.trunk[0], "trunk.2": twin.trunk[2]}
+    assert set(aggregation.layer_targets) == set(layers)
+    reference = dm.GradVac(beta=0.5, seed=4)  # the same task orders: one draw per step
+    orders = random_orders(reference.generator, 3)
+    for name, layer in layers.items():
+        params = list(layer.parameters())
+        grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
+        rows = torch.stack([torch.cat([g.reshape(-1) for g in task]) for task in grads])
+        targets = [[0.0] * 3 for _ in range(3)]
+        expected = torch.tensor(reference._vaccinate(rows, orders, targets), dtype=F64) @ rows
+        got = torch.cat([p.grad.reshape(-1) for p in getattr(model.trunk, name.split(".")[1]).parameters()])
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(torch.tensor(aggregation.layer_targets[name]), torch.tensor(targets))
+    assert info.aggregation_weights is not None
+    state = copy.deepcopy(aggregation.state_dict())
+    restored = dm.GradVac(granularity="layer")
+    restored.load_state_dict(state)
+    assert restored.layer_targets == aggregation.layer_targets
+
+
+def test_gradvac_whole_model_is_unchanged_and_a_bad_granularity_refused():
+    j = jacobian(2)
+    torch.testing.assert_close(dm.GradVac(seed=1).combine(j), dm.GradVac(seed=1, granularity="layer").combine(j))
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        dm.GradVac(granularity="tensor")

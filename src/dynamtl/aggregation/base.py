@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -65,6 +66,12 @@ class GradientAggregation(Aggregation):
         """α (shape ``[T]``, float64 on the CPU) such that the update is Σₖ αₖ Jₖ."""
         raise NotImplementedError(f"{type(self).__name__} defines no row_weights: its update is not a row combination")
 
+    def combine_shared(self, jacobian: Tensor, blocks: Sequence[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+        """``(α, d)`` for the step's rows ``jacobian``, whose columns are the shared parameters
+        ``blocks`` (name, number of elements) in order: :meth:`weights_and_update` by default;
+        an aggregation that treats parameters by layer overrides it (GradVac)."""
+        return self.weights_and_update(jacobian)
+
     def weights_and_update(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
         """``(α, d)``: the row weights and the update of ``jacobian`` (one call of the
         method, so a random or stateful aggregation draws once)."""
@@ -82,9 +89,10 @@ class GradientAggregation(Aggregation):
         accumulate(ctx, combine_gradients(specific, w))
         self.last_weights = torch.ones_like(w)  # no shared parameter: every task keeps its own gradient
         if shared:
-            alpha, flat = self.weights_and_update(w[:, None] * shared_rows(ctx, task_grads, shared))
+            sizes = [ctx.params[n].numel() for n in shared]
+            alpha, flat = self.combine_shared(w[:, None] * shared_rows(ctx, task_grads, shared), list(zip(shared, sizes)))
             self.last_weights = alpha.to(w)
-            accumulate(ctx, dict(zip(shared, flat.split([ctx.params[n].numel() for n in shared]))))
+            accumulate(ctx, dict(zip(shared, flat.split(sizes))))
         weighting_backward(ctx, weights, regularizer)
 
 
