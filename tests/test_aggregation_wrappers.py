@@ -108,7 +108,7 @@ def test_on_representation_of_mgda_is_mgda_ub_on_the_shared_parameters():
 
 def test_on_representation_back_propagates_a_non_linear_update():
     """GradDrop's masked update on Z, pushed through the trunk by the chain rule."""
-    model, twin, info, x, y = _run(dm.OnRepresentation(dm.GradDrop(seed=3)))
+    model, twin, _, x, y = _run(dm.OnRepresentation(dm.GradDrop(seed=3)))
     z = twin.trunk(x)
     losses = [WEIGHTS[t] * F.mse_loss(twin.heads[t](z).squeeze(-1), y[t]) for t in TASKS]
     rows = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for loss in losses])

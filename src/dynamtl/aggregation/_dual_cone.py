@@ -20,6 +20,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, warn_once
+from dynamtl.aggregation.base import GradientAggregation
+
 
 def dual_cone_weights(gram: Tensor, u: Tensor, max_iters: int) -> tuple[Tensor, bool]:
     """``(v, converged)``: v = argmin_{v ≥ u} vᵀGv for a float64 PSD ``gram`` ([T, T]).
@@ -100,3 +103,41 @@ def checked_preference(owner: str, pref: Sequence[float] | None) -> Tensor | Non
             f"{owner}'s pref must be finite non-negative weights, one per task, not all 0; got {list(pref)}"
         )
     return values
+
+
+class DualConeAggregation(GradientAggregation):
+    """What UPGrad and DualProj share: a preference, the regularisation of the Gram matrix,
+    the solver's budget, and leaving zero rows out (see their docstrings)."""
+
+    def __init__(self, pref: Sequence[float] | None = None, reg_eps: float = 1e-4, max_iters: int = 100) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if reg_eps < 0:
+            raise ValueError(f"{owner}'s reg_eps must be >= 0, got {reg_eps}")
+        if max_iters < 1:
+            raise ValueError(f"{owner}'s max_iters must be >= 1, got {max_iters}")
+        self.pref = checked_preference(owner, pref)
+        self.reg_eps = float(reg_eps)
+        self.max_iters = max_iters
+        self._warned: set[str] = set()
+
+    def row_weights(self, jacobian: Tensor) -> Tensor:
+        check_jacobian(type(self).__name__, jacobian)
+        full = gramian(jacobian)
+        active = nonzero_rows(full)
+        pref = preference(type(self).__name__, self.pref, len(full), 1.0 / max(int(active.sum()), 1))[active]
+        weights = torch.zeros(len(full), dtype=torch.float64)
+        weights[active] = self.active_weights(normalized_gram(full[active][:, active], self.reg_eps), pref)
+        return weights
+
+    def active_weights(self, gram: Tensor, pref: Tensor) -> Tensor:
+        """The weights of the non-zero rows, from their normalised Gram matrix and preference."""
+        raise NotImplementedError
+
+    def project(self, gram: Tensor, u: Tensor) -> Tensor:
+        """v = argmin_{v ≥ u} vᵀGv, with a warning (once) if the solver did not converge."""
+        v, converged = dual_cone_weights(gram, u, self.max_iters)
+        if not converged:
+            message = f"{type(self).__name__}: a projection did not converge in max_iters={self.max_iters}"
+            warn_once(self._warned, message)
+        return v

@@ -90,7 +90,8 @@ class GradientAggregation(Aggregation):
         self.last_weights = torch.ones_like(w)  # no shared parameter: every task keeps its own gradient
         if shared:
             sizes = [ctx.params[n].numel() for n in shared]
-            alpha, flat = self.combine_shared(w[:, None] * shared_rows(ctx, task_grads, shared), list(zip(shared, sizes)))
+            rows = w[:, None] * shared_rows(ctx, task_grads, shared)
+            alpha, flat = self.combine_shared(rows, list(zip(shared, sizes)))
             self.last_weights = alpha.to(w)
             accumulate(ctx, dict(zip(shared, flat.split(sizes))))
         weighting_backward(ctx, weights, regularizer)
@@ -111,10 +112,13 @@ def shared_parameters(task_grads: list[Gradients]) -> list[str]:
 def shared_rows(ctx: StepContext, task_grads: list[Gradients], shared: list[str]) -> Tensor:
     """The matrix ``[T, D]`` of the task gradients flattened over the parameters ``shared``
     (zeros where a task's loss does not depend on one)."""
-    rows = [
-        torch.cat([(g[n] if g[n] is not None else torch.zeros_like(ctx.params[n])).reshape(-1) for n in shared])
-        for g in task_grads
-    ]
+    rows = []
+    for grads in task_grads:
+        pieces = []
+        for name in shared:
+            g = grads[name]
+            pieces.append((torch.zeros_like(ctx.params[name]) if g is None else g).reshape(-1))
+        rows.append(torch.cat(pieces))
     return torch.stack(rows).detach()
 
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from torch import Tensor
 
-from dynamtl.aggregation._dual_cone import checked_preference, dual_cone_weights, normalized_gram, preference
-from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, warn_once
-from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.aggregation._dual_cone import DualConeAggregation
 from dynamtl.facts import aggregation_facts
 
 
-class DualProj(GradientAggregation):
+class DualProj(DualConeAggregation):
     r"""The p-weighted sum of the task gradients, projected onto their dual cone.
 
     .. math::
@@ -51,25 +46,5 @@ class DualProj(GradientAggregation):
         options=("pref", "reg_eps", "max_iters"),
     )
 
-    def __init__(self, pref: Sequence[float] | None = None, reg_eps: float = 1e-4, max_iters: int = 100) -> None:
-        super().__init__()
-        if reg_eps < 0:
-            raise ValueError(f"DualProj's reg_eps must be >= 0, got {reg_eps}")
-        if max_iters < 1:
-            raise ValueError(f"DualProj's max_iters must be >= 1, got {max_iters}")
-        self.pref = checked_preference("DualProj", pref)
-        self.reg_eps = float(reg_eps)
-        self.max_iters = max_iters
-        self._warned: set[str] = set()
-
-    def row_weights(self, jacobian: Tensor) -> Tensor:
-        check_jacobian(type(self).__name__, jacobian)
-        full = gramian(jacobian)
-        active = nonzero_rows(full)
-        pref = preference("DualProj", self.pref, len(full), 1.0 / max(int(active.sum()), 1))[active]
-        alpha, converged = dual_cone_weights(normalized_gram(full[active][:, active], self.reg_eps), pref, self.max_iters)
-        if not converged:
-            warn_once(self._warned, f"DualProj: the projection did not converge in max_iters={self.max_iters}")
-        weights = torch.zeros(len(full), dtype=torch.float64)
-        weights[active] = alpha
-        return weights
+    def active_weights(self, gram: Tensor, pref: Tensor) -> Tensor:
+        return self.project(gram, pref)

@@ -15,7 +15,6 @@ from dynamtl.aggregation._solvers import (
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.facts import aggregation_facts
 
-
 _NEGLIGIBLE = 10.0 * float(torch.finfo(torch.float64).eps)
 """A row whose squared norm is below this fraction of the largest one's counts as zero."""
 
@@ -43,12 +42,13 @@ class FairGrad(GradientAggregation):
     row that is zero (λₖ = 0, or no shared parameter), or negligible (‖gₖ‖² below 10 float64
     machine epsilons of the largest ‖gᵢ‖²), gets w = 0 and the others share the update. For
     a > 1 the allocation gives a tiny gradient a huge weight (wₖ ∝ ‖gₖ‖^{−2a/(a+1)}), so a
-    row that is only rounding would otherwise take over the update. A solution exists unless 0 is in the convex hull of the gradients; if
-    Newton does not converge a warning is logged once and the orthogonal solution is used.
+    row that is only rounding would otherwise take over the update. A solution exists unless
+    0 is in the convex hull of the gradients; if Newton does not converge a warning is
+    logged once and the orthogonal solution is used.
 
     Args:
-        alpha: the fairness a ≥ 0 (the paper's α; it reports a = 2 as a good default on
-            NYUv2 and CityScapes); a = 0 is linear scalarisation with uniform weights, taken
+        alpha: the fairness a ≥ 0 (the paper's α; default 2, our choice: TorchJD requires
+            it, the paper compares several values); a = 0 is linear scalarisation with uniform weights, taken
             as the mean of the rows (the paper's and TorchJD's 1/T).
         tol: tolerance on maxᵢ |wᵢ^{1/a}(Gw)ᵢ − 1| (default 1e-8).
         max_iters: Newton iterations (default 100).

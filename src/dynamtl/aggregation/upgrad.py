@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
-from dynamtl.aggregation._dual_cone import checked_preference, dual_cone_weights, normalized_gram, preference
-from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, warn_once
-from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.aggregation._dual_cone import DualConeAggregation
 from dynamtl.facts import aggregation_facts
 
 
-class UPGrad(GradientAggregation):
+class UPGrad(DualConeAggregation):
     r"""Unconflicting Projection of Gradients: project each task gradient onto the dual cone
     of all of them, and average.
 
@@ -62,32 +58,10 @@ class UPGrad(GradientAggregation):
         options=("pref", "reg_eps", "max_iters"),
     )
 
-    def __init__(self, pref: Sequence[float] | None = None, reg_eps: float = 1e-4, max_iters: int = 100) -> None:
-        super().__init__()
-        if reg_eps < 0:
-            raise ValueError(f"UPGrad's reg_eps must be >= 0, got {reg_eps}")
-        if max_iters < 1:
-            raise ValueError(f"UPGrad's max_iters must be >= 1, got {max_iters}")
-        self.pref = checked_preference("UPGrad", pref)
-        self.reg_eps = float(reg_eps)
-        self.max_iters = max_iters
-        self._warned: set[str] = set()
-
-    def row_weights(self, jacobian: Tensor) -> Tensor:
-        check_jacobian(type(self).__name__, jacobian)
-        full = gramian(jacobian)
-        active = nonzero_rows(full)
-        num = int(active.sum())
-        pref = preference("UPGrad", self.pref, len(full), 1.0 / max(num, 1))[active]
-        gram = normalized_gram(full[active][:, active], self.reg_eps)
-        alpha = torch.zeros(num, dtype=torch.float64)
-        for i in range(num):
-            unit = torch.zeros(num, dtype=torch.float64)
+    def active_weights(self, gram: Tensor, pref: Tensor) -> Tensor:
+        alpha = torch.zeros(len(gram), dtype=torch.float64)
+        for i in range(len(gram)):
+            unit = torch.zeros(len(gram), dtype=torch.float64)
             unit[i] = pref[i]
-            v, converged = dual_cone_weights(gram, unit, self.max_iters)
-            if not converged:
-                warn_once(self._warned, f"UPGrad: a projection did not converge in max_iters={self.max_iters}")
-            alpha += v
-        weights = torch.zeros(len(full), dtype=torch.float64)
-        weights[active] = alpha
-        return weights
+            alpha += self.project(gram, unit)
+        return alpha

@@ -136,7 +136,7 @@ class OwnOptimizer:
     meta_optimizer: torch.optim.Optimizer | None = None
 
     def _own_optimizer(
-        self, param: nn.Parameter, factory: MetaOptimizerFactory | None, **adam: float
+        self, param: nn.Parameter, factory: MetaOptimizerFactory | None, **adam: Any
     ) -> None:
         self.meta_optimizer = factory([param]) if factory else torch.optim.Adam([param], **adam)
 

@@ -25,9 +25,10 @@ class GLS(LossWeighting):
     Yogamani, Rawashdeh, CVPR Workshops 2019). Computed in log space (S = exp(mean log L)),
     so many tasks do not underflow the product.
 
-    A task without a graph in this step (no labelled sample) is left out: λ = 0 and S is
-    the geometric mean of the others. Every other loss must be positive: a loss ≤ 0 (or not finite) raises ``ValueError`` naming
-    the task; add a small constant to a loss that can reach 0.
+    A task without a graph in this step (no labelled sample) is left out: λ = 0 and S is the
+    geometric mean of the others. Every other loss must be positive: a loss ≤ 0 (or not
+    finite) raises ``ValueError`` naming the task; add a small constant to a loss that can
+    reach 0.
 
     >>> import torch
     >>> w = GLS().bind(["a", "b"])
