@@ -119,7 +119,9 @@ def test_compare_tabulates_methods_over_seeds_against_single_task_baselines(tmp_
         code, printed = invoke("plot", str(out))
         assert code == 0
         drawn = sorted(printed.split())
-        assert len(drawn) == 2 * 2 * 2 + 2 * 2  # weights and metrics of 4 runs; of the 2 stl runs' 2 tasks each
+        # weights and metrics of 4 runs; PCGrad's changing aggregation weights of its 2 runs; the 2 stl runs' 2 tasks
+        assert len(drawn) == 2 * 2 * 2 + 2 + 2 * 2
+        assert sum(p.endswith("aggregation-weights.png") for p in drawn) == 2
         assert all(Path(p).is_file() and p.endswith(".png") for p in drawn)
 
 

@@ -160,6 +160,37 @@ def test_weighting_step_with_a_graphless_task_is_the_step_on_the_other_tasks(nam
     assert_same_gradients(got, expected)
 
 
+def run_steps(name, names, batches, metas):
+    model = net(0)
+    tasks = dm.Tasks({t: masked_mse for t in names})
+    mtl = dm.MultiTask(model, tasks, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                       weighting=build("weighting", name, names))
+    weights = []
+    for b, meta in zip(batches, metas):
+        weights.append(mtl.step(b, meta).weights)
+        mtl.end_epoch()  # DWA's history moves every step here
+    return torch.stack(weights), model
+
+
+@pytest.mark.parametrize("name", WEIGHTINGS)
+def test_a_task_absent_for_many_steps_leaves_its_weight_and_the_others_steps_alone(name):
+    """Over six steps without a label for c, c's weight does not drift (no state of c moves)
+    and the others train exactly as a run without c, except where the weights are a
+    function of all T tasks by design (RLW's random draw, DWA's T·softmax)."""
+    batches, metas = [batch(10 + k) for k in range(6)], [batch(20 + k) for k in range(6)]
+    weights, model = run_steps(name, TASKS, [unlabelled(b, "c") for b in batches], metas)
+    assert torch.isfinite(weights).all()
+    if name in WEIGHTS_DEPEND_ON_ALL_TASKS | {"dwa"}:
+        return
+    assert torch.equal(weights[:, 2], weights[:1, 2].expand(6)), weights[:, 2]
+    alone, model_alone = run_steps(name, ("a", "b"), [without(b, "c") for b in batches],
+                                   [without(m, "c") for m in metas])
+    torch.testing.assert_close(weights[:, :2], alone)
+    for (n, p), q in zip(model.named_parameters(), model_alone.parameters()):
+        if not n.startswith("heads.c"):
+            torch.testing.assert_close(p, q, msg=n)
+
+
 def test_pcgrad_with_an_ignored_task_is_the_issue_example():
     """Two tasks on one linear layer, every target of b is the ignore value."""
     torch.manual_seed(0)
@@ -408,6 +439,7 @@ PAIRS = [(w, "sum") for w in WEIGHTINGS] + [("equal", a) for a in AGGREGATIONS i
 @pytest.mark.parametrize(("weighting_name", "aggregation_name"), PAIRS)
 def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighting_name, aggregation_name, gradient):
     first, per_step = calls_per_step(weighting_name, aggregation_name)
+    seen = set()
     for at in range(1, per_step + 1):
         loss = Poisoned(first + at, gradient)
         model, opt, mtl = poisoned_run(build("weighting", weighting_name), build("aggregation", aggregation_name), loss)
@@ -419,6 +451,7 @@ def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighti
             assert error.step == 2 and "in step 2 (1-based)" in str(error)
             assert "b" in error.values or gradient and "aggregation" in error.pass_name, str(error)
             assert error.pass_name in str(error)
+            seen.add(error.pass_name)
             assert all(p.grad is None for p in model.parameters())
             assert mtl.steps == 1
         else:
@@ -430,6 +463,15 @@ def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighti
         assert_identical(after, before)
         mtl.step(batch(3), batch(4))  # the run goes on (the poison was one call)
         assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert "training" in seen or gradient and any("aggregation" in s for s in seen)
+    if not gradient:  # every pass that evaluates task b's loss is seen to fail
+        assert seen >= EXTRA_PASSES.get(weighting_name, set()), seen
+
+
+EXTRA_PASSES = {
+    "auto-lambda": {"meta", "perturbation +εu (training batch)", "perturbation −εu (training batch)"},
+    "hydalearn": {f"look-ahead of task {t!r} (training batch)" for t in TASKS},
+}
 
 
 def test_auto_lambda_nan_in_the_meta_input_names_the_meta_pass_in_that_step():
@@ -479,6 +521,7 @@ def test_half_precision_step_matches_float32(weighting_name, aggregation_name, d
         for state in mtl.weighting.state_dict().values():
             if isinstance(state, torch.Tensor) and state.is_floating_point():
                 assert state.dtype == torch.float32
+        assert info.weights.dtype == torch.float32  # λ is never rounded to the model's half precision
         grad = torch.cat([p.grad.float().reshape(-1) for p in model.parameters() if p.grad is not None])
         assert torch.isfinite(info.weights).all() and torch.isfinite(grad).all()
         results[run_dtype] = (info.weights.float(), grad)
@@ -494,9 +537,10 @@ def test_target_with_the_wrong_number_of_rows_names_the_task_and_pass():
     model = net(0)
     x, y = batch(1)
     y = {**y, "b": y["b"][:-1]}
-    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(RuntimeError, match=r"the loss of task 'b' raised RuntimeError in the training pass: "):
+    mtl = dm.MultiTask(model, dm.Tasks({t: F.mse_loss for t in TASKS}), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match=r"the loss of task 'b' raised RuntimeError in the training pass: ") as caught:
         mtl.step((x, y))
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the original error, with its traceback
 
 
 def test_float_targets_for_cross_entropy_name_the_task():

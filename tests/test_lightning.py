@@ -154,3 +154,18 @@ def test_lightning_mixed_precision_is_close_to_float32(precision: str) -> None:
     start = torch.cat([p.detach().reshape(-1) for p in (torch.manual_seed(0), worker.Net())[1].parameters()])
     error = (found - expected[-1]).norm() / (expected[-1] - start).norm()
     assert error < 0.05, float(error)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", ["auto-lambda", "cagrad"])
+def test_lightning_16_mixed_on_a_gpu_is_close_to_float32(case: str) -> None:
+    """Lightning's own precision="16-mixed" plugin on CUDA: its GradScaler scales dynamtl's losses."""
+    expected, _ = plain_run(case)
+    torch.manual_seed(0)
+    start = torch.cat([p.detach().reshape(-1) for p in worker.Net().parameters()])
+    torch.manual_seed(0)
+    module = MultiTaskModule(worker.Net(), worker.tasks(), worker.optimizer, **worker.CASES[case]())
+    trainer(accelerator="gpu", precision="16-mixed").fit(module, worker.loaders(worker.GLOBAL_BATCH))
+    assert module.multitask.precision.scaler is not None
+    found = torch.cat([p.detach().cpu().reshape(-1) for p in module.model.parameters()])
+    assert float((found - expected[-1]).norm() / (expected[-1] - start).norm()) < 0.05

@@ -54,24 +54,30 @@ METHODS = {
 ISSUE_METHODS = ["equal", "uncertainty", "auto_lambda", "hydalearn", "pcgrad", "cagrad", "mgda"]
 
 
-def build(method: str, scaler=None, momentum: float = 0.9):
+def build(method: str, scaler=None, momentum: float = 0.9, device: str = "cpu"):
     torch.manual_seed(0)
-    model = Net()
+    model = Net().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
     tasks = dm.Tasks(dict.fromkeys(TASKS, F.mse_loss))
     return model, opt, dm.MultiTask(model, tasks, opt, scaler=scaler, **METHODS[method]())
 
 
-def run(method: str, steps: int, *, dtype=None, scaler=None):
-    """Parameters and weights after ``steps`` steps, the step under autocast(dtype) if given."""
-    model, _opt, mtl = build(method, scaler)
+def on(device: str, data):
+    x, y = data
+    return x.to(device), {t: v.to(device) for t, v in y.items()}
+
+
+def run(method: str, steps: int, *, dtype=None, scaler=None, device: str = "cpu"):
+    """Parameters and weights after ``steps`` steps (on the CPU), the step under
+    autocast(dtype) if given."""
+    model, _opt, mtl = build(method, scaler, device=device)
     weights = []
     for i in range(steps):
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            info = mtl.step(batch(i), meta_batch=batch(100 + i))
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            info = mtl.step(on(device, batch(i)), meta_batch=on(device, batch(100 + i)))
         assert not info.skipped
-        weights.append(info.weights)
-    return [p.detach().clone() for p in model.parameters()], torch.stack(weights), mtl
+        weights.append(info.weights.cpu())
+    return [p.detach().cpu().clone() for p in model.parameters()], torch.stack(weights), mtl
 
 
 def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -219,3 +225,35 @@ def test_the_trainer_trains_at_every_precision(precision: str, tmp_path) -> None
     assert (state["scaler"] is not None) == (precision == "fp16")
     if precision == "fp16":
         assert state["scaler"]["scale"] > 0
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ISSUE_METHODS)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_autocast_step_is_close_to_the_float32_step(method: str, precision: str) -> None:
+    """On a GPU: CUDA autocast (float16 with the default GradScaler) against float32 on the GPU."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10) if precision == "fp16" else None
+    plain, plain_w, _ = run(method, 2, device="cuda")
+    mixed, mixed_w, _ = run(method, 2, dtype=dtype, scaler=scaler, device="cuda")
+    tolerance = 0.05 if precision == "bf16" else 0.01
+    assert relative_error(deltas(mixed, method), deltas(plain, method)) < tolerance
+    torch.testing.assert_close(mixed_w, plain_w, rtol=tolerance, atol=tolerance)
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["equal", "auto_lambda", "pcgrad", "mgda_ub"])
+def test_cuda_overflow_is_skipped_and_backs_off(method: str) -> None:
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10)
+    model, opt, mtl = build(method, scaler, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert not mtl.step(on("cuda", batch(0)), meta_batch=on("cuda", batch(1))).skipped
+        scaler.update(2.0**40)
+        before = state(model, opt, mtl)
+        info = mtl.step(on("cuda", batch(2)), meta_batch=on("cuda", batch(3)))
+    assert info.skipped
+    assert_same(state(model, opt, mtl), before)
+    assert scaler.get_scale() == 2.0**39

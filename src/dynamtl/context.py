@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.lookahead import LookAhead
-from dynamtl.nonfinite import check_gradients
+from dynamtl.nonfinite import NonFiniteLossError, check_gradients
 from dynamtl.objective import Objective, RngState
 
 Gradients = dict[str, Tensor | None]
@@ -102,6 +102,20 @@ class StepContext:
                     [list(g.values()) for g in self._task_gradients], self.objective.tasks.names, "training"
                 )
         return self._task_gradients
+
+    def check_combined_gradient(self, grads: Sequence[Tensor | None], pass_name: str) -> None:
+        """With the objective's ``check_finite``: if a gradient combined from the task losses
+        (``grads``, one per parameter) holds a NaN or an infinity, raise
+        :class:`~dynamtl.NonFiniteLossError` naming the task(s) whose own gradient does (from
+        :meth:`task_gradients`, computed now if no method asked for them), or else
+        ``pass_name``, where the combination itself went wrong. One device synchronisation."""
+        present = [g for g in grads if g is not None]
+        if not self.objective.check_finite or not present:
+            return
+        if bool(torch.stack([g.isfinite().all() for g in present]).all()):
+            return
+        self.task_gradients()  # raises, naming the tasks, if one of theirs is not finite
+        raise NonFiniteLossError("gradient", pass_name, dict.fromkeys(self.objective.tasks.names, float("nan")))
 
     @property
     def present(self) -> list[bool]:

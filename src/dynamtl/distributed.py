@@ -25,6 +25,7 @@ that needs them) is synchronised here, never by both.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -38,8 +39,26 @@ if TYPE_CHECKING:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module that a :class:`~torch.nn.parallel.DistributedDataParallel` wraps, or ``model``."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The module that a :class:`~torch.nn.parallel.DistributedDataParallel` wrapper and/or
+    a ``torch.compile`` wrapper hold (in any order), or ``model``: functional evaluations at
+    other parameters run on it, in eager mode."""
+    while True:
+        inner = _compiled(model)
+        if inner is not None:
+            model = inner
+        elif isinstance(model, DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _compiled(model: nn.Module) -> nn.Module | None:
+    """The original module of a ``torch.compile``d one (without importing torch._dynamo:
+    nothing was compiled if it is not loaded)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        return model._orig_mod  # type: ignore[return-value]
+    return None
 
 
 class Replicas:
@@ -69,6 +88,8 @@ class Replicas:
         step would take a :func:`torch.autograd.grad` pass for the backward pass and stop
         synchronising the later ones.
         """
+        while (inner := _compiled(model)) is not None:  # torch.compile(DDP(model))
+            model = inner
         if not isinstance(model, DistributedDataParallel):
             return cls()
         if model.static_graph:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.core.optimizer import LightningOptimizer
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -112,8 +113,7 @@ class MultiTaskModule(pl.LightningModule):
     def _build(self) -> MultiTask:
         """The run's MultiTask, with Lightning's optimizer, scaler and processes."""
         weighting, aggregation, representation, check_finite = self._method
-        optimizer = self.optimizers()
-        raw = getattr(optimizer, "optimizer", optimizer)
+        raw = self._optimizer().optimizer
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         mtl = MultiTask(
             self.model, self.tasks, raw, weighting=weighting, aggregation=aggregation,
@@ -127,6 +127,11 @@ class MultiTaskModule(pl.LightningModule):
             self._restored = None
         return mtl
 
+    def _optimizer(self) -> LightningOptimizer:
+        optimizer = self.optimizers()
+        assert isinstance(optimizer, LightningOptimizer), "configure_optimizers returns one optimizer"
+        return optimizer
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         if self.multitask is None:
             self.multitask = self._build()
@@ -138,11 +143,11 @@ class MultiTaskModule(pl.LightningModule):
                 f"{type(self.weighting).__name__} needs meta batches: trainer.fit(module, "
                 "{'train': train_loader, 'meta': meta_loader})"
             )
-        optimizer = self.optimizers()
+        optimizer = self._optimizer()
         optimizer.zero_grad()
         info = self.last_step = self.multitask.backward(batch, meta_batch)
         optimizer.step()
-        logged = {f"train/{k}": v for k, v in info.as_dict().items() if k != "seconds"}
+        logged = {f"train/{k}": float(v) for k, v in info.as_dict().items() if k != "seconds"}
         self.log_dict(logged, on_step=True, on_epoch=False, batch_size=_batch_size(batch))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

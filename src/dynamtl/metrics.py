@@ -127,7 +127,7 @@ def _auroc(scores: Tensor) -> Any:
     from torchmetrics.classification import BinaryAUROC
 
     class _BothClasses(BinaryAUROC):  # torchmetrics warns and returns 0 where the AUC is undefined
-        def compute(self) -> Tensor:
+        def compute(self) -> Tensor:  # type: ignore[override]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 value = super().compute()

@@ -59,11 +59,15 @@ class Precision:
         framework's preparation of its gradient synchronisation (Lightning's DDP reducer under
         manual optimisation, see :mod:`dynamtl.lightning`)."""
         self._scale: Tensor | None = None
+        self._share = 1.0  # 1/k for one of k accumulated micro-batches
 
     @contextlib.contextmanager
-    def step(self, device: torch.device) -> Iterator[None]:
+    def step(self, device: torch.device, micro_batches: int = 1) -> Iterator[None]:
         """Run one step: remember the caller's autocast for :meth:`forward`, turn it off for
-        the rest of the step, and read the scaler's scale (without a device sync)."""
+        the rest of the step, and read the scaler's scale (without a device sync). With
+        ``micro_batches`` = k, what the step leaves in ``.grad`` is divided by k (the
+        gradients that methods read are not)."""
+        self._share = 1.0 / micro_batches
         previous = self.autocast
         self.autocast = _autocast_dtype(self.device_type)
         if self.scaler is not None:
@@ -73,7 +77,7 @@ class Precision:
             with torch.autocast(self.device_type, enabled=False):
                 yield
         finally:
-            self.autocast, self._scale = previous, None
+            self.autocast, self._scale, self._share = previous, None, 1.0
 
     def forward(self) -> contextlib.AbstractContextManager[object]:
         """The context of a forward pass of the model: the caller's autocast, if any."""
@@ -91,16 +95,21 @@ class Precision:
         finally:
             self.autocast = previous
 
-    def backward(self, total: Tensor) -> None:
-        """``total.backward()`` of S·total, leaving scaled gradients in ``.grad``."""
+    def backward(self, total: Tensor, retain_graph: bool = False) -> None:
+        """``total.backward()`` of S·total (divided by the number of micro-batches), leaving
+        scaled gradients in ``.grad``."""
         scaled = total if self._scale is None else total * self._scale
+        if self._share != 1.0:
+            scaled = scaled * self._share
         if self.before_backward is not None:
             self.before_backward(scaled)
-        scaled.backward()
+        scaled.backward(retain_graph=retain_graph)
 
     def scaled(self, gradient: Tensor) -> Tensor:
-        """S·``gradient``: a true gradient as it must be left in ``.grad``."""
-        return gradient if self._scale is None else gradient * self._scale
+        """S·``gradient`` (divided by the number of micro-batches): a true gradient as it
+        must be left in ``.grad``."""
+        scaled = gradient if self._scale is None else gradient * self._scale
+        return scaled if self._share == 1.0 else scaled * self._share
 
     def local_gradients(
         self,

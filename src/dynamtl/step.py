@@ -16,7 +16,7 @@ from dynamtl.aggregation.base import Aggregation
 from dynamtl.aggregation.sum import Sum
 from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
-from dynamtl.nonfinite import NonFiniteLossError, check_gradients, check_losses
+from dynamtl.nonfinite import NonFiniteLossError, check_losses
 from dynamtl.objective import Objective, capture_rng
 from dynamtl.precision import GradientOverflow, Precision
 from dynamtl.tasks import Tasks
@@ -43,14 +43,16 @@ class StepInfo:
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``{"loss/task": …, "weight/task": …, "aggregation_weight/task": …,
-        "seconds": …}`` for logging."""
+        "seconds": …}`` for logging; a skipped step has ``"skipped": True`` and no weights."""
         out = {f"loss/{n}": float(v) for n, v in zip(self.names, self.losses)}
-        out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
-        if self.aggregation_weights is not None:
-            out.update({f"aggregation_weight/{n}": float(v) for n, v in zip(self.names, self.aggregation_weights)})
-        out["seconds"] = self.seconds
         if self.skipped:
             out["skipped"] = True
+        else:
+            out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
+            if self.aggregation_weights is not None:
+                alpha = self.aggregation_weights
+                out.update({f"aggregation_weight/{n}": float(v) for n, v in zip(self.names, alpha)})
+        out["seconds"] = self.seconds
         return out
 
 
@@ -170,12 +172,32 @@ class MultiTask:
             )
         optimizer.add_param_group({"params": missing, "weight_decay": 0.0})
 
-    def backward(self, batch: Any, meta_batch: Any = None) -> StepInfo:
+    def backward(self, batch: Any, meta_batch: Any = None, *, micro_batches: int = 1) -> StepInfo:
         """Compute the step's gradients into ``.grad`` (accumulating); no optimizer step.
+
+        Gradient accumulation: call it on each of k micro-batches with ``micro_batches=k``,
+        then step the optimizer once; each call adds 1/k of its gradient to ``.grad``, so
+        ``.grad`` holds their mean. For a loss-level weighting with :class:`~dynamtl.Sum`
+        that is exactly the gradient of one step on the concatenated batch (equal-sized
+        micro-batches, losses that are means). Every other method decides per micro-batch:
+        gradient aggregations combine each micro-batch's task gradients (the mean of the k
+        aggregated gradients, not the aggregation of the mean), and a weighting that updates
+        its state per call (Auto-Lambda's λ, GradNorm's w, DWA's history) does so k times
+        per optimizer step, each look-ahead emulating a step from that micro-batch's
+        gradient alone. A weighting that assumes one optimizer step per call
+        (``needs_step_per_backward``: Auto-Lambda's ``order="lagged"``) is refused with
+        ``micro_batches > 1``.
 
         Raises :class:`NonFiniteLossError` (with ``check_finite``) after restoring the state
         of before the call; errors raised by the model or a loss name the task and the pass."""
         start = time.perf_counter()
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+        if micro_batches > 1 and self.weighting.needs_step_per_backward:
+            raise ValueError(
+                f"{self.weighting!r} takes the optimizer's step after each backward() as its virtual step, "
+                "which gradient accumulation breaks: use it without micro_batches (for AutoLambda, order='lookahead')"
+            )
         if self.weighting.needs_meta_batch and meta_batch is None:
             raise ValueError(
                 f"{type(self.weighting).__name__} needs a meta batch: call step(batch, meta_batch=...) "
@@ -183,7 +205,7 @@ class MultiTask:
             )
         scaled = self.precision.scaler is not None
         guard = StepGuard(self) if self.check_finite or scaled else None
-        with self.precision.step(self.objective.device):
+        with self.precision.step(self.objective.device, micro_batches):
             try:
                 info = self._backward(batch, meta_batch)
             except NonFiniteLossError as error:
@@ -238,25 +260,14 @@ class MultiTask:
         except GradientOverflow as overflow:
             overflow.losses = losses.detach()
             raise
-        if self.check_finite:
-            self._check_gradients(ctx)
+        ctx.check_combined_gradient(
+            [p.grad for p in ctx.params.values()], f"{type(self.aggregation).__name__} aggregation"
+        )
         self.weighting.after_backward(ctx)
         alpha = self.aggregation.last_weights
         return StepInfo(
             self.tasks.names, losses.detach(), weights.detach(), 0.0,
             aggregation_weights=None if alpha is None else alpha.detach(),
-        )
-
-    def _check_gradients(self, ctx: StepContext) -> None:
-        """The step's gradient in ``.grad`` is finite; if not, the task(s) whose own gradient
-        is not (computed now if the step had not), or else the aggregation, are named."""
-        grads = [p.grad for p in ctx.params.values()]
-        present = [g for g in grads if g is not None]
-        if not present or bool(torch.stack([g.isfinite().all() for g in present]).all()):
-            return
-        check_gradients([list(g.values()) for g in ctx.task_gradients()], self.tasks.names, "training")
-        raise NonFiniteLossError(
-            "gradient", f"{type(self.aggregation).__name__} aggregation", dict.fromkeys(self.tasks.names, float("nan"))
         )
 
     def step(self, batch: Any, meta_batch: Any = None) -> StepInfo:

@@ -30,4 +30,6 @@ class Sum(Aggregation):
         if regularizer is not None:
             total = total + regularizer
         if total.requires_grad:  # not when no task's loss has a graph in this step
-            ctx.objective.precision.backward(total)
+            # the graph is kept until the step ends so that a non-finite gradient can be traced
+            # to its task (MultiTask's check_finite)
+            ctx.objective.precision.backward(total, retain_graph=ctx.objective.check_finite)

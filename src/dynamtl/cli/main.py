@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import signal
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,13 +32,16 @@ from dynamtl.registry import (
 )
 from dynamtl.report.plots import plot_run
 from dynamtl.train.checkpoint import CheckpointError
+from dynamtl.train.compare import RunsFailed
 from dynamtl.train.compare import compare as run_comparison
 from dynamtl.train.config import ConfigError, RunConfig, read_config_file
-from dynamtl.train.folder import RunFolderError
+from dynamtl.train.folder import RunFolder, RunFolderError
+from dynamtl.train.grid import Engine, LocalEngine, SubmititEngine
 from dynamtl.train.processes import launched_as_main
 from dynamtl.train.runs import resume as resume_run
 from dynamtl.train.runs import train as train_run
 from dynamtl.train.session import DataError, RunStopped, TrainingStopped
+from dynamtl.train.threads import choose_threads
 
 USER_ERRORS = (ConfigError, RegistryError, RunFolderError, CheckpointError, TrainingStopped, DataError)
 COMPARE_KEYS = ("methods", "seeds", "variants", "controls")
@@ -66,6 +71,7 @@ HELP: dict[str, str] = {
     "limit": "use at most this many training samples",
     "root": "data folder (default: $DYNAMTL_DATA or ~/.cache/dynamtl)",
     "device": "cpu, cuda, cuda:N",
+    "threads": "torch threads per run (default: chosen from the usable CPUs, the runs at once and the load)",
     "checkpoint_every": "also checkpoint every N steps (0: at every epoch's end only)",
     "on_nonfinite": "on a NaN/inf loss: stop (keeping the last checkpoint) or skip the batch",
     "precision": "32 (float32), bf16 (bfloat16 autocast) or fp16 (float16 autocast with loss scaling)",
@@ -161,6 +167,12 @@ def train(config_file: Path | None, out: Path | None, quiet: bool, **flags: Any)
     """Train one run and write its folder."""
     config = RunConfig.from_mapping(_settings(config_file, flags), _source(config_file))
     out = out or Path("runs") / config.benchmark / config.method / f"seed{config.seed}"
+    if config.threads is None:
+        choice = choose_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        config = config.replace(threads=choice.threads)
+        _tell(f"torch threads: {choice.threads} ({choice.reason}; --threads N to change)")
+    else:
+        _tell(f"torch threads: {config.threads} (--threads)")
     results = train_run(config, out, progress=not quiet)
     _report(results, out)
 
@@ -174,11 +186,20 @@ def train(config_file: Path | None, out: Path | None, quiet: bool, **flags: Any)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="the comparison folder (default: comparisons/BENCHMARK)")
 @click.option("--quiet", is_flag=True, help="no progress bars and no epoch lines")
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="runs trained at once (default: one per usable CPU; with --engine submitit, every run)")
+@click.option("--engine", type=click.Choice(["local", "submitit"]), default="local", show_default=True,
+              help="local: worker processes on this machine; submitit: one SLURM job per run")
+@click.option("--engine-option", "engine_options", multiple=True, metavar="NAME=VALUE",
+              help="a submitit executor parameter, e.g. slurm_partition=dev or timeout_min=120 (repeatable)")
 def compare(config_file: Path | None, methods: str | None, seeds: str | None, controls: bool | None,
-            out: Path | None, quiet: bool, **flags: Any) -> None:
+            out: Path | None, quiet: bool, jobs: int | None, engine: str, engine_options: tuple[str, ...],
+            **flags: Any) -> None:
     """Train several methods over several seeds, with single-task baselines, and tabulate
     the test metrics and Δ_MTL (mean ± std, best in bold). Without --config and
-    --benchmark it runs the main job (the embedded main_job.toml)."""
+    --benchmark it runs the main job (the embedded main_job.toml). The runs train in
+    --jobs worker processes, each with --threads torch threads; the table does not depend
+    on --jobs."""
     if config_file is None and flags.get("benchmark") is None:
         config_file = MAIN_JOB
         click.echo(f"no --benchmark given: running the main job ({MAIN_JOB})")
@@ -194,10 +215,44 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, co
     if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
         raise ConfigError("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
     with_controls = controls if controls is not None else listed["controls"] is not False
-    comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet, variants=variants,
-                                controls=with_controls)
-    click.echo(comparison.markdown)
-    click.echo("\nwritten: " + ", ".join(str(f) for f in comparison.files))
+    runner = _engine(engine, jobs, _parse_pairs(engine_options, "--engine-option"))
+    try:
+        comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet, variants=variants,
+                                    controls=with_controls, engine=runner, say=click.echo)
+    except RunsFailed as failed:
+        _show(failed.comparison)
+        raise click.ClickException(str(failed)) from failed
+    except (KeyboardInterrupt, RunStopped) as stop:
+        click.echo("interrupted: run the same command again to go on (finished runs are reused, unfinished "
+                   "ones continue from their last checkpoint)", err=True)
+        click.get_current_context().exit(128 + getattr(stop, "signal", signal.SIGINT))
+    _show(comparison)
+
+
+def _engine(name: str, jobs: int | None, options: dict[str, str]) -> Engine:
+    """The engine of ``--engine NAME``; submitit's parameters are parsed as numbers where
+    they are numbers."""
+    if name == "local":
+        if options:
+            raise ConfigError("--engine-option is for --engine submitit")
+        return LocalEngine(jobs)
+    return SubmititEngine(jobs, {key: _number_or_text(value) for key, value in options.items()})
+
+
+def _number_or_text(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def _show(comparison: Any) -> None:
+    if comparison.markdown:
+        click.echo(comparison.markdown)
+    if comparison.files:
+        click.echo("\nwritten: " + ", ".join(str(f) for f in comparison.files))
 
 
 @main.command()
@@ -209,6 +264,12 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, co
 @click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines")
 def resume(run_dir: Path, which: str, allow_changes: bool, quiet: bool) -> None:
     """Continue an interrupted run from its checkpoint (a finished run: report its results)."""
+    try:
+        recorded = RunFolder(run_dir).read_json(RunFolder(run_dir).config).get("threads")
+    except RunFolderError:
+        recorded = None  # resume says what is wrong, or repairs it
+    if recorded is not None:
+        _tell(f"torch threads: {recorded} (the run's, from its config.json)")
     results = resume_run(run_dir, which=which, progress=not quiet, allow_changes=allow_changes)
     _report(results, run_dir)
 
@@ -263,6 +324,12 @@ def _listed(value: Any, what: str, kind: type) -> list[Any]:
 
 def _source(config_file: Path | None) -> str:
     return f"{config_file} and the flags" if config_file else "the flags"
+
+
+def _tell(line: str) -> None:
+    """A line told once (by rank 0 under torchrun)."""
+    if launched_as_main():
+        click.echo(line)
 
 
 def _report(results: Mapping[str, Any], out: Path) -> None:

@@ -8,39 +8,64 @@ Folder layout below ``out``::
     table.md, table.csv        mean ± std over seeds of the test metrics and of Δ_MTL
     plots/weights_seed<k>.png  the task weights of every method, side by side
 
-Runs are obtained with :func:`~dynamtl.train.runs.train_or_reuse`: running the same
-comparison again (or a larger one in the same folder) reuses every finished run and
-resumes interrupted ones. Δ_MTL of a run is computed over the primary tasks (every task in
-multi-task mode) against the ``stl`` run of the same seed.
+The runs are a grid, a plain list of :class:`~dynamtl.train.grid.GridRun` (:func:`grid`),
+trained by an engine of :mod:`dynamtl.train.grid` (worker processes by default); the
+matched controls of the finished runs are a second grid. Every run is
+:func:`~dynamtl.train.runs.train_or_reuse`: running the same comparison again (or a larger
+one in the same folder) reuses every finished run and resumes interrupted ones. Δ_MTL of a
+run is computed over the primary tasks (every task in multi-task mode) against the ``stl``
+run of the same seed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dynamtl.metrics import delta_mtl
 from dynamtl.report.tables import compare_table
 from dynamtl.train.config import ConfigError, RunConfig, plan
-from dynamtl.train.controls import RunSpec, matched_controls, method_specs, weight_columns
+from dynamtl.train.controls import (
+    RunSpec,
+    matched_controls,
+    method_specs,
+    weight_columns,
+)
 from dynamtl.train.folder import write_json_atomic
+from dynamtl.train.grid import Engine, GridRun, LocalEngine, Outcome, Say
 from dynamtl.train.plots import draw_weights_comparison
-from dynamtl.train.runs import train_or_reuse
+from dynamtl.train.threads import ThreadChoice
 
 BASELINE = "stl"
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The outcome of :func:`compare`: the tables and every run's results (``delta_mtl``
-    filled in), baselines first."""
+    """The outcome of :func:`compare`: the tables and every finished run's results
+    (``delta_mtl`` filled in; ``None`` where the seed's baseline failed), baselines first;
+    ``failed``: ``"NAME: ERROR"`` of every run that failed."""
 
     markdown: str
     csv: str
     results: list[dict[str, Any]]
     files: list[Path]
+    failed: list[str] = field(default_factory=list)
+
+
+class RunsFailed(RuntimeError):
+    """Some runs of a comparison failed; ``comparison`` holds the tables of the others."""
+
+    def __init__(self, comparison: Comparison) -> None:
+        self.comparison = comparison
+        failed = comparison.failed
+        super().__init__(
+            f"{len(failed)} run(s) failed:\n" + "\n".join(f"  - {line}" for line in failed)
+            + "\nthe table holds the other runs; run the same comparison again to retry the failed ones "
+            "(finished runs are reused)"
+        )
 
 
 def compare(
@@ -52,6 +77,8 @@ def compare(
     progress: bool = True,
     variants: Mapping[str, Mapping[str, Any]] | None = None,
     controls: bool = True,
+    engine: Engine | None = None,
+    say: Say | None = None,
 ) -> Comparison:
     """Train (or reuse) every method of ``methods`` and the ``stl`` baselines for every
     seed of ``seeds`` with the settings of ``base`` (its ``method`` and ``seed`` are
@@ -64,15 +91,33 @@ def compare(
     (:func:`~dynamtl.train.controls.matched_controls`), rows ``<method>.static`` and
     ``<method>.equal-lr``; the table's ``Σλ`` column is each run's mean weight sum.
 
+    The runs are trained by ``engine`` (default :class:`~dynamtl.train.grid.LocalEngine`:
+    one worker process per usable CPU). Every run has ``base.threads`` torch threads; when
+    that is ``None``, the count this comparison folder was started with
+    (``comparison.json``), else the engine's choice for the runs it trains at once
+    (:func:`~dynamtl.train.threads.choose_threads`). With the same threads, the tables do
+    not depend on the engine or the number of jobs. ``say`` receives a line about the
+    threads, and one per run (with ``progress``) or per failure.
+
     Every configuration is checked before anything is trained: ``ConfigError`` lists
-    every problem, including options that no method takes.
+    every problem, including options that no method takes. ``RunsFailed`` (holding the
+    comparison of the other runs) when any run failed, after the tables are written.
     """
     out = Path(out)
     if not methods or not seeds:
         raise ConfigError("compare needs at least one method and one seed: --methods a,b --seeds 0,1")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds are given twice: {list(seeds)}")
+    engine = engine or LocalEngine()
+    say = say or (lambda line: None)
     wanted = [m for m in dict.fromkeys(methods) if m != BASELINE]
+    jobs = engine.jobs_for((len(wanted) + 1) * len(seeds))
+    if base.threads is None:
+        choice = _threads_kept(out) or engine.default_threads(jobs)
+        base = base.replace(threads=choice.threads)
+        say(f"torch threads: {choice.threads} per run, {jobs} run(s) at once {engine.where} ({choice.reason})")
+    else:
+        say(f"torch threads: {base.threads} per run, {jobs} run(s) at once {engine.where}")
     configs = {BASELINE: base.replace(method=BASELINE, options={}, noise_task=False)}
     configs.update({spec.label: spec.config for spec in method_specs(base, wanted, variants)})
     checked, problems = {}, []
@@ -89,31 +134,76 @@ def compare(
         out / "comparison.json", {"benchmark": base.benchmark, "methods": list(configs), "seeds": list(seeds),
                                   "config": checked[BASELINE].config.to_dict()},
     )
-    results, labels = [], list(configs)
+    outcomes = engine.run(grid(configs, seeds, out), out, progress=progress, say=say)
+    if controls:
+        matched = _controls(outcomes, configs, out)
+        if matched:
+            say(f"matched controls: {len(matched)} run(s)")
+            outcomes += engine.run(matched, out, progress=progress, say=say)
+    labels = list(dict.fromkeys([*configs, *(o.spec.label for o in outcomes)]))
+    results = sorted(_with_delta_mtl(outcomes, metrics), key=lambda result: labels.index(result["method"]))
+    files: list[Path] = []
+    markdown = table = ""
+    if results:
+        markdown, table = compare_table(results, metrics)
+        files = [out / "table.md", out / "table.csv"]
+        files[0].write_text(markdown + "\n")
+        files[1].write_text(table)
+    finished = {(o.spec.label, o.spec.config.seed): o.spec.folder for o in outcomes if o.results is not None}
     for seed in seeds:
-        baseline: dict[str, Any] | None = None
-        grid = [RunSpec(label, config) for label, config in configs.items()]
-        for spec in grid:
-            run_dir = _run_dir(out, spec.label, seed)
-            result = dict(train_or_reuse(spec.config.replace(seed=seed), run_dir, progress=progress))
-            result = weight_columns({**result, "method": spec.label}, run_dir)
-            baseline = baseline or result
-            result["delta_mtl"] = delta_mtl(_primary(result, metrics), _primary(baseline, metrics), metrics)
-            results.append(result)
-            if controls and spec.label in configs:
-                added = matched_controls(spec, seed, run_dir)
-                grid += added
-                labels += [c.label for c in added if c.label not in labels]
-    results.sort(key=lambda result: labels.index(result["method"]))
-    markdown, table = compare_table(results, metrics)
-    files = [out / "table.md", out / "table.csv"]
-    files[0].write_text(markdown + "\n")
-    files[1].write_text(table)
-    for seed in seeds:
-        runs = {label: _run_dir(out, label, seed) for label in labels[1:] if _run_dir(out, label, seed).is_dir()}
+        runs = {label: finished[label, seed] for label in labels[1:] if (label, seed) in finished}
         if runs:
             files += draw_weights_comparison(runs, out / "plots" / f"weights_seed{seed}.png")
-    return Comparison(markdown, table, results, files)
+    comparison = Comparison(markdown, table, results, files,
+                            [f"{o.spec.name}: {o.error}" for o in outcomes if o.error is not None])
+    if comparison.failed:
+        raise RunsFailed(comparison)
+    return comparison
+
+
+def grid(configs: Mapping[str, RunConfig], seeds: Sequence[int], out: Path) -> list[GridRun]:
+    """The runs of a comparison, in the order of its table: for every seed, every
+    ``label -> config`` of ``configs`` (the baseline first) at that seed, in
+    ``out/runs/<label>/seed<k>``."""
+    return [GridRun(label, config.replace(seed=seed), _run_dir(out, label, seed))
+            for seed in seeds for label, config in configs.items()]
+
+
+def _controls(outcomes: Sequence[Outcome], configs: Mapping[str, RunConfig], out: Path) -> list[GridRun]:
+    """The matched controls of the finished runs of ``configs``' rows, in their order."""
+    return [
+        GridRun(control.label, control.config, _run_dir(out, control.label, outcome.spec.config.seed))
+        for outcome in outcomes if outcome.results is not None and outcome.spec.label in configs
+        for control in matched_controls(RunSpec(outcome.spec.label, configs[outcome.spec.label]),
+                                        outcome.spec.config.seed, outcome.spec.folder)
+    ]
+
+
+def _with_delta_mtl(outcomes: Sequence[Outcome], metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The results of the finished runs (``method``: the run's label, with its mean weight
+    sum), each with its Δ_MTL against the baseline of its seed (``None`` if that failed)."""
+    baselines = {o.spec.config.seed: o.results for o in outcomes if o.spec.label == BASELINE and o.results}
+    results = []
+    for outcome in outcomes:
+        if outcome.results is None:
+            continue
+        result = weight_columns({**outcome.results, "method": outcome.spec.label}, outcome.spec.folder)
+        baseline = baselines.get(outcome.spec.config.seed)
+        result["delta_mtl"] = (
+            delta_mtl(_primary(result, metrics), _primary(baseline, metrics), metrics) if baseline else None
+        )
+        results.append(result)
+    return results
+
+
+def _threads_kept(out: Path) -> ThreadChoice | None:
+    """The thread count of the comparison already in ``out``, if any."""
+    path = out / "comparison.json"
+    try:
+        threads = json.loads(path.read_text())["config"]["threads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return ThreadChoice(int(threads), f"kept from {path}") if isinstance(threads, int) else None
 
 
 def _run_dir(out: Path, method: str, seed: int) -> Path:

@@ -94,6 +94,10 @@ class RunConfig:
         limit: at most this many training samples (quick runs, tests).
         root: the data folder (default ``$DYNAMTL_DATA`` or ``~/.cache/dynamtl``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+        threads: torch's intra-op threads for the run (``torch.set_num_threads``; the
+            last digits of the results depend on it). ``None``: the count this process
+            has when the run is planned. The CLI chooses it
+            (:func:`~dynamtl.train.threads.choose_threads`).
         checkpoint_every: also checkpoint every this many steps (0: at the end of every
             epoch only).
         on_nonfinite: on a NaN/inf loss, ``"stop"`` the run (the last checkpoint is kept)
@@ -128,6 +132,7 @@ class RunConfig:
     limit: int | None = None
     root: str | None = None
     device: str = "cpu"
+    threads: int | None = None
     checkpoint_every: int = 0
     on_nonfinite: OnNonFinite = "stop"
     precision: Precision = "32"
@@ -325,6 +330,7 @@ def _resolve_defaults(config: RunConfig, bench: Benchmark) -> RunConfig:
         shuffle=config.shuffle if config.shuffle is not None else bool(d.extra.get("shuffle", 1.0)),
         schedule=config.schedule or ("cosine" if d.extra.get("cosine_schedule") else "none"),
         root=str(config.root if config.root is not None else default_root()),
+        threads=config.threads if config.threads is not None else torch.get_num_threads(),
     )
 
 
@@ -342,6 +348,7 @@ def _check_ranges(c: RunConfig) -> list[str]:
         (0 < c.step_gamma <= 1, f"step_gamma must lie in (0, 1], got {c.step_gamma}"),
         (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
         (c.limit is None or c.limit >= 1, f"limit must be >= 1 (or absent), got {c.limit}"),
+        (c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}"),
         (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: every epoch only), got {c.checkpoint_every}"),
     ]
     problems = [message for ok, message in checks if not ok]

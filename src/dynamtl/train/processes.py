@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dynamtl.train.config import ConfigError
+from dynamtl.train.threads import torch_threads
 
 
 def launched_as_main() -> bool:
@@ -82,27 +83,29 @@ class Processes:
 
 
 @contextlib.contextmanager
-def processes(device: str) -> Iterator[Processes]:
-    """The processes of a run on ``device``: joins (and finally leaves) the process group
-    that ``torchrun`` describes in the environment when ``WORLD_SIZE`` > 1, or reuses the
-    one already joined; a single process otherwise. Every process has passed its checks
-    of the run folder when this is entered (a barrier), and waits for the others at a
-    normal exit."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
-        yield Processes(torch.device(device))
-        return
-    chosen = torch.device(device)
-    if chosen.type == "cuda":
-        chosen = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(chosen)
-    joined = not dist.is_initialized()
-    if joined:
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    try:
-        dist.barrier()
-        yield Processes(chosen, dist.get_rank(), dist.get_world_size())
-        dist.barrier()
-    finally:
+def processes(device: str, threads: int | None = None) -> Iterator[Processes]:
+    """The processes of a run on ``device``, each with ``threads`` torch threads (``None``:
+    as it is; the previous count is put back at the end): joins (and finally leaves) the
+    process group that ``torchrun`` describes in the environment when ``WORLD_SIZE`` > 1,
+    or reuses the one already joined; a single process otherwise. Every process has passed
+    its checks of the run folder when this is entered (a barrier), and waits for the
+    others at a normal exit."""
+    with torch_threads(threads):
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size == 1:
+            yield Processes(torch.device(device))
+            return
+        chosen = torch.device(device)
+        if chosen.type == "cuda":
+            chosen = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(chosen)
+        joined = not dist.is_initialized()
         if joined:
-            dist.destroy_process_group()
+            dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        try:
+            dist.barrier()
+            yield Processes(chosen, dist.get_rank(), dist.get_world_size())
+            dist.barrier()
+        finally:
+            if joined:
+                dist.destroy_process_group()

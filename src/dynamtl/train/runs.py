@@ -126,7 +126,9 @@ def _execute(
 ) -> dict[str, Any]:
     """Run in this process, or in every process that ``torchrun`` launched (rank 0
     holding the folder's lock and writing the folder)."""
-    with processes(checked.config.device) as group, locked(folder) if group.main else contextlib.nullcontext():
+    with processes(checked.config.device, checked.config.threads) as group, (
+        locked(folder) if group.main else contextlib.nullcontext()
+    ):
         try:
             if checked.method.single_task:
                 return _train_single_task(checked, folder, display, group)

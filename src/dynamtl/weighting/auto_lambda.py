@@ -143,6 +143,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         self.primary_names = None if primary is None else name_list(primary, "primary")
         self.init, self.lr, self.factory = init, lr, meta_optimizer
         self.hypergradient, self.order, self.interval = hypergradient, order, interval
+        self.needs_step_per_backward = order == "lagged"
         self.nonnegative, self.epsilon, self.difference = nonnegative, epsilon, difference
         self.lambdas = nn.Parameter(torch.zeros(0))
         self.primary: tuple[int, ...] = ()
@@ -189,6 +190,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         local = precision.local_gradients((lam * ctx.losses).sum(), params, retain_graph=True, create_graph=exact)
         grads = dict(zip(names, ctx.objective.replicas.means(local)))
         precision.check(list(grads.values()))
+        ctx.check_combined_gradient(list(grads.values()), "virtual step")
         with torch.no_grad():
             moved = ctx.lookahead.step(grads)
         pending = _Pending(
@@ -241,7 +243,10 @@ class AutoLambda(OwnOptimizer, Weighting):
         return objective.replicas.mean((plus - minus.to(plus)) / (2 * eps))
 
     def _meta_loss(self, objective: Objective, params: dict[str, Tensor], meta_batch: Any) -> Tensor:
-        return objective.losses(meta_batch, params, pass_name="meta")[list(self.primary)].sum()
+        # summed from the separate losses: an unused task's graph would carry its gradient's
+        # infinities into the sum as 0·∞ = NaN
+        losses = objective.task_losses(meta_batch, params, pass_name="meta")
+        return torch.stack([losses[i] for i in self.primary]).sum()
 
     def _update(self, hypergradient: Tensor, ctx: StepContext) -> None:
         if ctx.objective.check_finite:

@@ -12,7 +12,7 @@ from dynamtl._helpers import ArgumentsRepr
 from dynamtl._helpers import (
     check_choice as check_choice,  # moved there; kept importable from here
 )
-from dynamtl.context import StepContext
+from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.tasks import Tasks, task_indices
 
@@ -36,6 +36,7 @@ class Weighting(ArgumentsRepr, nn.Module):
     needs_optimizer: bool = False
     needs_lookahead: bool = False
     facts: ClassVar[Facts | None] = None
+    needs_step_per_backward: bool = False  # one optimizer step after every backward (no accumulation)
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,7 +105,7 @@ class LossWeighting(Weighting):
         raise NotImplementedError
 
     def weights(self, ctx: StepContext) -> Tensor:
-        return self.loss_weights(ctx.losses.detach())
+        return self.loss_weights(widened(ctx.losses.detach()))
 
     def forward(self, losses: Mapping[str, Tensor] | Tensor) -> Tensor:
         if isinstance(losses, Mapping):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
@@ -18,6 +19,11 @@ class DWA(LossWeighting):
 
     Every call records the losses into the running epoch average; call :meth:`end_epoch`
     at the end of each epoch (:class:`~dynamtl.MultiTask` forwards ``end_epoch()``).
+
+    A task whose loss has no gradient in a step (no labelled sample in the batch) does not
+    enter that epoch's average: its average is over the steps where it had one, the last
+    known average carries over an epoch where it had none, and its ratio is 1 until it has
+    two averages.
 
     Args:
         temperature: τ, 2 in the paper; larger is closer to equal weights.
@@ -41,26 +47,36 @@ class DWA(LossWeighting):
             raise ValueError(f"DWA's temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.register_buffer("epoch_sum", torch.zeros(0))
-        self.register_buffer("epoch_count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("epoch_count", torch.zeros(0, dtype=torch.long))  # per task
         self.register_buffer("history", torch.zeros(2, 0))  # the last two epoch averages, oldest first
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
 
     def _on_bind(self) -> None:
         self.epoch_sum = torch.zeros(self.num_tasks, dtype=torch.float64)
+        self.epoch_count = torch.zeros(self.num_tasks, dtype=torch.long)
         self.history = torch.zeros(2, self.num_tasks, dtype=torch.float64)
 
-    def loss_weights(self, losses: Tensor) -> Tensor:
-        self.epoch_sum += losses.detach().to(self.epoch_sum)
-        self.epoch_count += 1
+    def weights(self, ctx: StepContext) -> Tensor:
+        return self.loss_weights(widened(ctx.losses.detach()), torch.tensor(ctx.present))
+
+    def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
+        """λ from the epoch history; ``losses`` join the running averages of the tasks
+        ``present`` (a mask; all by default)."""
+        here = torch.ones(self.num_tasks, dtype=torch.bool) if present is None else present.cpu()
+        self.epoch_sum += torch.where(here, losses.detach().cpu().to(self.epoch_sum), 0.0).to(self.epoch_sum)
+        self.epoch_count += here.to(self.epoch_count)
         if int(self.epochs) < 2:
             return torch.ones_like(losses)
-        ratio = self.history[1] / self.history[0]
+        known = self.history[0] > 0
+        ratio = torch.where(known, self.history[1] / torch.where(known, self.history[0], 1.0), 1.0)
         return (self.num_tasks * torch.softmax(ratio / self.temperature, dim=0)).to(losses)
 
     def end_epoch(self) -> None:
-        if int(self.epoch_count) == 0:
+        if int(self.epoch_count.sum()) == 0:
             return
-        self.history = torch.stack([self.history[1], self.epoch_sum / self.epoch_count])
+        seen = self.epoch_count > 0
+        average = torch.where(seen, self.epoch_sum / self.epoch_count.clamp(min=1), self.history[1])
+        self.history = torch.stack([self.history[1], average])
         self.epochs += 1
         self.epoch_sum.zero_()
         self.epoch_count.zero_()

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from dynamtl.context import StepContext
+from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.tasks import expect_mapping, task_indices
 from dynamtl.weighting.base import LossWeighting, MetaOptimizerFactory, OwnOptimizer
@@ -111,7 +111,7 @@ class FAMO(OwnOptimizer, LossWeighting):
         self._own_optimizer(self.logits, self.factory, lr=self.lr, weight_decay=self.weight_decay)
 
     def weights(self, ctx: StepContext) -> Tensor:
-        return self.loss_weights(ctx.losses.detach(), torch.tensor(ctx.present))
+        return self.loss_weights(widened(ctx.losses.detach()), torch.tensor(ctx.present))
 
     def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         """λ from the losses; ``present``: which tasks have a gradient in this step (all by

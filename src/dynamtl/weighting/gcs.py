@@ -68,9 +68,9 @@ class GCS(Weighting):
     def weights(self, ctx: StepContext) -> Tensor:
         grads = ctx.task_gradients()
         main = combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
-        cosines = torch.stack([_cosine(main, grads[k]) for k in self.auxiliary]).to(ctx.losses)
+        cosines = torch.stack([_cosine(main, grads[k]) for k in self.auxiliary]).to(widened(ctx.losses))
         self.last_cosines = cosines
-        weights = torch.ones_like(ctx.losses.detach())
+        weights = torch.ones_like(widened(ctx.losses.detach()))
         gates = (cosines > 0).to(cosines) if self.variant == "unweighted" else cosines.clamp(min=0.0)
         weights[list(self.auxiliary)] = gates
         return weights

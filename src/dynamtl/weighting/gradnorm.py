@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dynamtl.aggregation.base import shared_parameters
-from dynamtl.context import Gradients, StepContext
+from dynamtl.context import Gradients, StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import MetaOptimizerFactory, OwnOptimizer, Weighting
 
@@ -107,7 +107,7 @@ class GradNorm(OwnOptimizer, Weighting):
         present = [any(g is not None for g in task.values()) for task in grads]
         w = self.task_weights
         if sum(present) < 2:  # nothing to balance in this step
-            return w.detach().clone().to(ctx.losses)
+            return w.detach().clone().to(widened(ctx.losses))
         names = [n for n, p in zip(self.task_names or (), present) if p]
         self.layer_names = self._resolve_layer([g for g, p in zip(grads, present) if p], names)
         active = torch.tensor(present, device=w.device)
@@ -137,7 +137,7 @@ class GradNorm(OwnOptimizer, Weighting):
             w.copy_(torch.where(active, w.clamp(min=_MIN_WEIGHT), used))
             rest = self.num_tasks - used[~active].sum()
             w.copy_(torch.where(active, w * rest / w[active].sum(), used))
-        return used.to(ctx.losses)
+        return used.to(widened(ctx.losses))
 
     def _resolve_layer(self, grads: list[Gradients], names: list[str]) -> tuple[str, ...]:
         shared = shared_parameters(grads)

@@ -123,7 +123,8 @@ class HydaLearn(Weighting):
         if self.gain_batch == "current":
             return combine_gradients([grads[m] for m in self.main], [1.0] * len(self.main))
         leaves = {n: t.requires_grad_() for n, t in ctx.current_params().items()}
-        loss = self._main_loss(ctx.objective.losses(ctx.meta_batch, leaves, pass_name="meta"))
+        losses = ctx.objective.task_losses(ctx.meta_batch, leaves, pass_name="meta")
+        loss = torch.stack([losses[m] for m in self.main]).sum()  # the main tasks' graphs only
         meta_grads = ctx.objective.precision.gradients(loss, list(leaves.values()), ctx.objective.replicas)
         return dict(zip(leaves, meta_grads))
 

@@ -107,7 +107,7 @@ class OLAux(Weighting):
                 self.task_weights.clamp_(min=0.0)
             self.accumulated.zero_()
             self.count.zero_()
-        return used.to(ctx.losses)
+        return used.to(widened(ctx.losses))
 
 
 def _dot(a: Gradients, b: Gradients) -> Tensor:

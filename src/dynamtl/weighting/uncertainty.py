@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
@@ -24,6 +25,10 @@ class Uncertainty(LossWeighting):
     them; in a loop of your own, give ``weighting.parameters()`` to your optimizer after
     ``bind``.
 
+    A task whose loss has no gradient in a step (no labelled sample in the batch) leaves
+    its ½ sᵢ out of that step's regularizer, so sᵢ does not drift while the task is absent
+    (its ½ e^{−sᵢ} Lᵢ term is constant then, with no gradient for θ or sᵢ).
+
     Args:
         tasks: optionally the task names, to bind at once.
 
@@ -41,6 +46,7 @@ class Uncertainty(LossWeighting):
     def __init__(self, tasks: list[str] | None = None) -> None:
         super().__init__()
         self.log_vars = nn.Parameter(torch.zeros(0))
+        self._present: Tensor | None = None  # the tasks with a gradient in the step (MultiTask)
         if tasks is not None:
             self.bind(tasks)
 
@@ -48,8 +54,14 @@ class Uncertainty(LossWeighting):
         with torch.no_grad():
             self.log_vars.data = torch.zeros(self.num_tasks, dtype=self.log_vars.dtype, device=self.log_vars.device)
 
+    def weights(self, ctx: StepContext) -> Tensor:
+        self._present = torch.tensor(ctx.present, device=self.log_vars.device)
+        return super().weights(ctx)
+
     def loss_weights(self, losses: Tensor) -> Tensor:
         return 0.5 * torch.exp(-self.log_vars)
 
     def regularizer(self) -> Tensor:
-        return 0.5 * self.log_vars.sum()
+        if self._present is None:
+            return 0.5 * self.log_vars.sum()
+        return 0.5 * (self.log_vars * self._present).sum()
