@@ -70,6 +70,7 @@ METHODS: dict[str, Method] = {
     "GLS": _weighting(dm.GLS),
     "IMTLL": _weighting(dm.IMTLL),
     "DBMTL": _weighting(dm.DBMTL),
+    "ExcessMTL": _weighting(dm.ExcessMTL),
     "GradNorm": _weighting(dm.GradNorm),
     "GCS": _weighting(lambda: dm.GCS(main="a")),
     "OLAux": _weighting(lambda: dm.OLAux(main="a")),

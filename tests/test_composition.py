@@ -30,6 +30,7 @@ WEIGHTINGS = {
     "gls": lambda: dm.GLS(),
     "imtl-l": lambda: dm.IMTLL(),
     "db-mtl": lambda: dm.DBMTL(),
+    "excess-mtl": lambda: dm.ExcessMTL(),
 }
 AGGREGATIONS = {
     "sum": dm.Sum,

@@ -79,6 +79,15 @@ def test_cr_mogm_of_upgrad(beta):
         torch.testing.assert_close(ours.combine(j), theirs(j), rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_excess_mtl(warmup):
+    ours = dm.ExcessMTL(step_size=0.5, warmup=warmup)
+    theirs = jd.ExcessMTLWeighting(robust_step_size=0.5, n_warmup_steps=warmup)
+    for step in range(5):
+        j = jacobian(3, 7, step)
+        torch.testing.assert_close(ours.update(j), theirs(j))
+
+
 def _gradient(scalarize, losses):
     values = losses.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(scalarize(values), values)

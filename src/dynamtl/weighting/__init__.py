@@ -5,6 +5,7 @@ from dynamtl.weighting.base import LossWeighting, Weighting
 from dynamtl.weighting.db_mtl import DBMTL
 from dynamtl.weighting.dwa import DWA
 from dynamtl.weighting.equal import Equal
+from dynamtl.weighting.excess_mtl import ExcessMTL
 from dynamtl.weighting.famo import FAMO
 from dynamtl.weighting.gcs import GCS
 from dynamtl.weighting.gls import GLS
@@ -28,6 +29,7 @@ __all__ = [
     "STCH",
     "AutoLambda",
     "Equal",
+    "ExcessMTL",
     "GradNorm",
     "HydaLearn",
     "LossWeighting",
