@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
@@ -27,6 +28,9 @@ class IMTLL(LossWeighting):
     optimizer as its own parameter group (no weight decay); in a loop of your own, give
     ``weighting.parameters()`` to your optimizer after ``bind``.
 
+    A task without a graph in this step (no labelled sample) has no −sᵢ term either, so its
+    scale does not drift while it is absent.
+
     Args:
         tasks: optionally the task names, to bind at once.
 
@@ -47,6 +51,7 @@ class IMTLL(LossWeighting):
     def __init__(self, tasks: list[str] | None = None) -> None:
         super().__init__()
         self.log_scales = nn.Parameter(torch.zeros(0))
+        self._present: Tensor | None = None  # the tasks with a gradient in the step (MultiTask)
         if tasks is not None:
             self.bind(tasks)
 
@@ -55,8 +60,14 @@ class IMTLL(LossWeighting):
             scales = self.log_scales
             scales.data = torch.zeros(self.num_tasks, dtype=scales.dtype, device=scales.device)
 
+    def weights(self, ctx: StepContext) -> Tensor:
+        self._present = torch.tensor(ctx.present, device=self.log_scales.device)
+        return super().weights(ctx)
+
     def loss_weights(self, losses: Tensor) -> Tensor:
         return torch.exp(self.log_scales)
 
     def regularizer(self) -> Tensor:
-        return -self.log_scales.sum()
+        if self._present is None:
+            return -self.log_scales.sum()
+        return -(self.log_scales * self._present).sum()
