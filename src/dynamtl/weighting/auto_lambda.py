@@ -9,7 +9,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import check_choice
 from dynamtl.context import StepContext
+from dynamtl.facts import Facts
 from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import name_list, task_indices
@@ -17,7 +19,6 @@ from dynamtl.weighting.base import (
     MetaOptimizerFactory,
     OwnOptimizer,
     Weighting,
-    check_choice,
 )
 
 
@@ -101,6 +102,14 @@ class AutoLambda(OwnOptimizer, Weighting):
             training pass's own losses (same batch and dropout masks), error O(ε), one
             forward pass fewer per step.
     """
+
+    facts = Facts(
+        "auto-lambda", "Auto-Lambda", "meta-learning",
+        "Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, TMLR 2022",
+        "3 (1 on the meta batch, 2 without graph)", "2 (1 on the meta batch)",
+        options=("init", "lr", "hypergradient", "order", "interval", "nonnegative", "epsilon"),
+        context={"primary": "primary"},
+    )
 
     needs_meta_batch = True
     needs_optimizer = True
