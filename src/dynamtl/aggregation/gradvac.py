@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, combine_rows, gramian, random_orders
+from dynamtl.aggregation._solvers import (
+    SeededGenerator,
+    check_jacobian,
+    combine_rows,
+    gramian,
+    random_orders,
+)
 from dynamtl.aggregation.base import GradientAggregation
 
 

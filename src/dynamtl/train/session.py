@@ -267,6 +267,7 @@ class _Session:
         """The autocast of ``--precision`` (disabled for 32)."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
     def _stop(self, signals: _Signals) -> None:
         """End the run after a stopping signal: the checkpoint just saved is the one to
         continue from."""
