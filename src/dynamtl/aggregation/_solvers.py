@@ -91,6 +91,18 @@ def nonzero_rows(gram: Tensor) -> Tensor:
     return gram.diagonal() > 0.0
 
 
+def numbers(owner: str, name: str, value: object, scalar: bool) -> list[float]:
+    """``value`` as a list of floats: a sequence of numbers in task order (or, with
+    ``scalar``, one number); ``TypeError`` naming what was given otherwise (a mapping, a
+    string)."""
+    if scalar and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
+    one = "a number or " if scalar else ""
+    raise TypeError(f"{owner}'s {name} is {one}a list of numbers in task order, got {type(value).__name__} {value!r}")
+
+
 def per_task(owner: str, name: str, value: float | Sequence[float], num_tasks: int) -> Tensor:
     """``value`` as one float per task (a float64 tensor); ``ValueError`` if a sequence has the
     wrong length."""

@@ -14,6 +14,7 @@ from dynamtl.aggregation._solvers import (
     combine_rows,
     gramian,
     nonzero_rows,
+    numbers,
     per_task,
     rank_tolerance,
 )
@@ -71,7 +72,7 @@ class AlignedMTL(GradientAggregation):
         super().__init__()
         check_choice("AlignedMTL's scale", scale, ("min", "median", "mean"))
         self.scale = scale
-        self.pref = None if pref is None else [float(p) for p in pref]
+        self.pref = None if pref is None else numbers("AlignedMTL", "pref", pref, scalar=False)
 
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)

@@ -142,4 +142,4 @@ def weighting_backward(ctx: StepContext, weights: Tensor, regularizer: Tensor | 
     if regularizer is not None:
         total = total + regularizer
     if total.requires_grad:
-        ctx.objective.precision.backward(total)
+        ctx.objective.precision.backward(total, through_model=False)

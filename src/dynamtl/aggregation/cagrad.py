@@ -46,11 +46,12 @@ class CAGrad(GradientAggregation):
         rescale: divide d by 1 + c² (the official code's default ``rescale=1``). Its
             ``rescale=2`` (division by 1 + c) is not offered.
 
-    Every c ≥ 0 is solved as posed. With c ≥ 1 the ball contains 0; if 0 is also in the
-    convex hull of the rows (a Pareto-stationary point) the best worst rate is 0 and the
-    dual's recovery formula is undefined (g_w* = 0): d is then the point nearest g₀ with
-    gᵢ·d ≥ 0 for every task (the projection of g₀ on that cone), which lies in the ball.
-    The official code returns g₀ there, which can make a task worse.
+    Every c ≥ 0 is solved as posed. When 0 is in the convex hull of the rows (no d improves
+    every task) and the ball reaches the cone {d : gᵢ·d ≥ 0 for every i} (always for
+    c ≥ 1, since the ball then holds 0), the best worst rate is 0 and the dual's recovery
+    formula is undefined (g_w* = 0): d is then the point of that cone nearest g₀ (the
+    projection of g₀ on it), which lies in the ball. The official code returns g₀ there,
+    which can make a task worse.
 
     Rows that are exactly zero (λₖ = 0, or a task whose loss has no gradient this step) are
     left out, g₀ included: the update equals CAGrad on the other rows (a zero row would

@@ -6,7 +6,13 @@ from typing import Any
 
 from torch import Tensor
 
-from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, combine_rows, gramian, random_orders
+from dynamtl.aggregation._solvers import (
+    SeededGenerator,
+    check_jacobian,
+    combine_rows,
+    gramian,
+    random_orders,
+)
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.facts import aggregation_facts
 

@@ -86,7 +86,7 @@ def train_grid_run(spec: GridRun) -> dict[str, Any]:
 
 
 def describe(error: BaseException) -> str:
-    """``"Type: message"`` of a failed run (its first line for a long message)."""
+    """``"Type: message"`` of the exception that failed a run."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -218,7 +217,11 @@ class AutoLambda(OwnOptimizer, Weighting):
         if objective.check_finite:
             primary = "+".join(objective.tasks.names[i] for i in self.primary)
             check_gradients([v], [primary], "meta")
-        return {n: at.jacobian[n] * g for n, g in zip(leaves, v) if g is not None and n in at.jacobian}
+        names = [n for n, g in zip(leaves, v) if g is not None and n in at.jacobian]
+        if not names:
+            return {}
+        present = [g for n, g in zip(leaves, v) if g is not None and n in at.jacobian]
+        return dict(zip(names, torch._foreach_mul(present, [at.jacobian[n] for n in names])))
 
     def _finite_difference(
         self, objective: Objective, at: _Pending, theta_next: dict[str, Tensor], meta_batch: Any
@@ -227,7 +230,8 @@ class AutoLambda(OwnOptimizer, Weighting):
         u = self._direction(objective, at, theta_next, meta_batch)
         # the norm and the differences in float32 at least: float16 squares overflow, and
         # float16 losses differ by a few units in the last place
-        norm = math.sqrt(sum(float(d.to(self.lambdas.dtype).square().sum()) for d in u.values()))
+        norms = list(torch._foreach_norm(list(u.values()), 2, dtype=self.lambdas.dtype)) if u else []
+        norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)
         eps = self.epsilon / norm
@@ -271,5 +275,8 @@ def _local_losses(ctx: StepContext) -> Tensor:
 
 
 def _shifted(theta: dict[str, Tensor], direction: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
-    return {n: t + scale * direction[n] if n in direction else t for n, t in theta.items()}
+    """θ + scale·u (parameters without a direction stay), in one ``torch._foreach_add``."""
+    names = list(direction)
+    moved = torch._foreach_add([theta[n] for n in names], list(direction.values()), alpha=scale)
+    return {**theta, **dict(zip(names, moved))}
 

@@ -79,8 +79,9 @@ class GCS(Weighting):
 def _cosine(a: Gradients, b: Gradients) -> Tensor:
     """cos(a, b) over the parameters both have a gradient for; 0 if either is 0 there."""
     names = shared_parameters([a, b])
-    if not names:
-        return torch.zeros(())
+    if not names:  # on the device of the gradients, to be stacked with the other cosines
+        first = next((g for g in [*a.values(), *b.values()] if g is not None), None)
+        return torch.zeros((), device=None if first is None else first.device)
     x = widened(torch.cat([a[n].detach().reshape(-1) for n in names]))  # type: ignore[union-attr]
     y = widened(torch.cat([b[n].detach().reshape(-1) for n in names]))  # type: ignore[union-attr]
     norms = x.norm() * y.norm()
