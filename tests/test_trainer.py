@@ -67,7 +67,8 @@ def test_the_run_folder_holds_the_documented_files(run):
     assert [s["step"] for s in steps] == list(range(1, 13))
     assert [(s["epoch"], s["batch"]) for s in steps[:5]] == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1)]
     tasks = ("main", "aux", "noise")
-    assert set(steps[0]) == {"step", "epoch", "batch", "lr", "seconds", *(f"{k}/{t}" for k in ("loss", "weight") for t in tasks)}
+    kinds = ("loss", "weight", "aggregation_weight")
+    assert set(steps[0]) == {"step", "epoch", "batch", "lr", "seconds", *(f"{k}/{t}" for k in kinds for t in tasks)}
     expected = {"epoch", "step", "lr", "selection", "best", "skipped", "seconds_train", "seconds_eval"}
     expected |= {f"{k}/{t}" for k in ("train_loss", "val_loss") for t in tasks}
     expected |= {"val/main/mae", "val/aux/mae", "val/noise/accuracy"}
