@@ -5,10 +5,21 @@ Time: every method gets its own copy of the model (same initial weights) and opt
 take their timed steps round-robin, one step each per round, so that machine noise falls
 on all of them alike. A step is the whole ``MultiTask.step(batch, meta_batch)``: forward,
 weighting, aggregation, backward and optimizer step. Batches cycle through a small pool of
-random batches; the meta batch is a second random batch of the same shape. Other
-processes on the cores skew every figure (two intra-op threads that must wait for a
-shared core slow down far more than in proportion), so the 1-minute load average is
-printed before and after: trust a run only when it stayed near this benchmark's own load.
+random batches; the meta batch is a second random batch of the same shape. torch runs
+``--threads`` intra-op threads (default 1). Other processes on the cores skew every
+figure (two intra-op threads that must wait for a shared core slow down far more than in
+proportion), so the 1-minute load average is printed before and after, and the process
+CPU time of a step is reported beside its wall time: at one thread it is what the step
+itself computed, and moves far less with the machine's load than wall time does.
+``--repeats N`` repeats the whole timed run (fresh models) and prints the median ratio
+and the range over the repeats.
+
+Passes: the same round-robin also times the model's passes on a training batch, a forward
+pass with a graph (F), one without a graph at other parameters through
+``torch.func.functional_call`` (F₀, as the look-ahead evaluations run), and a backward
+pass (B = forward-and-backward minus F), in CPU time. For the methods whose passes are known
+(``PASSES``) "passes x Equal" is (f·F + f₀·F₀ + b·B) / (F + B): the ratio the step would have
+if it were nothing but its passes; the rest of its "CPU x Equal" is overhead.
 
 Memory: ``tracemalloc`` cannot see torch's allocations and CPU torch keeps no allocator
 statistics (the profiler's ``profile_memory`` lists allocations per op but gives no peak),
@@ -25,10 +36,14 @@ tensors go back to the kernel at once; glibc's adaptive threshold keeps them in 
 makes the figure depend on what ran before (±15 % between identical methods, measured).
 Without ``/proc/self/clear_refs`` the memory column reads ``n/a``.
 
+``--profile METHOD`` prints the operators of that method's step by their own CPU time
+(``torch.profiler``), to see what a step is made of beyond its passes.
+
 Run from the repository root::
 
-    python benchmarks/step_cost.py                # both models, every method
+    python benchmarks/step_cost.py                # both models, every method, 1 thread
     python benchmarks/step_cost.py --models cnn --methods Equal,AutoLambda --markdown
+    python benchmarks/step_cost.py --models cnn --methods Equal,AutoLambda --profile AutoLambda
 """
 
 from __future__ import annotations
@@ -66,6 +81,11 @@ METHODS: dict[str, Method] = {
     "Uncertainty": _weighting(dm.Uncertainty),
     "RLW": _weighting(dm.RLW),
     "FAMO": _weighting(dm.FAMO),
+    "STCH": _weighting(dm.STCH),
+    "GLS": _weighting(dm.GLS),
+    "IMTLL": _weighting(dm.IMTLL),
+    "DBMTL": _weighting(dm.DBMTL),
+    "ExcessMTL": _weighting(dm.ExcessMTL),
     "GradNorm": _weighting(dm.GradNorm),
     "GCS": _weighting(lambda: dm.GCS(main="a")),
     "OLAux": _weighting(lambda: dm.OLAux(main="a")),
@@ -84,13 +104,33 @@ METHODS: dict[str, Method] = {
     "NashMTL": _aggregation(dm.NashMTL),
     "AlignedMTL": _aggregation(dm.AlignedMTL),
     "GradVac": _aggregation(dm.GradVac),
+    "UPGrad": _aggregation(dm.UPGrad),
+    "DualProj": _aggregation(dm.DualProj),
+    "ConFIG": _aggregation(dm.ConFIG),
+    "FairGrad": _aggregation(dm.FairGrad),
     "AutoLambda+CAGrad": lambda: (dm.AutoLambda(), dm.CAGrad()),
 }
 LEGEND = (
     "AutoLambda: order='lookahead' (the paper's), finite-difference hypergradient; -lagged: order='lagged'; "
     "-exact: hypergradient='exact'; -forward: difference='forward'; HydaLearn: main='a', gain='lookahead'; -first_order: gain='first_order'; "
-    "GCS, OLAux: main='a'; aggregations (PCGrad ... GradVac) with Equal weighting, defaults"
+    "GCS, OLAux: main='a'; aggregations (PCGrad ... FairGrad) with Equal weighting, defaults"
 )
+# (forward passes with a graph, forward passes without one, backward passes) per step, T = 3
+# tasks; a per-task backward pass is counted as one backward pass
+PASSES: dict[str, tuple[int, int, int]] = {
+    **dict.fromkeys(["Equal", "DWA", "Uncertainty", "RLW", "FAMO"], (1, 0, 1)),
+    **dict.fromkeys(
+        ["GradNorm", "GCS", "OLAux", "HydaLearn-first_order", "PCGrad", "GradDrop", "CAGrad", "MGDA", "IMTLG",
+         "NashMTL", "AlignedMTL", "GradVac"],
+        (1, 0, 3),
+    ),
+    "AutoLambda": (2, 2, 3),  # training and meta forward; θ ± εu; virtual, meta and real backward
+    "AutoLambda-lagged": (2, 2, 2),  # training and meta forward; θ ± εu; real and meta backward
+    "AutoLambda-forward": (2, 1, 3),
+    "AutoLambda-lagged-forward": (2, 1, 2),
+    "HydaLearn": (1, 3, 3),  # training forward; one look-ahead per task; one backward per task
+    "AutoLambda+CAGrad": (2, 2, 5),
+}
 OPTIMIZER = "SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)"
 POOL = 4  # distinct training batches (and as many meta batches) cycled through
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -99,6 +139,9 @@ MEMORY_STEPS = 3  # steps over which the memory probe takes the peak
 # adaptive threshold that keeps freed tensors in the heap (noisy, order-dependent figures)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 DESCRIPTIONS = {"mlp": "MLP 128-256-256, 3 heads, batch 256", "cnn": "4-conv CNN on 28x28, 3 heads, batch 64"}
+# the pass probes timed among the methods: forward with graph, forward and backward, and a
+# forward without graph at other parameters (functional_call), as the look-ahead runs them
+PROBES = ("F", "F+B", "F0")
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -107,7 +150,9 @@ Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 class Row:
     method: str
     median_ms: float
-    ratio: float
+    ratios: list[float]  # wall-time ratio to the reference, one per repeat
+    cpu_ratios: list[float]  # the same for process CPU time
+    passes: float | None
     peak_mib: float | None
     peak_ratio: float | None
 
@@ -126,17 +171,40 @@ def setup(kind: str, method: str) -> tuple[dm.MultiTask, list[Batch], list[Batch
     return mtl, train, meta
 
 
-def time_steps(kind: str, methods: Sequence[str], steps: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of each timed step of every method, the methods interleaved round-robin."""
-    runs = {m: setup(kind, m) for m in methods}
-    seconds: dict[str, list[float]] = {m: [] for m in methods}
+def _stepper(kind: str, method: str) -> Callable[[int], object]:
+    mtl, train, meta = setup(kind, method)
+    return lambda i: mtl.step(train[i % POOL], meta_batch=meta[i % POOL])
+
+
+def _probe(kind: str, probe: str) -> Callable[[int], object]:
+    """One of ``PROBES`` on the benchmark's model and training batches, through ``Objective``."""
+    mtl, train, _ = setup(kind, "Equal")
+    objective, params = mtl.objective, list(mtl.objective.params.values())
+    if probe == "F":
+        return lambda i: objective.losses(train[i % POOL]).sum()
+    if probe == "F+B":
+        return lambda i: torch.autograd.grad(objective.losses(train[i % POOL]).sum(), params)
+
+    def no_graph(i: int) -> object:
+        with torch.no_grad():
+            return objective.losses(train[i % POOL], {n: p.detach() for n, p in objective.params.items()})
+
+    return no_graph
+
+
+def time_steps(kind: str, methods: Sequence[str], steps: int, warmup: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall and CPU seconds of each timed step of every method and pass probe, all
+    interleaved round-robin."""
+    runs = {**{m: _stepper(kind, m) for m in methods}, **{p: _probe(kind, p) for p in PROBES}}
+    seconds: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in runs}
     for i in range(warmup + steps):
-        for method, (mtl, train, meta) in runs.items():
-            start = time.perf_counter()
-            mtl.step(train[i % POOL], meta_batch=meta[i % POOL])
-            elapsed = time.perf_counter() - start
+        for name, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run(i)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             if i >= warmup:
-                seconds[method].append(elapsed)
+                seconds[name][0].append(wall)
+                seconds[name][1].append(cpu)
     return seconds
 
 
@@ -146,11 +214,12 @@ def _status_kib(field: str) -> int:
     return int(line.split()[1])
 
 
-def peak_step_memory(kind: str, method: str, warmup: int) -> float | None:
+def peak_step_memory(kind: str, method: str, warmup: int, threads: int) -> float | None:
     """MiB of resident memory a step adds at its peak, over the state after ``warmup`` steps
     (run this in a fresh process)."""
     if not CLEAR_REFS.exists():
         return None
+    torch.set_num_threads(threads)
     mtl, train, meta = setup(kind, method)
     batches = ((train[i % POOL], meta[i % POOL]) for i in itertools.count())
     for _ in range(warmup):
@@ -163,23 +232,53 @@ def peak_step_memory(kind: str, method: str, warmup: int) -> float | None:
     return (_status_kib("VmHWM") - before) / 1024
 
 
-def measure(kind: str, methods: Sequence[str], reference: str, steps: int, warmup: int) -> list[Row]:
-    """Median step time and peak step memory of every method, and both as ratios to ``reference``."""
-    seconds = time_steps(kind, methods, steps, warmup)
-    medians = {m: statistics.median(s) for m, s in seconds.items()}
+def measure(kind: str, methods: Sequence[str], reference: str, steps: int, warmup: int, repeats: int) -> list[Row]:
+    """Median step time and peak step memory of every method, both as ratios to ``reference``,
+    and the ratio of its passes alone."""
+    ratios: dict[str, list[float]] = {m: [] for m in methods}
+    cpu_ratios: dict[str, list[float]] = {m: [] for m in methods}
+    medians: dict[str, list[float]] = {m: [] for m in methods}
+    probes: dict[str, list[float]] = {p: [] for p in PROBES}  # CPU time, steadier than wall time
+    for _ in range(repeats):
+        seconds = time_steps(kind, methods, steps, warmup)
+        wall = {m: statistics.median(w) for m, (w, _) in seconds.items()}
+        cpu = {m: statistics.median(c) for m, (_, c) in seconds.items()}
+        for m in methods:
+            ratios[m].append(wall[m] / wall[reference])
+            cpu_ratios[m].append(cpu[m] / cpu[reference])
+        for m, values in medians.items():
+            values.append(wall[m])
+        for p, values in probes.items():
+            values.append(cpu[p])
+    median = {m: statistics.median(v) for m, v in [*medians.items(), *probes.items()]}
+    forward, no_graph, backward = median["F"], median["F0"], median["F+B"] - median["F"]
     os.environ.update(MALLOC_ENV)  # read by the probes' fresh interpreters, not by this one
     # one fresh interpreter per method (maxtasksperchild=1, chunksize=1); probes measure
     # their own memory, not time, so they may share the cores
     spawn = multiprocessing.get_context("spawn")
+    threads = torch.get_num_threads()
     with spawn.Pool(os.cpu_count() or 1, maxtasksperchild=1) as pool:
-        found = pool.starmap(peak_step_memory, [(kind, m, max(warmup, 1)) for m in methods], chunksize=1)
+        found = pool.starmap(peak_step_memory, [(kind, m, max(warmup, 1), threads) for m in methods], chunksize=1)
     peaks = dict(zip(methods, found))
     base = peaks[reference]
+
+    def passes(method: str) -> float | None:
+        if method not in PASSES:
+            return None
+        f, f0, b = PASSES[method]
+        return (f * forward + f0 * no_graph + b * backward) / (forward + backward)
+
+    print(
+        f"passes (median CPU ms): forward with graph F {1000 * forward:.2f}, without graph F0 {1000 * no_graph:.2f}, "
+        f"backward B {1000 * backward:.2f}"
+    )
     return [
         Row(
             m,
-            1000 * medians[m],
-            medians[m] / medians[reference],
+            1000 * median[m],
+            ratios[m],
+            cpu_ratios[m],
+            passes(m),
             peaks[m],
             None if peaks[m] is None or not base else peaks[m] / base,
         )
@@ -187,10 +286,32 @@ def measure(kind: str, methods: Sequence[str], reference: str, steps: int, warmu
     ]
 
 
+def profile(kind: str, method: str, steps: int, warmup: int, rows: int = 25) -> str:
+    """The operators of ``steps`` steps of ``method`` by self CPU time (``torch.profiler``)."""
+    step = _stepper(kind, method)
+    for i in range(warmup):
+        step(i)
+    with torch.profiler.profile() as prof:
+        for i in range(steps):
+            step(warmup + i)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def _spread(values: list[float]) -> str:
+    middle = f"{statistics.median(values):.2f}"
+    return middle if len(values) == 1 else f"{middle} ({min(values):.2f}–{max(values):.2f})"
+
+
 def table(rows: list[Row], markdown: bool, reference: str) -> str:
-    header = ("method", "median ms", f"time x {reference}", "peak MiB", f"memory x {reference}")
+    header = (
+        "method", "median ms", f"time x {reference}", f"CPU x {reference}", f"passes x {reference}",
+        "peak MiB", f"memory x {reference}",
+    )
     cells = [
-        (r.method, f"{r.median_ms:.1f}", f"{r.ratio:.2f}", _optional(r.peak_mib, ".1f"), _optional(r.peak_ratio, ".2f"))
+        (
+            r.method, f"{r.median_ms:.1f}", _spread(r.ratios), _spread(r.cpu_ratios), _optional(r.passes, ".2f"),
+            _optional(r.peak_mib, ".1f"), _optional(r.peak_ratio, ".2f"),
+        )
         for r in rows
     ]
     if markdown:
@@ -229,24 +350,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per method (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method first (default 3)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs, each with fresh models (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--profile", metavar="METHOD", help="print the operator profile of METHOD's step too")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README)")
     args = parser.parse_args(argv)
     models = _names(args.models, list(MODELS), "models")
     methods = _names(args.methods, list(METHODS), "methods")
-    if args.steps < 1 or args.warmup < 0:
-        raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.threads < 1:
+        raise SystemExit("--steps, --repeats and --threads must be >= 1 and --warmup >= 0")
+    if args.profile is not None:
+        _names(args.profile, list(METHODS), "method to profile")
+    torch.set_num_threads(args.threads)
     reference = "Equal" if "Equal" in methods else methods[0]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; optimizer {OPTIMIZER}; "
         f"meta batch: a second random batch; median of {args.steps} steps after {args.warmup} warm-up steps, "
-        "methods interleaved round-robin; peak MiB: resident memory a step adds, fresh process per method"
+        f"methods interleaved round-robin, {args.repeats} run(s): median ratio (range); "
+        "peak MiB: resident memory a step adds, fresh process per method"
     )
     print(LEGEND)
     print(f"load average (1 min) at start: {_load()}")
     for kind in models:
-        rows = measure(kind, methods, reference, args.steps, args.warmup)
         print(f"\n{'### ' if args.markdown else ''}{DESCRIPTIONS.get(kind, kind)}\n")
+        rows = measure(kind, methods, reference, args.steps, args.warmup, args.repeats)
         print(table(rows, args.markdown, reference))
+        if args.profile is not None:
+            print(f"\nprofile of {args.profile}, {args.steps} steps:\n{profile(kind, args.profile, args.steps, args.warmup)}")
     print(f"\nload average (1 min) at end: {_load()}")
 
 

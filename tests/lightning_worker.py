@@ -30,6 +30,7 @@ CASES: dict[str, Callable[[], dict]] = {
     "auto-lambda": lambda: {"weighting": dm.AutoLambda(primary=["a"], lr=0.01)},
     "hydalearn": lambda: {"weighting": dm.HydaLearn(main="a")},
     "cagrad": lambda: {"aggregation": dm.CAGrad(c=0.4)},
+    "uncertainty-pcgrad": lambda: {"weighting": dm.Uncertainty(), "aggregation": dm.PCGrad()},
 }
 
 

@@ -4,7 +4,6 @@ process, in float32, bfloat16 mixed precision and with gradient accumulation."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import shutil
@@ -16,12 +15,9 @@ import pytest
 import torch.distributed as dist
 
 pytest.importorskip("accelerate", reason="the accelerate integration needs pip install 'dynamtl[accelerate]'")
+from tests import accelerate_worker as worker
 
 WORKER_PATH = Path(__file__).with_name("accelerate_worker.py")
-_spec = importlib.util.spec_from_file_location("accelerate_worker", WORKER_PATH)
-assert _spec is not None and _spec.loader is not None
-worker = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(worker)
 
 
 def launch(processes: int, out: Path) -> dict:

@@ -160,6 +160,18 @@ def test_weighting_step_with_a_graphless_task_is_the_step_on_the_other_tasks(nam
     assert_same_gradients(got, expected)
 
 
+def test_mgda_upper_bound_with_a_graphless_task_is_the_step_on_the_other_tasks():
+    b = batch(1)
+    grads = []
+    for names, given in ((TASKS, unlabelled(b, "c")), (("a", "b"), without(b, "c"))):
+        model = net(0)
+        mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in names}), aggregation=dm.MGDA(upper_bound=True),
+                           representation="trunk")
+        mtl.backward(given)
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert_same_gradients(*grads)
+
+
 def run_steps(name, names, batches, metas):
     model = net(0)
     tasks = dm.Tasks({t: masked_mse for t in names})
@@ -475,7 +487,7 @@ EXTRA_PASSES = {
 
 
 def test_auto_lambda_nan_in_the_meta_input_names_the_meta_pass_in_that_step():
-    model, opt, mtl = poisoned_run(dm.AutoLambda(), None, masked_mse)
+    model, _, mtl = poisoned_run(dm.AutoLambda(), None, masked_mse)
     mtl.step(batch(1), batch(2))
     lambdas = mtl.weighting.lambdas.detach().clone()
     x, y = batch(4)
@@ -505,6 +517,10 @@ def test_auto_lambda_in_float16_keeps_finite_float32_weights(seed):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def cast(b, dtype):
+    return b[0].to(dtype), {t: y.to(dtype) for t, y in b[1].items()}
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(("weighting_name", "aggregation_name"), PAIRS)
 def test_half_precision_step_matches_float32(weighting_name, aggregation_name, dtype):
@@ -516,8 +532,7 @@ def test_half_precision_step_matches_float32(weighting_name, aggregation_name, d
         mtl = dm.MultiTask(model, tasks, opt, weighting=build("weighting", weighting_name),
                            aggregation=build("aggregation", aggregation_name))
         b, meta = batch(1, dtype=dtype), batch(2, dtype=dtype)
-        cast = lambda bb: (bb[0].to(run_dtype), {t: y.to(run_dtype) for t, y in bb[1].items()})  # noqa: E731
-        info = mtl.backward(cast(b), cast(meta))
+        info = mtl.backward(cast(b, run_dtype), cast(meta, run_dtype))
         for state in mtl.weighting.state_dict().values():
             if isinstance(state, torch.Tensor) and state.is_floating_point():
                 assert state.dtype == torch.float32
@@ -651,6 +666,8 @@ def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, s
         (lambda: dm.HydaLearn(main={"a": 1.0}), r"the main tasks are given by name"),
         (lambda: dm.GCS(main=["a", 1]), r"the main tasks are given by name"),
         (lambda: dm.OLAux(main=None), r"the main tasks are given by name"),
+        (lambda: dm.GradDrop(leak="0.1"), r"GradDrop's leak is a number or a list of numbers in task order, got str"),
+        (lambda: dm.AlignedMTL(pref={"a": 1.0}), r"AlignedMTL's pref is a list of numbers in task order, got dict"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), weighting=dm.AutoLambda),
          r"weighting must be a weighting instance such as dm.AutoLambda\(\), got the class AutoLambda"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), aggregation="pcgrad"),

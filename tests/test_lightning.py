@@ -6,7 +6,6 @@ mixed precision runs through Lightning's precision plugins."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,12 +21,9 @@ pytest.importorskip("lightning", reason="the Lightning integration needs pip ins
 import lightning.pytorch as pl
 
 from dynamtl.lightning import MultiTaskModule
+from tests import lightning_worker as worker
 
 WORKER_PATH = Path(__file__).with_name("lightning_worker.py")
-_spec = importlib.util.spec_from_file_location("lightning_worker", WORKER_PATH)
-assert _spec is not None and _spec.loader is not None
-worker = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(worker)
 
 
 def plain_run(case: str, order: list[int] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -246,10 +246,12 @@ def test_submitit_with_two_workers_gives_the_local_table(tmp_path):
     base = RunConfig(benchmark="drift", mode="auxiliary", limit=128, batch_size=64, epochs=1, threads=1,
                      options={"lr": 1e-2})
     methods, seeds = ["equal", "auto-lambda"], [0, 1]
-    local = compare(base, methods, seeds, tmp_path / "local", progress=False, engine=LocalEngine(jobs=1))
+    local = compare(base, methods, seeds, tmp_path / "local", progress=False, controls=False,
+                    engine=LocalEngine(jobs=1))
     said: list[str] = []
     engine = SubmititEngine(jobs=2, cluster="local")
-    jobs = compare(base, methods, seeds, tmp_path / "submitit", progress=True, engine=engine, say=said.append)
+    jobs = compare(base, methods, seeds, tmp_path / "submitit", progress=True, controls=False, engine=engine,
+                   say=said.append)
     assert "2 run(s) at once as submitit jobs (local executor)" in said[0]
     assert sum("done in" in line for line in said) == 6
     assert jobs.markdown == local.markdown and jobs.csv == local.csv

@@ -165,7 +165,7 @@ def test_metrics_figure_has_a_panel_per_task_metric_and_marks_the_selected_epoch
 def test_a_live_run_gets_no_selected_epoch_and_no_metrics_before_its_first_epoch(tmp_path):
     live = write_run(tmp_path / "live", {"a": [1.0]}, val=[{"a/accuracy": 0.5}])
     assert [len(axes.get_lines()) for axes in metrics_figure(live).axes] == [1]
-    starting = write_run(tmp_path / "starting", {"a": [1.0]})
+    starting = write_run(tmp_path / "starting", {"a": [1.0], "b": [0.5]})
     assert metrics_figure(starting) is None
     assert plot_run(starting) == [starting / "plots" / "weights.png"]
 

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dynamtl.distributed import Replicas, unwrap
-from dynamtl.precision import Precision, float32_loss
 from dynamtl.nonfinite import check_losses
+from dynamtl.precision import Precision, float32_loss
 from dynamtl.tasks import Tasks
 
 RngState = tuple[Tensor, list[Tensor]]

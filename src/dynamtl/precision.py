@@ -95,13 +95,14 @@ class Precision:
         finally:
             self.autocast = previous
 
-    def backward(self, total: Tensor, retain_graph: bool = False) -> None:
+    def backward(self, total: Tensor, retain_graph: bool = False, through_model: bool = True) -> None:
         """``total.backward()`` of S·total (divided by the number of micro-batches), leaving
-        scaled gradients in ``.grad``."""
+        scaled gradients in ``.grad``. ``through_model=False``: ``total`` reaches no model
+        parameter (a weighting's own regulariser), so :attr:`before_backward` is not called."""
         scaled = total if self._scale is None else total * self._scale
         if self._share != 1.0:
             scaled = scaled * self._share
-        if self.before_backward is not None:
+        if self.before_backward is not None and through_model:
             self.before_backward(scaled)
         scaled.backward(retain_graph=retain_graph)
 

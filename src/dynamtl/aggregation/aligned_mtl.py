@@ -8,16 +8,18 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
     gramian,
     nonzero_rows,
+    numbers,
     per_task,
     rank_tolerance,
 )
 from dynamtl.aggregation.base import GradientAggregation
-from dynamtl.weighting.base import check_choice
+from dynamtl.facts import aggregation_facts
 
 Scale = Literal["min", "median", "mean"]
 
@@ -61,11 +63,16 @@ class AlignedMTL(GradientAggregation):
     tensor([0.5000, 0.5000])
     """
 
+    facts = aggregation_facts(
+        "aligned-mtl", "Aligned-MTL", "Senushkin et al., Independent Component Alignment, CVPR 2023",
+        options=("scale", "pref"),
+    )
+
     def __init__(self, scale: Scale = "min", pref: Sequence[float] | None = None) -> None:
         super().__init__()
         check_choice("AlignedMTL's scale", scale, ("min", "median", "mean"))
         self.scale = scale
-        self.pref = None if pref is None else [float(p) for p in pref]
+        self.pref = None if pref is None else numbers("AlignedMTL", "pref", pref, scalar=False)
 
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)

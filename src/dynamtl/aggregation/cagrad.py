@@ -14,6 +14,7 @@ from dynamtl.aggregation._solvers import (
     warn_once,
 )
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class CAGrad(GradientAggregation):
@@ -45,11 +46,12 @@ class CAGrad(GradientAggregation):
         rescale: divide d by 1 + c² (the official code's default ``rescale=1``). Its
             ``rescale=2`` (division by 1 + c) is not offered.
 
-    Every c ≥ 0 is solved as posed. With c ≥ 1 the ball contains 0; if 0 is also in the
-    convex hull of the rows (a Pareto-stationary point) the best worst rate is 0 and the
-    dual's recovery formula is undefined (g_w* = 0): d is then the point nearest g₀ with
-    gᵢ·d ≥ 0 for every task (the projection of g₀ on that cone), which lies in the ball.
-    The official code returns g₀ there, which can make a task worse.
+    Every c ≥ 0 is solved as posed. When 0 is in the convex hull of the rows (no d improves
+    every task) and the ball reaches the cone {d : gᵢ·d ≥ 0 for every i} (always for
+    c ≥ 1, since the ball then holds 0), the best worst rate is 0 and the dual's recovery
+    formula is undefined (g_w* = 0): d is then the point of that cone nearest g₀ (the
+    projection of g₀ on it), which lies in the ball. The official code returns g₀ there,
+    which can make a task worse.
 
     Rows that are exactly zero (λₖ = 0, or a task whose loss has no gradient this step) are
     left out, g₀ included: the update equals CAGrad on the other rows (a zero row would
@@ -60,6 +62,10 @@ class CAGrad(GradientAggregation):
     >>> CAGrad(c=0.0).combine(torch.tensor([[1.0, 0.0], [-1.0, 2.0]]))
     tensor([0., 1.])
     """
+
+    facts = aggregation_facts(
+        "cagrad", "CAGrad", "Liu et al., Conflict-Averse Gradient Descent, NeurIPS 2021", options=("c", "rescale")
+    )
 
     def __init__(self, c: float = 0.4, rescale: bool = True) -> None:
         super().__init__()

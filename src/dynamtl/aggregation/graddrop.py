@@ -8,8 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, per_task
+from dynamtl.aggregation._solvers import (
+    SeededGenerator,
+    check_jacobian,
+    numbers,
+    per_task,
+)
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class GradDrop(GradientAggregation):
@@ -59,6 +65,11 @@ class GradDrop(GradientAggregation):
     tensor([ 2., -4.])
     """
 
+    facts = aggregation_facts(
+        "graddrop", "GradDrop", "Chen et al., Just Pick a Sign: GradDrop, NeurIPS 2020",
+        options=("leak",), context={"seed": "seed"},
+    )
+
     def __init__(
         self,
         f: Callable[[Tensor], Tensor] | None = None,
@@ -66,7 +77,7 @@ class GradDrop(GradientAggregation):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        leaks = [leak] if isinstance(leak, (int, float)) else list(leak)
+        leaks = numbers("GradDrop", "leak", leak, scalar=True)
         if not all(0.0 <= value <= 1.0 for value in leaks):
             raise ValueError(f"GradDrop's leak must lie in [0, 1] for every task, got {leak!r}")
         self.f = f

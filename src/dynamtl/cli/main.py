@@ -32,7 +32,7 @@ from dynamtl.registry import (
 )
 from dynamtl.report.plots import plot_run
 from dynamtl.train.checkpoint import CheckpointError
-from dynamtl.train.compare import RunsFailed
+from dynamtl.train.compare import RunsFailed, draw_comparison_plots
 from dynamtl.train.compare import compare as run_comparison
 from dynamtl.train.config import ConfigError, RunConfig, read_config_file
 from dynamtl.train.folder import RunFolder, RunFolderError
@@ -277,16 +277,19 @@ def resume(run_dir: Path, which: str, allow_changes: bool, quiet: bool) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def plot(run_dir: Path) -> None:
-    """Draw the plots of a run folder, or of every run below a folder (a comparison)."""
+    """Draw the plots of a run folder, or of every run below a folder; a comparison's
+    folder also gets its comparison figures redrawn."""
     runs = sorted({path.parent for path in run_dir.rglob("steps.jsonl")})
     if not runs:
         raise click.ClickException(f"no run folder (with a steps.jsonl) in {run_dir}")
     try:
-        for run in runs:
-            for path in plot_run(run):
-                click.echo(str(path))
-    except ModuleNotFoundError as error:
+        drawn = [path for run in runs for path in plot_run(run)]
+        if (run_dir / "comparison.json").is_file():
+            drawn += draw_comparison_plots(run_dir)
+    except (ModuleNotFoundError, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
+    for path in drawn:
+        click.echo(str(path))
 
 
 @main.command(name="list")

@@ -4,7 +4,10 @@ tensor caches of derived data."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
+import io
+import logging
 import math
 import os
 import pickle
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger("dynamtl")
 
 IDX_UNSIGNED_BYTE = 0x08
 GZIP_MAGIC = b"\x1f\x8b"
@@ -104,21 +109,45 @@ def seeded_generators(seed: int, count: int) -> list[torch.Generator]:
 def load_or_build(
     path: Path, recipe: Mapping[str, int | str], build: Callable[[], dict[str, Tensor]]
 ) -> dict[str, Tensor]:
-    """The tensors cached in ``path`` if it was built with the same ``recipe``, else
-    ``build()``, saved to ``path`` (atomically) for the next call.
+    """The tensors cached in ``path`` if it was built with the same ``recipe`` and is
+    intact, else ``build()``, saved to ``path`` (atomically) for the next call.
 
     A cache is derived data: a missing, unreadable or differently built file is rebuilt.
+    Its SHA-256 is written beside it (``path`` + ``.sha256``) and checked before it is read
+    (with ``weights_only=True``): a cache damaged or changed since it was built is named in
+    a warning and rebuilt.
     """
+    checksum = path.with_name(path.name + ".sha256")
     if path.is_file():
-        try:
-            cached = torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
-            cached = None
+        cached = _verified_cache(path, checksum)
         if isinstance(cached, dict) and cached.get("recipe") == dict(recipe):
             return cached["tensors"]
+    logger.warning("preparing %s (done once; later runs read it back)", path)
     tensors = build()
+    buffer = io.BytesIO()
+    torch.save({"recipe": dict(recipe), "tensors": tensors}, buffer)
+    data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".part")
-    torch.save({"recipe": dict(recipe), "tensors": tensors}, temporary)
-    os.replace(temporary, path)
+    for target, content in ((path, data), (checksum, hashlib.sha256(data).hexdigest().encode())):
+        temporary = target.with_name(target.name + ".part")
+        temporary.write_bytes(content)
+        os.replace(temporary, target)
     return tensors
+
+
+def _verified_cache(path: Path, checksum: Path) -> object:
+    """The content of the cache ``path`` if its SHA-256 is the one in ``checksum``, else
+    ``None`` (saying why when the file is damaged)."""
+    try:
+        data = path.read_bytes()
+        recorded = checksum.read_text().strip() if checksum.is_file() else None
+    except OSError:
+        return None
+    if recorded != hashlib.sha256(data).hexdigest():
+        why = "has no recorded checksum" if recorded is None else "does not match its recorded checksum (damaged or changed)"
+        logger.warning("the data cache %s %s: rebuilding it", path, why)
+        return None
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return None

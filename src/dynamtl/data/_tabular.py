@@ -5,6 +5,7 @@ progress bar, and the shared-bottom MLP with one head per task."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -14,7 +15,7 @@ from typing import TextIO, TypeVar
 import torch
 from torch import Tensor, nn
 
-from dynamtl.benchmarks.base import seeded_permutation
+from dynamtl._helpers import seeded_permutation
 from dynamtl.data._files import find_file, package_file
 
 T = TypeVar("T")
@@ -48,10 +49,17 @@ def open_text(path: Path) -> TextIO:
     return path.open(encoding="utf-8", newline="")
 
 
-def file_sizes(paths: Mapping[str, Path]) -> dict[str, int]:
-    """``name -> size in bytes`` of ``paths``: the part of a cache recipe that notices a
-    replaced source file."""
-    return {f"bytes:{name}": path.stat().st_size for name, path in paths.items()}
+def file_digests(paths: Mapping[str, Path]) -> dict[str, str]:
+    """``name -> SHA-256`` of the files ``paths``: the part of a cache recipe that notices a
+    replaced or altered source file (even one of the same size)."""
+    digests = {}
+    for name, path in paths.items():
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        digests[f"sha256:{name}"] = digest.hexdigest()
+    return digests
 
 
 def hold_out(pool: Tensor, n_val: int, seed: int, limit: int | None) -> tuple[Tensor, Tensor]:

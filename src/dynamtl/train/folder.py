@@ -116,15 +116,17 @@ def locked(folder: RunFolder) -> Iterator[None]:
     the process that holds it. The operating system releases the lock of a process that
     dies, so a killed run never leaves a stale lock (``.lock.holder`` only says who took it
     last)."""
-    folder.root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder.lock_file), timeout=0)
     try:
+        folder.root.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
         raise RunFolderError(
             f"{folder.root} is in use by another dynamtl process ({_holder(folder)}): wait for it to end, or stop "
             "it (Ctrl-C, or kill -INT PID: it checkpoints and exits), then try again"
         ) from None
+    except OSError as error:
+        raise write_error(folder.lock_file, error) from error
     try:
         write_json_atomic(folder.holder_file, {
             "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -148,14 +150,23 @@ def write_atomic(path: Path, data: bytes) -> None:
     old content or the new one, never a part: temporary file, fsync, ``os.replace``,
     fsync of the folder. ``FolderWriteError`` (one line: the folder and the cause) when the
     file system refuses, the temporary file removed and the old ``path`` kept."""
+    try:
+        replace_durably(path, data)
+    except OSError as error:
+        raise write_error(path, error, "its previous version is kept" if path.exists() else "") from error
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """:func:`write_atomic` raising the file system's ``OSError`` as it is (the temporary
+    file removed)."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_durably(temporary, data)
         os.replace(temporary, path)
-    except OSError as error:
+    except OSError:
         remove_quietly(temporary)
-        raise write_error(path, error) from error
+        raise
     sync_folder(path.parent)
 
 
@@ -167,12 +178,13 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(file.fileno())
 
 
-def write_error(path: Path, error: OSError) -> FolderWriteError:
-    """The one-line error for ``path`` not written because of ``error``."""
+def write_error(path: Path, error: OSError, kept: str = "") -> FolderWriteError:
+    """The one-line error for ``path`` not written because of ``error`` (``kept``: what
+    was kept instead)."""
     causes = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
               errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}
     cause = causes.get(error.errno or 0, error.strerror or str(error))
-    return FolderWriteError(f"cannot write {path.name} in {path.parent}: {cause}; its previous version is kept")
+    return FolderWriteError(f"cannot write {path.name} in {path.parent}: {cause}" + (f"; {kept}" if kept else ""))
 
 
 def remove_quietly(path: Path) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -86,7 +87,7 @@ def train_grid_run(spec: GridRun) -> dict[str, Any]:
 
 
 def describe(error: BaseException) -> str:
-    """``"Type: message"`` of a failed run (its first line for a long message)."""
+    """``"Type: message"`` of the exception that failed a run."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -167,7 +168,7 @@ def _in_process(spec: GridRun, *, progress: bool, reused: bool, label: str = "")
         results = train_or_reuse(spec.config, spec.folder, progress=progress, label=label)
     except RunStopped:
         raise
-    except Exception as error:  # noqa: BLE001 - a failed run is reported, the others go on
+    except Exception as error:  # a failed run is reported, the others go on
         if not isinstance(error, EXPECTED_ERRORS):
             traceback.print_exc()
         return Outcome(spec, None, describe(error), reused, time.perf_counter() - start)
@@ -261,10 +262,8 @@ class _Worker:
         if now:
             self.process.terminate()
             return
-        try:
+        with contextlib.suppress(OSError):  # a worker that died
             self.connection.send(None)
-        except (BrokenPipeError, OSError):
-            pass
 
 
 class _WorkerPool:
@@ -382,7 +381,7 @@ class SubmititEngine(Engine):
     def _outcome(spec: GridRun, job: Any, seconds: float) -> Outcome:
         try:
             return Outcome(spec, job.result(), None, False, seconds)
-        except Exception as error:  # noqa: BLE001 - submitit wraps the job's exception with its traceback
+        except Exception as error:  # submitit wraps the job's exception with its traceback
             lines = [line for line in str(error).splitlines() if line.strip()]
             message = lines[-1].strip() if lines else type(error).__name__
             return Outcome(spec, None, f"{message} (job {job.job_id}; its log: {job.paths.stderr})", False, seconds)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dynamtl.train import checkpoint
-from dynamtl.train.config import RunConfig, RunPlan, plan
+from dynamtl.train.config import ENVIRONMENT, RunConfig, RunPlan, plan
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
     RunFolder,
@@ -26,7 +26,7 @@ from dynamtl.train.folder import (
     locked,
     write_json_atomic,
 )
-from dynamtl.train.processes import Processes, processes
+from dynamtl.train.processes import Processes, launched_as_main, processes
 from dynamtl.train.session import Display, RunStopped, run_session
 
 logger = logging.getLogger("dynamtl")
@@ -58,7 +58,8 @@ def resume(out: Path, *, which: str = "last", progress: bool = True, allow_chang
     differs from the checkpoint's is refused unless ``allow_changes``."""
     folder = RunFolder(Path(out))
     if folder.finished:
-        logger.warning("the run in %s has finished: nothing to resume (results in %s)", folder.root, folder.results)
+        if launched_as_main():
+            logger.warning("the run in %s has finished: nothing to resume (results in %s)", folder.root, folder.results)
         return folder.read_json(folder.results)
     recorded = _recorded_config(folder, which)
     checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
@@ -91,17 +92,19 @@ def train_or_reuse(config: RunConfig, out: Path, *, progress: bool = True, label
 def _recorded_config(folder: RunFolder, which: str) -> dict[str, Any]:
     """The config of ``config.json`` (without its ``environment``). A damaged or missing
     ``config.json`` is rewritten from the checkpoint ``which`` when that one is intact."""
+    path = folder.checkpoint(which)
     try:
-        recorded = folder.read_json(folder.config, repair=f"`dynamtl resume {folder.root}` rewrites it from the run's checkpoint")
+        recorded = folder.read_json(
+            folder.config, repair=f"the run saved no checkpoint to rebuild it from: delete {folder.root} and train anew"
+        )
     except RunFolderError as error:
-        path = folder.checkpoint(which)
         if not path.is_file():
             raise
         state = checkpoint.load(path)
-        recorded = {**state["config"], "environment": state.get("environment", {})}
+        recorded = {**state["config"], ENVIRONMENT: state.get("environment", {})}
         write_json_atomic(folder.config, recorded)
-        logger.warning("%s; rewritten from %s", error, path)
-    recorded.pop("environment", None)
+        logger.warning("%s; it was rewritten from the checkpoint %s", str(error).split(":")[0], path)
+    recorded.pop(ENVIRONMENT, None)
     return recorded
 
 

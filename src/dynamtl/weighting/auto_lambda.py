@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -10,7 +9,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import check_choice
 from dynamtl.context import StepContext
+from dynamtl.facts import Facts
 from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import name_list, task_indices
@@ -18,7 +19,6 @@ from dynamtl.weighting.base import (
     MetaOptimizerFactory,
     OwnOptimizer,
     Weighting,
-    check_choice,
 )
 
 
@@ -113,6 +113,14 @@ class AutoLambda(OwnOptimizer, Weighting):
     λ is unbounded by default; when a run fails on a non-finite loss the message names λ
     if it grew (:meth:`explain_failure`).
     """
+
+    facts = Facts(
+        "auto-lambda", "Auto-Lambda", "meta-learning",
+        "Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, TMLR 2022",
+        "3 (1 on the meta batch, 2 without graph)", "2 (1 on the meta batch)",
+        options=("init", "lr", "hypergradient", "order", "interval", "nonnegative", "epsilon", "normalize"),
+        context={"primary": "primary"},
+    )
 
     needs_meta_batch = True
     needs_optimizer = True
@@ -223,7 +231,11 @@ class AutoLambda(OwnOptimizer, Weighting):
         if objective.check_finite:
             primary = "+".join(objective.tasks.names[i] for i in self.primary)
             check_gradients([v], [primary], "meta")
-        return {n: at.jacobian[n] * g for n, g in zip(leaves, v) if g is not None and n in at.jacobian}
+        names = [n for n, g in zip(leaves, v) if g is not None and n in at.jacobian]
+        if not names:
+            return {}
+        present = [g for n, g in zip(leaves, v) if g is not None and n in at.jacobian]
+        return dict(zip(names, torch._foreach_mul(present, [at.jacobian[n] for n in names])))
 
     def _finite_difference(
         self, objective: Objective, at: _Pending, theta_next: dict[str, Tensor], meta_batch: Any
@@ -232,7 +244,8 @@ class AutoLambda(OwnOptimizer, Weighting):
         u = self._direction(objective, at, theta_next, meta_batch)
         # the norm and the differences in float32 at least: float16 squares overflow, and
         # float16 losses differ by a few units in the last place
-        norm = math.sqrt(sum(float(d.to(self.lambdas.dtype).square().sum()) for d in u.values()))
+        norms = list(torch._foreach_norm(list(u.values()), 2, dtype=self.lambdas.dtype)) if u else []
+        norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)
         eps = self.epsilon / norm
@@ -292,5 +305,8 @@ def _local_losses(ctx: StepContext) -> Tensor:
 
 
 def _shifted(theta: dict[str, Tensor], direction: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
-    return {n: t + scale * direction[n] if n in direction else t for n, t in theta.items()}
+    """θ + scale·u (parameters without a direction stay), in one ``torch._foreach_add``."""
+    names = list(direction)
+    moved = torch._foreach_add([theta[n] for n in names], list(direction.values()), alpha=scale)
+    return {**theta, **dict(zip(names, moved))}
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.context import StepContext, widened
+from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
 
@@ -35,6 +36,11 @@ class DWA(LossWeighting):
     tensor([0.8756, 1.1244])
     """
 
+    facts = Facts(
+        "dwa", "DWA", "losses", "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019",
+        options=("temperature",),
+    )
+
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
         if temperature <= 0:
@@ -56,8 +62,9 @@ class DWA(LossWeighting):
     def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         """λ from the epoch history; ``losses`` join the running averages of the tasks
         ``present`` (a mask; all by default)."""
-        here = torch.ones(self.num_tasks, dtype=torch.bool) if present is None else present.cpu()
-        self.epoch_sum += torch.where(here, losses.detach().cpu().to(self.epoch_sum), 0.0).to(self.epoch_sum)
+        device = self.epoch_sum.device
+        here = torch.ones(self.num_tasks, dtype=torch.bool, device=device) if present is None else present.to(device)
+        self.epoch_sum += torch.where(here, losses.detach().to(self.epoch_sum), 0.0)
         self.epoch_count += here.to(self.epoch_count)
         if int(self.epochs) < 2:
             return torch.ones_like(losses)

@@ -8,10 +8,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
+from dynamtl.facts import Facts
 from dynamtl.tasks import name_list
-from dynamtl.weighting.base import Weighting, check_choice, main_and_auxiliary
+from dynamtl.weighting.base import Weighting, main_and_auxiliary
 
 
 class GCS(Weighting):
@@ -45,6 +47,11 @@ class GCS(Weighting):
         last_cosines: cₖ of the last step, one per auxiliary task in task order.
     """
 
+    facts = Facts(
+        "gcs", "GCS", "gradients", "Du et al., Adapting Auxiliary Losses Using Gradient Similarity, 2018",
+        "0", "T−1", options=("variant",), context={"main": "primary"}, auxiliary_only=True,
+    )
+
     def __init__(self, main: Sequence[str] | str, *, variant: Literal["unweighted", "weighted"] = "unweighted") -> None:
         super().__init__()
         check_choice("variant", variant, ("unweighted", "weighted"))
@@ -72,8 +79,9 @@ class GCS(Weighting):
 def _cosine(a: Gradients, b: Gradients) -> Tensor:
     """cos(a, b) over the parameters both have a gradient for; 0 if either is 0 there."""
     names = shared_parameters([a, b])
-    if not names:
-        return torch.zeros(())
+    if not names:  # on the device of the gradients, to be stacked with the other cosines
+        first = next((g for g in [*a.values(), *b.values()] if g is not None), None)
+        return torch.zeros((), device=None if first is None else first.device)
     x = widened(torch.cat([a[n].detach().reshape(-1) for n in names]))  # type: ignore[union-attr]
     y = widened(torch.cat([b[n].detach().reshape(-1) for n in names]))  # type: ignore[union-attr]
     norms = x.norm() * y.norm()

@@ -8,11 +8,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
+from dynamtl.facts import Facts
 from dynamtl.lookahead import learning_rates
 from dynamtl.objective import capture_rng
 from dynamtl.tasks import name_list, task_indices
-from dynamtl.weighting.base import Weighting, check_choice
+from dynamtl.weighting.base import Weighting
 
 
 class HydaLearn(Weighting):
@@ -48,6 +50,9 @@ class HydaLearn(Weighting):
     The per-task gradients are computed once (T backward passes) and the step's gradient
     is their weighted sum, with no further backward pass. Under DDP (torchrun) the
     gradients and gains are averaged over the processes: those of the global batch.
+    Under mixed precision the look-ahead passes run under the caller's autocast, like the
+    training pass they are compared with (a gain is the loss change of a whole
+    learning-rate step, not a finite difference of size ε as in Auto-Lambda).
 
     Args:
         main: the main task name(s).
@@ -62,6 +67,14 @@ class HydaLearn(Weighting):
         smoothing: β in [0, 1), the weight of the past in the moving average (0: none, the
             paper's per-batch weights).
     """
+
+    facts = Facts(
+        "hydalearn", "HydaLearn", "look-ahead",
+        "Verboven, Chaudhary, Berrevoets & Verbeke, HydaLearn: Highly Dynamic Task Weighting, 2020",
+        "T without graph (0 with gain=first_order)", "T−1",
+        options=("gain", "gain_batch", "step_size", "floor", "normalize", "total", "smoothing"),
+        context={"main": "primary"},
+    )
 
     smoothed: Tensor  # the last smoothed weights (empty before the first step), a buffer
 
@@ -153,9 +166,9 @@ class HydaLearn(Weighting):
             which = "training" if self.gain_batch == "current" else "meta"
             gains = []
             for name, g in zip(ctx.objective.tasks.names, grads):
-                moved = {n: t - rates[n] * g[n] if g[n] is not None and n in rates else t for n, t in theta.items()}
                 after = ctx.objective.losses(
-                    batch, moved, rng, f"look-ahead of task {name!r} ({which} batch)", only=self._main_names()
+                    batch, _moved(theta, g, rates), rng, f"look-ahead of task {name!r} ({which} batch)",
+                    only=self._main_names(),
                 )
                 gains.append(base - widened(after).sum())
         return ctx.objective.replicas.mean(torch.stack(gains))
@@ -172,6 +185,15 @@ class HydaLearn(Weighting):
             return share / share[main].mean()
         total = self.total if self.total is not None else float(present or self.num_tasks)
         return total * share / share.sum()
+
+
+def _moved(theta: dict[str, Tensor], grad: Gradients, rates: dict[str, float]) -> dict[str, Tensor]:
+    """θ − η ⊙ g (parameters without a gradient or a step size stay), in ``torch._foreach_*`` calls."""
+    names = [n for n in theta if grad.get(n) is not None and n in rates]
+    if not names:
+        return theta
+    steps = torch._foreach_mul([grad[n] for n in names], [-rates[n] for n in names])  # type: ignore[misc]
+    return {**theta, **dict(zip(names, torch._foreach_add([theta[n] for n in names], steps)))}
 
 
 def _dot(a: Gradients, b: Gradients, rates: dict[str, float], device: torch.device) -> Tensor:

@@ -1,0 +1,466 @@
+"""Run folders that can be trusted: checkpoints that cannot run code and whose damage is
+caught, the resolved configuration and environment compared on resume, logs that match the
+checkpoint, one writer at a time, signals that keep the work, and one-line messages for a
+full or read-only disk. Every fault is made for real: a crafted pickle, flipped bytes, a
+real signal to a real process, two processes at once, a read-only mount and a full tmpfs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamtl.train import CheckpointError, RunFolderError, resume, train_or_reuse
+from dynamtl.train.checkpoint import load
+from dynamtl.train.config import RunConfig
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+PER_EPOCH = 63  # 1000 samples in batches of 16
+RUN = [
+    "--benchmark", "drift", "--method", "auto-lambda", "--mode", "auxiliary", "--noise-task", "--limit", "1000",
+    "--batch-size", "16", "--epochs", "2", "--option", "lr=1e-2", "--quiet",
+]  # fmt: skip
+CONFIG = RunConfig(benchmark="drift", method="auto-lambda", mode="auxiliary", noise_task=True, limit=1000,
+                   batch_size=16, epochs=2, options={"lr": "1e-2"})  # the same run as RUN, from Python
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dynamtl.cli", *args], env=env or ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dynamtl.cli", *args], env=env or ENV, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the run ended before {what}: {process.communicate()[1]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def without_seconds(results: dict) -> dict:
+    return {key: value for key, value in results.items() if key != "seconds"}
+
+
+def stop_with(signal_number: int, run: Path, after_steps: int) -> tuple[subprocess.CompletedProcess, float]:
+    """Train RUN into ``run``, send ``signal_number`` once ``after_steps`` steps are logged;
+    the finished process and the seconds it took to exit after the signal."""
+    process = start("train", *RUN, "--out", str(run))
+    try:
+        wait_for(lambda: len(records(run / "steps.jsonl")) >= after_steps, process, f"step {after_steps}")
+        process.send_signal(signal_number)
+        sent = time.monotonic()
+        stdout, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), took
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """RUN, never interrupted."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = cli("train", *RUN, "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """RUN stopped with Ctrl-C (SIGINT) in the middle of its second epoch."""
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    result, took = stop_with(signal.SIGINT, run, PER_EPOCH + 10)
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert took < 10, f"the run took {took:.1f} s to stop"
+    assert f"Continue with: dynamtl resume {run}" in result.stderr and "RUN_DIR" not in result.stderr
+    return run
+
+
+@pytest.fixture
+def run(interrupted, tmp_path) -> Path:
+    """A copy of the interrupted run, for a test to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(interrupted, copy)
+    return copy
+
+
+def record_checksum(run: Path) -> None:
+    """Record the current last.pt's SHA-256 as if dynamtl had written it (what someone who
+    replaced the file on purpose would do)."""
+    checksums = run / "checkpoints" / "checksums.json"
+    recorded = json.loads(checksums.read_text())
+    recorded["sha256"].append(hashlib.sha256((run / "checkpoints" / "last.pt").read_bytes()).hexdigest())
+    checksums.write_text(json.dumps(recorded))
+
+
+# --- signals --------------------------------------------------------------------------
+
+
+def test_ctrl_c_checkpoints_at_the_step_boundary_records_the_stop_and_resumes_bit_for_bit(run, reference):
+    stops = [e for e in records(run / "events.jsonl") if e["event"] == "stop"]
+    assert len(stops) == 1 and stops[0]["reason"] == "SIGINT"
+    saved = load(run / "checkpoints" / "last.pt")["position"]
+    assert saved["step"] == stops[0]["step"] > PER_EPOCH + 9  # the work up to the signal is kept
+    assert saved["epoch"] == 1 and 0 < saved["batch"] < PER_EPOCH
+    assert len(records(run / "steps.jsonl")) >= saved["step"]
+
+    resumed = cli("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+    steps = records(run / "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, 2 * PER_EPOCH + 1))
+    assert [without_seconds(s) for s in steps] == [without_seconds(s) for s in records(reference / "steps.jsonl")]
+
+
+def test_sigterm_before_the_first_checkpoint_keeps_the_steps_done(tmp_path):
+    run = tmp_path / "run"
+    result, took = stop_with(signal.SIGTERM, run, 5)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert took < 10 and f"dynamtl resume {run}" in result.stderr
+    state = load(run / "checkpoints" / "last.pt")
+    assert state["position"]["step"] >= 5 and state["position"]["epoch"] == 0  # not thrown away
+    assert [e["event"] for e in records(run / "events.jsonl")][-2:] == ["checkpoint", "stop"]
+
+
+# --- a checkpoint is code -------------------------------------------------------------
+
+
+class _RunsACommand:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def craft(run: Path, marker: Path) -> None:
+    """Re-save the run's last.pt with an object that runs a shell command when unpickled."""
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    torch.save({**state, "extra": _RunsACommand(marker)}, last)
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, tmp_path):
+    marker = tmp_path / "pwned"
+    craft(run, marker)
+    unsafe = f"import torch; torch.load({str(run / 'checkpoints' / 'last.pt')!r}, weights_only=False)"
+    loaded = subprocess.run([sys.executable, "-c", unsafe], env=ENV, capture_output=True, text=True, check=False)
+    assert marker.exists(), f"the crafted file does not run its command: the test proves nothing {loaded.stderr}"
+    marker.unlink()
+
+    crafted = (run / "checkpoints" / "last.pt").read_bytes()
+    result = cli("resume", str(run), "--quiet")  # its checksum no longer matches
+    assert result.returncode == 1 and "damaged" in result.stderr and "--checkpoint previous" in result.stderr
+    assert not marker.exists()
+
+    record_checksum(run)  # someone re-recorded it: the file itself is refused
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 1, result.stderr
+    assert f"refused to load {run / 'checkpoints' / 'last.pt'}" in result.stderr and "could run code" in result.stderr
+    assert "os.system" in result.stderr or "posix.system" in result.stderr  # what it holds is named
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    assert (run / "checkpoints" / "last.pt").read_bytes() == crafted  # left as it is
+
+    with pytest.raises(CheckpointError, match="could run code"):  # compare resumes unfinished runs the same way
+        train_or_reuse(CONFIG, run, progress=False)
+    assert not marker.exists()
+
+
+# --- silent damage ----------------------------------------------------------------------
+
+
+def test_flipped_bytes_in_the_model_weights_are_caught_naming_the_file_and_offering_the_previous_one(run, reference):
+    last = run / "checkpoints" / "last.pt"
+    state = load(last)
+    data = bytearray(last.read_bytes())
+    weights = state["model"]["trunk.0.weight"].numpy().tobytes()
+    at = data.find(weights)
+    assert at > 0, "the weights are stored as they are in the file"
+    data[at + 64 : at + 80] = bytes(b ^ 0xFF for b in data[at + 64 : at + 80])
+    last.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(last, weights_only=True)["model"]["trunk.0.weight"],
+                           state["model"]["trunk.0.weight"])  # it still loads, with other weights
+
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 1
+    assert f"the checkpoint {last} is damaged: its SHA-256 matches none recorded" in result.stderr
+    assert f"dynamtl resume {run} --checkpoint previous" in result.stderr
+    assert last.read_bytes() == bytes(data)
+    assert not (run / "results.json").exists()
+
+    result = cli("resume", str(run), "--checkpoint", "previous", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (run / "checkpoints" / "last.damaged.pt").read_bytes() == bytes(data)  # kept for inspection
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+
+def test_a_damaged_data_cache_is_named_and_rebuilt(tmp_path, caplog):
+    from dynamtl.data._files import load_or_build
+
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": torch.arange(1000, dtype=torch.float64)}
+
+    path = tmp_path / "cache.pt"
+    load_or_build(path, {"v": 1}, build)
+    data = bytearray(path.read_bytes())
+    at = data.find(torch.arange(1000, dtype=torch.float64).numpy().tobytes())
+    data[at + 800 : at + 816] = bytes(16)  # same size, other numbers
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["tensors"]["x"], torch.arange(1000.0))
+    with caplog.at_level("WARNING", logger="dynamtl"):
+        assert torch.equal(load_or_build(path, {"v": 1}, build)["x"], torch.arange(1000, dtype=torch.float64))
+    assert len(calls) == 2
+    assert f"the data cache {path} does not match its recorded checksum" in caplog.text
+    assert torch.equal(load_or_build(path, {"v": 1}, build)["x"], torch.arange(1000, dtype=torch.float64))
+    assert len(calls) == 2  # the rebuilt cache is intact and reused
+
+
+# --- defaults that change under a run ------------------------------------------------------
+
+
+def test_config_json_records_every_option_and_the_environment(interrupted):
+    saved = json.loads((interrupted / "config.json").read_text())
+    assert saved["options"] == {"init": 0.1, "lr": 0.01, "hypergradient": "finite_difference", "order": "lookahead",
+                                "interval": 1, "nonnegative": False, "epsilon": 0.01}
+    assert saved["environment"] == {"dynamtl": __import__("dynamtl").__version__, "torch": torch.__version__,
+                                    "threads": 1}
+
+
+def test_a_changed_option_or_environment_is_refused_on_resume_unless_allowed(run, reference):
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["epsilon"] = 0.02  # as if the default had changed
+    config["threads"] = 2
+    (run / "config.json").write_text(json.dumps(config))
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 1
+    assert "options.epsilon: 0.01 before, 0.02 now" in result.stderr
+    assert "environment.threads: 1 before, 2 now" in result.stderr and "threads: 1 before, 2 now" in result.stderr
+    assert f"dynamtl resume {run} --allow-changes" in result.stderr
+    assert not (run / "results.json").exists()
+
+    config["options"]["epsilon"] = 0.01
+    (run / "config.json").write_text(json.dumps(config))
+    result = cli("resume", str(run), "--quiet", "--allow-changes")
+    assert result.returncode == 0, result.stderr
+    changes = [e["change"] for e in records(run / "events.jsonl") if e["event"] == "change"]
+    assert changes == ["environment.threads: 1 before, 2 now", "threads: 1 before, 2 now"]
+    assert json.loads((run / "config.json").read_text())["environment"]["threads"] == 2  # the record follows
+
+
+# --- logs that match the checkpoint --------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut mid-line", "garbled line"])
+def test_damaged_logs_are_rebuilt_to_the_checkpoint_and_the_loss_reported(run, damage):
+    steps = run / "steps.jsonl"
+    saved = load(run / "checkpoints" / "last.pt")["position"]["step"]
+    text = steps.read_text()
+    lines = text.splitlines(keepends=True)
+    if damage == "deleted":
+        steps.unlink()
+        lost = list(range(1, saved + 1))
+    elif damage == "cut mid-line":
+        steps.write_text("".join(lines[:40]) + lines[40][:25])
+        lost = list(range(41, saved + 1))
+    else:
+        steps.write_text("".join(lines[:20]) + "{not json\n" + "".join(lines[21:]))
+        lost = [21]
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert str(steps) in result.stderr and "rebuilt" in result.stderr
+    first, last = lost[0], lost[-1]
+    assert (f"steps {first}–{last} are lost" if first != last else f"steps {first} are lost") in result.stderr
+    logged = [r["step"] for r in records(steps)]
+    assert logged == [s for s in range(1, 2 * PER_EPOCH + 1) if s not in lost]  # each step once, in order
+    assert all(line.endswith("}\n") for line in steps.read_text().splitlines(keepends=True))
+    repairs = [e for e in records(run / "events.jsonl") if e["event"] == "log-repair"]
+    assert len(repairs) == 1 and str(steps) in repairs[0]["repair"]
+
+
+def test_readers_of_the_logs_name_a_bad_line_instead_of_crashing(interrupted, tmp_path, caplog):
+    pytest.importorskip("matplotlib")
+    from dynamtl.report.plots import plot_run
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    lines = (run / "steps.jsonl").read_text().splitlines(keepends=True)
+    (run / "steps.jsonl").write_text("".join(lines[:5]) + '{"step": 6, "weig\n' + "".join(lines[6:]))
+    with caplog.at_level("WARNING", logger="dynamtl"):
+        assert len(plot_run(run)) == 2
+    assert f"{run / 'steps.jsonl'}: left out 1 damaged line(s) (line 6)" in caplog.text
+
+
+# --- one writer per run folder ---------------------------------------------------------------
+
+
+def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(run, reference):
+    first = start("resume", str(run), "--quiet")
+    try:
+        holder = run / ".lock.holder"
+        wait_for(lambda: holder.exists() and json.loads(holder.read_text() or "{}").get("pid") == first.pid, first,
+                 "the first process to take the lock")
+        first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run, for as long as the second one takes
+        second = cli("resume", str(run), "--quiet")
+        first.send_signal(signal.SIGCONT)
+        assert second.returncode == 1
+        assert f"{run} is in use by another dynamtl process (pid {first.pid} on" in second.stderr
+        assert "resume" in second.stderr  # its command line
+        _, stderr = first.communicate(timeout=300)
+        assert first.returncode == 0, stderr
+    finally:
+        first.kill()
+    steps = [r["step"] for r in records(run / "steps.jsonl")]
+    assert steps == list(range(1, 2 * PER_EPOCH + 1))
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+
+def test_the_lock_of_a_killed_process_does_not_outlive_it(run):
+    process = start("resume", str(run), "--quiet")
+    holder = run / ".lock.holder"
+    wait_for(lambda: holder.exists() and json.loads(holder.read_text() or "{}").get("pid") == process.pid, process,
+             "the lock")
+    process.kill()
+    process.communicate()
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+# --- a full disk, a read-only folder ----------------------------------------------------------
+
+MOUNT = shutil.which("unshare") and shutil.which("mount")
+
+
+def in_mount_namespace(script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` (sh) in a private mount namespace (its mounts vanish with it)."""
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], env=ENV, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a failed command printed (exit status 1)."""
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def can_mount(tmp_path: Path) -> bool:
+    if not MOUNT:
+        return False
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    return in_mount_namespace(f"mount -t tmpfs -o size=64k tmpfs {probe}").returncode == 0
+
+
+def test_a_full_disk_gives_one_line_removes_the_staged_file_and_keeps_the_last_checkpoint(run, tmp_path):
+    if not can_mount(tmp_path):
+        pytest.skip("making a full tmpfs needs a private mount namespace (unshare -m, as root)")
+    checkpoints, kept, after = run / "checkpoints", tmp_path / "kept", tmp_path / "after"
+    shutil.copytree(checkpoints, kept)
+    page = 4096
+    room = sum(-(-p.stat().st_size // page) * page for p in checkpoints.iterdir()) + 4 * page
+    assert (checkpoints / "last.pt").stat().st_size > 8 * page  # room for checksums.json, not for a checkpoint
+    result = in_mount_namespace(
+        f"mount -t tmpfs -o size={room} tmpfs {checkpoints} && cp -a {kept}/. {checkpoints}/ && "
+        f"{sys.executable} -m dynamtl.cli resume {run} --quiet; status=$?; cp -a {checkpoints} {after}; exit $status"
+    )
+    line = one_error_line(result)
+    assert line.startswith(f"Error: cannot write last.pt in {checkpoints}: the disk is full")
+    assert f"dynamtl resume {run}" in line
+    assert sorted(p.name for p in after.iterdir()) == ["checksums.json", "last.pt", "previous.pt"]  # nothing staged
+    assert (after / "last.pt").read_bytes() == (kept / "last.pt").read_bytes()
+    load(after / "last.pt")  # and it is still verified
+
+
+def test_a_read_only_run_folder_gives_one_line_naming_it(run, tmp_path):
+    if not can_mount(tmp_path):
+        pytest.skip("a read-only mount needs a private mount namespace (unshare -m, as root)")
+    checkpoints = run / "checkpoints"
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    result = in_mount_namespace(
+        f"mount --bind {checkpoints} {checkpoints} && mount -o remount,ro,bind {checkpoints} && "
+        f"{sys.executable} -m dynamtl.cli resume {run} --quiet"
+    )
+    line = one_error_line(result)
+    assert line.startswith(f"Error: cannot write last.pt in {checkpoints}: the file system is read-only")
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before
+
+    result = in_mount_namespace(
+        f"mount --bind {run} {run} && mount -o remount,ro,bind {run} && "
+        f"{sys.executable} -m dynamtl.cli resume {run} --quiet"
+    )
+    assert f"in {run}: the file system is read-only" in one_error_line(result)
+
+
+# --- a broken config.json ------------------------------------------------------------------------
+
+
+def test_a_broken_config_json_is_named_and_rewritten_from_the_checkpoint(run, reference, tmp_path):
+    config = run / "config.json"
+    intact = json.loads(config.read_text())
+    config.write_text(config.read_text()[:100])
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"{config} is damaged (not valid JSON" in result.stderr and "rewritten from the checkpoint" in result.stderr
+    assert json.loads(config.read_text()) == intact
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+    config.write_text("{")  # a finished run: plot says which file and what to do
+    result = cli("plot", str(run))
+    assert result.returncode == 1 and f"{config} is damaged" in result.stderr
+    assert f"`dynamtl resume {run}` rewrites it" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_broken_config_json_without_a_checkpoint_says_what_to_do(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"benchmark": "drift",')
+    with pytest.raises(RunFolderError, match=f"{run / 'config.json'} is damaged .*delete {run} and train anew"):
+        resume(run, progress=False)
+
+
+# --- every method's state is plain data -------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [*__import__("dynamtl.registry", fromlist=["WEIGHTINGS"]).WEIGHTINGS,
+                                    *__import__("dynamtl.registry", fromlist=["AGGREGATIONS"]).AGGREGATIONS])
+def test_every_method_checkpoints_in_what_weights_only_loading_reads(method, tmp_path):
+    """A checkpoint of every weighting and aggregation after a few steps loads with
+    ``weights_only=True`` (else resuming it would be refused as unsafe)."""
+    from dynamtl.train import train
+
+    options = {"weights": "main:1,aux:0.5,noise:0.1"} if method == "static" else {}
+    config = RunConfig(benchmark="drift", method=method, mode="auxiliary", noise_task=method != "stl", limit=64,
+                       batch_size=16, epochs=1, checkpoint_every=3, options=options)
+    train(config, tmp_path / "run", progress=False)
+    checkpoints = tmp_path / "run" / ("tasks/main/checkpoints" if method == "stl" else "checkpoints")
+    for name in ("last.pt", "previous.pt"):
+        load(checkpoints / name)
