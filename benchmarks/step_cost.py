@@ -81,6 +81,11 @@ METHODS: dict[str, Method] = {
     "Uncertainty": _weighting(dm.Uncertainty),
     "RLW": _weighting(dm.RLW),
     "FAMO": _weighting(dm.FAMO),
+    "STCH": _weighting(dm.STCH),
+    "GLS": _weighting(dm.GLS),
+    "IMTLL": _weighting(dm.IMTLL),
+    "DBMTL": _weighting(dm.DBMTL),
+    "ExcessMTL": _weighting(dm.ExcessMTL),
     "GradNorm": _weighting(dm.GradNorm),
     "GCS": _weighting(lambda: dm.GCS(main="a")),
     "OLAux": _weighting(lambda: dm.OLAux(main="a")),
@@ -99,12 +104,16 @@ METHODS: dict[str, Method] = {
     "NashMTL": _aggregation(dm.NashMTL),
     "AlignedMTL": _aggregation(dm.AlignedMTL),
     "GradVac": _aggregation(dm.GradVac),
+    "UPGrad": _aggregation(dm.UPGrad),
+    "DualProj": _aggregation(dm.DualProj),
+    "ConFIG": _aggregation(dm.ConFIG),
+    "FairGrad": _aggregation(dm.FairGrad),
     "AutoLambda+CAGrad": lambda: (dm.AutoLambda(), dm.CAGrad()),
 }
 LEGEND = (
     "AutoLambda: order='lookahead' (the paper's), finite-difference hypergradient; -lagged: order='lagged'; "
     "-exact: hypergradient='exact'; -forward: difference='forward'; HydaLearn: main='a', gain='lookahead'; -first_order: gain='first_order'; "
-    "GCS, OLAux: main='a'; aggregations (PCGrad ... GradVac) with Equal weighting, defaults"
+    "GCS, OLAux: main='a'; aggregations (PCGrad ... FairGrad) with Equal weighting, defaults"
 )
 # (forward passes with a graph, forward passes without one, backward passes) per step, T = 3
 # tasks; a per-task backward pass is counted as one backward pass

@@ -119,9 +119,11 @@ def test_compare_tabulates_methods_over_seeds_against_single_task_baselines(tmp_
         code, printed = invoke("plot", str(out))
         assert code == 0
         drawn = sorted(printed.split())
-        # weights and metrics of 4 runs; the metrics (one task: no weights) of the 2 stl runs; the comparison's 2
-        assert len(drawn) == 2 * 2 * 2 + 2 + 2
+        # weights and metrics of 4 runs; PCGrad's changing aggregation weights of its 2 runs;
+        # the metrics (one task: no weights) of the 2 stl runs; the comparison's 2
+        assert len(drawn) == 2 * 2 * 2 + 2 + 2 + 2
         assert str(out / "plots" / "weights_seed1.png") in drawn
+        assert sum(p.endswith("aggregation-weights.png") for p in drawn) == 2
         assert all(Path(p).is_file() and p.endswith(".png") for p in drawn)
 
 
@@ -137,7 +139,7 @@ def test_list_names_every_benchmark_and_method():
     ("args", "expected"),
     [
         (["train", "--benchmark", "nope"], "unknown benchmark 'nope'; valid benchmarks: census, drift,"),
-        (["train", "--benchmark", "drift", "--method", "lambda"], "unknown method 'lambda'; valid names: equal, static"),
+        (["train", "--benchmark", "drift", "--method", "lambda"], "unknown method 'lambda'; valid names: equal, dwa"),
         (["train", "--benchmark", "drift", "--tasks", "main,depth"], "unknown selected task(s) ['depth']"),
         (["train", "--benchmark", "drift", "--option", "lr"], "--option takes NAME=VALUE (e.g. --option lr=3e-4)"),
         (["train", "--benchmark", "drift", "--method", "dwa", "--option", "lr=1"], "no part of the method takes option 'lr'"),

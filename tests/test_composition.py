@@ -26,6 +26,11 @@ WEIGHTINGS = {
     "famo": lambda: dm.FAMO(),
     "gcs": lambda: dm.GCS("main"),
     "ol-aux": lambda: dm.OLAux("main"),
+    "stch": lambda: dm.STCH(mu=0.5),
+    "gls": lambda: dm.GLS(),
+    "imtl-l": lambda: dm.IMTLL(),
+    "db-mtl": lambda: dm.DBMTL(),
+    "excess-mtl": lambda: dm.ExcessMTL(),
 }
 AGGREGATIONS = {
     "sum": dm.Sum,
@@ -37,6 +42,11 @@ AGGREGATIONS = {
     "nash-mtl": dm.NashMTL,
     "aligned-mtl": dm.AlignedMTL,
     "gradvac": dm.GradVac,
+    "upgrad": dm.UPGrad,
+    "dualproj": dm.DualProj,
+    "config": dm.ConFIG,
+    "fairgrad": dm.FairGrad,
+    "cr-mogm": dm.CRMOGM,
 }
 
 
@@ -92,7 +102,7 @@ def test_equal_with_sum_is_a_plain_backward_of_the_summed_loss() -> None:
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("aggregation", ["pcgrad", "cagrad", "mgda", "imtl-g"])
+@pytest.mark.parametrize("aggregation", ["pcgrad", "cagrad", "mgda", "imtl-g", "upgrad", "dualproj", "config", "fairgrad"])
 def test_aggregation_sees_the_weighted_task_gradients(aggregation) -> None:
     """Static(w) + X: the shared parameters get X.combine on rows wₖ∇Lₖ, each head wₖ∇Lₖ."""
     weights = {"main": 1.0, "aux": 0.25}

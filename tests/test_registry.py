@@ -79,9 +79,9 @@ def test_canonical_names_drop_the_default_half():
 @pytest.mark.parametrize(
     ("spec", "options", "expected"),
     [
-        ("nope", {}, "unknown method 'nope'; valid names: equal, static"),
+        ("nope", {}, "unknown method 'nope'; valid names: equal, dwa"),
         ("cagrad+auto-lambda", {}, "unknown weighting 'cagrad'; valid names: equal"),
-        ("auto-lambda+dwa", {}, "unknown aggregation 'dwa'; valid names: sum, pcgrad"),
+        ("auto-lambda+dwa", {}, "unknown aggregation 'dwa'; valid names: sum, aligned-mtl"),
         ("a+b+c", {}, "must be WEIGHTING, AGGREGATION or WEIGHTING+AGGREGATION"),
         ("stl+pcgrad", {}, "'stl' trains one model per task and takes no aggregation"),
         ("auto-lambda", {"c": "1"}, "no part of the method takes option 'c'; accepted options — auto-lambda: init, lr"),

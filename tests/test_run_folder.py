@@ -363,6 +363,14 @@ def in_mount_namespace(script: str) -> subprocess.CompletedProcess:
                           timeout=600, check=False)
 
 
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a failed command printed (exit status 1)."""
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def can_mount(tmp_path: Path) -> bool:
     if not MOUNT:
         return False
@@ -383,11 +391,9 @@ def test_a_full_disk_gives_one_line_removes_the_staged_file_and_keeps_the_last_c
         f"mount -t tmpfs -o size={room} tmpfs {checkpoints} && cp -a {kept}/. {checkpoints}/ && "
         f"{sys.executable} -m dynamtl.cli resume {run} --quiet; status=$?; cp -a {checkpoints} {after}; exit $status"
     )
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"Error: cannot write last.pt in {checkpoints}: the disk is full")
-    assert f"dynamtl resume {run}" in lines[0]
+    line = one_error_line(result)
+    assert line.startswith(f"Error: cannot write last.pt in {checkpoints}: the disk is full")
+    assert f"dynamtl resume {run}" in line
     assert sorted(p.name for p in after.iterdir()) == ["checksums.json", "last.pt", "previous.pt"]  # nothing staged
     assert (after / "last.pt").read_bytes() == (kept / "last.pt").read_bytes()
     load(after / "last.pt")  # and it is still verified
@@ -402,19 +408,15 @@ def test_a_read_only_run_folder_gives_one_line_naming_it(run, tmp_path):
         f"mount --bind {checkpoints} {checkpoints} && mount -o remount,ro,bind {checkpoints} && "
         f"{sys.executable} -m dynamtl.cli resume {run} --quiet"
     )
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"Error: cannot write last.pt in {checkpoints}: the file system is read-only")
+    line = one_error_line(result)
+    assert line.startswith(f"Error: cannot write last.pt in {checkpoints}: the file system is read-only")
     assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before
 
     result = in_mount_namespace(
         f"mount --bind {run} {run} && mount -o remount,ro,bind {run} && "
         f"{sys.executable} -m dynamtl.cli resume {run} --quiet"
     )
-    assert result.returncode == 1, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert f"in {run}: the file system is read-only" in result.stderr
+    assert f"in {run}: the file system is read-only" in one_error_line(result)
 
 
 # --- a broken config.json ------------------------------------------------------------------------

@@ -176,11 +176,9 @@ def test_preparing_data_shows_progress(tmp_path):
     bar, e.g. Census's reading of its CSV files, follows)."""
     from dynamtl.data._files import load_or_build
 
-    result = subprocess.run(
-        [sys.executable, "-c", "from pathlib import Path; import torch; from dynamtl.data._files import load_or_build; "
-         f"load_or_build(Path({str(tmp_path / 'c.pt')!r}), {{'v': 1}}, lambda: {{'x': torch.zeros(2)}})"],
-        env=ENV, capture_output=True, text=True, check=False,
-    )
+    script = ("from pathlib import Path; import torch; from dynamtl.data._files import load_or_build; "
+              f"load_or_build(Path({str(tmp_path / 'c.pt')!r}), {{'v': 1}}, lambda: {{'x': torch.zeros(2)}})")
+    result = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert f"preparing {tmp_path / 'c.pt'} (done once" in result.stderr
     assert load_or_build(tmp_path / "c.pt", {"v": 1}, lambda: pytest.fail("rebuilt"))["x"].shape == (2,)

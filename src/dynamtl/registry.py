@@ -24,31 +24,12 @@ from typing import Any, Literal, Union
 
 from torch import nn
 
-from dynamtl.aggregation.aligned_mtl import AlignedMTL
+from dynamtl import aggregation as _aggregation_package
+from dynamtl import weighting as _weighting_package
 from dynamtl.aggregation.base import Aggregation
-from dynamtl.aggregation.cagrad import CAGrad
-from dynamtl.aggregation.graddrop import GradDrop
-from dynamtl.aggregation.gradvac import GradVac
-from dynamtl.aggregation.imtl_g import IMTLG
-from dynamtl.aggregation.mgda import MGDA
-from dynamtl.aggregation.nash_mtl import NashMTL
-from dynamtl.aggregation.pcgrad import PCGrad
-from dynamtl.aggregation.sum import Sum
 from dynamtl.benchmarks.base import Benchmark
-from dynamtl.weighting import (
-    DWA,
-    FAMO,
-    GCS,
-    RLW,
-    AutoLambda,
-    Equal,
-    GradNorm,
-    HydaLearn,
-    OLAux,
-    Static,
-    Uncertainty,
-    Weighting,
-)
+from dynamtl.facts import Facts
+from dynamtl.weighting import Equal, Weighting
 
 OptionValue = str | int | float | bool | Sequence[Any] | Mapping[str, Any]
 Kind = Literal["weighting", "aggregation"]
@@ -103,6 +84,9 @@ class Method:
         context: keyword arguments of ``factory`` filled from the :class:`MethodContext`.
         auxiliary_only: the method weighs auxiliary tasks: it needs auxiliary mode.
         single_task: the method trains one model per task (the ``stl`` baseline).
+        title: the name in tables.
+
+    Entries are made from the classes' :class:`~dynamtl.facts.Facts` (:func:`method_of`).
     """
 
     name: str
@@ -116,6 +100,7 @@ class Method:
     context: Mapping[str, Callable[[MethodContext], Any]] = field(default_factory=dict)
     auxiliary_only: bool = False
     single_task: bool = False
+    title: str = ""
 
     def option_types(self) -> dict[str, Any]:
         """Option name -> its type hint in ``factory.__init__``."""
@@ -162,91 +147,43 @@ class Method:
             raise RegistryError(f"cannot build {self.name!r}: {error}") from error
 
 
-def _weighting(name: str, factory: type[Weighting], family: str, paper: str, forward: str, backward: str,
-               **more: Any) -> Method:
-    return Method(name, "weighting", factory, family, paper, forward, backward, **more)
+_CONTEXT: dict[str, Callable[[MethodContext], Any]] = {"primary": _primary, "seed": _seed}
+FAMILIES = ("losses", "gradients", "meta-learning", "look-ahead", "single-task", "gradient aggregation")
+"""The order of the families in listings and tables."""
 
 
-def _aggregation(name: str, factory: type[Aggregation], paper: str, **more: Any) -> Method:
-    return Method(name, "aggregation", factory, "gradient aggregation", paper, "0", "T−1", **more)
+def method_of(factory: type[nn.Module], facts: Facts | None = None, *, single_task: bool = False) -> Method:
+    """The registry entry of ``factory`` from its class attribute ``facts`` (or ``facts``)."""
+    facts = facts or getattr(factory, "facts", None)
+    if facts is None:
+        raise TypeError(f"{factory.__name__} declares no facts: give it a class attribute facts = Facts(...)")
+    kind: Kind = "aggregation" if issubclass(factory, Aggregation) else "weighting"
+    return Method(
+        facts.name, kind, factory, facts.family, facts.paper, facts.extra_forward, facts.extra_backward,
+        facts.options, {name: _CONTEXT[field] for name, field in facts.context.items()}, facts.auxiliary_only,
+        single_task, facts.title,
+    )
 
+
+def _declared(package: types.ModuleType, base: type[nn.Module], default: str) -> list[Method]:
+    """Every class exported by ``package`` that declares its own facts: the default first,
+    then by family and name."""
+    classes = [getattr(package, name) for name in package.__all__]
+    declared = [c for c in classes if isinstance(c, type) and issubclass(c, base) and vars(c).get("facts") is not None]
+    methods = [method_of(c) for c in declared]
+    return sorted(methods, key=lambda m: (m.name != default, FAMILIES.index(m.family), m.name))
+
+
+STL = Facts("stl", "Single-task models", "single-task", "one model per task: the reference of Δ_MTL")
 
 WEIGHTINGS: dict[str, Method] = {
     m.name: m
-    for m in [
-        _weighting("equal", Equal, "losses", "the plain sum of the losses", "0", "0"),
-        _weighting("static", Static, "losses", "fixed hand-chosen weights", "0", "0", options=("weights",)),
-        _weighting(
-            "uncertainty", Uncertainty, "losses",
-            "Kendall, Gal & Cipolla, Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018", "0", "0",
-        ),
-        _weighting(
-            "dwa", DWA, "losses", "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019",
-            "0", "0", options=("temperature",),
-        ),
-        _weighting(
-            "rlw", RLW, "losses", "Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022", "0", "0",
-            context={"seed": _seed},
-        ),
-        _weighting(
-            "famo", FAMO, "losses", "Liu, Feng, Stone & Liu, FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023",
-            "0", "0", options=("lr", "weight_decay", "min_losses", "epsilon"),
-        ),
-        _weighting(
-            "gradnorm", GradNorm, "gradients",
-            "Chen, Badrinarayanan, Lee & Rabinovich, GradNorm, ICML 2018", "0", "T−1",
-            options=("alpha", "lr", "layer"),
-        ),
-        _weighting(
-            "gcs", GCS, "gradients", "Du et al., Adapting Auxiliary Losses Using Gradient Similarity, 2018",
-            "0", "T−1", options=("variant",), context={"main": _primary}, auxiliary_only=True,
-        ),
-        _weighting(
-            "ol-aux", OLAux, "gradients",
-            "Lin, Baweja, Kantor & Held, Adaptive Auxiliary Task Weighting for Reinforcement Learning, NeurIPS 2019",
-            "0", "T−1", options=("interval", "beta", "init", "nonnegative"), context={"main": _primary},
-            auxiliary_only=True,
-        ),
-        _weighting(
-            "auto-lambda", AutoLambda, "meta-learning",
-            "Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, TMLR 2022",
-            "3 (1 on the meta batch, 2 without graph)", "2 (1 on the meta batch)",
-            options=("init", "lr", "hypergradient", "order", "interval", "nonnegative", "epsilon"),
-            context={"primary": _primary},
-        ),
-        _weighting(
-            "hydalearn", HydaLearn, "look-ahead",
-            "Verboven, Chaudhary, Berrevoets & Verbeke, HydaLearn: Highly Dynamic Task Weighting, 2020",
-            "T without graph (0 with gain=first_order)", "T−1",
-            options=("gain", "gain_batch", "step_size", "floor", "normalize", "total"),
-            context={"main": _primary},
-        ),
-        _weighting("stl", Equal, "single-task", "one model per task: the reference of Δ_MTL", "0", "0",
-                   single_task=True),
-    ]
+    for m in [*_declared(_weighting_package, Weighting, "equal"), method_of(Equal, STL, single_task=True)]
 }
+"""Command-line name -> entry, for every weighting that ``dynamtl.weighting`` exports with facts."""
 
-AGGREGATIONS: dict[str, Method] = {
-    m.name: m
-    for m in [
-        Method("sum", "aggregation", Sum, "gradient aggregation", "the gradient of the weighted loss", "0", "0"),
-        _aggregation("pcgrad", PCGrad, "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
-                     context={"seed": _seed}),
-        _aggregation("graddrop", GradDrop, "Chen et al., Just Pick a Sign: GradDrop, NeurIPS 2020",
-                     options=("leak",), context={"seed": _seed}),
-        _aggregation("cagrad", CAGrad, "Liu et al., Conflict-Averse Gradient Descent, NeurIPS 2021",
-                     options=("c", "rescale")),
-        _aggregation("mgda", MGDA, "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
-                     options=("solver", "normalize", "tol", "max_iters", "upper_bound")),
-        _aggregation("imtl-g", IMTLG, "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"),
-        _aggregation("nash-mtl", NashMTL, "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
-                     options=("update_every", "max_norm", "tol", "max_iters")),
-        _aggregation("aligned-mtl", AlignedMTL, "Senushkin et al., Independent Component Alignment, CVPR 2023",
-                     options=("scale", "pref")),
-        _aggregation("gradvac", GradVac, "Wang et al., Gradient Vaccine, ICLR 2021", options=("beta",),
-                     context={"seed": _seed}),
-    ]
-}
+AGGREGATIONS: dict[str, Method] = {m.name: m for m in _declared(_aggregation_package, Aggregation, "sum")}
+"""Command-line name -> entry, for every aggregation that ``dynamtl.aggregation`` exports with facts."""
 
 BENCHMARKS: dict[str, str] = {
     "census": "dynamtl.benchmarks.census:Census",
@@ -279,7 +216,8 @@ def benchmark_options(name: str, options: Mapping[str, OptionValue]) -> dict[str
     parsed = {}
     for key, value in options.items():
         if key not in accepted:
-            raise RegistryError(f"benchmark {name!r} takes no option {key!r}; it accepts: {', '.join(accepted) or 'none'}")
+            listed = ", ".join(accepted) or "none"
+            raise RegistryError(f"benchmark {name!r} takes no option {key!r}; it accepts: {listed}")
         parsed[key] = parse_value(value, hints[key], f"option {key!r} of benchmark {name!r}")
     return parsed
 
@@ -337,7 +275,8 @@ class MethodSpec:
     def takes(self, option: str) -> bool:
         """Whether ``option`` (``name``, or ``half.name`` qualified) is an option of this method."""
         owner, dot, name = option.rpartition(".")
-        return any((not dot or owner == half.name) and name in half.options for half in (self.weighting, self.aggregation))
+        halves = (self.weighting, self.aggregation)
+        return any((not dot or owner == half.name) and name in half.options for half in halves)
 
     def build(self, context: MethodContext) -> tuple[Weighting, Aggregation]:
         """The weighting and aggregation objects for one run."""

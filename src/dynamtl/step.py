@@ -30,22 +30,28 @@ __all__ = ["MultiTask", "NonFiniteLossError", "StepGuard", "StepInfo"]
 class StepInfo:
     """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``;
     ``skipped``: the scaled gradients overflowed and the step was skipped (only with a
-    ``GradScaler``)."""
+    ``GradScaler``); ``aggregation_weights``: the weights αₖ the aggregation gave the weighted
+    task gradients λₖ∇Lₖ (the shared parameters moved along Σₖ αₖλₖ∇Lₖ; 1 with :class:`Sum`),
+    ``None`` for an aggregation that does not report them."""
 
     names: tuple[str, ...]
     losses: Tensor
     weights: Tensor
     seconds: float
     skipped: bool = False
+    aggregation_weights: Tensor | None = None
 
     def as_dict(self) -> dict[str, float]:
-        """Flat ``{"loss/task": …, "weight/task": …, "seconds": …}`` for logging; a skipped
-        step has ``"skipped": True`` and no weights."""
+        """Flat ``{"loss/task": …, "weight/task": …, "aggregation_weight/task": …,
+        "seconds": …}`` for logging; a skipped step has ``"skipped": True`` and no weights."""
         out = {f"loss/{n}": float(v) for n, v in zip(self.names, self.losses)}
         if self.skipped:
             out["skipped"] = True
         else:
             out.update({f"weight/{n}": float(v) for n, v in zip(self.names, self.weights)})
+            if self.aggregation_weights is not None:
+                alpha = self.aggregation_weights
+                out.update({f"aggregation_weight/{n}": float(v) for n, v in zip(self.names, alpha)})
         out["seconds"] = self.seconds
         return out
 
@@ -248,6 +254,7 @@ class MultiTask:
             weights = self.weighting.weights(ctx)
             if self.check_finite:
                 check_losses(weights, self.tasks.names, f"{type(self.weighting).__name__} weighting", "weight")
+            self.aggregation.last_weights = None
             self.aggregation.backward(ctx, weights, self.weighting.regularizer())
             self.precision.check([p.grad for p in ctx.params.values()])  # an overflow (with a scaler)
         except GradientOverflow as overflow:
@@ -257,7 +264,11 @@ class MultiTask:
             [p.grad for p in ctx.params.values()], f"{type(self.aggregation).__name__} aggregation"
         )
         self.weighting.after_backward(ctx)
-        return StepInfo(self.tasks.names, losses.detach(), weights.detach(), 0.0)
+        alpha = self.aggregation.last_weights
+        return StepInfo(
+            self.tasks.names, losses.detach(), weights.detach(), 0.0,
+            aggregation_weights=None if alpha is None else alpha.detach(),
+        )
 
     def step(self, batch: Any, meta_batch: Any = None) -> StepInfo:
         """``zero_grad``, :meth:`backward` and ``optimizer.step()``."""

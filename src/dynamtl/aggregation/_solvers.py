@@ -353,27 +353,33 @@ def _nearest_common_ascent(g: Tensor, mean: Tensor, owner: str) -> tuple[Tensor,
     return torch.from_numpy(result.x), True
 
 
-def bargaining_weights(gram: Tensor, start: Tensor, tol: float, max_iters: int) -> tuple[Tensor, bool]:
-    """α > 0 with (Gα)ᵢ = 1/αᵢ for all i: Nash-MTL's bargaining solution.
+def bargaining_weights(
+    gram: Tensor, start: Tensor, tol: float, max_iters: int, fairness: float = 1.0
+) -> tuple[Tensor, bool]:
+    """α > 0 with (Gα)ᵢ = αᵢ^(−1/a) for all i, a = ``fairness``: Nash-MTL's bargaining
+    solution for a = 1 ((Gα)ᵢ = 1/αᵢ), FairGrad's α-fair allocation for any a > 0.
 
-    It is the unique minimiser of the strictly convex f(α) = ½ αᵀGα − Σᵢ log αᵢ over α > 0
-    (∇f = Gα − 1/α), found by damped Newton steps (Hessian G + diag(1/α²)) that stay inside
-    α > 0, with Armijo backtracking, from ``start``. It exists unless 0 is in the convex hull
-    of the gradients (then f is unbounded below). Stops when maxᵢ |αᵢ(Gα)ᵢ − 1| ≤ ``tol``.
-    Returns ``(α, converged)``.
+    It is the unique minimiser of the strictly convex f(α) = ½ αᵀGα − Σᵢ h(αᵢ) over α > 0,
+    with h' = α^(−1/a) (h = log α for a = 1, α^(1−1/a)/(1−1/a) otherwise), found by damped
+    Newton steps (Hessian G + diag(α^(−1/a−1)/a)) that stay inside α > 0, with Armijo
+    backtracking, from ``start``. It exists unless 0 is in the convex hull of the gradients
+    (then f is unbounded below). Stops when maxᵢ |αᵢ^(1/a)(Gα)ᵢ − 1| ≤ ``tol``. Returns
+    ``(α, converged)``.
     """
     alpha = start.clone()
+    power = 1.0 / fairness
 
     def f(a: Tensor) -> float:
-        return float(0.5 * a @ gram @ a - a.log().sum())
+        h = a.log() if fairness == 1.0 else a ** (1.0 - power) / (1.0 - power)
+        return float(0.5 * a @ gram @ a - h.sum())
 
     for _ in range(max_iters):
         products = gram @ alpha
-        if float((alpha * products - 1.0).abs().max()) <= tol:
+        if float((alpha**power * products - 1.0).abs().max()) <= tol:
             return alpha, True
-        grad = products - 1.0 / alpha
+        grad = products - alpha ** (-power)
         try:
-            step = -torch.linalg.solve(gram + torch.diag(1.0 / alpha**2), grad)
+            step = -torch.linalg.solve(gram + torch.diag(power * alpha ** (-power - 1.0)), grad)
         except torch.linalg.LinAlgError:  # α ran off to infinity: no solution
             return alpha, False
         shrinking = step < 0.0

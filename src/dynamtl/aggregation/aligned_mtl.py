@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -18,7 +19,7 @@ from dynamtl.aggregation._solvers import (
     rank_tolerance,
 )
 from dynamtl.aggregation.base import GradientAggregation
-from dynamtl.weighting.base import check_choice
+from dynamtl.facts import aggregation_facts
 
 Scale = Literal["min", "median", "mean"]
 
@@ -61,6 +62,11 @@ class AlignedMTL(GradientAggregation):
     >>> AlignedMTL().combine(torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
     tensor([0.5000, 0.5000])
     """
+
+    facts = aggregation_facts(
+        "aligned-mtl", "Aligned-MTL", "Senushkin et al., Independent Component Alignment, CVPR 2023",
+        options=("scale", "pref"),
+    )
 
     def __init__(self, scale: Scale = "min", pref: Sequence[float] | None = None) -> None:
         super().__init__()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import ArgumentsRepr
+from dynamtl.aggregation._solvers import combine_rows, compute_dtype, gramian, rank_tolerance
 from dynamtl.context import Gradients, StepContext, combine_gradients
+from dynamtl.facts import Facts
 
 
-class Aggregation(nn.Module):
+class Aggregation(ArgumentsRepr, nn.Module):
     """Turns the weights λ of a step into gradients in every parameter's ``.grad``.
 
     Gradients are *accumulated* into ``.grad`` as ``loss.backward()`` does, so gradient
@@ -16,9 +22,18 @@ class Aggregation(nn.Module):
     aggregation with state (running averages...) keeps it in buffers or extra state so that
     ``state_dict()`` saves it. ``needs_representation``: whether it works on the gradients of
     the shared representation (``MultiTask(..., representation=...)`` must name it).
+
+    ``last_weights`` (set by every step): the weights αₖ the aggregation gave the weighted
+    task gradients λₖ∇Lₖ in its last step, shape ``[T]``, so that the update of the shared
+    parameters was Σₖ αₖ λₖ ∇Lₖ (1 for every task with :class:`Sum`); :class:`MultiTask`
+    reports them in :attr:`StepInfo.aggregation_weights`. ``facts``: the method's name,
+    paper, cost and options (:class:`~dynamtl.facts.Facts`), read by the registry. The
+    ``repr`` shows the constructor's arguments.
     """
 
     needs_representation = False
+    facts: ClassVar[Facts | None] = None
+    last_weights: Tensor | None = None
 
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
         raise NotImplementedError
@@ -32,11 +47,39 @@ class GradientAggregation(Aggregation):
     to one vector of length D; task-specific parameters always receive λₖ ∇Lₖ of their own
     task. The per-task gradients come from :meth:`StepContext.task_gradients`, computed once
     per step and shared with the weighting.
+
+    A subclass defines :meth:`combine`, or, when its update is a combination Σₖ αₖ Jₖ of
+    the rows, :meth:`row_weights` (and ``combine`` follows). ``last_weights`` are then the
+    α of :meth:`row_weights` exactly; for an aggregation that defines only ``combine`` they
+    are the least-squares coefficients α = argmin ‖Jᵀα − d‖ (the minimum-norm one where the
+    rows are dependent), exact whenever d lies in the span of the rows and the rows are
+    independent, and otherwise the combination of the rows closest to d (GradDrop).
     """
 
     def combine(self, jacobian: Tensor) -> Tensor:
         """The aggregated gradient (shape ``[D]``) of the weighted task gradients ``jacobian``."""
-        raise NotImplementedError
+        if type(self).row_weights is GradientAggregation.row_weights:
+            raise NotImplementedError(f"{type(self).__name__} defines neither combine nor row_weights")
+        return combine_rows(self.row_weights(jacobian), jacobian)
+
+    def row_weights(self, jacobian: Tensor) -> Tensor:
+        """α (shape ``[T]``, float64 on the CPU) such that the update is Σₖ αₖ Jₖ."""
+        raise NotImplementedError(f"{type(self).__name__} defines no row_weights: its update is not a row combination")
+
+    def combine_shared(self, jacobian: Tensor, blocks: Sequence[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+        """``(α, d)`` for the step's rows ``jacobian``, whose columns are the shared parameters
+        ``blocks`` (name, number of elements) in order: :meth:`weights_and_update` by default;
+        an aggregation that treats parameters by layer overrides it (GradVac)."""
+        return self.weights_and_update(jacobian)
+
+    def weights_and_update(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+        """``(α, d)``: the row weights and the update of ``jacobian`` (one call of the
+        method, so a random or stateful aggregation draws once)."""
+        if type(self).row_weights is not GradientAggregation.row_weights:
+            alpha = self.row_weights(jacobian)
+            return alpha, combine_rows(alpha, jacobian)
+        update = self.combine(jacobian)
+        return fitted_row_weights(jacobian, update), update
 
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
         task_grads = ctx.task_gradients()
@@ -44,19 +87,39 @@ class GradientAggregation(Aggregation):
         shared = shared_parameters(task_grads)
         specific = [{n: g[n] for n in g if n not in shared} for g in task_grads]
         accumulate(ctx, combine_gradients(specific, w))
+        self.last_weights = torch.ones_like(w)  # no shared parameter: every task keeps its own gradient
         if shared:
-            rows = [
-                torch.cat([(w[k] * g[n] if g[n] is not None else torch.zeros_like(ctx.params[n])).reshape(-1) for n in shared])
-                for k, g in enumerate(task_grads)
-            ]
-            flat = self.combine(torch.stack(rows))
-            accumulate(ctx, dict(zip(shared, flat.split([ctx.params[n].numel() for n in shared]))))
+            sizes = [ctx.params[n].numel() for n in shared]
+            rows = w[:, None] * shared_rows(ctx, task_grads, shared)
+            alpha, flat = self.combine_shared(rows, list(zip(shared, sizes)))
+            self.last_weights = alpha.to(w)
+            accumulate(ctx, dict(zip(shared, flat.split(sizes))))
         weighting_backward(ctx, weights, regularizer)
+
+
+def fitted_row_weights(jacobian: Tensor, update: Tensor) -> Tensor:
+    """α = argmin ‖Jᵀα − d‖ (float64, CPU; minimum norm), from the Gram matrix: Gα = Jd."""
+    j = jacobian.detach()
+    target = (j.to(compute_dtype(j)) @ update.detach().to(compute_dtype(j))).double().cpu()
+    return torch.linalg.lstsq(gramian(j), target, rcond=rank_tolerance(j), driver="gelsd").solution
 
 
 def shared_parameters(task_grads: list[Gradients]) -> list[str]:
     """Names of the parameters that the losses of at least two tasks depend on."""
     return [n for n in task_grads[0] if sum(g[n] is not None for g in task_grads) > 1]
+
+
+def shared_rows(ctx: StepContext, task_grads: list[Gradients], shared: list[str]) -> Tensor:
+    """The matrix ``[T, D]`` of the task gradients flattened over the parameters ``shared``
+    (zeros where a task's loss does not depend on one)."""
+    rows = []
+    for grads in task_grads:
+        pieces = []
+        for name in shared:
+            g = grads[name]
+            pieces.append((torch.zeros_like(ctx.params[name]) if g is None else g).reshape(-1))
+        rows.append(torch.cat(pieces))
+    return torch.stack(rows).detach()
 
 
 def accumulate(ctx: StepContext, grads: Gradients) -> None:

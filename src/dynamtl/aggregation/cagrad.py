@@ -14,6 +14,7 @@ from dynamtl.aggregation._solvers import (
     warn_once,
 )
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class CAGrad(GradientAggregation):
@@ -61,6 +62,10 @@ class CAGrad(GradientAggregation):
     >>> CAGrad(c=0.0).combine(torch.tensor([[1.0, 0.0], [-1.0, 2.0]]))
     tensor([0., 1.])
     """
+
+    facts = aggregation_facts(
+        "cagrad", "CAGrad", "Liu et al., Conflict-Averse Gradient Descent, NeurIPS 2021", options=("c", "rescale")
+    )
 
     def __init__(self, c: float = 0.4, rescale: bool = True) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from dynamtl.aggregation._solvers import (
     per_task,
 )
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class GradDrop(GradientAggregation):
@@ -63,6 +64,11 @@ class GradDrop(GradientAggregation):
     >>> GradDrop().combine(torch.tensor([[1.0, -2.0], [1.0, -2.0]]))
     tensor([ 2., -4.])
     """
+
+    facts = aggregation_facts(
+        "graddrop", "GradDrop", "Chen et al., Just Pick a Sign: GradDrop, NeurIPS 2020",
+        options=("leak",), context={"seed": "seed"},
+    )
 
     def __init__(
         self,

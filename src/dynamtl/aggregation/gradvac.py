@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from dynamtl.aggregation._solvers import (
-    SeededGenerator,
-    check_jacobian,
-    combine_rows,
-    gramian,
-    random_orders,
-)
-from dynamtl.aggregation.base import GradientAggregation
+from dynamtl._helpers import check_choice
+from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, combine_rows, gramian, random_orders
+from dynamtl.aggregation.base import GradientAggregation, fitted_row_weights
+from dynamtl.facts import aggregation_facts
+
+Granularity = Literal["model", "layer"]
 
 
 class GradVac(GradientAggregation):
@@ -44,37 +43,77 @@ class GradVac(GradientAggregation):
     Args:
         beta: the EMA rate β of the targets (the paper's 1e-2).
         seed: seed of the generator of the random task orders.
+        granularity: ``"model"`` (default): one rule and one T × T table of targets over
+            all shared parameters; ``"layer"``: the rule and the targets per layer (the
+            shared parameters of one module, e.g. a weight and its bias), with the same task
+            orders in every layer, the paper's finer granularity. Per layer the update is no
+            longer one combination of the rows; ``last_weights`` are then the least-squares
+            weights of the whole update. Layers are known from the parameter names when
+            :class:`~dynamtl.MultiTask` calls it; :meth:`combine` on a bare matrix is always
+            the whole-model rule.
 
-    The targets φ̂ (a T × T tensor) and the generator's state are saved in the state dict.
+    The targets φ̂ (T × T tensors, one per layer with ``"layer"``) and the generator's state
+    are saved in the state dict.
     Pairs where a gradient is zero have no cosine and are skipped (target unchanged); a
     target of exactly 1 cannot be reached by a finite correction and is not enforced.
 
-    Differences to the paper: it applies the rule per layer or per group of parameters
-    (its "granularity"), with targets per group; here it acts on all shared parameters at
-    once (the paper's whole-model granularity).
+    Differences to the paper: it also offers granularities by parameter group inside a
+    layer and by language-specific blocks; here the whole model (default) or each layer.
 
     >>> import torch
     >>> GradVac().combine(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
     tensor([2., 1.])
     """
 
-    def __init__(self, beta: float = 0.01, seed: int = 0) -> None:
+    facts = aggregation_facts(
+        "gradvac", "GradVac", "Wang et al., Gradient Vaccine, ICLR 2021", options=("beta", "granularity"),
+        context={"seed": "seed"},
+    )
+
+    def __init__(self, beta: float = 0.01, seed: int = 0, granularity: Granularity = "model") -> None:
         super().__init__()
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"GradVac's beta is an EMA rate and must lie in [0, 1], got {beta}")
+        check_choice("GradVac's granularity", granularity, ("model", "layer"))
         self.beta = beta
+        self.granularity = granularity
         self.generator = SeededGenerator(seed)
         self.targets: list[list[float]] | None = None
+        self.layer_targets: dict[str, list[list[float]]] = {}
 
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
+        orders = random_orders(self.generator, len(jacobian))
+        if self.targets is None or len(self.targets) != len(jacobian):
+            self.targets = [[0.0] * len(jacobian) for _ in range(len(jacobian))]
+        return combine_rows(self._vaccinate(jacobian, orders, self.targets), jacobian)
+
+    def combine_shared(self, jacobian: Tensor, blocks: Sequence[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+        if self.granularity == "model":
+            return super().combine_shared(jacobian, blocks)
+        check_jacobian(type(self).__name__, jacobian)
+        num = len(jacobian)
+        orders = random_orders(self.generator, num)
+        layers: dict[str, int] = {}
+        for name, size in blocks:  # consecutive parameters of one module form a layer
+            layer = name.rpartition(".")[0]
+            layers[layer] = layers.get(layer, 0) + size
+        pieces = []
+        for layer, part in zip(layers, jacobian.split(list(layers.values()), dim=1)):
+            targets = self.layer_targets.get(layer)
+            if targets is None or len(targets) != num:
+                targets = self.layer_targets[layer] = [[0.0] * num for _ in range(num)]
+            pieces.append(combine_rows(self._vaccinate(part, orders, targets), part))
+        update = torch.cat(pieces)
+        return fitted_row_weights(jacobian, update), update
+
+    def _vaccinate(self, jacobian: Tensor, orders: list[list[int]], targets: list[list[float]]) -> list[float]:
+        """The row weights of the corrected gradients Σᵢ gᵢ' on ``jacobian`` with the task
+        orders ``orders``, updating ``targets`` (T × T) in place."""
         gram = gramian(jacobian).tolist()
         num = len(gram)
-        if self.targets is None or len(self.targets) != num:
-            self.targets = [[0.0] * num for _ in range(num)]
-        targets = self.targets
         weights = [0.0] * num
-        for i, order in enumerate(random_orders(self.generator, num)):
+        for i, order in enumerate(orders):
             coefficients = [0.0] * num
             coefficients[i] = 1.0
             products = list(gram[i])  # gᵢ' · gₖ for every k
@@ -93,12 +132,14 @@ class GradVac(GradientAggregation):
                     products = [p + shift * q for p, q in zip(products, gram[j])]
                 targets[i][j] = (1.0 - self.beta) * target + self.beta * phi
             weights = [w + c for w, c in zip(weights, coefficients)]
-        return combine_rows(weights, jacobian)
+        return weights
 
     def get_extra_state(self) -> dict[str, Any]:
         targets = None if self.targets is None else torch.tensor(self.targets, dtype=torch.float64)
-        return {"targets": targets, "generator": self.generator.state()}
+        layers = {name: torch.tensor(t, dtype=torch.float64) for name, t in self.layer_targets.items()}
+        return {"targets": targets, "layer_targets": layers, "generator": self.generator.state()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.targets = None if state["targets"] is None else state["targets"].double().tolist()
+        self.layer_targets = {name: t.double().tolist() for name, t in state.get("layer_targets", {}).items()}
         self.generator.load(state["generator"])

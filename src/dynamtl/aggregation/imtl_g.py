@@ -14,6 +14,7 @@ from dynamtl.aggregation._solvers import (
     warn_once,
 )
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class IMTLG(GradientAggregation):
@@ -48,6 +49,8 @@ class IMTLG(GradientAggregation):
     >>> IMTLG().combine(torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
     tensor([0.7500, 0.7500])
     """
+
+    facts = aggregation_facts("imtl-g", "IMTL-G", "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021")
 
     def __init__(self) -> None:
         super().__init__()

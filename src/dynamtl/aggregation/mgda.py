@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -19,7 +20,7 @@ from dynamtl.aggregation._solvers import (
 )
 from dynamtl.aggregation.base import GradientAggregation, weighting_backward
 from dynamtl.context import StepContext
-from dynamtl.weighting.base import check_choice
+from dynamtl.facts import aggregation_facts
 
 Solver = Literal["exact", "frank-wolfe"]
 Normalize = Literal["none", "l2"]
@@ -81,6 +82,12 @@ class MGDA(GradientAggregation):
     tensor([1., 1.])
     """
 
+    facts = aggregation_facts(
+        "mgda", "MGDA", "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
+        options=("solver", "normalize", "tol", "max_iters", "upper_bound"),
+        extra_backward="T−1 (upper_bound: T through the heads only)",
+    )
+
     def __init__(
         self,
         solver: Solver = "exact",
@@ -118,6 +125,7 @@ class MGDA(GradientAggregation):
         gram = ctx.objective.replicas.mean(gramian(rows).to(rows.device))
         ctx.objective.precision.check([gram])
         alpha = self.gram_weights(gram, solver_tolerance(rows))
+        self.last_weights = alpha.to(w)
         ctx.objective.precision.backward((alpha.to(w) * w * ctx.losses).sum())
         weighting_backward(ctx, weights, regularizer)
 

@@ -17,6 +17,7 @@ from dynamtl.aggregation._solvers import (
     warn_once,
 )
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class NashMTL(GradientAggregation):
@@ -63,6 +64,11 @@ class NashMTL(GradientAggregation):
     >>> NashMTL().combine(torch.tensor([[2.0, 0.0], [0.0, 4.0]]))
     tensor([1., 1.])
     """
+
+    facts = aggregation_facts(
+        "nash-mtl", "Nash-MTL", "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
+        options=("update_every", "max_norm", "tol", "max_iters"),
+    )
 
     def __init__(
         self,

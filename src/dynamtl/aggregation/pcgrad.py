@@ -14,6 +14,7 @@ from dynamtl.aggregation._solvers import (
     random_orders,
 )
 from dynamtl.aggregation.base import GradientAggregation
+from dynamtl.facts import aggregation_facts
 
 
 class PCGrad(GradientAggregation):
@@ -49,6 +50,10 @@ class PCGrad(GradientAggregation):
     >>> PCGrad().combine(torch.tensor([[1.0, 0.0], [-1.0, 1.0]]))
     tensor([0.5000, 1.5000])
     """
+
+    facts = aggregation_facts(
+        "pcgrad", "PCGrad", "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020", context={"seed": "seed"}
+    )
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from dynamtl.aggregation.base import Aggregation, accumulate, weighting_backward
 from dynamtl.context import StepContext, combine_gradients
+from dynamtl.facts import aggregation_facts
 
 
 class Sum(Aggregation):
@@ -16,7 +18,10 @@ class Sum(Aggregation):
     no backward pass is made at all.
     """
 
+    facts = aggregation_facts("sum", "Sum", "the gradient of the weighted loss", extra_backward="0")
+
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
+        self.last_weights = torch.ones_like(weights.detach())
         if ctx.has_task_gradients:
             accumulate(ctx, combine_gradients(ctx.task_gradients(), weights.detach()))
             weighting_backward(ctx, weights, regularizer)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from dynamtl.benchmarks.base import Benchmark, Splits, TaskSpec, seeded_permutation
+from dynamtl._helpers import seeded_permutation
+from dynamtl.benchmarks.base import Benchmark, Splits, TaskSpec
 from dynamtl.data._tabular import hold_out
 from dynamtl.data.dense_transforms import DenseAugmentation, TargetKind
 from dynamtl.metrics_dense import error_metrics, valid_l1_loss

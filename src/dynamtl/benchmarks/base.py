@@ -13,6 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from dynamtl._helpers import (
+    seeded_permutation as seeded_permutation,  # moved there; kept importable from here
+)
 from dynamtl.metrics import Metric
 from dynamtl.tasks import LossFn, Tasks, task_indices
 
@@ -124,8 +127,3 @@ class Benchmark(ABC):
 def default_root() -> Path:
     """Where data live unless a root is given: ``$DYNAMTL_DATA`` or ``~/.cache/dynamtl``."""
     return Path(os.environ.get("DYNAMTL_DATA", Path.home() / ".cache" / "dynamtl"))
-
-
-def seeded_permutation(n: int, seed: int) -> Tensor:
-    """A permutation of ``range(n)`` fixed by ``seed`` (for reproducible splits)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))

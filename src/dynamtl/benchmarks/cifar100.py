@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from dynamtl.benchmarks.base import Benchmark, Splits, TaskSpec, auto_lambda_training, seeded_permutation
+from dynamtl._helpers import seeded_permutation
+from dynamtl.benchmarks.base import Benchmark, Splits, TaskSpec, auto_lambda_training
 from dynamtl.data._tabular import hold_out
 from dynamtl.data.cifar100 import CIFAR100
 from dynamtl.metrics import ACCURACY

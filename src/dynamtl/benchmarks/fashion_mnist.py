@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dynamtl.benchmarks.base import Benchmark, MultiTaskTensors, Splits, TaskSpec, TrainingDefaults, seeded_permutation
+from dynamtl._helpers import seeded_permutation
+from dynamtl.benchmarks.base import Benchmark, MultiTaskTensors, Splits, TaskSpec, TrainingDefaults
 from dynamtl.data.fashion_mnist import FashionMNIST as FashionMNISTFiles
 from dynamtl.metrics import ACCURACY
 

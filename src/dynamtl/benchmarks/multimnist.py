@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dynamtl.benchmarks.base import Benchmark, MultiTaskTensors, Splits, TaskSpec, TrainingDefaults, seeded_permutation
+from dynamtl._helpers import seeded_permutation
+from dynamtl.benchmarks.base import Benchmark, MultiTaskTensors, Splits, TaskSpec, TrainingDefaults
 from dynamtl.data._files import load_or_build
 from dynamtl.data.mnist import MNIST, Split
 from dynamtl.metrics import ACCURACY

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynamtl._helpers import seeded_permutation
 from dynamtl.benchmarks.base import (
     Benchmark,
     MultiTaskTensors,
     Splits,
     TaskSpec,
     TrainingDefaults,
-    seeded_permutation,
 )
 from dynamtl.data._tabular import MultiHeadMLP, fit_standardisation, hold_out
 from dynamtl.data.qm9 import MAX_ATOMS, TARGETS, QM9Molecules

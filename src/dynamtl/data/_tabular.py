@@ -15,7 +15,7 @@ from typing import TextIO, TypeVar
 import torch
 from torch import Tensor, nn
 
-from dynamtl.benchmarks.base import seeded_permutation
+from dynamtl._helpers import seeded_permutation
 from dynamtl.data._files import find_file, package_file
 
 T = TypeVar("T")

@@ -40,13 +40,17 @@ class _WeightLog:
 
 def plot_run(run_dir: Path, *, smooth: int = 1) -> list[Path]:
     """Save :func:`weights_figure` as ``run_dir/plots/weights.png`` (for a run of more than
-    one task: a single task's weight is 1 throughout) and :func:`metrics_figure` as
-    ``run_dir/plots/metrics.png`` (once an epoch has been logged); return the paths."""
+    one task: a single task's weight is 1 throughout), :func:`metrics_figure` as
+    ``run_dir/plots/metrics.png`` (once an epoch has been logged) and, when the run's
+    aggregation gave the task gradients weights that change, those as
+    ``run_dir/plots/aggregation-weights.png``; return the paths."""
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     several = len(_read_weights(run_dir).weights) > 1
     figures = {"weights.png": weights_figure(run_dir, smooth=smooth) if several else None,
                "metrics.png": metrics_figure(run_dir)}
+    if _varying_aggregation_weights(run_dir):
+        figures["aggregation-weights.png"] = weights_figure(run_dir, smooth=smooth, aggregation=True)
     plots.mkdir(exist_ok=True)
     return [_save(figure, plots / name) for name, figure in figures.items() if figure is not None]
 
@@ -59,8 +63,10 @@ def plot_weights_comparison(run_dirs: Mapping[str, Path], out: Path, *, smooth: 
     return _save(figure, out)
 
 
-def weights_figure(run_dir: Path, *, smooth: int = 1) -> Figure:
-    """Every task's weight over the logged steps of a run, one line per task.
+def weights_figure(run_dir: Path, *, smooth: int = 1, aggregation: bool = False) -> Figure:
+    """Every task's weight over the logged steps of a run, one line per task: λ of the
+    weighting, or with ``aggregation`` the weights αₖ the aggregation gave the weighted task
+    gradients (``aggregation_weight/<task>``).
 
     With ``smooth`` > 1 the lines are trailing moving averages over that many logged steps,
     drawn over the faint raw weights. The y axis is logarithmic when the weights span
@@ -70,12 +76,13 @@ def weights_figure(run_dir: Path, *, smooth: int = 1) -> Figure:
     """
     _check_smooth(smooth)
     run_dir = Path(run_dir)
-    log = _read_weights(run_dir)
+    log = _read_weights(run_dir, "aggregation_weight/" if aggregation else "weight/")
     colours = _task_colours(list(log.weights))
     figure = _figure(9.0, 4.5)
     axes = figure.add_subplot()
     axes.set_xlabel("step")
-    axes.set_ylabel("task weight")
+    axes.set_ylabel("aggregation weight αₖ" if aggregation else "task weight")
+    title = "Aggregation weights of the task gradients" if aggregation else "Task weights"
     if _constant(log):
         groups: dict[float, list[str]] = {}
         for task, values in log.weights.items():
@@ -85,10 +92,10 @@ def weights_figure(run_dir: Path, *, smooth: int = 1) -> Figure:
                       label=f"{', '.join(tasks)}: {value:.3g}")
         axes.grid(alpha=0.3)
         figure.legend(loc="outside right upper", title="constant weight", fontsize="small")
-        figure.suptitle(f"Task weights — {_describe(run_dir)} (constant over training)")
+        figure.suptitle(f"{title} — {_describe(run_dir)} (constant over training)")
         return figure
     _draw_weights(axes, log, colours, smooth)
-    figure.suptitle(f"Task weights — {_describe(run_dir)}{_smoothing_note(smooth)}")
+    figure.suptitle(f"{title} — {_describe(run_dir)}{_smoothing_note(smooth)}")
     _task_legend(figure, colours)
     return figure
 
@@ -176,9 +183,18 @@ def _constant_values(log: _WeightLog) -> str:
     return ", ".join(f"{task} {value}" for task, value in values.items())
 
 
-def _read_weights(run_dir: Path) -> _WeightLog:
-    """The ``weight/<task>`` series of ``run_dir/steps.jsonl`` in logged task order, without
-    the batches skipped for a non-finite loss."""
+def _varying_aggregation_weights(run_dir: Path) -> bool:
+    """Whether ``run_dir/steps.jsonl`` logs aggregation weights that are not constant."""
+    try:
+        return not _constant(_read_weights(run_dir, "aggregation_weight/"))
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def _read_weights(run_dir: Path, prefix: str = "weight/") -> _WeightLog:
+    """The ``<prefix><task>`` series (``weight/``: λ; ``aggregation_weight/``: the
+    aggregation's) of ``run_dir/steps.jsonl`` in logged task order, without the batches
+    skipped for a non-finite loss."""
     path = run_dir / "steps.jsonl"
     if not path.exists() and (run_dir / "tasks").is_dir():
         raise FileNotFoundError(
@@ -186,10 +202,10 @@ def _read_weights(run_dir: Path) -> _WeightLog:
             f"{run_dir / 'tasks'}/<task>/"
         )
     records = [r for r in _read_jsonl(path, required=True) if not r.get("skipped")]
-    tasks = list(dict.fromkeys(key.removeprefix("weight/") for r in records for key in r if key.startswith("weight/")))
+    tasks = list(dict.fromkeys(key.removeprefix(prefix) for r in records for key in r if key.startswith(prefix)))
     if not tasks:
-        raise ValueError(f"{path} logs no 'weight/<task>' values: is the run still at its first step?")
-    weights = {task: [float(r[f"weight/{task}"]) for r in records] for task in tasks}
+        raise ValueError(f"{path} logs no '{prefix}<task>' values: is the run still at its first step?")
+    weights = {task: [float(r[f"{prefix}{task}"]) for r in records if f"{prefix}{task}" in r] for task in tasks}
     return _WeightLog([int(r["step"]) for r in records], weights)
 
 

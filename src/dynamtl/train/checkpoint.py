@@ -193,10 +193,11 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
+def _numpy_state() -> tuple[Any, ...]:
     """NumPy's global random state with its key as a tensor (``weights_only`` loads no
     NumPy arrays)."""
-    kind, key, position, has_gauss, gauss = np.random.get_state()
+    kind, key, position, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(key, np.ndarray)
     return kind, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss
 
 

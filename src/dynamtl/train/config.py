@@ -52,6 +52,10 @@ OnNonFinite = Literal["stop", "skip"]
 Precision = Literal["32", "bf16", "fp16"]
 
 
+ENVIRONMENT = "environment"
+"""The key of ``config.json`` that records :func:`environment` beside the settings."""
+
+
 class ConfigError(ValueError):
     """A run configuration that cannot be trained; the message lists every problem."""
 
@@ -140,9 +144,10 @@ class RunConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "the configuration") -> RunConfig:
         """A config from ``key -> value`` (strings from flags, or typed values from a
-        file), each parsed by its field's type; ``ConfigError`` naming unknown keys and
-        values of the wrong type."""
+        file, or a run's ``config.json``, whose ``environment`` is left out), each parsed by
+        its field's type; ``ConfigError`` naming unknown keys and values of the wrong type."""
         hints = typing.get_type_hints(cls)
+        values = {k: v for k, v in values.items() if k != ENVIRONMENT}  # recorded beside a run's settings
         unknown = [k for k in values if k not in hints]
         problems = [f"unknown key(s) {unknown} in {source}; valid keys: {', '.join(hints)}"] if unknown else []
         if "benchmark" not in values:

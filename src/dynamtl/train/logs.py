@@ -104,7 +104,7 @@ class RunLog:
         self._write("steps", record)
         if self.tensorboard is not None:
             for key, value in record.items():
-                if key.startswith(("loss/", "weight/")) or key == "lr":
+                if key.startswith(("loss/", "weight/", "aggregation_weight/")) or key == "lr":
                     self.tensorboard.add_scalar(key, value, record["step"])
 
     def epoch(self, record: Mapping[str, Any]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dynamtl.train import checkpoint
-from dynamtl.train.config import RunConfig, RunPlan, plan
+from dynamtl.train.config import ENVIRONMENT, RunConfig, RunPlan, plan
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
     RunFolder,
@@ -101,10 +101,10 @@ def _recorded_config(folder: RunFolder, which: str) -> dict[str, Any]:
         if not path.is_file():
             raise
         state = checkpoint.load(path)
-        recorded = {**state["config"], "environment": state.get("environment", {})}
+        recorded = {**state["config"], ENVIRONMENT: state.get("environment", {})}
         write_json_atomic(folder.config, recorded)
         logger.warning("%s; it was rewritten from the checkpoint %s", str(error).split(":")[0], path)
-    recorded.pop("environment", None)
+    recorded.pop(ENVIRONMENT, None)
     return recorded
 
 

@@ -38,7 +38,7 @@ import dynamtl
 from dynamtl.step import MultiTask, NonFiniteLossError
 from dynamtl.train import checkpoint
 from dynamtl.train.batches import MetaStream, Passes
-from dynamtl.train.config import ConfigError, RunConfig, RunPlan, environment
+from dynamtl.train.config import ENVIRONMENT, ConfigError, RunConfig, RunPlan, environment
 from dynamtl.train.evaluate import Evaluation, evaluate
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
@@ -169,7 +169,7 @@ class _Session:
         self.seconds = {"train": 0.0, "eval": 0.0}
         written = folder if processes.main else None
         if processes.main and (state is None or changes):
-            write_json_atomic(folder.config, {**config.to_dict(), "environment": self.environment})
+            write_json_atomic(folder.config, {**config.to_dict(), ENVIRONMENT: self.environment})
         if state is None:
             self.log = RunLog(written)
             self.log.event("start", dynamtl=dynamtl.__version__, tasks=list(names))
@@ -191,8 +191,8 @@ class _Session:
         path = self.folder.checkpoint(which)
         state = checkpoint.load(path)
         differences = checkpoint.config_differences(
-            {**state["config"], "environment": state.get("environment", {})},
-            {**self.config.to_dict(), "environment": self.environment},
+            {**state["config"], ENVIRONMENT: state.get("environment", {})},
+            {**self.config.to_dict(), ENVIRONMENT: self.environment},
         )
         if differences and not allow_changes:
             listed = "".join(f"\n  - {d}" for d in differences)

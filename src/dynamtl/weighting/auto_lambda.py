@@ -9,7 +9,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import check_choice
 from dynamtl.context import StepContext
+from dynamtl.facts import Facts
 from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import name_list, task_indices
@@ -17,7 +19,6 @@ from dynamtl.weighting.base import (
     MetaOptimizerFactory,
     OwnOptimizer,
     Weighting,
-    check_choice,
 )
 
 
@@ -101,6 +102,14 @@ class AutoLambda(OwnOptimizer, Weighting):
             training pass's own losses (same batch and dropout masks), error O(ε), one
             forward pass fewer per step.
     """
+
+    facts = Facts(
+        "auto-lambda", "Auto-Lambda", "meta-learning",
+        "Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, TMLR 2022",
+        "3 (1 on the meta batch, 2 without graph)", "2 (1 on the meta batch)",
+        options=("init", "lr", "hypergradient", "order", "interval", "nonnegative", "epsilon"),
+        context={"primary": "primary"},
+    )
 
     needs_meta_batch = True
     needs_optimizer = True
@@ -221,7 +230,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         u = self._direction(objective, at, theta_next, meta_batch)
         # the norm and the differences in float32 at least: float16 squares overflow, and
         # float16 losses differ by a few units in the last place
-        norms = torch._foreach_norm(list(u.values()), 2, dtype=self.lambdas.dtype) if u else []
+        norms = list(torch._foreach_norm(list(u.values()), 2, dtype=self.lambdas.dtype)) if u else []
         norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         if norm == 0.0:
             return torch.zeros_like(self.lambdas)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import ArgumentsRepr
+from dynamtl._helpers import (
+    check_choice as check_choice,  # moved there; kept importable from here
+)
 from dynamtl.context import StepContext, widened
+from dynamtl.facts import Facts
 from dynamtl.tasks import Tasks, task_indices
 
 MetaOptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
-class Weighting(nn.Module):
+class Weighting(ArgumentsRepr, nn.Module):
     """Decides the task weights λ of a step.
 
     A weighting is bound to the task names (``bind``, done by :class:`~dynamtl.MultiTask`)
@@ -22,11 +27,15 @@ class Weighting(nn.Module):
     they need: ``needs_meta_batch`` and ``needs_optimizer`` are checked when the step is
     built or run, with a message that names the fix; ``needs_lookahead`` asks for the
     optimizer's step as a function (:class:`~dynamtl.lookahead.LookAhead`).
+
+    ``facts``: the method's name, paper, cost and options (:class:`~dynamtl.facts.Facts`),
+    read by the registry. The ``repr`` shows the constructor's arguments.
     """
 
     needs_meta_batch: bool = False
     needs_optimizer: bool = False
     needs_lookahead: bool = False
+    facts: ClassVar[Facts | None] = None
     needs_step_per_backward: bool = False  # one optimizer step after every backward (no accumulation)
 
     def __init__(self) -> None:
@@ -128,7 +137,7 @@ class OwnOptimizer:
     meta_optimizer: torch.optim.Optimizer | None = None
 
     def _own_optimizer(
-        self, param: nn.Parameter, factory: MetaOptimizerFactory | None, **adam: float
+        self, param: nn.Parameter, factory: MetaOptimizerFactory | None, **adam: Any
     ) -> None:
         self.meta_optimizer = factory([param]) if factory else torch.optim.Adam([param], **adam)
 
@@ -163,9 +172,3 @@ def main_and_auxiliary(
             "leave the auxiliary tasks out of main"
         )
     return main, auxiliary
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.context import StepContext, widened
+from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
 
@@ -34,6 +35,11 @@ class DWA(LossWeighting):
     >>> dwa.loss_weights(torch.ones(2))  # a's loss halved, b's did not move
     tensor([0.8756, 1.1244])
     """
+
+    facts = Facts(
+        "dwa", "DWA", "losses", "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019",
+        options=("temperature",),
+    )
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dynamtl.context import StepContext, widened
+from dynamtl.facts import Facts
 from dynamtl.tasks import expect_mapping, task_indices
 from dynamtl.weighting.base import LossWeighting, MetaOptimizerFactory, OwnOptimizer
 
@@ -68,6 +69,11 @@ class FAMO(OwnOptimizer, LossWeighting):
     >>> famo.loss_weights(torch.tensor([1.0, 3.0]))  # z = (½, ½): λ ∝ 1/L, summing to 1
     tensor([0.7500, 0.2500])
     """
+
+    facts = Facts(
+        "famo", "FAMO", "losses", "Liu, Feng, Stone & Liu, FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023",
+        options=("lr", "weight_decay", "min_losses", "epsilon"),
+    )
 
     def __init__(
         self,

@@ -8,10 +8,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
+from dynamtl.facts import Facts
 from dynamtl.tasks import name_list
-from dynamtl.weighting.base import Weighting, check_choice, main_and_auxiliary
+from dynamtl.weighting.base import Weighting, main_and_auxiliary
 
 
 class GCS(Weighting):
@@ -44,6 +46,11 @@ class GCS(Weighting):
     Attributes:
         last_cosines: cₖ of the last step, one per auxiliary task in task order.
     """
+
+    facts = Facts(
+        "gcs", "GCS", "gradients", "Du et al., Adapting Auxiliary Losses Using Gradient Similarity, 2018",
+        "0", "T−1", options=("variant",), context={"main": "primary"}, auxiliary_only=True,
+    )
 
     def __init__(self, main: Sequence[str] | str, *, variant: Literal["unweighted", "weighted"] = "unweighted") -> None:
         super().__init__()

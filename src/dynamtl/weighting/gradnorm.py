@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, widened
+from dynamtl.facts import Facts
 from dynamtl.weighting.base import MetaOptimizerFactory, OwnOptimizer, Weighting
 
 
@@ -65,6 +66,11 @@ class GradNorm(OwnOptimizer, Weighting):
         layer_names: the parameter names used as W (resolved at the first step).
         last_loss: L_grad of the last step.
     """
+
+    facts = Facts(
+        "gradnorm", "GradNorm", "gradients", "Chen, Badrinarayanan, Lee & Rabinovich, GradNorm, ICML 2018",
+        "0", "T−1", options=("alpha", "lr", "layer"),
+    )
 
     def __init__(
         self,

@@ -8,11 +8,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import check_choice
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
+from dynamtl.facts import Facts
 from dynamtl.lookahead import learning_rates
 from dynamtl.objective import capture_rng
 from dynamtl.tasks import name_list, task_indices
-from dynamtl.weighting.base import Weighting, check_choice
+from dynamtl.weighting.base import Weighting
 
 
 class HydaLearn(Weighting):
@@ -58,6 +60,14 @@ class HydaLearn(Weighting):
             tasks whose loss has a graph in this step, T when every task has one; a task
             absent from a batch gets weight 0 and the step is the step on the others).
     """
+
+    facts = Facts(
+        "hydalearn", "HydaLearn", "look-ahead",
+        "Verboven, Chaudhary, Berrevoets & Verbeke, HydaLearn: Highly Dynamic Task Weighting, 2020",
+        "T without graph (0 with gain=first_order)", "T−1",
+        options=("gain", "gain_batch", "step_size", "floor", "normalize", "total"),
+        context={"main": "primary"},
+    )
 
     def __init__(
         self,

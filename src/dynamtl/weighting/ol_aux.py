@@ -9,6 +9,7 @@ from torch import Tensor
 
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
+from dynamtl.facts import Facts
 from dynamtl.tasks import name_list
 from dynamtl.weighting.base import Weighting, main_and_auxiliary
 
@@ -55,6 +56,13 @@ class OLAux(Weighting):
         task_weights: the current weights, in task order.
         accumulated: aₖ, the inner products summed since the last update (0 for main tasks).
     """
+
+    facts = Facts(
+        "ol-aux", "OL-AUX", "gradients",
+        "Lin, Baweja, Kantor & Held, Adaptive Auxiliary Task Weighting for Reinforcement Learning, NeurIPS 2019",
+        "0", "T−1", options=("interval", "beta", "init", "nonnegative"), context={"main": "primary"},
+        auxiliary_only=True,
+    )
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
 
@@ -25,6 +26,11 @@ class RLW(LossWeighting):
     >>> round(float(w.sum()), 6)
     3.0
     """
+
+    facts = Facts(
+        "rlw", "RLW", "losses", "Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022",
+        context={"seed": "seed"},
+    )
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from dynamtl.facts import Facts
 from dynamtl.tasks import expect_mapping, task_indices
 from dynamtl.weighting.base import LossWeighting
 
@@ -21,6 +22,8 @@ class Static(LossWeighting):
     >>> Static({"a": 1.0, "b": 0.5})({"a": torch.tensor(2.0), "b": torch.tensor(4.0)})
     tensor(4.)
     """
+
+    facts = Facts("static", "Static", "losses", "fixed hand-chosen weights", options=("weights",))
 
     def __init__(self, weights: Mapping[str, float]) -> None:
         super().__init__()

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from dynamtl.context import StepContext
+from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
 
@@ -49,6 +50,11 @@ class Uncertainty(LossWeighting):
     >>> u({"a": torch.tensor(2.0), "b": torch.tensor(4.0)})
     tensor(3., grad_fn=<AddBackward0>)
     """
+
+    facts = Facts(
+        "uncertainty", "Uncertainty", "losses",
+        "Kendall, Gal & Cipolla, Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018",
+    )
 
     def __init__(self, tasks: list[str] | None = None) -> None:
         super().__init__()

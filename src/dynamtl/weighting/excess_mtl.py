@@ -1,0 +1,133 @@
+"""ExcessMTL: weights that follow each task's estimated excess risk (He et al., ICML 2024)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dynamtl.aggregation.base import shared_parameters, shared_rows
+from dynamtl.context import StepContext
+from dynamtl.facts import Facts
+from dynamtl.weighting.base import Weighting
+
+
+class ExcessMTL(Weighting):
+    r"""Robust multi-task learning with excess risks: weigh up the tasks that are furthest
+    from their best reachable loss.
+
+    The excess risk of task i (its loss minus the lowest it could reach) is estimated by a
+    second-order Taylor expansion with a diagonal AdaGrad preconditioner, from the task's
+    gradient gᵢ on the shared parameters (Equations 6–7 of the paper):
+
+    .. math::
+
+        S_i \leftarrow S_i + g_i \odot g_i, \qquad
+        r_i = \sum_d \frac{g_{i,d}^2}{\sqrt{S_{i,d} + 10^{-7}}} ,
+
+    scaled by the first step's value (rᵢ / (rᵢ⁽⁰⁾ + 10⁻⁷), "scale processing", Section 3.2;
+    or by the mean over ``warmup`` steps, during which the weights stay uniform). The
+    weights p on the simplex then take an exponentiated-gradient step (Equation 9),
+
+    .. math::
+
+        p \leftarrow \operatorname{softmax}(\log p + \eta\, \tilde r), \qquad \lambda = T\, p ,
+
+    from p = 1/T. From *Robust Multi-Task Learning with Excess Risks* (He, Zhou, Zhang,
+    Ghazi, Zhu, Zhang, Zhao, ICML 2024). λ is T·p, summing to T like :class:`Equal` (as
+    :class:`RLW` does), so that the learning rate compares; p itself is ``probabilities``.
+    The per-task gradients come from :meth:`StepContext.task_gradients` (one backward pass
+    per task, shared with the aggregation).
+
+    Args:
+        step_size: η > 0, the robust step size (default 1, as TorchJD and LibMTL).
+        warmup: steps at uniform weights that set the baseline excess risks (default 0: the
+            first step's risks, as the official code; the paper's appendix collects three
+            epochs).
+
+    A task without a graph in this step (no labelled sample) keeps its p, statistics and
+    baseline; the present tasks share their mass of p, and their λ are T' p / Σ p over the T'
+    present tasks (the weights of the step on those tasks alone).
+
+    The accumulated squared gradients S (T × D over the shared parameters: memory as large
+    as T copies of the shared parameters), the baseline and p are saved in the state dict.
+
+    Differences to the official code: it starts from weights 1 (not on the simplex); here
+    p starts at 1/T, as the paper (and TorchJD) do, and λ = T·p.
+    """
+
+    facts = Facts(
+        "excess-mtl", "ExcessMTL", "gradients",
+        "He et al., Robust Multi-Task Learning with Excess Risks, ICML 2024",
+        "0", "T−1", options=("step_size", "warmup"),
+    )
+
+    def __init__(self, step_size: float = 1.0, warmup: int = 0) -> None:
+        super().__init__()
+        if not step_size > 0:
+            raise ValueError(f"ExcessMTL's step_size must be > 0, got {step_size}")
+        if warmup < 0:
+            raise ValueError(f"ExcessMTL's warmup must be >= 0 steps, got {warmup}")
+        self.step_size = float(step_size)
+        self.warmup = warmup
+        self.squares: Tensor | None = None
+        self.baseline: Tensor | None = None
+        self.probabilities: Tensor | None = None
+        self.steps = 0
+        self._warmup_sum: Tensor | None = None
+
+    def weights(self, ctx: StepContext) -> Tensor:
+        grads = ctx.task_gradients()
+        shared = shared_parameters(grads)
+        losses = ctx.losses.detach()
+        if not shared:
+            return torch.ones_like(losses)
+        here = torch.tensor(ctx.present)
+        p = self.update(shared_rows(ctx, grads, shared), here)
+        weights = torch.zeros_like(p)
+        weights[here] = int(here.sum()) * p[here] / p[here].sum()
+        return weights.to(losses)
+
+    def update(self, rows: Tensor, present: Tensor | None = None) -> Tensor:
+        """One step of the weights p (returned, on the simplex) from the task gradients
+        ``rows`` ([T, D], float64 here). ``present``: the tasks with a graph in this step (all
+        by default); the others keep their p, their statistics and their baseline, and the
+        present ones share their mass."""
+        rows = rows.detach().double().cpu()
+        here = torch.ones(len(rows), dtype=torch.bool) if present is None else present.cpu()
+        if self.squares is None or self.squares.shape != rows.shape:
+            self.squares = torch.zeros_like(rows)
+            self.baseline, self.probabilities, self.steps, self._warmup_sum = None, None, 0, None
+        if self.probabilities is None:
+            self.probabilities = torch.full((len(rows),), 1.0 / len(rows), dtype=torch.float64)
+        squared = rows * rows
+        self.squares = self.squares + squared
+        risks = (squared / torch.sqrt(self.squares + 1e-7)).sum(dim=1)
+        self.steps += 1
+        if self.steps <= self.warmup:
+            self._warmup_sum = risks if self._warmup_sum is None else self._warmup_sum + risks
+            return self.probabilities.clone()
+        if self.baseline is None:
+            self.baseline = torch.full_like(risks, torch.nan)
+        new = here & self.baseline.isnan()
+        if self.warmup > 0 and self._warmup_sum is not None:
+            self.baseline[new] = self._warmup_sum[new] / self.warmup
+            scaled = risks / (self.baseline + 1e-7)
+        else:  # the first step of a task is its baseline and counts unscaled (the official code)
+            self.baseline[new] = risks[new]
+            scaled = torch.where(new, risks, risks / (self.baseline + 1e-7))
+        p = self.probabilities.clone()
+        p[here] = p[here].sum() * torch.softmax(p[here].log() + self.step_size * scaled[here], dim=0)
+        self.probabilities = p
+        return p.clone()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "squares": self.squares, "baseline": self.baseline, "probabilities": self.probabilities,
+            "steps": self.steps, "warmup_sum": self._warmup_sum,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.squares, self.baseline, self.probabilities = state["squares"], state["baseline"], state["probabilities"]
+        self.steps, self._warmup_sum = int(state["steps"]), state["warmup_sum"]

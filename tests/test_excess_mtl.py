@@ -1,0 +1,80 @@
+"""ExcessMTL against its definition on hand-computed risks, its warm-up, its direction of
+change, its state and its options."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dynamtl as dm
+
+F64 = torch.float64
+
+
+def rows(seed, scale=(1.0, 1.0, 1.0)):
+    j = torch.randn(3, 5, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return j * torch.tensor(scale, dtype=F64)[:, None]
+
+
+def test_two_steps_by_hand():
+    eta = 0.3
+    w = dm.ExcessMTL(step_size=eta)
+    a, b = rows(0), rows(1)
+    squares = a * a
+    first = (a * a / torch.sqrt(squares + 1e-7)).sum(1)
+    p = torch.softmax(torch.full((3,), 1 / 3, dtype=F64).log() + eta * first, 0)
+    torch.testing.assert_close(w.update(a), p)
+    squares = squares + b * b
+    second = (b * b / torch.sqrt(squares + 1e-7)).sum(1) / (first + 1e-7)
+    p = torch.softmax(p.log() + eta * second, 0)
+    torch.testing.assert_close(w.update(b), p)
+
+
+def test_warmup_keeps_uniform_weights_and_sets_the_baseline():
+    w = dm.ExcessMTL(warmup=2)
+    for seed in range(2):
+        torch.testing.assert_close(w.update(rows(seed)), torch.full((3,), 1 / 3, dtype=F64))
+    assert w.baseline is None
+    w.update(rows(2))
+    assert w.baseline is not None and w.baseline.shape == (3,)
+
+
+def test_a_task_whose_risk_grows_relative_to_its_baseline_gains_weight():
+    w = dm.ExcessMTL(step_size=1.0)
+    w.update(rows(0))
+    before = w.probabilities.clone()
+    after = w.update(rows(1, scale=(1.0, 1.0, 10.0)))  # task 2's gradient suddenly 10x larger
+    assert float(after[2] / before[2]) > float(after[0] / before[0])
+
+
+def test_in_a_step_the_weights_sum_to_the_number_of_tasks_and_the_state_is_saved():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"trunk": nn.Linear(3, 4), "a": nn.Linear(4, 1), "b": nn.Linear(4, 1)}).double()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            h = torch.tanh(self.m["trunk"](x))
+            return {"a": self.m["a"](h).squeeze(-1), "b": self.m["b"](h).squeeze(-1)}
+
+    weighting = dm.ExcessMTL()
+    mtl = dm.MultiTask(Net(), dm.Tasks({"a": F.mse_loss, "b": F.mse_loss}), None, weighting=weighting)
+    x = torch.randn(8, 3, dtype=F64)
+    info = mtl.backward((x, {"a": x.sum(1), "b": x[:, 0]}))
+    assert float(info.weights.sum()) == pytest.approx(2.0)
+    torch.testing.assert_close(info.weights, 2 * weighting.probabilities)
+    restored = dm.ExcessMTL().bind(["a", "b"])
+    restored.load_state_dict(copy.deepcopy(weighting.state_dict()))
+    assert restored.steps == 1 and torch.equal(restored.squares, weighting.squares)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        dm.ExcessMTL(step_size=0.0)
+    with pytest.raises(ValueError, match="warmup must be >= 0"):
+        dm.ExcessMTL(warmup=-1)

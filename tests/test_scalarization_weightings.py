@@ -1,0 +1,112 @@
+"""STCH, GLS and IMTL-L against their defining scalarisations: the weights are the gradient
+of the scalarised loss (checked with autograd in float64), the limits and special cases hold,
+and bad losses or options are refused with the task named."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dynamtl as dm
+
+F64 = torch.float64
+NAMES = ["a", "b", "c"]
+
+
+def autograd_weights(scalarization, losses):
+    values = losses.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(scalarization(values), values)
+    return grad
+
+
+@pytest.mark.parametrize("mu", [0.01, 0.3, 1.0, 10.0])
+@pytest.mark.parametrize("seed", range(3))
+def test_stch_weights_are_the_gradient_of_the_smooth_maximum(mu, seed):
+    g = torch.Generator().manual_seed(seed)
+    losses = torch.rand(3, generator=g, dtype=F64) * 4
+    pref, ideal = torch.rand(3, generator=g, dtype=F64), torch.rand(3, generator=g, dtype=F64) * 0.2
+    stch = dm.STCH(mu=mu, preference=dict(zip(NAMES, pref.tolist())), ideal=dict(zip(NAMES, ideal.tolist())))
+    stch.bind(NAMES)
+    expected = autograd_weights(lambda v: mu * torch.logsumexp(pref * (v - ideal) / mu, dim=0), losses)
+    torch.testing.assert_close(stch.loss_weights(losses), expected)
+
+
+def test_stch_tends_to_the_weighted_maximum_and_to_the_mean():
+    losses = torch.tensor([1.0, 3.0, 2.0], dtype=F64)
+    sharp = dm.STCH(mu=1e-3).bind(NAMES).loss_weights(losses)
+    torch.testing.assert_close(sharp, torch.tensor([0.0, 1 / 3, 0.0], dtype=F64), atol=1e-9, rtol=0)
+    flat = dm.STCH(mu=1e6).bind(NAMES).loss_weights(losses)
+    torch.testing.assert_close(flat, torch.full((3,), 1 / 9, dtype=F64), atol=1e-6, rtol=0)
+    huge = dm.STCH(mu=1e-3).bind(NAMES).loss_weights(torch.tensor([1e4, 2e4, 0.0], dtype=F64))
+    assert torch.isfinite(huge).all()
+
+
+def test_stch_refuses_bad_options():
+    with pytest.raises(ValueError, match="mu is a smoothing temperature and must be > 0"):
+        dm.STCH(mu=0.0)
+    with pytest.raises(ValueError, match="preference values must be >= 0"):
+        dm.STCH(preference={"a": -1.0})
+    with pytest.raises(ValueError, match=r"ideal names tasks \['z'\] that are not among"):
+        dm.STCH(ideal={"z": 0.0}).bind(NAMES)
+    with pytest.raises(ValueError, match="preference gives every task 0"):
+        dm.STCH(preference={"a": 0.0}).bind(NAMES)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gls_is_the_geometric_mean(seed):
+    losses = torch.rand(4, generator=torch.Generator().manual_seed(seed), dtype=F64) + 0.05
+    gls = dm.GLS().bind(list("abcd"))
+    def geometric(v):
+        return torch.prod(v) ** (1 / 4)
+
+    torch.testing.assert_close(gls(losses), geometric(losses))
+    torch.testing.assert_close(gls.loss_weights(losses), autograd_weights(geometric, losses))
+    many = torch.full((400,), 1e-3, dtype=F64)  # the plain product would underflow to 0
+    torch.testing.assert_close(dm.GLS().bind([str(i) for i in range(400)])(many), torch.tensor(1e-3, dtype=F64))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_gls_names_the_task_with_a_loss_it_cannot_take(bad):
+    with pytest.raises(ValueError, match=r"needs every loss > 0 and finite; got \{'b': "):
+        dm.GLS().bind(NAMES).loss_weights(torch.tensor([1.0, bad, 2.0]))
+
+
+def test_imtl_l_scales_move_towards_the_inverse_losses():
+    """∂/∂sᵢ (e^{sᵢ}Lᵢ − sᵢ) = e^{sᵢ}Lᵢ − 1: at fixed losses, gradient descent on s drives
+    every scaled loss e^{sᵢ}Lᵢ to 1."""
+    losses = torch.tensor([0.5, 2.0, 8.0], dtype=F64)
+    w = dm.IMTLL(tasks=NAMES).double()
+    optimizer = torch.optim.SGD(w.parameters(), lr=0.1)
+    for _ in range(400):
+        optimizer.zero_grad()
+        w(losses).backward()
+        optimizer.step()
+    torch.testing.assert_close(w.loss_weights(losses) * losses, torch.ones(3, dtype=F64), rtol=1e-6, atol=1e-6)
+
+
+def test_imtl_l_trains_its_scales_with_the_models_optimizer_and_composes_with_imtl_g():
+    torch.manual_seed(0)
+    layers = {"trunk": torch.nn.Linear(3, 4), "a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)}
+    model = torch.nn.ModuleDict(layers).double()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            h = torch.tanh(self.m["trunk"](x))
+            return {"a": self.m["a"](h).squeeze(-1), "b": self.m["b"](h).squeeze(-1)}
+
+    net = Net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    weighting = dm.IMTLL()
+    tasks = dm.Tasks({"a": F.mse_loss, "b": F.mse_loss})
+    mtl = dm.MultiTask(net, tasks, optimizer, weighting=weighting, aggregation=dm.IMTLG())
+    x = torch.randn(16, 3, dtype=F64)
+    batch = (x, {"a": x.sum(1), "b": 10 * x[:, 0]})
+    info = mtl.step(batch)
+    assert any(weighting.log_scales is p for g in optimizer.param_groups for p in g["params"])
+    # one SGD step on s from 0: s ← −0.1 (Lᵢ − 1)
+    torch.testing.assert_close(weighting.log_scales.detach(), -0.1 * (info.losses - 1.0))
