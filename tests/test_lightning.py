@@ -98,11 +98,21 @@ def test_weights_reach_the_logger_and_the_state_is_checkpointed(tmp_path) -> Non
 
     torch.manual_seed(0)
     module = MultiTaskModule(worker.Net(), worker.tasks(), worker.optimizer, **worker.CASES["auto-lambda"]())
-    run = trainer(logger=CSVLogger(tmp_path), log_every_n_steps=1)
-    run.fit(module, worker.loaders(worker.GLOBAL_BATCH))
+    run = trainer(logger=CSVLogger(tmp_path), log_every_n_steps=1, num_sanity_val_steps=0)
+    loaders = worker.loaders(worker.GLOBAL_BATCH)
+    run.fit(module, loaders, val_dataloaders=loaders["meta"])
     with open(Path(run.logger.log_dir) / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+        every = list(csv.DictReader(f))
+    rows = [r for r in every if r.get("train/weight/a")]
     assert len(rows) == 4
+    # validation_step: the task losses over the validation loader at the end of the epoch
+    validation = [r for r in every if r.get("val/loss/a")]
+    objective = dm.Objective(module.model, worker.tasks())
+    with torch.no_grad():
+        expected = torch.stack([objective.losses(b) for b in loaders["meta"]]).mean(0)
+    assert len(validation) == 1
+    found = torch.tensor([float(validation[0][f"val/loss/{t}"]) for t in worker.TASKS])
+    torch.testing.assert_close(found, expected, rtol=0, atol=1e-5)
     lambdas = module.multitask.weighting.lambdas.detach()
     last = [float(rows[-1][f"train/weight/{t}"]) for t in worker.TASKS]
     torch.testing.assert_close(torch.tensor(last), module.last_step.weights, rtol=0, atol=1e-6)
