@@ -122,6 +122,8 @@ def main(out: str) -> None:
     if dist.get_rank() == 0:
         with open(out, "w") as f:
             json.dump(results, f)
+    dist.barrier()
+    dist.destroy_process_group()  # join gloo's threads before exit: left running they abort the process
 
 
 if __name__ == "__main__":

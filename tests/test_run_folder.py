@@ -27,10 +27,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PER_EPOCH = 63  # 1000 samples in batches of 16
 RUN = [
     "--benchmark", "drift", "--method", "auto-lambda", "--mode", "auxiliary", "--noise-task", "--limit", "1000",
-    "--batch-size", "16", "--epochs", "2", "--option", "lr=1e-2", "--quiet",
+    "--batch-size", "16", "--epochs", "2", "--option", "lr=1e-2", "--threads", "1", "--quiet",
 ]  # fmt: skip
 CONFIG = RunConfig(benchmark="drift", method="auto-lambda", mode="auxiliary", noise_task=True, limit=1000,
-                   batch_size=16, epochs=2, options={"lr": "1e-2"})  # the same run as RUN, from Python
+                   batch_size=16, epochs=2, options={"lr": "1e-2"}, threads=1)  # the same run as RUN, from Python
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
