@@ -147,11 +147,11 @@ class StepContext:
         return self._task_gradients is not None
 
 
-def combine_gradients(task_grads: Sequence[Gradients], weights: Sequence[float | Tensor]) -> Gradients:
+def combine_gradients(task_grads: Sequence[Gradients], weights: Sequence[float | Tensor] | Tensor) -> Gradients:
     """Σₖ wₖ gₖ for every parameter (``None`` where no gₖ has that parameter)."""
     out: Gradients = {}
     for name in task_grads[0]:
-        parts = [w * g[name] for w, g in zip(weights, task_grads) if g[name] is not None]
+        parts: list[Tensor] = [w * grad for w, g in zip(weights, task_grads) if (grad := g[name]) is not None]
         out[name] = sum(parts[1:], parts[0]) if parts else None
     return out
 

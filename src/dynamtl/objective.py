@@ -11,6 +11,7 @@ pass so that all evaluations of one step see the same dropout masks.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -218,7 +219,8 @@ def _naming(what: str, pass_name: str) -> Iterator[None]:
         try:
             again = type(error)(message)
         except Exception:  # an exception type with another constructor: keep it, add a note
-            error.add_note(message)
+            if sys.version_info >= (3, 11):  # notes are Python 3.11+; 3.10 re-raises it unchanged
+                error.add_note(message)
             raise
         raise again.with_traceback(error.__traceback__) from error
 

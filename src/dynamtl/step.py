@@ -154,8 +154,8 @@ class MultiTask:
             )
         if optimizer is not None:
             _check_ownership(optimizer, self.objective.params)
-        needs_lookahead = self.weighting.needs_lookahead and optimizer is not None
-        self.lookahead = LookAhead(optimizer, self.objective.params) if needs_lookahead else None
+        needs_lookahead = self.weighting.needs_lookahead
+        self.lookahead = LookAhead(optimizer, self.objective.params) if needs_lookahead and optimizer is not None else None
         if optimizer is not None:
             self._give_weighting_parameters_to(optimizer)
 

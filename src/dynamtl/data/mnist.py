@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -102,7 +103,17 @@ class MNIST:
             group = zarr.open_group(store, mode="r")
             self.folder.mkdir(parents=True, exist_ok=True)
             for split, (image_name, label_name) in self.FILES.items():
-                write_idx(self.folder / image_name, torch.from_numpy(group[f"{split}_images"][:]))
-                write_idx(self.folder / label_name, torch.from_numpy(group[f"{split}_labels"][:]))
+                write_idx(self.folder / image_name, torch.from_numpy(_array(group, f"{split}_images", archive)))
+                write_idx(self.folder / label_name, torch.from_numpy(_array(group, f"{split}_labels", archive)))
         finally:
             store.close()
+
+
+def _array(group: Any, name: str, archive: Path) -> np.ndarray:
+    """The zarr array ``name`` of ``group`` read into memory."""
+    import zarr
+
+    array = group[name]
+    if not isinstance(array, zarr.Array):
+        raise ValueError(f"{archive}: {name!r} is a {type(array).__name__}, not an array: replace the archive")
+    return np.asarray(array)

@@ -121,7 +121,7 @@ class QM9Molecules:
             f"put the three qm9pack CSV files there, or empty the folder and `pip install {PIP_SOURCE}` "
             "to have it filled offline",
         )
-        recipe = {"version": CACHE_VERSION, **file_digests(paths)}
+        recipe: dict[str, int | str] = {"version": CACHE_VERSION, **file_digests(paths)}
         cached = load_or_build(self.folder / "qm9-coulomb.pt", recipe, lambda: self._build(paths))
         return cached["eigenvalues"], cached["targets"]
 
@@ -154,9 +154,9 @@ class QM9Molecules:
         starts = np.concatenate([[0], np.cumsum(n_atoms)])
         for size in np.unique(n_atoms):
             molecules = np.flatnonzero(n_atoms == size)
-            atoms = starts[molecules][:, None] + np.arange(size)
+            rows = starts[molecules][:, None] + np.arange(size)
             eigenvalues[molecules, :size] = coulomb_eigenvalues(
-                torch.from_numpy(charges[atoms]), torch.from_numpy(positions[atoms])
+                torch.from_numpy(charges[rows]), torch.from_numpy(positions[rows])
             )
         return {"eigenvalues": eigenvalues, "targets": torch.from_numpy(target_values)}
 

@@ -216,7 +216,13 @@ class AutoLambda(OwnOptimizer, Weighting):
         if not u:
             return torch.zeros_like(self.lambdas)
         outputs = dict(zip(names, local))
-        (hypergradient,) = torch.autograd.grad([outputs[n] for n in u], lam, list(u.values()))
+        differentiated = []
+        for n in u:
+            output = outputs[n]
+            if output is None:
+                raise RuntimeError(f"Auto-Lambda: the direction has parameter {n!r}, which has no gradient to differentiate")
+            differentiated.append(output)
+        (hypergradient,) = torch.autograd.grad(differentiated, lam, list(u.values()))
         return ctx.objective.replicas.mean(hypergradient)
 
     def _direction(

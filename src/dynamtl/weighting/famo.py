@@ -75,6 +75,12 @@ class FAMO(OwnOptimizer, LossWeighting):
         options=("lr", "weight_decay", "min_losses", "epsilon"),
     )
 
+    # buffers (registered in __init__)
+    min_losses: Tensor
+    previous_losses: Tensor
+    has_previous: Tensor
+    previous_present: Tensor
+
     def __init__(
         self,
         *,
