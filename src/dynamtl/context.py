@@ -139,7 +139,8 @@ class StepContext:
                 rows.append(torch.cat([torch.zeros_like(z).reshape(-1) for z in self.representation]))
                 continue
             grads = self.objective.precision.local_gradients(loss, self.representation, retain_graph=True)
-            rows.append(torch.cat([(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]))
+            flat = [(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]
+            rows.append(torch.cat(flat))
         return torch.stack(rows)
 
     @property

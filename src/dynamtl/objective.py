@@ -240,7 +240,9 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n]
-        raise ValueError(f"the model has no submodule {name!r} to take the representation from; its submodules: {names}") from None
+        raise ValueError(
+            f"the model has no submodule {name!r} to take the representation from; its submodules: {names}"
+        ) from None
 
 
 def _check_keys(found: Mapping[str, Any], names: tuple[str, ...], what: str) -> None:

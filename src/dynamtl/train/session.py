@@ -157,7 +157,9 @@ class _Session:
         assert self.mtl.optimizer is not None
         self.optimizer = self.mtl.optimizer
         self.scheduler = _scheduler(config, self.optimizer)
-        self.training = Passes(bench, splits.train, self.batch_size, config.seed, "train", bool(config.shuffle), self.device)
+        self.training = Passes(
+            bench, splits.train, self.batch_size, config.seed, "train", bool(config.shuffle), self.device
+        )
         meta_data = splits.val if config.meta_source == "val" else splits.train
         self.meta_stream = MetaStream(Passes(bench, meta_data, self.batch_size, config.seed, "meta", True, self.device))
         self.resumed_batches: Iterator[Any] | None = None
