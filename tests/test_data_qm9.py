@@ -275,7 +275,7 @@ def test_the_cache_is_reused_and_a_changed_file_is_read_again(root, molecules, t
         source = find_file(root / "qm9", name)
         shutil.copyfile(source, copy / source.name)
     _write_part(copy, "qm9_part1.csv", HEADER, [METHANE_ROW])
-    with pytest.raises(ValueError, match="qm9_part1.csv holds 1 molecules, the published file 43610"):
+    with pytest.raises(ValueError, match=r"qm9_part1\.csv holds 1 molecules, the published file 43610"):
         QM9Molecules(tmp_path).load()
 
 

@@ -611,7 +611,7 @@ def test_auto_lambda_leaves_a_parameter_the_optimizer_does_not_own():
 def test_an_optimizer_owning_none_of_the_parameters_is_refused():
     model = net(0)
     other = net(1)
-    with pytest.raises(ValueError, match="owns none of the model's trainable parameters.*torch.optim.SGD\\(model"):
+    with pytest.raises(ValueError, match=r"owns none of the model's trainable parameters.*torch\.optim\.SGD\(model"):
         dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, masked_mse)), torch.optim.SGD(other.parameters(), lr=0.1))
 
 

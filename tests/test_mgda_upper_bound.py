@@ -61,10 +61,10 @@ def test_upper_bound_weights_are_the_min_norm_point_of_representation_gradients(
 
 
 def test_upper_bound_needs_the_representation_when_the_step_is_built() -> None:
-    with pytest.raises(ValueError, match="MGDA needs the shared representation: MultiTask.*representation='NAME'"):
+    with pytest.raises(ValueError, match=r"MGDA needs the shared representation: MultiTask.*representation='NAME'"):
         dm.MultiTask(Net(), dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), aggregation=dm.MGDA(upper_bound=True))
 
 
 def test_unknown_representation_module_lists_the_submodules() -> None:
-    with pytest.raises(ValueError, match="no submodule 'body'.*'trunk'"):
+    with pytest.raises(ValueError, match=r"no submodule 'body'.*'trunk'"):
         dm.MultiTask(Net(), dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), representation="body")

@@ -213,7 +213,7 @@ def test_single_task_baselines_train_one_model_per_task_and_are_reused(tmp_path)
     assert (tmp_path / "tasks" / "main" / "events.jsonl").read_text() == events  # nothing retrained
     with pytest.raises(RunFolderError, match=r"holds a run of another configuration \(epochs: 1 before, 2 now\)"):
         train_or_reuse(config.replace(epochs=2), tmp_path, progress=False)
-    with pytest.raises(RunFolderError, match="holds a finished run .*train into another --out"):
+    with pytest.raises(RunFolderError, match=r"holds a finished run .*train into another --out"):
         train(config, tmp_path)
 
 
