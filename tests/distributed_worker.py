@@ -208,7 +208,7 @@ def check(case: Case, rank: int, size: int) -> dict[str, Any]:
             {k for other in gathered[1:] for k in ours if not torch.equal(other[k], ours[k])}
         ),
         "state_keys": sorted(k for k in ours if k.startswith("state")),
-        "ddp_buckets": [end - start for start, end in zip([0] + ends, ends)],
+        "ddp_buckets": [end - start for start, end in zip([0, *ends], ends)],
     }
 
 

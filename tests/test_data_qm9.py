@@ -34,7 +34,9 @@ METHANE_XYZ = [
     [-0.540815069, 1.4475266138, -0.8766437152],
     [-0.5238136345, 1.4379326443, 0.9063972942],
 ]
-METHANE_TARGETS = [0.0, 13.21, -0.3877, 0.1171, 0.5048, 35.3641, 0.044749, -40.47893, -40.476062, -40.475117, -40.498597, 6.469]
+METHANE_TARGETS = [
+    0.0, 13.21, -0.3877, 0.1171, 0.5048, 35.3641, 0.044749, -40.47893, -40.476062, -40.475117, -40.498597, 6.469
+]
 
 
 def hand_coulomb_matrix(charges, positions):
@@ -62,7 +64,8 @@ def in_units(benchmark, data, task):
 
 def test_hydrogen_molecule_has_eigenvalues_half_plus_and_minus_the_inverse_distance():
     bond = 0.74  # Å
-    eigenvalues = coulomb_eigenvalues(torch.tensor([[1, 1]]), torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, bond]]], dtype=torch.float64))
+    positions = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, bond]]], dtype=torch.float64)
+    eigenvalues = coulomb_eigenvalues(torch.tensor([[1, 1]]), positions)
     inverse = BOHR / bond  # 1 / distance in Bohr
     assert eigenvalues.dtype == torch.float64
     assert torch.allclose(eigenvalues, torch.tensor([[0.5 + inverse, 0.5 - inverse]], dtype=torch.float64), atol=1e-12)
@@ -234,7 +237,8 @@ def test_standardisation_uses_the_training_split_only(molecules, benchmark_and_s
     _, targets = molecules
     for name in NAMES:
         train = splits.train.targets[name].double()
-        assert float(train.mean()) == pytest.approx(0.0, abs=1e-5) and float(train.std()) == pytest.approx(1.0, abs=1e-5)
+        assert float(train.mean()) == pytest.approx(0.0, abs=1e-5)
+        assert float(train.std()) == pytest.approx(1.0, abs=1e-5)
         assert abs(float(splits.val.targets[name].double().mean())) > 1e-4
         mean, std = benchmark.statistics[name]
         everything = targets[:, NAMES.index(name)]

@@ -360,7 +360,7 @@ def test_gradnorm_weights_stay_positive_and_sum_to_t(lr):
     weighting = dm.GradNorm(lr=lr)
     mtl = dm.MultiTask(model, tasks, torch.optim.SGD(model.parameters(), lr=1e-6), weighting=weighting)
     smallest = math.inf
-    for step in range(300 if lr > 0.01 else 1200):
+    for _ in range(300 if lr > 0.01 else 1200):
         x = torch.randn(16, 8)
         mtl.step((x, {"a": torch.randn(16), "b": torch.randn(16)}))
         w = weighting.task_weights.detach()
@@ -553,7 +553,8 @@ def test_target_with_the_wrong_number_of_rows_names_the_task_and_pass():
     x, y = batch(1)
     y = {**y, "b": y["b"][:-1]}
     mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(RuntimeError, match=r"the loss of task 'b' raised RuntimeError in the training pass: ") as caught:
+    expected = r"the loss of task 'b' raised RuntimeError in the training pass: "
+    with pytest.raises(RuntimeError, match=expected) as caught:
         mtl.step((x, y))
     assert isinstance(caught.value.__cause__, RuntimeError)  # the original error, with its traceback
 
@@ -590,7 +591,8 @@ def test_model_error_in_a_multi_input_task_names_it():
     b = batch(1, multi_input=True)
     b["b"] = (torch.randn(16, 5, dtype=torch.float64), b["b"][1])
     mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, masked_mse), multi_input=True))
-    with pytest.raises(RuntimeError, match=r"the model called on the inputs of task 'b' raised RuntimeError in the training"):
+    expected = r"the model called on the inputs of task 'b' raised RuntimeError in the training"
+    with pytest.raises(RuntimeError, match=expected):
         mtl.backward(b)
 
 
@@ -615,7 +617,9 @@ def test_an_optimizer_owning_none_of_the_parameters_is_refused():
         dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, masked_mse)), torch.optim.SGD(other.parameters(), lr=0.1))
 
 
-@pytest.mark.parametrize(("kind", "name"), [("weighting", n) for n in WEIGHTINGS] + [("aggregation", n) for n in AGGREGATIONS])
+@pytest.mark.parametrize(
+    ("kind", "name"), [("weighting", n) for n in WEIGHTINGS] + [("aggregation", n) for n in AGGREGATIONS]
+)
 def test_one_method_object_for_two_multitasks_is_refused(kind, name):
     method = build(kind, name)
     tasks = dm.Tasks(dict.fromkeys(TASKS, masked_mse))

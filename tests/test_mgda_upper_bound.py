@@ -45,7 +45,9 @@ def test_upper_bound_weights_are_the_min_norm_point_of_representation_gradients(
 
     z = twin.trunk(x)
     losses = [F.mse_loss(twin.heads[t](z).squeeze(-1), y[t]) for t in TASKS]
-    rows = torch.stack([lam[t] * torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for t, loss in zip(TASKS, losses)])
+    rows = torch.stack(
+        [lam[t] * torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for t, loss in zip(TASKS, losses)]
+    )
     # brute force over a fine grid of the simplex
     steps = 400
     best, best_alpha = float("inf"), None

@@ -111,7 +111,8 @@ def test_an_option_taken_by_both_halves_must_be_qualified():
 
 
 def test_auxiliary_methods_refuse_multi_task_mode_and_say_how_to_fix_it():
-    with pytest.raises(RegistryError, match="weighs auxiliary tasks against primary ones: run it with --mode auxiliary"):
+    expected = "weighs auxiliary tasks against primary ones: run it with --mode auxiliary"
+    with pytest.raises(RegistryError, match=expected):
         parse_method("gcs").build(MULTI_TASK)
 
 
