@@ -247,7 +247,7 @@ def test_a_damaged_data_cache_is_named_and_rebuilt(tmp_path, caplog):
 def test_config_json_records_every_option_and_the_environment(interrupted):
     saved = json.loads((interrupted / "config.json").read_text())
     assert saved["options"] == {"init": 0.1, "lr": 0.01, "hypergradient": "finite_difference", "order": "lookahead",
-                                "interval": 1, "nonnegative": False, "epsilon": 0.01}
+                                "interval": 1, "nonnegative": False, "epsilon": 0.01, "normalize": "none"}
     assert saved["environment"] == {"dynamtl": __import__("dynamtl").__version__, "torch": torch.__version__,
                                     "threads": 1}
 

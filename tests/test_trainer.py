@@ -203,6 +203,35 @@ def test_skipped_non_finite_batches_are_counted(tmp_path):
     assert results["skipped_steps"] == 2 and records(tmp_path / "epochs.jsonl")[0]["skipped"] == 2
 
 
+@pytest.mark.parametrize("method", ["equal", "auto-lambda", "hydalearn", "gradnorm+pcgrad"])
+def test_a_skipped_step_leaves_the_model_the_optimizer_and_the_method_bit_for_bit(tmp_path, method):
+    """``--on-nonfinite skip``: with steps 3 and 4 skipped (divergent at lr 1e12), the state
+    saved at the end of the epoch (step 4) equals the state saved after step 3, tensor for
+    tensor: the skipped step 4 changed nothing."""
+    config = RunConfig(**TINY, method=method, epochs=1, optimizer="sgd", lr=1e12, on_nonfinite="skip",
+                       checkpoint_every=3)
+    train(config, tmp_path, progress=False)
+    skipped = [s["step"] for s in records(tmp_path / "steps.jsonl") if s.get("skipped")]
+    assert skipped[-2:] == [3, 4]
+    after_3, after_4 = load(tmp_path / "checkpoints" / "previous.pt"), load(tmp_path / "checkpoints" / "last.pt")
+    assert after_3["position"]["step"] == 3 and after_4["position"]["step"] == 4
+    for part in ("model", "optimizer", "multitask"):
+        flat_3, flat_4 = _tensors(after_3[part]), _tensors(after_4[part])
+        assert flat_3.keys() == flat_4.keys()
+        assert all(torch.equal(flat_3[k], flat_4[k]) for k in flat_3), part
+
+
+def _tensors(state: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor (and number) of a nested state, by its path."""
+    if isinstance(state, dict):
+        return {k: v for key, value in state.items() for k, v in _tensors(value, f"{prefix}/{key}").items()}
+    if isinstance(state, (list, tuple)):
+        return {k: v for i, value in enumerate(state) for k, v in _tensors(value, f"{prefix}/{i}").items()}
+    if isinstance(state, (int, float, bool)):
+        return {prefix: torch.tensor(state)}
+    return {prefix: state} if isinstance(state, torch.Tensor) else {}
+
+
 def test_single_task_baselines_train_one_model_per_task_and_are_reused(tmp_path):
     config = RunConfig(**TINY, method="stl", epochs=1)
     results = train_or_reuse(config, tmp_path, progress=False)

@@ -21,7 +21,7 @@ from dynamtl.cli import main
 from dynamtl.train.config import ConfigError, RunConfig, plan
 from dynamtl.train.folder import RunFolder
 from dynamtl.train.processes import Processes
-from dynamtl.train.session import run_session
+from dynamtl.train.session import Display, run_session
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -81,7 +81,7 @@ def test_a_global_batch_that_does_not_divide_is_refused(tmp_path: Path) -> None:
     checked = plan(RunConfig(benchmark="drift", limit=64, epochs=1, batch_size=33))
     with pytest.raises(ConfigError, match="--batch-size 33 is the global batch, shared by 2 processes"):
         run_session(checked, RunFolder(tmp_path / "run"), Processes(torch.device("cpu"), 0, 2),
-                    progress=False, resume_from=None)  # fmt: skip
+                    display=Display(progress=False), resume_from=None)  # fmt: skip
     assert not (tmp_path / "run").exists()
 
 

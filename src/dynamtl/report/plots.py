@@ -43,10 +43,13 @@ def plot_run(run_dir: Path, *, smooth: int = 1) -> list[Path]:
     one task: a single task's weight is 1 throughout), :func:`metrics_figure` as
     ``run_dir/plots/metrics.png`` (once an epoch has been logged) and, when the run's
     aggregation gave the task gradients weights that change, those as
-    ``run_dir/plots/aggregation-weights.png``; return the paths."""
+    ``run_dir/plots/aggregation-weights.png``; return the paths. A run whose every step was
+    skipped (``--on-nonfinite skip``) has no weights to draw: only its metrics are drawn."""
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
-    several = len(_read_weights(run_dir).weights) > 1
+    steps = run_dir / "steps.jsonl"
+    every_step_skipped = steps.exists() and all(r.get("skipped") for r in _read_jsonl(steps, required=True))
+    several = not every_step_skipped and len(_read_weights(run_dir).weights) > 1
     figures = {"weights.png": weights_figure(run_dir, smooth=smooth) if several else None,
                "metrics.png": metrics_figure(run_dir)}
     if _varying_aggregation_weights(run_dir):
