@@ -11,7 +11,6 @@ import copy
 import inspect
 import logging
 import math
-import re
 import warnings
 
 import numpy as np
