@@ -26,16 +26,16 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import models  # noqa: E402
+import models
 
-from dynamtl.aggregation.aligned_mtl import AlignedMTL  # noqa: E402
-from dynamtl.aggregation.cagrad import CAGrad  # noqa: E402
-from dynamtl.aggregation.graddrop import GradDrop  # noqa: E402
-from dynamtl.aggregation.gradvac import GradVac  # noqa: E402
-from dynamtl.aggregation.imtl_g import IMTLG  # noqa: E402
-from dynamtl.aggregation.mgda import MGDA  # noqa: E402
-from dynamtl.aggregation.nash_mtl import NashMTL  # noqa: E402
-from dynamtl.aggregation.pcgrad import PCGrad  # noqa: E402
+from dynamtl.aggregation.aligned_mtl import AlignedMTL
+from dynamtl.aggregation.cagrad import CAGrad
+from dynamtl.aggregation.graddrop import GradDrop
+from dynamtl.aggregation.gradvac import GradVac
+from dynamtl.aggregation.imtl_g import IMTLG
+from dynamtl.aggregation.mgda import MGDA
+from dynamtl.aggregation.nash_mtl import NashMTL
+from dynamtl.aggregation.pcgrad import PCGrad
 
 
 def pairs() -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor] | None]]:

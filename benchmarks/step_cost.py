@@ -112,7 +112,8 @@ METHODS: dict[str, Method] = {
 }
 LEGEND = (
     "AutoLambda: order='lookahead' (the paper's), finite-difference hypergradient; -lagged: order='lagged'; "
-    "-exact: hypergradient='exact'; -forward: difference='forward'; HydaLearn: main='a', gain='lookahead'; -first_order: gain='first_order'; "
+    "-exact: hypergradient='exact'; -forward: difference='forward'; HydaLearn: main='a', gain='lookahead'; "
+    "-first_order: gain='first_order'; "
     "GCS, OLAux: main='a'; aggregations (PCGrad ... FairGrad) with Equal weighting, defaults"
 )
 # (forward passes with a graph, forward passes without one, backward passes) per step, T = 3
@@ -192,7 +193,9 @@ def _probe(kind: str, probe: str) -> Callable[[int], object]:
     return no_graph
 
 
-def time_steps(kind: str, methods: Sequence[str], steps: int, warmup: int) -> dict[str, tuple[list[float], list[float]]]:
+def time_steps(
+    kind: str, methods: Sequence[str], steps: int, warmup: int
+) -> dict[str, tuple[list[float], list[float]]]:
     """Wall and CPU seconds of each timed step of every method and pass probe, all
     interleaved round-robin."""
     runs = {**{m: _stepper(kind, m) for m in methods}, **{p: _probe(kind, p) for p in PROBES}}
@@ -376,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = measure(kind, methods, reference, args.steps, args.warmup, args.repeats)
         print(table(rows, args.markdown, reference))
         if args.profile is not None:
-            print(f"\nprofile of {args.profile}, {args.steps} steps:\n{profile(kind, args.profile, args.steps, args.warmup)}")
+            profiled = profile(kind, args.profile, args.steps, args.warmup)
+            print(f"\nprofile of {args.profile}, {args.steps} steps:\n{profiled}")
     print(f"\nload average (1 min) at end: {_load()}")
 
 

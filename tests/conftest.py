@@ -82,7 +82,7 @@ def make_tasks():
     with a mean-squared-error loss for every task."""
 
     def make(names=("a", "b"), *, multi_input=False):
-        return dm.Tasks({name: F.mse_loss for name in names}, multi_input=multi_input)
+        return dm.Tasks(dict.fromkeys(names, F.mse_loss), multi_input=multi_input)
 
     return make
 

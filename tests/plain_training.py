@@ -12,7 +12,9 @@ def train_one_epoch(benchmark: Benchmark, model: nn.Module, train: MultiTaskTens
     batch = benchmark.defaults.batch_size
     for start in range(0, len(train), batch):
         out = model(train.inputs[start : start + batch])
-        loss = sum(spec.loss(out[task], train.targets[task][start : start + batch]) for task, spec in benchmark.specs.items())
+        loss = sum(
+            spec.loss(out[task], train.targets[task][start : start + batch]) for task, spec in benchmark.specs.items()
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -263,7 +263,9 @@ def test_noise_auxiliary_task_gets_a_lower_lambda() -> None:
         order, meta_order = torch.randperm(1400, generator=g), 1400 + torch.randperm(397, generator=g)
         for i in range(0, 1400, 64):
             idx, m = order[i : i + 64], meta_order[(i // 64 * 32) % 397 :][:32]
-            mt.step((x[idx], {"digit": y[idx], "noise": noise[idx]}), meta_batch=(x[m], {"digit": y[m], "noise": noise[m]}))
+            mt.step(
+                (x[idx], {"digit": y[idx], "noise": noise[idx]}), meta_batch=(x[m], {"digit": y[m], "noise": noise[m]})
+            )
     lam = dict(zip(("digit", "noise"), weighting.lambdas.tolist()))
     assert lam["digit"] > 0.1 > lam["noise"]
     assert lam["digit"] - lam["noise"] > 0.1, lam

@@ -69,7 +69,9 @@ def test_a_meta_batch_without_the_primary_targets_names_them():
 
 def test_normalize_mean_projects_each_update_onto_the_fixed_mean():
     """λ ← λ − η(h − mean h) under a plain SGD λ optimizer: only the relative weights move."""
-    sgd = lambda ps: torch.optim.SGD(ps, lr=0.5)
+    def sgd(ps):
+        return torch.optim.SGD(ps, lr=0.5)
+
     weighting = dm.AutoLambda(primary="main", init=0.2, meta_optimizer=sgd, normalize="mean")
     free = dm.AutoLambda(primary="main", init=0.2, meta_optimizer=sgd)
     _run(free, 1)
@@ -84,7 +86,9 @@ def test_normalize_mean_projects_each_update_onto_the_fixed_mean():
 
 
 def test_normalize_mean_with_nonnegative_clamps_after_the_projection():
-    sgd = lambda ps: torch.optim.SGD(ps, lr=50.0)
+    def sgd(ps):
+        return torch.optim.SGD(ps, lr=50.0)
+
     weighting = dm.AutoLambda(primary="main", init=0.1, meta_optimizer=sgd, normalize="mean", nonnegative=True)
     _run(weighting, 3)
     assert float(weighting.lambdas.detach().min()) >= 0.0

@@ -93,7 +93,7 @@ def test_interface_and_errors(tmp_path):
         RelevanceDrift(train_size=0)
     with pytest.raises(ValueError, match=r"split must be one of \['train', 'val', 'test'\]"):
         bench.helpful(0, "validation")
-    with pytest.raises(ValueError, match="limit .* must be >= 1"):
+    with pytest.raises(ValueError, match=r"limit .* must be >= 1"):
         bench.splits(tmp_path, 0, limit=0)
 
 

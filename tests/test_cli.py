@@ -142,14 +142,26 @@ def test_list_names_every_benchmark_and_method():
         (["train", "--benchmark", "drift", "--method", "lambda"], "unknown method 'lambda'; valid names: equal, dwa"),
         (["train", "--benchmark", "drift", "--tasks", "main,depth"], "unknown selected task(s) ['depth']"),
         (["train", "--benchmark", "drift", "--option", "lr"], "--option takes NAME=VALUE (e.g. --option lr=3e-4)"),
-        (["train", "--benchmark", "drift", "--method", "dwa", "--option", "lr=1"], "no part of the method takes option 'lr'"),
-        (["train", "--benchmark", "drift", "--epochs", "0", "--lr", "-1"], "epochs must be >= 1, got 0\n  - lr must be > 0"),
+        (
+            ["train", "--benchmark", "drift", "--method", "dwa", "--option", "lr=1"],
+            "no part of the method takes option 'lr'",
+        ),
+        (
+            ["train", "--benchmark", "drift", "--epochs", "0", "--lr", "-1"],
+            "epochs must be >= 1, got 0\n  - lr must be > 0",
+        ),
         (["train", "--benchmark", "drift", "--optimizer", "rmsprop"], "'rmsprop' is not one of 'sgd', 'adam', 'adamw'"),
         (["train"], "the flags names no benchmark: give --benchmark NAME"),
         (["compare", "--benchmark", "drift"], "give the methods to compare: --methods"),
         (["compare", "--benchmark", "drift", "--methods", "dwa,nope"], "nope: invalid run configuration"),
-        (["compare", "--benchmark", "drift", "--methods", "dwa", "--option", "c=1"], "no compared method takes the option(s) ['c']"),
-        (["resume", "/nonexistent/run"], "/nonexistent/run/config.json is missing: /nonexistent/run is not a dynamtl run folder"),
+        (
+            ["compare", "--benchmark", "drift", "--methods", "dwa", "--option", "c=1"],
+            "no compared method takes the option(s) ['c']",
+        ),
+        (
+            ["resume", "/nonexistent/run"],
+            "/nonexistent/run/config.json is missing: /nonexistent/run is not a dynamtl run folder",
+        ),
         (["plot", "."], "no run folder (with a steps.jsonl) in ."),
     ],
 )

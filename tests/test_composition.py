@@ -92,7 +92,7 @@ def test_every_pair_trains_with_finite_gradients(weighting, aggregation) -> None
 
 
 def test_equal_with_sum_is_a_plain_backward_of_the_summed_loss() -> None:
-    model, opt, mtl = _mtl(dm.Equal(), dm.Sum())
+    model, _, mtl = _mtl(dm.Equal(), dm.Sum())
     twin = copy.deepcopy(model)
     x, y = _batch(0)
     mtl.backward((x, y))
@@ -102,17 +102,22 @@ def test_equal_with_sum_is_a_plain_backward_of_the_summed_loss() -> None:
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("aggregation", ["pcgrad", "cagrad", "mgda", "imtl-g", "upgrad", "dualproj", "config", "fairgrad"])
+@pytest.mark.parametrize(
+    "aggregation", ["pcgrad", "cagrad", "mgda", "imtl-g", "upgrad", "dualproj", "config", "fairgrad"]
+)
 def test_aggregation_sees_the_weighted_task_gradients(aggregation) -> None:
     """Static(w) + X: the shared parameters get X.combine on rows wₖ∇Lₖ, each head wₖ∇Lₖ."""
     weights = {"main": 1.0, "aux": 0.25}
-    model, opt, mtl = _mtl(dm.Static(weights), AGGREGATIONS[aggregation]())
+    model, _, mtl = _mtl(dm.Static(weights), AGGREGATIONS[aggregation]())
     twin = copy.deepcopy(model)
     x, y = _batch(1)
     mtl.backward((x, y))
     out = twin(x)
     names, params = zip(*twin.named_parameters())
-    grads = [dict(zip(names, torch.autograd.grad(weights[t] * F.mse_loss(out[t], y[t]), params, retain_graph=True, allow_unused=True))) for t in TASKS]
+    grads = [
+        dict(zip(names, torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)))
+        for weighted in (weights[t] * F.mse_loss(out[t], y[t]) for t in TASKS)
+    ]
     shared = shared_parameters(grads)
     assert shared == [n for n in names if n.startswith("trunk")]
     rows = torch.stack([torch.cat([g[n].reshape(-1) for n in shared]) for g in grads])

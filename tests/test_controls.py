@@ -20,8 +20,10 @@ AUX = RunConfig(benchmark="drift", mode="auxiliary", limit=128, batch_size=64, e
 
 def _steps(run_dir, rows, tail=""):
     run_dir.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"step": i + 1, **{f"loss/{t}": 1.0 for t in row}, **{f"weight/{t}": w for t, w in row.items()}})
-             for i, row in enumerate(rows)]
+    lines = [
+        json.dumps({"step": i + 1, **{f"loss/{t}": 1.0 for t in row}, **{f"weight/{t}": w for t, w in row.items()}})
+        for i, row in enumerate(rows)
+    ]
     (run_dir / "steps.jsonl").write_text("\n".join(lines) + "\n" + tail)
     return run_dir
 

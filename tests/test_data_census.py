@@ -69,7 +69,10 @@ def test_empty_root_without_the_package_says_how_to_get_it(tmp_path, monkeypatch
         ([], r"census-income.data is empty, the published file holds 199523 records"),
         ([FIRST_RECORD, FIRST_RECORD.replace(", 95, ", ", ")], r"line 2, holds 41 fields separated by ', ', not 42"),
         ([FIRST_RECORD, FIRST_RECORD.replace("- 50000.", "<=50K")], r"line 2: the income label is '<=50K'"),
-        ([FIRST_RECORD.replace("73, ", "seventy-three, ", 1)], r"a numeric column \(0, 5, 16, 17, 18, 30, 39\) holds text"),
+        (
+            [FIRST_RECORD.replace("73, ", "seventy-three, ", 1)],
+            r"a numeric column \(0, 5, 16, 17, 18, 30, 39\) holds text",
+        ),
     ],
 )
 def test_altered_files_are_rejected_naming_the_fault(tmp_path, lines, match):
@@ -150,7 +153,8 @@ def raw(root, splits):
         with open_text(find_file(root / "census", name)) as file:
             text = file.read()
         lines = text.splitlines()
-        out[name] = {"text": text, "n": len(lines), "sample": {i: lines[i].split(", ") for i in range(0, len(lines), 97)}}
+        sample = {i: lines[i].split(", ") for i in range(0, len(lines), 97)}
+        out[name] = {"text": text, "n": len(lines), "sample": sample}
     return out
 
 
@@ -170,7 +174,8 @@ def test_labels_match_the_raw_records(root, raw):
     ):
         features, labels = data.load(split)
         text = raw[name]["text"]
-        assert text.count(", 50000+.\n") == positives["income"] and text.count(", Never married, ") == positives["marital"]
+        assert text.count(", 50000+.\n") == positives["income"]
+        assert text.count(", Never married, ") == positives["marital"]
         for task, count in positives.items():
             assert labels[task].dtype == torch.int64 and int(labels[task].sum()) == count, task
         for i, record in raw[name]["sample"].items():
@@ -231,7 +236,9 @@ def test_the_seed_fixes_train_and_val_and_limit_keeps_their_first_rows(root, spl
     assert torch.equal(small.train.inputs[:, :N_ONE_HOT], splits.train.inputs[:1_000, :N_ONE_HOT])
     assert torch.equal(small.val.inputs[:, :N_ONE_HOT], splits.val.inputs[:, :N_ONE_HOT])
     assert torch.equal(small.train.targets["marital"], splits.train.targets["marital"][:1_000])
-    assert torch.allclose(small.train.inputs[:, -N_NUMERIC:].double().mean(0), torch.zeros(N_NUMERIC, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(
+        small.train.inputs[:, -N_NUMERIC:].double().mean(0), torch.zeros(N_NUMERIC, dtype=torch.float64), atol=1e-5
+    )
     other = Census().splits(root, seed=1, limit=1_000)
     assert not torch.equal(other.train.inputs, small.train.inputs)
     assert not torch.equal(other.val.targets["income"], small.val.targets["income"])

@@ -143,5 +143,5 @@ def test_the_published_files(tmp_path):
     for data in (splits.train, splits.test):
         counts = torch.bincount(data.targets["label"], minlength=10)
         assert counts.min() > 0.08 * len(data) and counts.max() < 0.12 * len(data)
-        assert 0.0 <= float(data.inputs.min()) and float(data.inputs.max()) == 1.0
+        assert float(data.inputs.min()) >= 0.0 and float(data.inputs.max()) == 1.0
     assert torch.bincount(splits.test.targets["group"]).tolist() == [4000, 2000, 3000, 1000]

@@ -34,7 +34,9 @@ METHANE_XYZ = [
     [-0.540815069, 1.4475266138, -0.8766437152],
     [-0.5238136345, 1.4379326443, 0.9063972942],
 ]
-METHANE_TARGETS = [0.0, 13.21, -0.3877, 0.1171, 0.5048, 35.3641, 0.044749, -40.47893, -40.476062, -40.475117, -40.498597, 6.469]
+METHANE_TARGETS = [
+    0.0, 13.21, -0.3877, 0.1171, 0.5048, 35.3641, 0.044749, -40.47893, -40.476062, -40.475117, -40.498597, 6.469
+]
 
 
 def hand_coulomb_matrix(charges, positions):
@@ -62,7 +64,8 @@ def in_units(benchmark, data, task):
 
 def test_hydrogen_molecule_has_eigenvalues_half_plus_and_minus_the_inverse_distance():
     bond = 0.74  # Å
-    eigenvalues = coulomb_eigenvalues(torch.tensor([[1, 1]]), torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, bond]]], dtype=torch.float64))
+    positions = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, bond]]], dtype=torch.float64)
+    eigenvalues = coulomb_eigenvalues(torch.tensor([[1, 1]]), positions)
     inverse = BOHR / bond  # 1 / distance in Bohr
     assert eigenvalues.dtype == torch.float64
     assert torch.allclose(eigenvalues, torch.tensor([[0.5 + inverse, 0.5 - inverse]], dtype=torch.float64), atol=1e-12)
@@ -199,9 +202,9 @@ def test_targets_are_in_the_published_units(molecules):
     _, targets = molecules
     homo, lumo, gap = (targets[:, NAMES.index(n)] for n in ("homo", "lumo", "gap"))
     assert torch.allclose(gap, lumo - homo, atol=2e-4)  # Hartree, 4 decimals
-    assert -1.0 < float(homo.min()) and float(lumo.max()) < 1.0
+    assert float(homo.min()) > -1.0 and float(lumo.max()) < 1.0
     u0 = targets[:, NAMES.index("U0")]
-    assert -720 < float(u0.min()) and float(u0.max()) < -40  # total energies in Hartree
+    assert float(u0.min()) > -720 and float(u0.max()) < -40  # total energies in Hartree
     assert bool((targets[:, NAMES.index("H")] > targets[:, NAMES.index("G")]).all())  # G = H - TS
 
 
@@ -234,7 +237,8 @@ def test_standardisation_uses_the_training_split_only(molecules, benchmark_and_s
     _, targets = molecules
     for name in NAMES:
         train = splits.train.targets[name].double()
-        assert float(train.mean()) == pytest.approx(0.0, abs=1e-5) and float(train.std()) == pytest.approx(1.0, abs=1e-5)
+        assert float(train.mean()) == pytest.approx(0.0, abs=1e-5)
+        assert float(train.std()) == pytest.approx(1.0, abs=1e-5)
         assert abs(float(splits.val.targets[name].double().mean())) > 1e-4
         mean, std = benchmark.statistics[name]
         everything = targets[:, NAMES.index(name)]
@@ -275,7 +279,7 @@ def test_the_cache_is_reused_and_a_changed_file_is_read_again(root, molecules, t
         source = find_file(root / "qm9", name)
         shutil.copyfile(source, copy / source.name)
     _write_part(copy, "qm9_part1.csv", HEADER, [METHANE_ROW])
-    with pytest.raises(ValueError, match="qm9_part1.csv holds 1 molecules, the published file 43610"):
+    with pytest.raises(ValueError, match=r"qm9_part1\.csv holds 1 molecules, the published file 43610"):
         QM9Molecules(tmp_path).load()
 
 
@@ -284,7 +288,7 @@ def test_the_defaults_learn_better_than_the_mean(root):
     benchmark = QM9()
     data = benchmark.splits(root, seed=0, limit=4_096)
     torch.manual_seed(0)
-    model = benchmark.model({task: 1 for task in benchmark.specs})
+    model = benchmark.model(dict.fromkeys(benchmark.specs, 1))
     train_one_epoch(benchmark, model, data.train)  # 32 steps
     with torch.no_grad():
         out = model(data.val.inputs)

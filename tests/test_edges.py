@@ -11,7 +11,6 @@ import copy
 import inspect
 import logging
 import math
-import re
 import warnings
 
 import numpy as np
@@ -102,7 +101,7 @@ def without(b, task, multi_input=False):
 def grads_after_backward(weighting, aggregation, names, b, meta, multi_input=False, seed=0):
     """``.grad`` of every parameter after one ``MultiTask.backward`` on a fresh ``net(seed)``."""
     model = net(seed)
-    tasks = dm.Tasks({t: masked_mse for t in names}, multi_input=multi_input)
+    tasks = dm.Tasks(dict.fromkeys(names, masked_mse), multi_input=multi_input)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     mtl = dm.MultiTask(model, tasks, opt, weighting=weighting, aggregation=aggregation)
     info = mtl.backward(b, meta)
@@ -147,7 +146,7 @@ def test_weighting_step_with_a_graphless_task_is_the_step_on_the_other_tasks(nam
     assert got["heads.c.weight"] is None or not got["heads.c.weight"].any()
     # the step is Σ over the present tasks of λₖ ∇Lₖ with the reported λ: the absent row is zero
     model = net(0)
-    tasks = dm.Tasks({t: masked_mse for t in ("a", "b")}, multi_input=multi_input)
+    tasks = dm.Tasks(dict.fromkeys(("a", "b"), masked_mse), multi_input=multi_input)
     losses = dm.Objective(model, tasks).losses(without(b, "c", multi_input))
     (info.weights[:2] * losses).sum().backward()
     assert_same_gradients(got, {n: p.grad for n, p in model.named_parameters()})
@@ -165,7 +164,7 @@ def test_mgda_upper_bound_with_a_graphless_task_is_the_step_on_the_other_tasks()
     grads = []
     for names, given in ((TASKS, unlabelled(b, "c")), (("a", "b"), without(b, "c"))):
         model = net(0)
-        mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in names}), aggregation=dm.MGDA(upper_bound=True),
+        mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(names, masked_mse)), aggregation=dm.MGDA(upper_bound=True),
                            representation="trunk")
         mtl.backward(given)
         grads.append({n: p.grad for n, p in model.named_parameters()})
@@ -174,7 +173,7 @@ def test_mgda_upper_bound_with_a_graphless_task_is_the_step_on_the_other_tasks()
 
 def run_steps(name, names, batches, metas):
     model = net(0)
-    tasks = dm.Tasks({t: masked_mse for t in names})
+    tasks = dm.Tasks(dict.fromkeys(names, masked_mse))
     mtl = dm.MultiTask(model, tasks, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
                        weighting=build("weighting", name, names))
     weights = []
@@ -360,7 +359,7 @@ def test_gradnorm_weights_stay_positive_and_sum_to_t(lr):
     weighting = dm.GradNorm(lr=lr)
     mtl = dm.MultiTask(model, tasks, torch.optim.SGD(model.parameters(), lr=1e-6), weighting=weighting)
     smallest = math.inf
-    for step in range(300 if lr > 0.01 else 1200):
+    for _ in range(300 if lr > 0.01 else 1200):
         x = torch.randn(16, 8)
         mtl.step((x, {"a": torch.randn(16), "b": torch.randn(16)}))
         w = weighting.task_weights.detach()
@@ -415,7 +414,7 @@ def snapshot(mtl, model, opt):
 
 def assert_identical(a, b):
     if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b) or (a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num())
+        assert torch.equal(a, b) or ((a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num()))
     elif isinstance(a, dict):
         assert a.keys() == b.keys()
         for k in a:
@@ -466,7 +465,7 @@ def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighti
             mtl.step(batch(3), batch(4))
         except dm.NonFiniteLossError as error:
             assert error.step == 2 and "in step 2 (1-based)" in str(error)
-            assert poisoned in error.values or gradient and "aggregation" in error.pass_name, str(error)
+            assert poisoned in error.values or (gradient and "aggregation" in error.pass_name), str(error)
             assert error.pass_name in str(error)
             seen.add(error.pass_name)
             assert all(p.grad is None for p in model.parameters())
@@ -480,7 +479,7 @@ def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighti
         assert_identical(after, before)
         mtl.step(batch(3), batch(4))  # the run goes on (the poison was one call)
         assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert "training" in seen or gradient and any("aggregation" in s for s in seen)
+    assert "training" in seen or (gradient and any("aggregation" in s for s in seen))
     if not gradient:  # every pass that evaluates the poisoned task's loss is seen to fail
         assert seen >= PRIMARY_PASSES.get(weighting_name, set()), seen
 
@@ -513,7 +512,7 @@ def test_auto_lambda_in_float16_keeps_finite_float32_weights(seed):
     model = net(seed, torch.float16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     weighting = dm.AutoLambda()
-    mtl = dm.MultiTask(model, dm.Tasks({t: F.mse_loss for t in TASKS}), opt, weighting=weighting)
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), opt, weighting=weighting)
     for step in range(3):
         mtl.step(batch(seed + step, dtype=torch.float16), batch(100 + seed + step, dtype=torch.float16))
     assert weighting.lambdas.dtype == torch.float32
@@ -532,7 +531,7 @@ def test_half_precision_step_matches_float32(weighting_name, aggregation_name, d
     results = {}
     for run_dtype in (torch.float32, dtype):
         model = net(0, torch.float32).to(dtype).to(run_dtype)  # the same (rounded) parameters
-        tasks = dm.Tasks({t: F.mse_loss for t in TASKS})
+        tasks = dm.Tasks(dict.fromkeys(TASKS, F.mse_loss))
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         mtl = dm.MultiTask(model, tasks, opt, weighting=build("weighting", weighting_name),
                            aggregation=build("aggregation", aggregation_name))
@@ -557,8 +556,9 @@ def test_target_with_the_wrong_number_of_rows_names_the_task_and_pass():
     model = net(0)
     x, y = batch(1)
     y = {**y, "b": y["b"][:-1]}
-    mtl = dm.MultiTask(model, dm.Tasks({t: F.mse_loss for t in TASKS}), torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(RuntimeError, match=r"the loss of task 'b' raised RuntimeError in the training pass: ") as caught:
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), torch.optim.SGD(model.parameters(), lr=0.1))
+    expected = r"the loss of task 'b' raised RuntimeError in the training pass: "
+    with pytest.raises(RuntimeError, match=expected) as caught:
         mtl.step((x, y))
     assert isinstance(caught.value.__cause__, RuntimeError)  # the original error, with its traceback
 
@@ -583,7 +583,7 @@ def test_float_targets_for_cross_entropy_name_the_task():
 @pytest.mark.parametrize("name", [n for n in WEIGHTINGS if registry.WEIGHTINGS[n].factory.needs_meta_batch])
 def test_meta_batch_of_another_width_names_the_meta_pass(name):
     model = net(0)
-    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), torch.optim.SGD(model.parameters(), lr=0.1),
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, masked_mse)), torch.optim.SGD(model.parameters(), lr=0.1),
                        weighting=build("weighting", name))
     x, y = batch(2)
     with pytest.raises(RuntimeError, match=r"the model raised RuntimeError in the meta pass: mat1 and mat2"):
@@ -594,8 +594,9 @@ def test_model_error_in_a_multi_input_task_names_it():
     model = net(0)
     b = batch(1, multi_input=True)
     b["b"] = (torch.randn(16, 5, dtype=torch.float64), b["b"][1])
-    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}, multi_input=True))
-    with pytest.raises(RuntimeError, match=r"the model called on the inputs of task 'b' raised RuntimeError in the training"):
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, masked_mse), multi_input=True))
+    expected = r"the model called on the inputs of task 'b' raised RuntimeError in the training"
+    with pytest.raises(RuntimeError, match=expected):
         mtl.backward(b)
 
 
@@ -606,7 +607,7 @@ def test_auto_lambda_leaves_a_parameter_the_optimizer_does_not_own():
     model = net(0)
     opt = torch.optim.SGD([p for n, p in model.named_parameters() if n != "heads.c.bias"], lr=0.1, momentum=0.9)
     before = model.heads.c.bias.detach().clone()
-    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), opt, weighting=dm.AutoLambda())
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, masked_mse)), opt, weighting=dm.AutoLambda())
     for step in range(2):
         mtl.step(batch(step), batch(10 + step))
     assert torch.equal(model.heads.c.bias.detach(), before)
@@ -616,14 +617,16 @@ def test_auto_lambda_leaves_a_parameter_the_optimizer_does_not_own():
 def test_an_optimizer_owning_none_of_the_parameters_is_refused():
     model = net(0)
     other = net(1)
-    with pytest.raises(ValueError, match="owns none of the model's trainable parameters.*torch.optim.SGD\\(model"):
-        dm.MultiTask(model, dm.Tasks({t: masked_mse for t in TASKS}), torch.optim.SGD(other.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match=r"owns none of the model's trainable parameters.*torch\.optim\.SGD\(model"):
+        dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, masked_mse)), torch.optim.SGD(other.parameters(), lr=0.1))
 
 
-@pytest.mark.parametrize(("kind", "name"), [("weighting", n) for n in WEIGHTINGS] + [("aggregation", n) for n in AGGREGATIONS])
+@pytest.mark.parametrize(
+    ("kind", "name"), [("weighting", n) for n in WEIGHTINGS] + [("aggregation", n) for n in AGGREGATIONS]
+)
 def test_one_method_object_for_two_multitasks_is_refused(kind, name):
     method = build(kind, name)
-    tasks = dm.Tasks({t: masked_mse for t in TASKS})
+    tasks = dm.Tasks(dict.fromkeys(TASKS, masked_mse))
     first, second = net(0), net(1)
     held = dm.MultiTask(first, tasks, torch.optim.SGD(first.parameters(), lr=0.1), **{kind: method})
     with pytest.raises(ValueError, match=f"already belongs to another MultiTask.*its own {type(method).__name__}"):
@@ -645,7 +648,7 @@ def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, s
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = SCHEDULERS[scheduler](opt)
     weighting = build("weighting", name)
-    tasks = dm.Tasks({t: masked_mse for t in TASKS})
+    tasks = dm.Tasks(dict.fromkeys(TASKS, masked_mse))
     try:
         mtl = dm.MultiTask(model, tasks, opt, weighting=weighting)
     except ValueError as error:

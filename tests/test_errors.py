@@ -41,12 +41,18 @@ def sgd(model):
 @pytest.mark.parametrize(
     ("make_weighting", "match"),
     [
-        (lambda: dm.Static({"a": 1.0}), r"Static has no weight for task\(s\) \['b'\]; give one for each of \['a', 'b'\]"),
+        (
+            lambda: dm.Static({"a": 1.0}),
+            r"Static has no weight for task\(s\) \['b'\]; give one for each of \['a', 'b'\]",
+        ),
         (
             lambda: dm.Static({"a": 1.0, "b": 1.0, "x": 1.0}),
             r"unknown weighted task\(s\) \['x'\]: they are not among the tasks \['a', 'b'\]",
         ),
-        (lambda: dm.AutoLambda(primary="x"), r"unknown primary task\(s\) \['x'\]: they are not among the tasks \['a', 'b'\]"),
+        (
+            lambda: dm.AutoLambda(primary="x"),
+            r"unknown primary task\(s\) \['x'\]: they are not among the tasks \['a', 'b'\]",
+        ),
         (lambda: dm.AutoLambda(primary=["a", "x"]), r"unknown primary task\(s\) \['x'\]"),
         (lambda: dm.HydaLearn(main="x"), r"unknown main task\(s\) \['x'\]: they are not among the tasks \['a', 'b'\]"),
         (lambda: dm.AutoLambda(primary=[]), r"the set of primary tasks is empty: name at least one of \['a', 'b'\]"),
@@ -97,7 +103,10 @@ def test_batch_targets_lack_a_task(model, tasks, sgd, batch):
     x, targets = batch
     misspelt = (x, {"a": targets["a"], "bb": targets["b"]})
     with pytest.raises(
-        KeyError, match=re.escape("the training batch's targets: missing task(s) ['b']; expected keys ['a', 'b'], got ['a', 'bb']")
+        KeyError,
+        match=re.escape(
+            "the training batch's targets: missing task(s) ['b']; expected keys ['a', 'b'], got ['a', 'bb']"
+        ),
     ):
         dm.MultiTask(model, tasks, sgd).step(misspelt)
 
@@ -105,7 +114,8 @@ def test_batch_targets_lack_a_task(model, tasks, sgd, batch):
 def test_model_outputs_lack_a_task(make_model, tasks, batch):
     model = make_model(("a", "bb"))
     with pytest.raises(
-        KeyError, match=re.escape("the model's outputs: missing task(s) ['b']; expected keys ['a', 'b'], got ['a', 'bb']")
+        KeyError,
+        match=re.escape("the model's outputs: missing task(s) ['b']; expected keys ['a', 'b'], got ['a', 'bb']"),
     ):
         dm.MultiTask(model, tasks).backward(batch)
 
@@ -151,7 +161,8 @@ def test_step_needs_the_optimizer(model, tasks, batch):
 @pytest.mark.parametrize("call", ["step", "backward"])
 def test_meta_batch_is_required_at_once(make_weighting, name, call, model, tasks, sgd, batch):
     mtl = dm.MultiTask(model, tasks, sgd, weighting=make_weighting())
-    with pytest.raises(ValueError, match=rf"{name} needs a meta batch: call step\(batch, meta_batch=\.\.\.\) with a batch"):
+    expected = rf"{name} needs a meta batch: call step\(batch, meta_batch=\.\.\.\) with a batch"
+    with pytest.raises(ValueError, match=expected):
         getattr(mtl, call)(batch)
     assert all(p.grad is None for p in model.parameters())  # before any forward or backward pass
 
@@ -170,7 +181,9 @@ def test_unsupported_optimizer_lists_the_supported_ones(model, tasks):
 
 
 def test_look_ahead_method_is_not_a_loss_weighting():
-    match = r"AutoLambda needs more than the losses .*: " + re.escape("use dynamtl.MultiTask(model, tasks, optimizer, weighting=...)")
+    match = r"AutoLambda needs more than the losses .*: " + re.escape(
+        "use dynamtl.MultiTask(model, tasks, optimizer, weighting=...)"
+    )
     with pytest.raises(TypeError, match=match):
         dm.AutoLambda()({"a": torch.tensor(1.0), "b": torch.tensor(2.0)})
 
@@ -222,7 +235,9 @@ def test_non_finite_check_can_be_turned_off(model, tasks, sgd, batch):
 )
 def test_loss_must_be_a_scalar_tensor(loss, shown, model, batch):
     tasks = dm.Tasks({"a": F.mse_loss, "b": loss})
-    match = f"the loss of task 'b' returned {shown}; " + re.escape("a task loss must be a scalar tensor: reduce it (e.g. reduction='mean')")
+    match = f"the loss of task 'b' returned {shown}; " + re.escape(
+        "a task loss must be a scalar tensor: reduce it (e.g. reduction='mean')"
+    )
     with pytest.raises(ValueError, match=match):
         dm.MultiTask(model, tasks).backward(batch)
 
@@ -245,7 +260,10 @@ def test_model_without_trainable_parameters(model, tasks):
 
 # --- batch structure ---
 
-PAIR = r"a batch is a pair \(inputs, \{task: target\}\); for one input batch per task build Tasks\(\.\.\., multi_input=True\)"
+PAIR = (
+    r"a batch is a pair \(inputs, \{task: target\}\); "
+    r"for one input batch per task build Tasks\(\.\.\., multi_input=True\)"
+)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +305,10 @@ def test_multi_input_batch_lacks_a_task(model, make_tasks, make_batch):
     ("make", "match"),
     [
         (lambda: dm.AutoLambda(order="ahead"), r"order must be one of \['lookahead', 'lagged'\], got 'ahead'"),
-        (lambda: dm.AutoLambda(hypergradient="fd"), r"hypergradient must be one of \['finite_difference', 'exact'\], got 'fd'"),
+        (
+            lambda: dm.AutoLambda(hypergradient="fd"),
+            r"hypergradient must be one of \['finite_difference', 'exact'\], got 'fd'",
+        ),
         (lambda: dm.HydaLearn("a", gain="exact"), r"gain must be one of \['lookahead', 'first_order'\], got 'exact'"),
         (lambda: dm.HydaLearn("a", gain_batch="val"), r"gain_batch must be one of \['current', 'meta'\], got 'val'"),
         (lambda: dm.HydaLearn("a", normalize="max"), r"normalize must be one of \['sum', 'main'\], got 'max'"),

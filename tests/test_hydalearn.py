@@ -132,7 +132,8 @@ def test_weights_follow_gains_and_clip_negative_ones() -> None:
     torch.testing.assert_close(
         _weights([2.0, 1.0, -3.0], normalize="main"), torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
     )
-    torch.testing.assert_close(_weights([2.0, 1.0, 1.0], total=1.0), torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
+    expected = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    torch.testing.assert_close(_weights([2.0, 1.0, 1.0], total=1.0), expected)
 
 
 def test_floor_keeps_every_task_alive() -> None:
@@ -158,7 +159,15 @@ def test_several_main_tasks_sum_their_losses() -> None:
     params = list(reference_model.parameters())
     lrs = [0.3] * 4 + [0.1] * 6
     out = reference_model(x)
-    grads = {t: torch.autograd.grad(F.mse_loss(out[t], y[t]), params, retain_graph=True, allow_unused=True) for t in TASKS}
-    main = [a + b if a is not None and b is not None else (a if b is None else b) for a, b in zip(grads["main"], grads["aux1"])]
-    expected = [sum(lr * (m * g).sum() for lr, m, g in zip(lrs, main, grads[t]) if m is not None and g is not None) for t in TASKS]
+    grads = {
+        t: torch.autograd.grad(F.mse_loss(out[t], y[t]), params, retain_graph=True, allow_unused=True) for t in TASKS
+    }
+    main = [
+        a + b if a is not None and b is not None else (a if b is None else b)
+        for a, b in zip(grads["main"], grads["aux1"])
+    ]
+    expected = [
+        sum(lr * (m * g).sum() for lr, m, g in zip(lrs, main, grads[t]) if m is not None and g is not None)
+        for t in TASKS
+    ]
     torch.testing.assert_close(weighting.last_gains, torch.stack(expected), rtol=1e-10, atol=1e-12)

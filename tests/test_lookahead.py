@@ -106,5 +106,5 @@ def test_jacobian_diagonal_is_the_full_jacobian(name: str) -> None:
 
 def test_unsupported_optimizer_names_the_supported_ones() -> None:
     model = _model()
-    with pytest.raises(TypeError, match="RMSprop.*SGD.*Adam.*AdamW"):
+    with pytest.raises(TypeError, match=r"RMSprop.*SGD.*Adam.*AdamW"):
         LookAhead(torch.optim.RMSprop(model.parameters()), dict(model.named_parameters()))

@@ -87,17 +87,17 @@ def case(request):
 def test_callable_gives_weighted_sum(case, as_mapping):
     weighting, expected, regularizer = case
     losses = torch.tensor(LOSSES, dtype=F64, requires_grad=True)
-    if as_mapping:
-        total = weighting(dict(zip(NAMES, losses.unbind())))
-    else:  # a vector is in the order of the bound task names
-        total = weighting.bind(NAMES)(losses)
+    # a vector is in the order of the bound task names
+    total = weighting(dict(zip(NAMES, losses.unbind()))) if as_mapping else weighting.bind(NAMES)(losses)
     want = sum(w * loss for w, loss in zip(expected.tolist(), LOSSES)) + regularizer
     assert total.item() == pytest.approx(want, rel=1e-12)
     # the weights are constants for the losses: d total / d L = λ
     torch.testing.assert_close(torch.autograd.grad(total, losses)[0], expected)
 
 
-def test_multitask_step_gradient_is_that_of_hand_weighted_loss(case, make_model, make_batch, make_tasks, weighted_grads):
+def test_multitask_step_gradient_is_that_of_hand_weighted_loss(
+    case, make_model, make_batch, make_tasks, weighted_grads
+):
     weighting, expected, _ = case
     model, batch = make_model(NAMES), make_batch(NAMES)
     want = weighted_grads(model, batch, NAMES, expected)
@@ -247,7 +247,9 @@ def test_rlw_state_dict_continues_the_sequence():
 # --- state dicts through MultiTask ---
 
 
-@pytest.mark.parametrize("make_weighting", [dm.DWA, dm.Uncertainty, lambda: dm.RLW(seed=5)], ids=["dwa", "uncertainty", "rlw"])
+@pytest.mark.parametrize(
+    "make_weighting", [dm.DWA, dm.Uncertainty, lambda: dm.RLW(seed=5)], ids=["dwa", "uncertainty", "rlw"]
+)
 def test_multitask_state_dict_round_trip_continues_identically(make_weighting, make_model, make_batch, make_tasks):
     batches = [make_batch(NAMES, seed=s) for s in range(3)]
 

@@ -45,7 +45,9 @@ def test_upper_bound_weights_are_the_min_norm_point_of_representation_gradients(
 
     z = twin.trunk(x)
     losses = [F.mse_loss(twin.heads[t](z).squeeze(-1), y[t]) for t in TASKS]
-    rows = torch.stack([lam[t] * torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for t, loss in zip(TASKS, losses)])
+    rows = torch.stack(
+        [lam[t] * torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for t, loss in zip(TASKS, losses)]
+    )
     # brute force over a fine grid of the simplex
     steps = 400
     best, best_alpha = float("inf"), None
@@ -61,10 +63,10 @@ def test_upper_bound_weights_are_the_min_norm_point_of_representation_gradients(
 
 
 def test_upper_bound_needs_the_representation_when_the_step_is_built() -> None:
-    with pytest.raises(ValueError, match="MGDA needs the shared representation: MultiTask.*representation='NAME'"):
+    with pytest.raises(ValueError, match=r"MGDA needs the shared representation: MultiTask.*representation='NAME'"):
         dm.MultiTask(Net(), dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), aggregation=dm.MGDA(upper_bound=True))
 
 
 def test_unknown_representation_module_lists_the_submodules() -> None:
-    with pytest.raises(ValueError, match="no submodule 'body'.*'trunk'"):
+    with pytest.raises(ValueError, match=r"no submodule 'body'.*'trunk'"):
         dm.MultiTask(Net(), dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), representation="body")

@@ -69,7 +69,7 @@ def test_every_snippet_runs_as_written(tmp_path, monkeypatch) -> None:
     }
     try:
         for block in blocks:
-            exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - the README's own code
+            exec(compile(block, str(README), "exec"), namespace)
     finally:
         AcceleratorState._reset_state(True)
         GradientState._reset_state()

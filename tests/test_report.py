@@ -197,7 +197,9 @@ def test_runs_with_constant_weights_are_named_under_the_comparison_instead_of_dr
     }
     figure = weights_comparison_figure(runs)
     assert [axes.get_title() for axes in figure.axes] == ["DWA"]
-    assert figure.get_supxlabel().replace("\n", " ") == "constant over training, not drawn — Equal, PCGrad: 1 for every task; Static: a 1, b 0.5"
+    assert figure.get_supxlabel().replace("\n", " ") == (
+        "constant over training, not drawn — Equal, PCGrad: 1 for every task; Static: a 1, b 0.5"
+    )
     only_constant = weights_comparison_figure({"Equal": runs["Equal"]})
     assert [axes.get_title() for axes in only_constant.axes] == ["Equal"] and only_constant.get_supxlabel() == ""
 

@@ -74,7 +74,8 @@ def test_the_run_folder_holds_the_documented_files(run):
     expected |= {"val/main/mae", "val/aux/mae", "val/noise/accuracy"}
     assert set(epochs[0]) == expected
     assert [e["lr"] for e in epochs] == [3e-3, 1.5e-3, 7.5e-4]  # the step schedule, once per epoch
-    assert [e["event"] for e in records(run / "events.jsonl")] == ["start", "checkpoint", "checkpoint", "checkpoint", "finish"]
+    events = [e["event"] for e in records(run / "events.jsonl")]
+    assert events == ["start", "checkpoint", "checkpoint", "checkpoint", "finish"]
     if importlib.util.find_spec("tensorboard") is not None:
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert load(run / "checkpoints" / "previous.pt")["position"]["step"] == 8
@@ -104,7 +105,8 @@ def test_the_saved_config_is_resolved_and_reads_back_to_itself(run):
     saved = json.loads((run / "config.json").read_text())
     assert saved["optimizer"] == "adam" and saved["batch_size"] == 64 and saved["shuffle"] is False
     assert saved["options"]["lr"] == 0.01 and saved["tasks"] == ["main", "aux"]
-    assert plan(RunConfig.from_mapping(saved)).config.to_dict() == {k: v for k, v in saved.items() if k != "environment"}
+    replanned = plan(RunConfig.from_mapping(saved)).config.to_dict()
+    assert replanned == {k: v for k, v in saved.items() if k != "environment"}
 
 
 def test_every_invalid_setting_is_reported_at_once_before_anything_is_written(tmp_path):
@@ -193,7 +195,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 
 
 def test_skipped_non_finite_batches_are_counted(tmp_path):
-    results = train(RunConfig(**TINY, epochs=1, optimizer="sgd", lr=1e12, on_nonfinite="skip"), tmp_path, progress=False)
+    config = RunConfig(**TINY, epochs=1, optimizer="sgd", lr=1e12, on_nonfinite="skip")
+    results = train(config, tmp_path, progress=False)
     skipped = [s for s in records(tmp_path / "steps.jsonl") if s.get("skipped")]
     assert [s["step"] for s in skipped] == [3, 4]
     assert all("non-finite loss" in s["error"] and "loss/main" not in s for s in skipped)
@@ -242,7 +245,7 @@ def test_single_task_baselines_train_one_model_per_task_and_are_reused(tmp_path)
     assert (tmp_path / "tasks" / "main" / "events.jsonl").read_text() == events  # nothing retrained
     with pytest.raises(RunFolderError, match=r"holds a run of another configuration \(epochs: 1 before, 2 now\)"):
         train_or_reuse(config.replace(epochs=2), tmp_path, progress=False)
-    with pytest.raises(RunFolderError, match="holds a finished run .*train into another --out"):
+    with pytest.raises(RunFolderError, match=r"holds a finished run .*train into another --out"):
         train(config, tmp_path)
 
 

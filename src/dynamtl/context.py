@@ -139,7 +139,8 @@ class StepContext:
                 rows.append(torch.cat([torch.zeros_like(z).reshape(-1) for z in self.representation]))
                 continue
             grads = self.objective.precision.local_gradients(loss, self.representation, retain_graph=True)
-            rows.append(torch.cat([(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]))
+            flat = [(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]
+            rows.append(torch.cat(flat))
         return torch.stack(rows)
 
     @property
@@ -147,11 +148,11 @@ class StepContext:
         return self._task_gradients is not None
 
 
-def combine_gradients(task_grads: Sequence[Gradients], weights: Sequence[float | Tensor]) -> Gradients:
+def combine_gradients(task_grads: Sequence[Gradients], weights: Sequence[float | Tensor] | Tensor) -> Gradients:
     """Σₖ wₖ gₖ for every parameter (``None`` where no gₖ has that parameter)."""
     out: Gradients = {}
     for name in task_grads[0]:
-        parts = [w * g[name] for w, g in zip(weights, task_grads) if g[name] is not None]
+        parts: list[Tensor] = [w * grad for w, g in zip(weights, task_grads) if (grad := g[name]) is not None]
         out[name] = sum(parts[1:], parts[0]) if parts else None
     return out
 

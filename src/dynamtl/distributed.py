@@ -57,7 +57,7 @@ def _compiled(model: nn.Module) -> nn.Module | None:
     nothing was compiled if it is not loaded)."""
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")
     if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
-        return model._orig_mod  # type: ignore[return-value]
+        return model._orig_mod
     return None
 
 

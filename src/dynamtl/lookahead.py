@@ -76,7 +76,9 @@ class LookAhead:
         out: dict[str, Tensor] = {}
         for group, names, grad_list, states in self._moving(grads):
             if self._sgd:
-                out.update((n, g.new_full((), _sgd_slope(group, s)).expand_as(g)) for n, g, s in zip(names, grad_list, states))
+                out.update(
+                    (n, g.new_full((), _sgd_slope(group, s)).expand_as(g)) for n, g, s in zip(names, grad_list, states)
+                )
                 continue
             with torch.enable_grad():
                 leaves = [g.detach().requires_grad_() for g in grad_list]

@@ -84,8 +84,14 @@ def segmentation_metrics(num_classes: int) -> tuple[Metric, Metric]:
     prepare = functools.partial(_labelled_pixels, num_classes)
     empty = "the split has no labelled pixel"
     return (
-        Metric("miou", None, True, streaming=functools.partial(TorchMetric, functools.partial(_jaccard, num_classes), prepare, empty)),
-        Metric("pixel_accuracy", None, True, streaming=functools.partial(TorchMetric, functools.partial(_pixel_accuracy, num_classes), prepare, empty)),
+        Metric(
+            "miou", None, True,
+            streaming=functools.partial(TorchMetric, functools.partial(_jaccard, num_classes), prepare, empty),
+        ),
+        Metric(
+            "pixel_accuracy", None, True,
+            streaming=functools.partial(TorchMetric, functools.partial(_pixel_accuracy, num_classes), prepare, empty),
+        ),
     )
 
 
@@ -128,8 +134,14 @@ def error_metrics() -> tuple[Metric, Metric]:
     """
     empty = "the split has no pixel with a measurement (target > 0)"
     return (
-        Metric("abs_error", None, False, streaming=functools.partial(TorchMetric, _float64("MeanAbsoluteError"), _valid_depths, empty)),
-        Metric("rel_error", None, False, streaming=functools.partial(TorchMetric, _float64("MeanAbsolutePercentageError"), _valid_depths, empty)),
+        Metric(
+            "abs_error", None, False,
+            streaming=functools.partial(TorchMetric, _float64("MeanAbsoluteError"), _valid_depths, empty),
+        ),
+        Metric(
+            "rel_error", None, False,
+            streaming=functools.partial(TorchMetric, _float64("MeanAbsolutePercentageError"), _valid_depths, empty),
+        ),
     )
 
 

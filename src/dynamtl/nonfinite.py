@@ -46,7 +46,9 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
-def check_losses(losses: Sequence[Tensor] | Tensor, names: Sequence[str], pass_name: str, quantity: str = "loss") -> None:
+def check_losses(
+    losses: Sequence[Tensor] | Tensor, names: Sequence[str], pass_name: str, quantity: str = "loss"
+) -> None:
     """Raise :class:`NonFiniteLossError` naming the tasks whose value in ``losses`` is NaN or
     infinite (one device synchronisation)."""
     values = torch.stack(list(losses)).detach() if not isinstance(losses, Tensor) else losses.detach()
@@ -71,6 +73,8 @@ def check_gradients(grads: Sequence[Sequence[Tensor | None]], names: Sequence[st
     found = {}
     for name, task, flag in zip(names, grads, flags):
         if flag is not None and not bool(flag):
-            first = next(g[~g.isfinite()].reshape(-1)[0] for g in task if g is not None and not bool(g.isfinite().all()))
+            first = next(
+                g[~g.isfinite()].reshape(-1)[0] for g in task if g is not None and not bool(g.isfinite().all())
+            )
             found[name] = float(first)
     raise NonFiniteLossError("gradient", pass_name, found)

@@ -11,6 +11,7 @@ pass so that all evaluations of one step see the same dropout masks.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -218,7 +219,8 @@ def _naming(what: str, pass_name: str) -> Iterator[None]:
         try:
             again = type(error)(message)
         except Exception:  # an exception type with another constructor: keep it, add a note
-            error.add_note(message)
+            if sys.version_info >= (3, 11):  # notes are Python 3.11+; 3.10 re-raises it unchanged
+                error.add_note(message)
             raise
         raise again.with_traceback(error.__traceback__) from error
 
@@ -238,7 +240,9 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n]
-        raise ValueError(f"the model has no submodule {name!r} to take the representation from; its submodules: {names}") from None
+        raise ValueError(
+            f"the model has no submodule {name!r} to take the representation from; its submodules: {names}"
+        ) from None
 
 
 def _check_keys(found: Mapping[str, Any], names: tuple[str, ...], what: str) -> None:

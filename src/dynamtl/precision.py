@@ -124,7 +124,9 @@ class Precision:
         divided by S (differentiably, with ``create_graph``)."""
         if self._scale is None:
             return list(
-                torch.autograd.grad(output, inputs, retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
+                torch.autograd.grad(
+                    output, inputs, retain_graph=retain_graph, create_graph=create_graph, allow_unused=True
+                )
             )
         raw = torch.autograd.grad(
             output * self._scale, inputs, retain_graph=retain_graph, create_graph=create_graph, allow_unused=True

@@ -154,8 +154,10 @@ class MultiTask:
             )
         if optimizer is not None:
             _check_ownership(optimizer, self.objective.params)
-        needs_lookahead = self.weighting.needs_lookahead and optimizer is not None
-        self.lookahead = LookAhead(optimizer, self.objective.params) if needs_lookahead else None
+        needs_lookahead = self.weighting.needs_lookahead
+        self.lookahead = (
+            LookAhead(optimizer, self.objective.params) if needs_lookahead and optimizer is not None else None
+        )
         if optimizer is not None:
             self._give_weighting_parameters_to(optimizer)
 
@@ -321,7 +323,9 @@ class StepGuard:
         self.mtl = mtl
         module = mtl.objective.module
         self.buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
-        self.grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in module.named_parameters()}
+        self.grads = {
+            name: None if p.grad is None else p.grad.detach().clone() for name, p in module.named_parameters()
+        }
         self.weighting = _clone_tree(mtl.weighting.state_dict())
         self.aggregation = _clone_tree(mtl.aggregation.state_dict())
         self.steps = mtl.steps

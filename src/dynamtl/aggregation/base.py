@@ -129,7 +129,8 @@ def accumulate(ctx: StepContext, grads: Gradients) -> None:
         if g is None:
             continue
         p = ctx.params[name]
-        g = ctx.objective.precision.scaled(g.detach().reshape(p.shape).to(p.dtype))  # float32 weights times float16 gradients
+        # float32 weights times float16 gradients
+        g = ctx.objective.precision.scaled(g.detach().reshape(p.shape).to(p.dtype))
         p.grad = g.clone() if p.grad is None else p.grad + g
 
 

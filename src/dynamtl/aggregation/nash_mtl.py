@@ -95,8 +95,11 @@ class NashMTL(GradientAggregation):
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
         due = self.calls % self.update_every == 0
-        reuse = not due and self.alpha is not None and len(self.alpha) == jacobian.shape[0]
-        alpha = self.alpha if reuse else self._solve(gramian(jacobian))
+        previous = self.alpha
+        if not due and previous is not None and len(previous) == jacobian.shape[0]:
+            alpha = previous
+        else:
+            alpha = self._solve(gramian(jacobian))
         self.alpha = alpha
         self.calls += 1
         d = combine_rows(alpha, jacobian)

@@ -52,7 +52,8 @@ class PCGrad(GradientAggregation):
     """
 
     facts = aggregation_facts(
-        "pcgrad", "PCGrad", "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020", context={"seed": "seed"}
+        "pcgrad", "PCGrad", "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
+        context={"seed": "seed"},
     )
 
     def __init__(self, seed: int = 0) -> None:

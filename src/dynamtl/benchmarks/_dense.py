@@ -3,7 +3,7 @@ task, the splits and the paper's training setup."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
@@ -79,7 +79,10 @@ class DenseBenchmark(Benchmark):
     def splits(self, root: Path, seed: int, limit: int | None = None) -> Splits:
         self.prepare(Path(root))
         noise_seed = seed if self.noise else None
-        size = len(self.dataset(root, "train"))
+        full = self.dataset(root, "train")
+        if not isinstance(full, Sized):
+            raise TypeError(f"{type(self).__name__}.dataset must return a data set with a length")
+        size = len(full)
         if self.val_size:
             train, val = hold_out(torch.arange(size), self.val_size, seed, limit)
         else:

@@ -13,9 +13,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from dynamtl._helpers import (
-    seeded_permutation as seeded_permutation,  # moved there; kept importable from here
-)
 from dynamtl.metrics import Metric
 from dynamtl.tasks import LossFn, Tasks, task_indices
 

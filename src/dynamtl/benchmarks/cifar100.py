@@ -88,7 +88,7 @@ class CIFAR100MultiDomain(Benchmark):
 
     name = "cifar100"
     description = "CIFAR-100 as 20 domains (one per superclass), each a 5-way classification; multi-domain VGG-16"
-    specs = {domain: TaskSpec(F.cross_entropy, (ACCURACY,), CIFAR100.PER_COARSE) for domain in SUPERCLASSES}
+    specs = {domain: TaskSpec(F.cross_entropy, (ACCURACY,), CIFAR100.PER_COARSE) for domain in SUPERCLASSES}  # noqa: RUF012 - Benchmark.specs is per instance (wrappers set their own); never mutated
     primary = ("people", "aquatic_mammals", "small_mammals", "reptiles")
     defaults = auto_lambda_training(batch_size=32, weight_decay=5e-4, auto_lambda_lr=3e-4)
 
@@ -117,11 +117,11 @@ class CIFAR100MultiDomain(Benchmark):
         train: dict[str, Tensor] = {}
         val: dict[str, Tensor] = {}
         for c, domain in enumerate(SUPERCLASSES):
-            members = torch.nonzero(coarse == c).flatten()
+            in_domain = torch.nonzero(coarse == c).flatten()
             if self.val_size:
-                train[domain], val[domain] = hold_out(members, self.val_size, seed + c, per_domain)
+                train[domain], val[domain] = hold_out(in_domain, self.val_size, seed + c, per_domain)
             else:
-                train[domain] = val[domain] = members[seeded_permutation(len(members), seed + c)][:per_domain]
+                train[domain] = val[domain] = in_domain[seeded_permutation(len(in_domain), seed + c)][:per_domain]
         test_images, test_fine, test_coarse = data.load("test")
         test = {domain: torch.nonzero(test_coarse == c).flatten() for c, domain in enumerate(SUPERCLASSES)}
         return Splits(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from dynamtl.benchmarks._dense import DenseBenchmark
 from dynamtl.benchmarks.base import TaskSpec, auto_lambda_training
 from dynamtl.data.cityscapes import CityScapesDataset, prepare_cityscapes
+from dynamtl.data.dense_transforms import TargetKind
 from dynamtl.metrics_dense import error_metrics, segmentation_loss, segmentation_metrics, valid_l1_loss
 
 NUM_CLASSES, NUM_PARTS = CityScapesDataset.NUM_CLASSES, CityScapesDataset.NUM_PARTS
@@ -52,12 +54,12 @@ class CityScapes(DenseBenchmark):
 
     name = "cityscapes"
     description = "CityScapes at 256x512: 19-class segmentation, 10-class human/vehicle part segmentation, disparity"
-    task_specs = {
+    task_specs: ClassVar[dict[str, TaskSpec]] = {
         "seg": TaskSpec(segmentation_loss, segmentation_metrics(NUM_CLASSES), NUM_CLASSES),
         "part_seg": TaskSpec(segmentation_loss, segmentation_metrics(NUM_PARTS), NUM_PARTS),
         "disparity": TaskSpec(valid_l1_loss, error_metrics(), 1),
     }
-    kinds = {"seg": "plain", "part_seg": "plain", "disparity": "disparity"}
+    kinds: ClassVar[dict[str, TargetKind]] = {"seg": "plain", "part_seg": "plain", "disparity": "disparity"}
     unit_heads = ()
     dataset = CityScapesDataset
     scales = (1.0,)

@@ -66,7 +66,7 @@ class RelevanceDrift(Benchmark):
 
     name = "drift"
     description = "synthetic regression with an auxiliary task whose helpfulness drifts along the training stream"
-    specs = {
+    specs = {  # noqa: RUF012 - Benchmark.specs is per instance (wrappers set their own); never mutated
         "main": TaskSpec(F.mse_loss, (MAE,), 1),
         "aux": TaskSpec(F.mse_loss, (MAE,), 1),
     }

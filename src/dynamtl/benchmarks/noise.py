@@ -56,15 +56,16 @@ class WithNoiseTask(Benchmark):
     def splits(self, root: Path, seed: int, limit: int | None = None) -> Splits:
         inner = self.benchmark.splits(root, seed, limit)
         streams = seeded_generators(self.seed, 3)
-        return Splits(
-            *(
-                MultiTaskTensors(
-                    data.inputs,
-                    {**data.targets, NOISE: torch.randint(self.classes, (len(data),), generator=stream)},
+        parts = []
+        for split, data, stream in zip(("train", "val", "test"), (inner.train, inner.val, inner.test), streams):
+            if not isinstance(data, MultiTaskTensors):
+                raise TypeError(
+                    f"the noise task extends in-memory benchmarks: {type(self.benchmark).__name__}'s {split} data "
+                    f"is a {type(data).__name__}, not MultiTaskTensors"
                 )
-                for data, stream in zip((inner.train, inner.val, inner.test), streams)
-            )
-        )
+            noise = torch.randint(self.classes, (len(data),), generator=stream)
+            parts.append(MultiTaskTensors(data.inputs, {**data.targets, NOISE: noise}))
+        return Splits(*parts)
 
     def model(self, heads: Mapping[str, int]) -> nn.Module:
         return self.benchmark.model(heads)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dynamtl.benchmarks._dense import DenseBenchmark
 from dynamtl.benchmarks.base import TaskSpec, auto_lambda_training
+from dynamtl.data.dense_transforms import TargetKind
 from dynamtl.data.nyuv2 import NYUv2Dataset
 from dynamtl.metrics_dense import (
     error_metrics,
@@ -55,12 +58,12 @@ class NYUv2(DenseBenchmark):
 
     name = "nyuv2"
     description = "NYUv2 (MTAN's 288x384 pre-processing): 13-class segmentation, depth, surface normals"
-    task_specs = {
+    task_specs: ClassVar[dict[str, TaskSpec]] = {
         "seg": TaskSpec(segmentation_loss, segmentation_metrics(NYUv2Dataset.NUM_CLASSES), NYUv2Dataset.NUM_CLASSES),
         "depth": TaskSpec(valid_l1_loss, error_metrics(), 1),
         "normal": TaskSpec(normal_loss, normal_metrics(), 3),
     }
-    kinds = {"seg": "plain", "depth": "depth", "normal": "normal"}
+    kinds: ClassVar[dict[str, TargetKind]] = {"seg": "plain", "depth": "depth", "normal": "normal"}
     unit_heads = ("normal",)
     dataset = NYUv2Dataset
     scales = (1.0, 1.2, 1.5)

@@ -309,7 +309,9 @@ def list_() -> None:
 
 def _method_line(method: Method) -> str:
     defaults = method.option_defaults()
-    options = ", ".join(f"{n}={'(required)' if d is inspect.Parameter.empty else d}" for n, d in defaults.items()) or "none"
+    options = ", ".join(
+        f"{n}={'(required)' if d is inspect.Parameter.empty else d}" for n, d in defaults.items()
+    ) or "none"
     notes = " [auxiliary mode]" if method.auxiliary_only else ""
     return (f"  {method.name:<12} {method.family}{notes}; extra {method.extra_forward} / {method.extra_backward}\n"
             f"  {'':<12} {method.paper}\n  {'':<12} options: {options}")

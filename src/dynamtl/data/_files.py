@@ -144,7 +144,10 @@ def _verified_cache(path: Path, checksum: Path) -> object:
     except OSError:
         return None
     if recorded != hashlib.sha256(data).hexdigest():
-        why = "has no recorded checksum" if recorded is None else "does not match its recorded checksum (damaged or changed)"
+        why = (
+            "has no recorded checksum" if recorded is None
+            else "does not match its recorded checksum (damaged or changed)"
+        )
         logger.warning("the data cache %s %s: rebuilding it", path, why)
         return None
     try:

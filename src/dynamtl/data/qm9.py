@@ -67,7 +67,8 @@ def coulomb_eigenvalues(charges: Tensor, positions: Tensor) -> Tensor:
     z = charges.double()
     distances = torch.cdist(positions.double() / BOHR, positions.double() / BOHR)
     eye = torch.eye(z.shape[1], dtype=torch.bool)
-    matrix = torch.where(eye, 0.5 * z.unsqueeze(-1) ** 2.4, z.unsqueeze(-1) * z.unsqueeze(-2) / distances.masked_fill(eye, 1.0))
+    off_diagonal = z.unsqueeze(-1) * z.unsqueeze(-2) / distances.masked_fill(eye, 1.0)
+    matrix = torch.where(eye, 0.5 * z.unsqueeze(-1) ** 2.4, off_diagonal)
     eigenvalues = torch.linalg.eigvalsh(matrix)
     return eigenvalues.gather(1, eigenvalues.abs().argsort(dim=1, descending=True))
 
@@ -121,7 +122,7 @@ class QM9Molecules:
             f"put the three qm9pack CSV files there, or empty the folder and `pip install {PIP_SOURCE}` "
             "to have it filled offline",
         )
-        recipe = {"version": CACHE_VERSION, **file_digests(paths)}
+        recipe: dict[str, int | str] = {"version": CACHE_VERSION, **file_digests(paths)}
         cached = load_or_build(self.folder / "qm9-coulomb.pt", recipe, lambda: self._build(paths))
         return cached["eigenvalues"], cached["targets"]
 
@@ -154,9 +155,9 @@ class QM9Molecules:
         starts = np.concatenate([[0], np.cumsum(n_atoms)])
         for size in np.unique(n_atoms):
             molecules = np.flatnonzero(n_atoms == size)
-            atoms = starts[molecules][:, None] + np.arange(size)
+            rows = starts[molecules][:, None] + np.arange(size)
             eigenvalues[molecules, :size] = coulomb_eigenvalues(
-                torch.from_numpy(charges[atoms]), torch.from_numpy(positions[atoms])
+                torch.from_numpy(charges[rows]), torch.from_numpy(positions[rows])
             )
         return {"eigenvalues": eigenvalues, "targets": torch.from_numpy(target_values)}
 
@@ -178,10 +179,12 @@ class QM9Molecules:
                             "published file"
                         )
                     atoms, symbols, xyz, *columns = (header.index(column) for column in wanted)
-                    for count, row in enumerate(reader, start=1):
+                    for count, row in enumerate(reader, start=1):  # noqa: B007 - the row an error names
                         yield row[atoms], row[symbols], row[xyz], [row[c] for c in columns]
             except (UnicodeDecodeError, OSError, EOFError, csv.Error, IndexError) as error:
-                raise ValueError(f"{path}, row {count + 1}, is unreadable ({error}): replace it with the published file") from error
+                raise ValueError(
+                    f"{path}, row {count + 1}, is unreadable ({error}): replace it with the published file"
+                ) from error
             if count != expected:
                 raise ValueError(
                     f"{path} holds {count} molecules, the published file {expected}: it is truncated or altered, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -71,10 +72,12 @@ class MTAN(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = self.encoder.stem(x)
         attended: dict[str, Tensor] = {}
-        for j, stage in enumerate(self.encoder.stages):
+        for j, module in enumerate(self.encoder.stages):
+            stage = cast(nn.Sequential, module)  # the encoder's stages are nn.Sequential blocks
             u = stage[:-1](h)
             h = stage[-1](u)
-            for task, masks in self.attention.items():
+            for task, module in self.attention.items():
+                masks = cast(nn.ModuleList, module)
                 inputs = u if j == 0 else torch.cat([u, self.bridges[j - 1](attended[task])], dim=1)
                 attended[task] = masks[j](inputs) * h
         return {task: head(attended[task], x.shape[-2:]) for task, head in self.heads.items()}

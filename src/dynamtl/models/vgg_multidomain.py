@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -58,14 +59,14 @@ class MultiDomainVGG16(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.heads = nn.ModuleDict({task: nn.Linear(in_channels, out) for task, out in heads.items()})
         for conv in self.convs:
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(cast(nn.Conv2d, conv).weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor, task: str) -> Tensor:
         if task not in self.heads:
             raise KeyError(f"unknown domain {task!r}: the model has {list(self.heads)}")
         h = x
         for conv, norms, pool in zip(self.convs, self.norms, self.pool_after):
-            h = self.relu(norms[task](conv(h)))
+            h = self.relu(cast(nn.ModuleDict, norms)[task](conv(h)))
             if pool:
                 h = self.pool(h)
         return self.heads[task](h.flatten(1))

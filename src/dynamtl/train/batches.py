@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from typing import Any
 
 import torch
@@ -82,6 +82,8 @@ class Passes:
         return torch.Generator().manual_seed(derived_seed(self.seed, self.stream, pass_))
 
     def _order(self, pass_: int) -> Tensor:
+        if not isinstance(self.data, Sized):
+            raise TypeError(f"index orders need a data set with a length, got a {type(self.data).__name__}")
         n = len(self.data)
         return torch.randperm(n, generator=self._generator(pass_)) if self.shuffle else torch.arange(n)
 

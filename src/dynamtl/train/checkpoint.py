@@ -196,7 +196,8 @@ def rng_state() -> dict[str, Any]:
 def _numpy_state() -> tuple[Any, ...]:
     """NumPy's global random state with its key as a tensor (``weights_only`` loads no
     NumPy arrays)."""
-    kind, key, position, has_gauss, gauss = np.random.get_state(legacy=True)
+    # NumPy's legacy global state (NPY002 waived below) is what a checkpoint saves and restores
+    kind, key, position, has_gauss, gauss = np.random.get_state(legacy=True)  # noqa: NPY002
     assert isinstance(key, np.ndarray)
     return kind, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss
 
@@ -207,12 +208,12 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
     kind, key, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, gauss))
+    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, gauss))  # noqa: NPY002
     random.setstate(state["python"])
 
 
 def seed_everything(seed: int) -> None:
     """Seed torch, NumPy and Python's ``random``."""
     torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - code that draws from the global state
     random.seed(seed)

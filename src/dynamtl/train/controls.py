@@ -131,7 +131,9 @@ def matched_controls(spec: RunSpec, seed: int, run_dir: Path) -> list[RunSpec]:
     if all(abs(w - 1.0) <= TOLERANCE for w in summary.mean.values()):
         return []
     resolved = plan(spec.config.replace(seed=seed)).config
-    counted = list(resolved.primary) if resolved.mode == "auxiliary" and resolved.primary else list(resolved.tasks or ())
+    counted = (
+        list(resolved.primary) if resolved.mode == "auxiliary" and resolved.primary else list(resolved.tasks or ())
+    )
     scale = math.fsum(summary.mean[t] for t in counted) / len(counted)
     base = resolved.replace(options={}, seed=seed)
     controls = [RunSpec(f"{spec.label}.static", base.replace(method="static", options={"weights": summary.mean}))]

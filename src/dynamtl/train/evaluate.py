@@ -26,7 +26,9 @@ class Evaluation:
         return out
 
 
-def evaluate(model: nn.Module, specs: Mapping[str, TaskSpec], batches: Iterable[Any], *, multi_input: bool) -> Evaluation:
+def evaluate(
+    model: nn.Module, specs: Mapping[str, TaskSpec], batches: Iterable[Any], *, multi_input: bool
+) -> Evaluation:
     """Metrics and losses of ``model`` (in eval mode, without gradients) for the tasks
     ``specs`` over every batch of a split, with streaming metric accumulators.
 

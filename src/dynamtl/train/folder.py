@@ -96,12 +96,15 @@ class RunFolder:
         which file is damaged and what to do (``repair``: how to get it back, when there
         is a way)."""
         if not path.is_file():
-            raise RunFolderError(f"{path} is missing: {self.root} is not a dynamtl run folder (made by `dynamtl train`)")
+            raise RunFolderError(
+                f"{path} is missing: {self.root} is not a dynamtl run folder (made by `dynamtl train`)"
+            )
         try:
             data = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as error:
             raise RunFolderError(
-                f"{path} is damaged (not valid JSON: {error}): {repair or 'restore it from a backup, or delete the run folder and train anew'}"
+                f"{path} is damaged (not valid JSON: {error}): "
+                f"{repair or 'restore it from a backup, or delete the run folder and train anew'}"
             ) from error
         if not isinstance(data, dict):
             raise RunFolderError(f"{path} is damaged (it holds a {type(data).__name__}, not a table): "
@@ -182,7 +185,8 @@ def write_error(path: Path, error: OSError, kept: str = "") -> FolderWriteError:
     """The one-line error for ``path`` not written because of ``error`` (``kept``: what
     was kept instead)."""
     causes = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EDQUOT: "the disk quota is exceeded"}
     cause = causes.get(error.errno or 0, error.strerror or str(error))
     return FolderWriteError(f"cannot write {path.name} in {path.parent}: {cause}" + (f"; {kept}" if kept else ""))
 

@@ -36,7 +36,9 @@ def _tensorboard_writer(folder: Path, purge_step: int | None) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         if not _told_about_tensorboard:
-            logger.warning("TensorBoard logs are off: `pip install tensorboard` to write them (the JSONL logs are kept)")
+            logger.warning(
+                "TensorBoard logs are off: `pip install tensorboard` to write them (the JSONL logs are kept)"
+            )
             _told_about_tensorboard = True
         return None
     return SummaryWriter(str(folder), purge_step=purge_step)

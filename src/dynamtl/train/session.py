@@ -22,7 +22,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from dynamtl.train.plots import draw_run_plots
 from dynamtl.train.processes import Processes
 from dynamtl.train.selection import CRITERION, Selection
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {  # classes taking lr, weight_decay
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -157,7 +157,9 @@ class _Session:
         assert self.mtl.optimizer is not None
         self.optimizer = self.mtl.optimizer
         self.scheduler = _scheduler(config, self.optimizer)
-        self.training = Passes(bench, splits.train, self.batch_size, config.seed, "train", bool(config.shuffle), self.device)
+        self.training = Passes(
+            bench, splits.train, self.batch_size, config.seed, "train", bool(config.shuffle), self.device
+        )
         meta_data = splits.val if config.meta_source == "val" else splits.train
         self.meta_stream = MetaStream(Passes(bench, meta_data, self.batch_size, config.seed, "meta", True, self.device))
         self.resumed_batches: Iterator[Any] | None = None

@@ -216,7 +216,15 @@ class AutoLambda(OwnOptimizer, Weighting):
         if not u:
             return torch.zeros_like(self.lambdas)
         outputs = dict(zip(names, local))
-        (hypergradient,) = torch.autograd.grad([outputs[n] for n in u], lam, list(u.values()))
+        differentiated = []
+        for n in u:
+            output = outputs[n]
+            if output is None:
+                raise RuntimeError(
+                    f"Auto-Lambda: the direction has parameter {n!r}, which has no gradient to differentiate"
+                )
+            differentiated.append(output)
+        (hypergradient,) = torch.autograd.grad(differentiated, lam, list(u.values()))
         return ctx.objective.replicas.mean(hypergradient)
 
     def _direction(
@@ -255,7 +263,9 @@ class AutoLambda(OwnOptimizer, Weighting):
             plus = objective.losses(at.batch, _shifted(at.theta, u, eps), at.rng, "perturbation +εu (training batch)")
             plus = plus.to(self.lambdas.dtype)
             if self.difference == "forward":
-                base = objective.losses(at.batch, at.theta, at.rng, "training (full precision)") if rounded else at.losses
+                base = (
+                    objective.losses(at.batch, at.theta, at.rng, "training (full precision)") if rounded else at.losses
+                )
                 return objective.replicas.mean((plus - base.to(plus)) / eps)
             minus = objective.losses(at.batch, _shifted(at.theta, u, -eps), at.rng, "perturbation −εu (training batch)")
         return objective.replicas.mean((plus - minus.to(plus)) / (2 * eps))

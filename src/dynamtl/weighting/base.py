@@ -9,9 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from dynamtl._helpers import ArgumentsRepr
-from dynamtl._helpers import (
-    check_choice as check_choice,  # moved there; kept importable from here
-)
 from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.tasks import Tasks, task_indices

@@ -41,6 +41,12 @@ class DWA(LossWeighting):
         options=("temperature",),
     )
 
+    # buffers (registered in __init__)
+    epoch_sum: Tensor
+    epoch_count: Tensor
+    history: Tensor
+    epochs: Tensor
+
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
         if temperature <= 0:

@@ -75,6 +75,12 @@ class FAMO(OwnOptimizer, LossWeighting):
         options=("lr", "weight_decay", "min_losses", "epsilon"),
     )
 
+    # buffers (registered in __init__)
+    min_losses: Tensor
+    previous_losses: Tensor
+    has_previous: Tensor
+    previous_present: Tensor
+
     def __init__(
         self,
         *,
@@ -90,7 +96,9 @@ class FAMO(OwnOptimizer, LossWeighting):
         if epsilon < 0:
             raise ValueError(f"FAMO's epsilon must be >= 0, got {epsilon}")
         if min_losses is not None:
-            expect_mapping(min_losses, "FAMO's min_losses", "task name -> lower bound", "FAMO(min_losses={'depth': 0.0})")
+            expect_mapping(
+                min_losses, "FAMO's min_losses", "task name -> lower bound", "FAMO(min_losses={'depth': 0.0})"
+            )
         self.lr, self.weight_decay, self.factory = lr, weight_decay, meta_optimizer
         self.given_min_losses = dict(min_losses or {})
         self.epsilon = epsilon

@@ -72,6 +72,10 @@ class GradNorm(OwnOptimizer, Weighting):
         "0", "T−1", options=("alpha", "lr", "layer"),
     )
 
+    # buffers (registered in __init__)
+    initial_losses: Tensor
+    started: Tensor
+
     def __init__(
         self,
         alpha: float = 1.5,

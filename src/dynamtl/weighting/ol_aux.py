@@ -64,6 +64,11 @@ class OLAux(Weighting):
         auxiliary_only=True,
     )
 
+    # buffers (registered in __init__)
+    task_weights: Tensor
+    accumulated: Tensor
+    count: Tensor
+
     def __init__(
         self,
         main: Sequence[str] | str,
