@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import dynamtl as dm
 
@@ -49,22 +48,10 @@ def test_a_task_whose_risk_grows_relative_to_its_baseline_gains_weight():
     assert float(after[2] / before[2]) > float(after[0] / before[0])
 
 
-def test_in_a_step_the_weights_sum_to_the_number_of_tasks_and_the_state_is_saved():
-    torch.manual_seed(0)
-    model = nn.ModuleDict({"trunk": nn.Linear(3, 4), "a": nn.Linear(4, 1), "b": nn.Linear(4, 1)}).double()
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, x):
-            h = torch.tanh(self.m["trunk"](x))
-            return {"a": self.m["a"](h).squeeze(-1), "b": self.m["b"](h).squeeze(-1)}
-
+def test_in_a_step_the_weights_sum_to_the_number_of_tasks_and_the_state_is_saved(make_model):
     weighting = dm.ExcessMTL()
-    mtl = dm.MultiTask(Net(), dm.Tasks({"a": F.mse_loss, "b": F.mse_loss}), None, weighting=weighting)
-    x = torch.randn(8, 3, dtype=F64)
+    mtl = dm.MultiTask(make_model(), dm.Tasks({"a": F.mse_loss, "b": F.mse_loss}), None, weighting=weighting)
+    x = torch.randn(8, 4, dtype=F64)
     info = mtl.backward((x, {"a": x.sum(1), "b": x[:, 0]}))
     assert float(info.weights.sum()) == pytest.approx(2.0)
     torch.testing.assert_close(info.weights, 2 * weighting.probabilities)

@@ -85,26 +85,13 @@ def test_imtl_l_scales_move_towards_the_inverse_losses():
     torch.testing.assert_close(w.loss_weights(losses) * losses, torch.ones(3, dtype=F64), rtol=1e-6, atol=1e-6)
 
 
-def test_imtl_l_trains_its_scales_with_the_models_optimizer_and_composes_with_imtl_g():
-    torch.manual_seed(0)
-    layers = {"trunk": torch.nn.Linear(3, 4), "a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)}
-    model = torch.nn.ModuleDict(layers).double()
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, x):
-            h = torch.tanh(self.m["trunk"](x))
-            return {"a": self.m["a"](h).squeeze(-1), "b": self.m["b"](h).squeeze(-1)}
-
-    net = Net()
+def test_imtl_l_trains_its_scales_with_the_models_optimizer_and_composes_with_imtl_g(make_model):
+    net = make_model()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     weighting = dm.IMTLL()
     tasks = dm.Tasks({"a": F.mse_loss, "b": F.mse_loss})
     mtl = dm.MultiTask(net, tasks, optimizer, weighting=weighting, aggregation=dm.IMTLG())
-    x = torch.randn(16, 3, dtype=F64)
+    x = torch.randn(16, 4, dtype=F64)
     batch = (x, {"a": x.sum(1), "b": 10 * x[:, 0]})
     info = mtl.step(batch)
     assert any(weighting.log_scales is p for g in optimizer.param_groups for p in g["params"])

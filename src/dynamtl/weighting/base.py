@@ -130,6 +130,24 @@ class LossWeighting(Weighting):
         return total if reg is None else total + reg
 
 
+class PresentTasksWeighting(LossWeighting):
+    """A loss weighting with a per-task regulariser that leaves out, in a :class:`MultiTask`
+    step, the tasks whose loss has no gradient in that step (in ``loss = w(losses)`` calls
+    every task counts)."""
+
+    _present: Tensor | None = None  # the tasks with a gradient in the step (MultiTask)
+
+    def weights(self, ctx: StepContext) -> Tensor:
+        self._present = torch.tensor(ctx.present)
+        return super().weights(ctx)
+
+    def present_sum(self, values: Tensor) -> Tensor:
+        """Σ over the tasks present in the step of ``values`` (shape ``[T]``)."""
+        if self._present is None:
+            return values.sum()
+        return (values * self._present.to(values.device)).sum()
+
+
 
 class OwnOptimizer:
     """Mixin for a weighting whose parameters are trained by an optimizer of its own (Adam by

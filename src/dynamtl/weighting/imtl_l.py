@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dynamtl.context import StepContext
 from dynamtl.facts import Facts
-from dynamtl.weighting.base import LossWeighting
+from dynamtl.weighting.base import PresentTasksWeighting
 
 
-class IMTLL(LossWeighting):
+class IMTLL(PresentTasksWeighting):
     r"""Impartial multi-task learning, loss part: learn a scale e^{sᵢ} per task.
 
     The loss is Σᵢ (e^{sᵢ} Lᵢ − sᵢ): λᵢ = e^{sᵢ} and the regularizer is −Σᵢ sᵢ. The
@@ -51,7 +50,6 @@ class IMTLL(LossWeighting):
     def __init__(self, tasks: list[str] | None = None) -> None:
         super().__init__()
         self.log_scales = nn.Parameter(torch.zeros(0))
-        self._present: Tensor | None = None  # the tasks with a gradient in the step (MultiTask)
         if tasks is not None:
             self.bind(tasks)
 
@@ -60,14 +58,8 @@ class IMTLL(LossWeighting):
             scales = self.log_scales
             scales.data = torch.zeros(self.num_tasks, dtype=scales.dtype, device=scales.device)
 
-    def weights(self, ctx: StepContext) -> Tensor:
-        self._present = torch.tensor(ctx.present, device=self.log_scales.device)
-        return super().weights(ctx)
-
     def loss_weights(self, losses: Tensor) -> Tensor:
         return torch.exp(self.log_scales)
 
     def regularizer(self) -> Tensor:
-        if self._present is None:
-            return -self.log_scales.sum()
-        return -(self.log_scales * self._present).sum()
+        return -self.present_sum(self.log_scales)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dynamtl.context import StepContext
 from dynamtl.facts import Facts
-from dynamtl.weighting.base import LossWeighting
+from dynamtl.weighting.base import PresentTasksWeighting
 
 
-class Uncertainty(LossWeighting):
+class Uncertainty(PresentTasksWeighting):
     r"""Homoscedastic-uncertainty weighting: learn one log-variance sᵢ = log σᵢ² per task.
 
     The loss is Σᵢ ½ e^{−sᵢ} Lᵢ + ½ sᵢ, the Gaussian negative log-likelihood form of
@@ -59,7 +58,6 @@ class Uncertainty(LossWeighting):
     def __init__(self, tasks: list[str] | None = None) -> None:
         super().__init__()
         self.log_vars = nn.Parameter(torch.zeros(0))
-        self._present: Tensor | None = None  # the tasks with a gradient in the step (MultiTask)
         if tasks is not None:
             self.bind(tasks)
 
@@ -67,14 +65,8 @@ class Uncertainty(LossWeighting):
         with torch.no_grad():
             self.log_vars.data = torch.zeros(self.num_tasks, dtype=self.log_vars.dtype, device=self.log_vars.device)
 
-    def weights(self, ctx: StepContext) -> Tensor:
-        self._present = torch.tensor(ctx.present, device=self.log_vars.device)
-        return super().weights(ctx)
-
     def loss_weights(self, losses: Tensor) -> Tensor:
         return 0.5 * torch.exp(-self.log_vars)
 
     def regularizer(self) -> Tensor:
-        if self._present is None:
-            return 0.5 * self.log_vars.sum()
-        return 0.5 * (self.log_vars * self._present).sum()
+        return 0.5 * self.present_sum(self.log_vars)
