@@ -22,6 +22,7 @@ from torch import nn
 import dynamtl as dm
 from dynamtl import registry
 from dynamtl.aggregation.base import GradientAggregation
+from tests.states import assert_same_state
 
 TASKS = ("a", "b", "c")
 WEIGHTINGS = sorted(n for n, m in registry.WEIGHTINGS.items() if not m.single_task)
@@ -412,20 +413,6 @@ def snapshot(mtl, model, opt):
     )
 
 
-def assert_identical(a, b):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b) or ((a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num()))
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_identical(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_identical(x, y)
-    else:
-        assert a == b or a is b or repr(a) == repr(b)
-
 
 def poisoned_run(weighting, aggregation, loss, poisoned="b"):
     model = net(0, batchnorm=True)
@@ -476,7 +463,7 @@ def test_non_finite_in_any_pass_is_named_and_leaves_everything_as_before(weighti
             assert all(torch.isfinite(p).all() for p in model.parameters()), (at, per_step)
             continue
         after = snapshot(mtl, model, opt)
-        assert_identical(after, before)
+        assert_same_state(after, before)
         mtl.step(batch(3), batch(4))  # the run goes on (the poison was one call)
         assert all(torch.isfinite(p).all() for p in model.parameters())
     assert "training" in seen or (gradient and any("aggregation" in s for s in seen))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dynamtl as dm
+from tests.states import assert_same_state
 
 TASKS = ("a", "b", "c")
 
@@ -134,23 +135,6 @@ def state(model, opt, mtl):
     return copy.deepcopy((model.state_dict(), opt.state_dict(), mtl.state_dict()))
 
 
-def assert_same(a, b) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    elif hasattr(a, "__dataclass_fields__"):
-        assert_same(vars(a), vars(b))
-    else:
-        assert a == b
-
-
 @pytest.mark.parametrize("method", list(METHODS))
 def test_an_overflow_changes_nothing_but_the_scale(method: str) -> None:
     """float16 autocast at a scale of 2**40 overflows the 16-bit backward pass: the step is
@@ -164,7 +148,7 @@ def test_an_overflow_changes_nothing_but_the_scale(method: str) -> None:
         before = state(model, opt, mtl)
         info = mtl.step(batch(2), meta_batch=batch(3))
     assert info.skipped and bool(torch.isfinite(info.losses).all())
-    assert_same(state(model, opt, mtl), before)
+    assert_same_state(state(model, opt, mtl), before)
     assert scaler.get_scale() == 2.0**39
     scaler.update(2.0**10)
     with torch.autocast("cpu", dtype=torch.float16):
@@ -255,5 +239,5 @@ def test_cuda_overflow_is_skipped_and_backs_off(method: str) -> None:
         before = state(model, opt, mtl)
         info = mtl.step(on("cuda", batch(2)), meta_batch=on("cuda", batch(3)))
     assert info.skipped
-    assert_same(state(model, opt, mtl), before)
+    assert_same_state(state(model, opt, mtl), before)
     assert scaler.get_scale() == 2.0**39

@@ -26,6 +26,7 @@ from dynamtl.train import (
 from dynamtl.train.batches import MetaStream, Passes
 from dynamtl.train.checkpoint import load
 from dynamtl.train.evaluate import evaluate
+from tests.states import assert_same_state
 
 TINY = {"benchmark": "drift", "limit": 256, "batch_size": 64}
 
@@ -216,20 +217,7 @@ def test_a_skipped_step_leaves_the_model_the_optimizer_and_the_method_bit_for_bi
     after_3, after_4 = load(tmp_path / "checkpoints" / "previous.pt"), load(tmp_path / "checkpoints" / "last.pt")
     assert after_3["position"]["step"] == 3 and after_4["position"]["step"] == 4
     for part in ("model", "optimizer", "multitask"):
-        flat_3, flat_4 = _tensors(after_3[part]), _tensors(after_4[part])
-        assert flat_3.keys() == flat_4.keys()
-        assert all(torch.equal(flat_3[k], flat_4[k]) for k in flat_3), part
-
-
-def _tensors(state: object, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor (and number) of a nested state, by its path."""
-    if isinstance(state, dict):
-        return {k: v for key, value in state.items() for k, v in _tensors(value, f"{prefix}/{key}").items()}
-    if isinstance(state, (list, tuple)):
-        return {k: v for i, value in enumerate(state) for k, v in _tensors(value, f"{prefix}/{i}").items()}
-    if isinstance(state, (int, float, bool)):
-        return {prefix: torch.tensor(state)}
-    return {prefix: state} if isinstance(state, torch.Tensor) else {}
+        assert_same_state(after_4[part], after_3[part], part)
 
 
 def test_single_task_baselines_train_one_model_per_task_and_are_reused(tmp_path):
