@@ -670,6 +670,11 @@ def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, s
         (lambda: dm.MultiTask(net(0), {"a": F.mse_loss}), r"tasks must be dm.Tasks"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), net(1).parameters()),
          r"optimizer must be a torch.optim.Optimizer instance, got generator"),
+        (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), scaler=torch.amp.GradScaler),
+         r"scaler must be a torch.amp.GradScaler instance, got the class GradScaler"),
+        (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), scaler=True),
+         r"scaler must be a torch.amp.GradScaler instance, got bool"),
+        (lambda: dm.Static({"a": 1.0, "b": "x"}), r"Static's weights must be numbers; task\(s\) \{'b': 'x'\}"),
     ],
 )
 def test_constructors_say_what_they_expect(make, match):

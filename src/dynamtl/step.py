@@ -129,6 +129,8 @@ class MultiTask:
             _check_kind(weighting, Weighting, "weighting", "a weighting instance such as dm.AutoLambda()")
         if aggregation is not None:
             _check_kind(aggregation, Aggregation, "aggregation", "an aggregation instance such as dm.PCGrad()")
+        if scaler is not None:
+            _check_kind(scaler, torch.amp.GradScaler, "scaler", "a torch.amp.GradScaler instance")
         self.objective = Objective(model, tasks, representation)
         self.objective.check_finite = check_finite
         self.precision = self.objective.precision = Precision(scaler, self.objective.device.type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 import torch
@@ -30,6 +31,9 @@ class Static(LossWeighting):
         expect_mapping(weights, "Static", "task name -> weight", "Static({'seg': 1.0, 'depth': 0.5})")
         if not weights:
             raise ValueError("Static needs a weight per task: Static({'task': 1.0, ...})")
+        not_numbers = {n: w for n, w in weights.items() if not _is_number(w)}
+        if not_numbers:
+            raise TypeError(f"Static's weights must be numbers; task(s) {not_numbers} are not")
         self.given = dict(weights)
         self.register_buffer("values", torch.zeros(0))
 
@@ -43,3 +47,10 @@ class Static(LossWeighting):
 
     def loss_weights(self, losses: Tensor) -> Tensor:
         return self.values.to(losses)
+
+
+def _is_number(value: object) -> bool:
+    """A real number (a one-element tensor included), not a bool or a string."""
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
