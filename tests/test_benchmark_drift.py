@@ -139,3 +139,34 @@ def test_hydalearn_weighs_the_aux_task_up_on_helpful_batches(gain, tmp_path, one
     assert float(mostly_helpful.mean()) > 3 * float(mostly_harmful.mean())
     assert float(mostly_helpful.mean()) > 0.25
     assert _correlation(share, weight) > 0.4
+
+
+def test_clean_eval_removes_the_label_noise_of_validation_and_test_only(tmp_path):
+    options = {"features": 8, "train_size": 2000, "val_size": 300, "test_size": 400, "main_noise": 2.0}
+    noisy = RelevanceDrift(**options).splits(tmp_path, seed=5)
+    clean = RelevanceDrift(**options, clean_eval=True).splits(tmp_path, seed=5)
+    assert torch.equal(clean.train.targets["main"], noisy.train.targets["main"])  # training labels keep the noise
+    for split in ("train", "val", "test"):
+        a, b = getattr(noisy, split), getattr(clean, split)
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets["aux"], b.targets["aux"])
+    w = _least_squares(noisy.train.inputs, noisy.train.targets["main"])  # ≈ the main direction
+    for split in ("val", "test"):
+        x, main = getattr(clean, split).inputs, getattr(clean, split).targets["main"]
+        exact = _least_squares(x, main)
+        assert float((x.double() @ exact - main.double().flatten()).abs().max()) < 1e-4  # noise-free and linear
+        assert float(exact.norm()) == pytest.approx(1.0, abs=1e-4) and _cosine(exact, w) > 0.99
+        residual = getattr(noisy, split).targets["main"] - main
+        assert float(residual.std()) == pytest.approx(2.0, rel=0.15)  # what clean_eval removed: σ_m ε
+
+
+def test_a_short_noisy_main_stream_needs_the_auxiliary_labels(tmp_path):
+    """The documented setting where the auxiliary task is needed: the helpful samples' clean
+    auxiliary labels give the main direction far better than the noisy main labels do."""
+    bench = RelevanceDrift(features=32, train_size=1024, main_noise=3.0, clean_eval=True)
+    s = bench.splits(tmp_path, seed=0)
+    helpful = bench.helpful(0)
+    x, main, aux = s.train.inputs, s.train.targets["main"], s.train.targets["aux"]
+    truth = _least_squares(s.test.inputs, s.test.targets["main"])
+    from_main = _cosine(_least_squares(x, main), truth)
+    from_aux = _cosine(_least_squares(x[helpful], aux[helpful]), truth)
+    assert from_main < 0.97 and from_aux > 0.999
