@@ -3,6 +3,8 @@ src/dynamtl/cli/claims/<claim>.toml --out <folder>`.
 
     python scripts/claims.py noise FOLDER [FOLDER…] --figure docs/claims-noise.png
     python scripts/claims.py drift FOLDER --figure docs/claims-drift.png
+    python scripts/claims.py oracle FOLDER
+
 
 ``noise``: per compared method, each task's λ at the end of training and averaged over the
 last third of the steps (mean ± std over seeds), and in how many seeds the noise task's λ is
@@ -10,7 +12,14 @@ the lowest. ``drift``: per HydaLearn-like run of the drift benchmark, how its au
 w_aux / (w_main + w_aux) follows the share of helpful samples: the correlation with each
 mini-batch's helpful fraction h, with the generator's drifting probability p(t), and the
 least-squares coefficient of h − p(t) (the batch's composition beyond the drift) in
-share ~ 1 + p(t) + (h − p(t)), with its t-statistic; mean ± std over seeds.
+share ~ 1 + p(t) + (h − p(t)), with its t-statistic; mean ± std over seeds; its figure
+shows every such run's share next to p(t) and, when the folder has them, the primary metric of
+the Static auxiliary weights against HydaLearn's. ``oracle``: what a weighting that knew the
+generator's relevance would get, with the comparison's benchmark, seeds and training settings
+(Adam, no shuffling, the model selected on validation main MAE): a plain training loop with the
+auxiliary weight a·2p(t) (following the drift, mean a), a·2h (the batch's helpful share),
+a·2(1 − p(t)) (against the drift) and a (static, to check the loop against ``compare``'s Static
+rows), for a = 1, 2; test main MAE, mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -120,7 +129,8 @@ def _drift_series(run_dir: Path) -> dict[str, torch.Tensor]:
     frac = torch.stack([helpful[s : s + size].mean() for s in starts.tolist()])
     centre = (starts + torch.clamp(torch.full_like(starts, size), max=n - starts) / 2) / n
     p = bench.helpful_share(centre.double())
-    return {"share": share, "helpful": frac, "p": p, "step": torch.tensor([r["step"] for r in rows])}
+    return {"share": share, "helpful": frac, "p": p, "step": torch.tensor([r["step"] for r in rows]),
+            "main_weight": w["main"]}
 
 
 def _regression(series: dict[str, torch.Tensor]) -> tuple[float, float, float, float]:
@@ -138,32 +148,61 @@ def _regression(series: dict[str, torch.Tensor]) -> tuple[float, float, float, f
 def drift(folder: Path, figure: Path | None) -> None:
     shown = {}
     for method, seeds in dynamic_runs(folder).items():
-        stats = [_regression(_drift_series(s)) for s in seeds]
+        series = [_drift_series(s) for s in seeds]
+        stats = [_regression(s) for s in series]
         corr_h, corr_p, coef, t = (list(v) for v in zip(*stats))
-        mean_share = [float(_drift_series(s)["share"].mean()) for s in seeds]
+        mean_share = [float(s["share"].mean()) for s in series]
+        quarters = [[float(s["share"][(s["p"] >= q / 4) & (s["p"] < (q + 1) / 4 + (q == 3))].mean()) for s in series]
+                    for q in range(4)]
+        main_off = [float((s["main_weight"] == 0).double().mean()) for s in series]
         print(f"{method:22s} seeds {len(seeds)}: mean aux share {_ms(mean_share)}; corr(share, batch helpful) "
               f"{_ms(corr_h)}; corr(share, p(t)) {_ms(corr_p)}; coefficient of h − p(t) {_ms(coef)} "
               f"(t = {_ms(t, 1)})")
-        shown[method] = _drift_series(seeds[0])
+        print(f"{'':22s} mean aux share for p(t) in [0, ¼), [¼, ½), [½, ¾), [¾, 1]: "
+              + ", ".join(_ms(q) for q in quarters) + f"; main weight 0 in {_ms(main_off)} of the steps")
+        shown[method] = series[0]
     if figure is not None:
-        _draw_drift(shown, figure)
+        _draw_drift(shown, _static_curve(folder), figure)
 
 
-def _draw_drift(shown: dict[str, dict[str, torch.Tensor]], figure: Path) -> None:
+def _static_curve(folder: Path) -> dict[str, tuple[float, float]]:
+    """Row name -> (mean, std) of the primary metric, from the comparison's table.csv: the
+    Static auxiliary weights (``static-aux<w>``, ``equal`` = 1) and the dynamic rows."""
+    import csv
+
+    rows = list(csv.DictReader((folder / "table.csv").open()))
+    metric = next(k for k in rows[0] if k.endswith(" mean") and "/" in k)
+    return {r["method"]: (float(r[metric]), float(r[metric.replace(" mean", " std")] or 0.0)) for r in rows}
+
+
+def _draw_drift(shown: dict[str, dict[str, torch.Tensor]], table: dict[str, tuple[float, float]],
+                figure: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.6 * len(shown)), squeeze=False)
-    for ax, (method, s) in zip(axes[:, 0], shown.items()):
+    statics = sorted((1.0 if m == "equal" else float(m.removeprefix("static-aux")), v) for m, v in table.items()
+                     if m == "equal" or m.startswith("static-aux"))
+    fig, axes = plt.subplots(len(shown) + 1, 1, figsize=(8, 2.6 * (len(shown) + 1)), squeeze=False)
+    ax = axes[0, 0]
+    ax.errorbar([w for w, _ in statics], [v[0] for _, v in statics], [v[1] for _, v in statics], color="black",
+                marker="o", capsize=3, label="Static, auxiliary weight w (main 1)")
+    for i, method in enumerate(shown):
+        mean, std = table[method]
+        ax.axhline(mean, color=f"C{i}", lw=1.2, label=f"{method} ({mean:.3f} ± {std:.3f})")
+    ax.set_xlabel("static auxiliary weight w")
+    ax.set_ylabel("test main MAE (mean ± std)")
+    ax.set_title("primary metric: Static weights against HydaLearn", fontsize=9)
+    ax.legend(fontsize=7)
+    for ax, (method, s) in zip(axes[1:, 0], shown.items()):
         last = s["step"] > s["step"].max() - 2 * int((s["step"] <= s["step"].max()).sum() / 10)
         ax.plot(s["step"][last], s["helpful"][last], color="tab:gray", lw=0.8, label="helpful share of the batch")
         ax.plot(s["step"][last], s["p"][last], color="black", lw=1.2, label="p(t), the generator's relevance")
         ax.plot(s["step"][last], s["share"][last], color="tab:red", lw=1.0, label="w_aux / (w_main + w_aux)")
-        ax.set_title(f"{method}, seed 0, last two epochs", fontsize=9)
+        ax.set_title(f"{method}, seed 0, last two tenths of training", fontsize=9)
         ax.set_ylim(-0.05, 1.05)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[1, 0].legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
@@ -171,14 +210,69 @@ def _draw_drift(shown: dict[str, dict[str, torch.Tensor]], figure: Path) -> None
     print(f"figure: {figure}")
 
 
+ORACLE_SCHEDULES = {
+    "static a": lambda a, p, h: a,
+    "a·2p(t)": lambda a, p, h: 2 * a * p,
+    "a·2h": lambda a, p, h: 2 * a * h,
+    "a·2(1−p(t))": lambda a, p, h: 2 * a * (1 - p),
+}
+
+
+def _oracle_run(folder: Path, seed: int, schedule, a: float) -> float:
+    """Test main MAE of the model selected on validation main MAE, trained with the auxiliary
+    weight schedule(a, p(t), h) per batch (main weight 1)."""
+    import torch.nn.functional as F
+
+    config = json.loads((folder / "comparison.json").read_text())["config"]
+    bench = benchmark("drift", config.get("benchmark_options") or {})
+    data = bench.splits(Path("."), seed, config.get("limit"))
+    helpful = bench.helpful(seed, "train", config.get("limit")).double()
+    defaults = bench.defaults
+    size, epochs = config.get("batch_size") or defaults.batch_size, config.get("epochs") or defaults.epochs
+    torch.manual_seed(seed)
+    model = bench.model({"main": 1, "aux": 1})
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.get("lr") or defaults.lr)
+    x, main, aux = data.train.inputs, data.train.targets["main"], data.train.targets["aux"]
+    n, best = len(x), (math.inf, math.inf)
+    for _ in range(epochs):
+        model.train()
+        for start in range(0, n, size):
+            end = min(start + size, n)
+            p = float(bench.helpful_share(torch.tensor((start + end) / 2 / n)))
+            weight = schedule(a, p, float(helpful[start:end].mean()))
+            out = model(x[start:end])
+            loss = F.mse_loss(out["main"], main[start:end]) + weight * F.mse_loss(out["aux"], aux[start:end])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            val = float((model(data.val.inputs)["main"] - data.val.targets["main"]).abs().mean())
+            if val < best[0]:
+                best = (val, float((model(data.test.inputs)["main"] - data.test.targets["main"]).abs().mean()))
+    return best[1]
+
+
+def oracle(folder: Path) -> None:
+    seeds = json.loads((folder / "comparison.json").read_text())["seeds"]
+    torch.set_num_threads(1)
+    print(f"weight 0 (single-task): {_ms([_oracle_run(folder, s, ORACLE_SCHEDULES['static a'], 0.0) for s in seeds], 4)}")
+    for a in (1.0, 2.0):
+        for label, schedule in ORACLE_SCHEDULES.items():
+            maes = [_oracle_run(folder, s, schedule, a) for s in seeds]
+            print(f"a = {a:g}, auxiliary weight {label:12s}: test main MAE {_ms(maes, 4)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("claim", choices=["noise", "drift"])
+    parser.add_argument("claim", choices=["noise", "drift", "oracle"])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--figure", type=Path)
     args = parser.parse_args()
     if args.claim == "noise":
         noise(args.folders, args.figure)
+    elif args.claim == "oracle":
+        oracle(args.folders[0])
     else:
         drift(args.folders[0], args.figure)
 
