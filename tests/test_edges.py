@@ -718,11 +718,13 @@ def test_the_scalar_options_are_found_in_the_registry():
 
 
 def test_a_string_option_says_to_drop_the_quotes():
-    with pytest.raises(TypeError, match=r"CAGrad's option c must be a number, got '0.4' \(str\): write CAGrad\(c=0.4\) without quotes"):
+    quotes = r"CAGrad's option c must be a number, got '0.4' \(str\): write CAGrad\(c=0.4\) without quotes"
+    with pytest.raises(TypeError, match=quotes):
         dm.CAGrad(c="0.4")
     with pytest.raises(TypeError, match=r"AutoLambda's option nonnegative must be True or False, got 'False'"):
         dm.AutoLambda(nonnegative="False")
-    with pytest.raises(TypeError, match=r"AutoLambda's option interval must be an integer, got 2.0 \(float\): write AutoLambda\(interval=2\)"):
+    integer = r"AutoLambda's option interval must be an integer, got 2.0 \(float\): write AutoLambda\(interval=2\)"
+    with pytest.raises(TypeError, match=integer):
         dm.AutoLambda(interval=2.0)
     assert dm.AutoLambda(lr=torch.tensor(1e-3)).lr == torch.tensor(1e-3)  # a one-element tensor is a number
     assert dm.AutoLambda(lr=np.float32(1e-3)).lr == np.float32(1e-3)
