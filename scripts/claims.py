@@ -129,8 +129,13 @@ def _drift_series(run_dir: Path) -> dict[str, torch.Tensor]:
     frac = torch.stack([helpful[s : s + size].mean() for s in starts.tolist()])
     centre = (starts + torch.clamp(torch.full_like(starts, size), max=n - starts) / 2) / n
     p = bench.helpful_share(centre.double())
-    return {"share": share, "helpful": frac, "p": p, "step": torch.tensor([r["step"] for r in rows]),
-            "main_weight": w["main"]}
+    return {
+        "share": share,
+        "helpful": frac,
+        "p": p,
+        "step": torch.tensor([r["step"] for r in rows]),
+        "main_weight": w["main"],
+    }
 
 
 def _regression(series: dict[str, torch.Tensor]) -> tuple[float, float, float, float]:
@@ -152,14 +157,21 @@ def drift(folder: Path, figure: Path | None) -> None:
         stats = [_regression(s) for s in series]
         corr_h, corr_p, coef, t = (list(v) for v in zip(*stats))
         mean_share = [float(s["share"].mean()) for s in series]
-        quarters = [[float(s["share"][(s["p"] >= q / 4) & (s["p"] < (q + 1) / 4 + (q == 3))].mean()) for s in series]
-                    for q in range(4)]
+        quarters = [
+            [float(s["share"][(s["p"] >= q / 4) & (s["p"] < (q + 1) / 4 + (q == 3))].mean()) for s in series]
+            for q in range(4)
+        ]
         main_off = [float((s["main_weight"] == 0).double().mean()) for s in series]
-        print(f"{method:22s} seeds {len(seeds)}: mean aux share {_ms(mean_share)}; corr(share, batch helpful) "
-              f"{_ms(corr_h)}; corr(share, p(t)) {_ms(corr_p)}; coefficient of h − p(t) {_ms(coef)} "
-              f"(t = {_ms(t, 1)})")
-        print(f"{'':22s} mean aux share for p(t) in [0, ¼), [¼, ½), [½, ¾), [¾, 1]: "
-              + ", ".join(_ms(q) for q in quarters) + f"; main weight 0 in {_ms(main_off)} of the steps")
+        print(
+            f"{method:22s} seeds {len(seeds)}: mean aux share {_ms(mean_share)}; corr(share, batch helpful) "
+            f"{_ms(corr_h)}; corr(share, p(t)) {_ms(corr_p)}; coefficient of h − p(t) {_ms(coef)} "
+            f"(t = {_ms(t, 1)})"
+        )
+        print(
+            f"{'':22s} mean aux share for p(t) in [0, ¼), [¼, ½), [½, ¾), [¾, 1]: "
+            + ", ".join(_ms(q) for q in quarters)
+            + f"; main weight 0 in {_ms(main_off)} of the steps"
+        )
         shown[method] = series[0]
     if figure is not None:
         _draw_drift(shown, _static_curve(folder), figure)
@@ -175,19 +187,28 @@ def _static_curve(folder: Path) -> dict[str, tuple[float, float]]:
     return {r["method"]: (float(r[metric]), float(r[metric.replace(" mean", " std")] or 0.0)) for r in rows}
 
 
-def _draw_drift(shown: dict[str, dict[str, torch.Tensor]], table: dict[str, tuple[float, float]],
-                figure: Path) -> None:
+def _draw_drift(shown: dict[str, dict[str, torch.Tensor]], table: dict[str, tuple[float, float]], figure: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    statics = sorted((1.0 if m == "equal" else float(m.removeprefix("static-aux")), v) for m, v in table.items()
-                     if m == "equal" or m.startswith("static-aux"))
+    statics = sorted(
+        (1.0 if m == "equal" else float(m.removeprefix("static-aux")), v)
+        for m, v in table.items()
+        if m == "equal" or m.startswith("static-aux")
+    )
     fig, axes = plt.subplots(len(shown) + 1, 1, figsize=(8, 2.6 * (len(shown) + 1)), squeeze=False)
     ax = axes[0, 0]
-    ax.errorbar([w for w, _ in statics], [v[0] for _, v in statics], [v[1] for _, v in statics], color="black",
-                marker="o", capsize=3, label="Static, auxiliary weight w (main 1)")
+    ax.errorbar(
+        [w for w, _ in statics],
+        [v[0] for _, v in statics],
+        [v[1] for _, v in statics],
+        color="black",
+        marker="o",
+        capsize=3,
+        label="Static, auxiliary weight w (main 1)",
+    )
     for i, method in enumerate(shown):
         mean, std = table[method]
         ax.axhline(mean, color=f"C{i}", lw=1.2, label=f"{method} ({mean:.3f} ± {std:.3f})")
@@ -256,11 +277,13 @@ def _oracle_run(folder: Path, seed: int, schedule, a: float) -> float:
 def oracle(folder: Path) -> None:
     seeds = json.loads((folder / "comparison.json").read_text())["seeds"]
     torch.set_num_threads(1)
-    print(f"weight 0 (single-task): {_ms([_oracle_run(folder, s, ORACLE_SCHEDULES['static a'], 0.0) for s in seeds], 4)}")
+    alone = [_oracle_run(folder, s, ORACLE_SCHEDULES["static a"], 0.0) for s in seeds]
+    print(f"weight 0 (single-task): test main MAE {_ms(alone, 4)}")
     for a in (1.0, 2.0):
         for label, schedule in ORACLE_SCHEDULES.items():
             maes = [_oracle_run(folder, s, schedule, a) for s in seeds]
-            print(f"a = {a:g}, auxiliary weight {label:12s}: test main MAE {_ms(maes, 4)}")
+            each = " / ".join(f"{m:.4f}" for m in maes)
+            print(f"a = {a:g}, auxiliary weight {label:12s}: test main MAE {_ms(maes, 4)} (seeds: {each})")
 
 
 def main() -> None:
