@@ -317,12 +317,13 @@ def test_in_a_step_the_weights_come_from_the_extra_batches_and_the_update_from_t
 @pytest.mark.parametrize("make", [dm.MoDo, dm.SDMGrad], ids=["modo", "sdmgrad"])
 def test_a_wrong_number_of_extra_batches_is_refused_with_the_fix(make):
     _, mtl = multitask(make())
-    with pytest.raises(ValueError, match=r"reads 3 independent mini-batches per step.*extra_batches=\[\.\.\.\]\) with 2"):
+    fix = r"reads 3 independent mini-batches per step.*extra_batches=\[\.\.\.\]\) with 2"
+    with pytest.raises(ValueError, match=fix):
         mtl.step(batch(0))
     with pytest.raises(TypeError, match="extra_batches must be a list"):
         mtl.step(batch(0), extra_batches=iter([batch(1), batch(2)]))
     _, plain = multitask(dm.MoCo())
-    with pytest.raises(ValueError, match="reads one mini-batch per step.*drop extra_batches"):
+    with pytest.raises(ValueError, match=r"reads one mini-batch per step.*drop extra_batches"):
         plain.step(batch(0), extra_batches=[batch(1)])
 
 

@@ -272,9 +272,12 @@ def _method_named(spec: str) -> MethodSpec | None:
 
 
 def _every_option(method: MethodSpec) -> dict[str, Any]:
-    """The method's options with their values: those given, and the defaults of all others."""
+    """The method's options with their values: those given, and the defaults of all others
+    (except ``None`` ones, which a config file cannot hold: the class fills them in again)."""
     def filled(half: Method, given: Mapping[str, Any]) -> dict[str, Any]:
-        defaults = {k: v for k, v in half.option_defaults().items() if v is not inspect.Parameter.empty}
+        defaults = {
+            k: v for k, v in half.option_defaults().items() if v is not inspect.Parameter.empty and v is not None
+        }
         return {**defaults, **given}
 
     return dataclasses.replace(
