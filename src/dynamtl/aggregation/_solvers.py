@@ -94,6 +94,21 @@ def cross_gramian(first: Tensor, second: Tensor) -> Tensor:
     return (a @ b.T).cpu().double() * torch.outer(a_scales, b_scales)
 
 
+def double_sampled_gramian(
+    owner: str, jacobian: Tensor, others: Sequence[Tensor], normalize: bool
+) -> tuple[Tensor, Tensor]:
+    """``(present, A)`` for a double-sampling method: the mask of the rows of ``jacobian``
+    (this batch) that are not zero, and the cross-Gram matrix A = G₁G₂ᵀ of the two extra
+    batches' rows ``others`` restricted to them, divided by Σᵢ‖g₁ᵢ‖‖g₂ᵢ‖ with ``normalize``
+    (which bounds its eigenvalues by about 1)."""
+    check_other_batches(owner, jacobian, others, 2)
+    present = nonzero_jacobian_rows(jacobian)
+    cross = cross_gramian(others[0], others[1])[present][:, present]
+    if normalize:
+        cross = normalized(cross, float((row_norms(others[0]) * row_norms(others[1]))[present].sum()))
+    return present, cross
+
+
 def project_simplex(values: Tensor) -> Tensor:
     """The Euclidean projection of ``values`` (a vector) onto the probability simplex
     {w ≥ 0, Σw = 1}, by the sorting rule of Held, Wolfe & Crowder (1974): w = max(v − τ, 0)

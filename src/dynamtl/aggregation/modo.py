@@ -8,15 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from dynamtl.aggregation._solvers import (
-    check_other_batches,
-    cross_gramian,
-    nonzero_jacobian_rows,
-    normalized,
-    project_simplex,
-    row_norms,
-    simplex_step,
-)
+from dynamtl.aggregation._solvers import double_sampled_gramian, project_simplex, simplex_step
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.facts import aggregation_facts
 
@@ -83,15 +75,10 @@ class MoDo(GradientAggregation):
         self.weights: Tensor | None = None
 
     def sampled_row_weights(self, jacobian: Tensor, others: Sequence[Tensor]) -> Tensor:
-        check_other_batches(type(self).__name__, jacobian, others, 2)
+        present, cross = double_sampled_gramian(type(self).__name__, jacobian, others, self.normalize)
         num = len(jacobian)
         if self.weights is None or len(self.weights) != num:
             self.weights = torch.full((num,), 1.0 / num, dtype=torch.float64)
-        present = nonzero_jacobian_rows(jacobian)
-        cross = cross_gramian(others[0], others[1])[present][:, present]
-        if self.normalize:
-            scale = (row_norms(others[0]) * row_norms(others[1]))[present].sum()
-            cross = normalized(cross, float(scale))
 
         def descend(weights: Tensor) -> Tensor:
             return project_simplex(weights - self.gamma * cross @ weights)
