@@ -112,7 +112,7 @@ def test_moco_on_degenerate_rows():
 
 
 def test_moco_keeps_an_absent_task_s_estimate_and_weight_and_leaves_it_out_of_the_step():
-    moco = dm.MoCo(normalize=False, gamma=0.1)
+    moco = dm.MoCo(beta=0.5, gamma=0.1, rho=0.0, normalize=False)
     moco.weights_and_update(rows(0))
     tracked, weights = moco.tracked.clone(), moco.weights.clone()
     g = rows(1)
@@ -151,39 +151,44 @@ def test_moco_restarts_when_the_tasks_change_and_its_state_round_trips():
 # ------------------------------------------------------- SDMGrad and MoDo
 
 
-def by_hand_modo(state, main, first, second, gamma):
+def by_hand_cross(first, second):
+    """G₁G₂ᵀ over s², s the mean of √max(g₁ᵢ·g₂ᵢ, 0) (the official SDMGrad normalisation)."""
     cross = first @ second.T
-    cross = cross / (first.norm(dim=1) * second.norm(dim=1)).sum()
-    return simplex_projection_by_kkt(state - gamma * cross @ state)
+    return cross / (first * second).sum(1).clamp_min(0).sqrt().mean() ** 2
 
 
-def by_hand_sdmgrad(state, main, first, second, reg, lr, iterations):
-    cross = first @ second.T
-    cross = cross / (first.norm(dim=1) * second.norm(dim=1)).sum()
-    w = state
+def by_hand_modo(state, first, second, gamma, rho):
+    cross = by_hand_cross(first, second)
+    return simplex_projection_by_kkt(state - gamma * (cross @ state + rho * state))
+
+
+def by_hand_sdmgrad(state, first, second, reg, lr, momentum, iterations):
+    cross = by_hand_cross(first, second)
+    w, velocity = state, torch.zeros_like(state)
     for _ in range(iterations):
-        w = simplex_projection_by_kkt(w - lr * cross @ (w + reg / len(w)))
+        velocity = momentum * velocity + cross @ (w + reg / len(w))
+        w = simplex_projection_by_kkt(w - lr * velocity)
     return w, (w + reg / len(w)) / (1 + reg)
 
 
 def test_modo_takes_one_projected_step_on_the_cross_gramian_of_the_two_extra_batches():
-    modo = dm.MoDo(gamma=0.7)
+    modo = dm.MoDo(gamma=0.3, rho=0.2)
     lam = torch.full((3,), 1 / 3, dtype=F64)
     for t in range(3):
         main, first, second = rows(3 * t), rows(3 * t + 1), rows(3 * t + 2)
         alpha = modo.sampled_row_weights(main, [first, second])
-        lam = by_hand_modo(lam, main, first, second, 0.7)
+        lam = by_hand_modo(lam, first, second, 0.3, 0.2)
         torch.testing.assert_close(alpha, lam, rtol=0, atol=1e-10)
     assert not torch.allclose(lam, torch.full((3,), 1 / 3, dtype=F64))
 
 
 def test_sdmgrad_takes_its_inner_steps_from_the_previous_weights():
-    sdm = dm.SDMGrad(reg=0.4, lr=0.8, iterations=3)
+    sdm = dm.SDMGrad(reg=0.4, lr=0.3, momentum=0.6, iterations=4)
     w = torch.full((3,), 1 / 3, dtype=F64)
     for t in range(3):
         main, first, second = rows(3 * t), rows(3 * t + 1), rows(3 * t + 2)
         alpha = sdm.sampled_row_weights(main, [first, second])
-        w, expected = by_hand_sdmgrad(w, main, first, second, 0.4, 0.8, 3)
+        w, expected = by_hand_sdmgrad(w, first, second, 0.4, 0.3, 0.6, 4)
         torch.testing.assert_close(alpha, expected, rtol=0, atol=1e-10)
         torch.testing.assert_close(sdm.weights, w, rtol=0, atol=1e-10)
     assert float(alpha.sum()) == pytest.approx(1.0)

@@ -94,19 +94,24 @@ def cross_gramian(first: Tensor, second: Tensor) -> Tensor:
     return (a @ b.T).cpu().double() * torch.outer(a_scales, b_scales)
 
 
+def scale_normalized(matrix: Tensor) -> Tensor:
+    """``matrix`` (T × T, a Gram or cross-Gram matrix) divided by s², s the mean over its
+    diagonal of √max(Aᵢᵢ, 0): the normalisation of SDMGrad's official code, which makes
+    step sizes on the task weights independent of the gradients' scale (unchanged when s = 0)."""
+    scale = float(matrix.diagonal().clamp_min(0.0).sqrt().mean())
+    return matrix / scale**2 if scale > 0 else matrix
+
+
 def double_sampled_gramian(
     owner: str, jacobian: Tensor, others: Sequence[Tensor], normalize: bool
 ) -> tuple[Tensor, Tensor]:
     """``(present, A)`` for a double-sampling method: the mask of the rows of ``jacobian``
     (this batch) that are not zero, and the cross-Gram matrix A = G₁G₂ᵀ of the two extra
-    batches' rows ``others`` restricted to them, divided by Σᵢ‖g₁ᵢ‖‖g₂ᵢ‖ with ``normalize``
-    (which bounds its eigenvalues by about 1)."""
+    batches' rows ``others`` restricted to them (:func:`scale_normalized` with ``normalize``)."""
     check_other_batches(owner, jacobian, others, 2)
     present = nonzero_jacobian_rows(jacobian)
     cross = cross_gramian(others[0], others[1])[present][:, present]
-    if normalize:
-        cross = normalized(cross, float((row_norms(others[0]) * row_norms(others[1]))[present].sum()))
-    return present, cross
+    return present, scale_normalized(cross) if normalize else cross
 
 
 def project_simplex(values: Tensor) -> Tensor:
@@ -141,11 +146,6 @@ def simplex_step(weights: Tensor, present: Tensor, descend: Callable[[Tensor], T
     if mass > 0:
         state[present] = moved * mass
     return state, step
-
-
-def normalized(matrix: Tensor, scale: float) -> Tensor:
-    """``matrix / scale``, or ``matrix`` itself when ``scale`` is 0 (then it is all zeros)."""
-    return matrix / scale if scale > 0 else matrix
 
 
 def solver_tolerance(jacobian: Tensor) -> float:

@@ -13,9 +13,9 @@ from dynamtl.aggregation._solvers import (
     compute_dtype,
     gramian,
     nonzero_jacobian_rows,
-    normalized,
     project_simplex,
     row_norms,
+    scale_normalized,
     simplex_step,
 )
 from dynamtl.aggregation.base import GradientAggregation
@@ -46,17 +46,17 @@ class MoCo(GradientAggregation):
     Σᵢ λᵢ yᵢ, not a combination of this step's rows (except at the first step, where yᵢ = gᵢ).
 
     Args:
-        beta: β, the tracking rate (default 0.5; 1 tracks nothing: stochastic MGDA with
-            one projected step of λ per training step).
-        gamma: γ, the step size of λ (default 0.5, our choice).
-        rho: ρ ≥ 0, the regularisation of λ's step (default 0).
+        beta: β, the tracking rate (default 0.1, the official code's; 1 tracks nothing:
+            stochastic MGDA with one projected step of λ per training step).
+        gamma: γ, the step size of λ (default 0.1, the official code's).
+        rho: ρ ≥ 0, the regularisation of λ's step (default 0.1, the official code's).
         beta_decay, gamma_decay: σ_β, σ_γ ≥ 0 (default 0: constant steps; the paper's
             analysis takes decaying ones).
         radius: r, the radius of the ball the tracked gradients are projected onto
             (default ``None``: no projection).
-        normalize: divide YᵀY by its trace Σᵢ‖yᵢ‖² (default), so that γ and ρ do not depend
-            on the scale of the gradients and γ need not shrink with the number of tasks;
-            ``False`` is the paper's raw step.
+        normalize: divide YᵀY by s², s the mean of the norms ‖yᵢ‖ (default; the normalisation
+            of SDMGrad's official code, see :func:`scale_normalized`), so that γ and ρ do not
+            depend on the scale of the gradients; ``False`` is the paper's raw step.
 
     State: the tracked gradients Y (``[T, D]`` over the shared parameters: the checkpoint
     grows by T times the size of the shared parameters), λ and the step count, all in the
@@ -67,13 +67,15 @@ class MoCo(GradientAggregation):
     tracked: with a weighting whose λ moves, Y mixes rows of different weights. A change in
     the number of tasks or of shared parameters restarts the tracking.
 
-    Differences to the paper: ``normalize``; the first estimates are the first gradients
-    (the paper leaves y₀ free). LibMTL's implementation, as we remember it (it is not
-    installed here to check), rescales every task gradient to a norm equal to the task's loss
-    and replaces Π_Δ by a softmax; this class keeps the paper's rule.
+    Differences to the official code (``LibMTL/weighting/MoCo.py`` of
+    github.com/heshandevaka/Trade-Off-MOL, by the first author): ``normalize`` (that code
+    can instead divide each yᵢ by its norm or its loss, off by default), the first estimates
+    are the first gradients (that code starts from y = 0, so its first updates are β times
+    too short), and the decays and ``radius`` are options of ours from the paper's analysis.
+    TorchJD 0.18 has no MoCo.
 
     >>> import torch
-    >>> moco = MoCo(beta=0.5, gamma=0.5, normalize=False)
+    >>> moco = MoCo(beta=0.5, gamma=0.5, rho=0.0, normalize=False)
     >>> moco.combine(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     tensor([0.5000, 0.5000])
     >>> moco.combine(torch.tensor([[3.0, 0.0], [0.0, 1.0]]))  # y = [[2, 0], [0, 1]]
@@ -89,7 +91,7 @@ class MoCo(GradientAggregation):
     rows_across_batches: ClassVar[bool] = True
 
     def __init__(
-        self, beta: float = 0.5, gamma: float = 0.5, rho: float = 0.0, beta_decay: float = 0.0,
+        self, beta: float = 0.1, gamma: float = 0.1, rho: float = 0.1, beta_decay: float = 0.0,
         gamma_decay: float = 0.0, radius: float | None = None, normalize: bool = True,
     ) -> None:
         super().__init__()
@@ -132,7 +134,7 @@ class MoCo(GradientAggregation):
         mask = present.cpu()
         gram = gramian(tracked)[mask][:, mask]
         if self.normalize:
-            gram = normalized(gram, float(gram.diagonal().sum()))
+            gram = scale_normalized(gram)
         gram = gram + self.rho * torch.eye(len(gram), dtype=gram.dtype)
         step_size = self.gamma / self.steps**self.gamma_decay
 

@@ -157,7 +157,12 @@ class RunConfig:
             if key not in hints:
                 continue
             try:
-                parsed[key] = parse_value(value, hints[key], f"{key}")
+                if key in ("options", "benchmark_options") and isinstance(value, Mapping):
+                    # a run's config.json records the options' None defaults as null
+                    typed = parse_value({k: v for k, v in value.items() if v is not None}, hints[key], key)
+                    parsed[key] = {k: None if v is None else typed[k] for k, v in value.items()}
+                else:
+                    parsed[key] = parse_value(value, hints[key], f"{key}")
             except RegistryError as error:
                 problems.append(f"{error} (in {source})")
         if problems:
@@ -272,12 +277,9 @@ def _method_named(spec: str) -> MethodSpec | None:
 
 
 def _every_option(method: MethodSpec) -> dict[str, Any]:
-    """The method's options with their values: those given, and the defaults of all others
-    (except ``None`` ones, which a config file cannot hold: the class fills them in again)."""
+    """The method's options with their values: those given, and the defaults of all others."""
     def filled(half: Method, given: Mapping[str, Any]) -> dict[str, Any]:
-        defaults = {
-            k: v for k, v in half.option_defaults().items() if v is not inspect.Parameter.empty and v is not None
-        }
+        defaults = {k: v for k, v in half.option_defaults().items() if v is not inspect.Parameter.empty}
         return {**defaults, **given}
 
     return dataclasses.replace(
