@@ -365,3 +365,16 @@ def test_a_task_without_a_graph_is_left_out_of_the_step(make):
     assert float(info.aggregation_weights[2]) == 0.0
     assert float(info.aggregation_weights.sum()) == pytest.approx(1.0)
     assert all(p.grad is None or not p.grad.any() for n, p in model.named_parameters() if n.startswith("heads.c"))
+
+
+@pytest.mark.parametrize("make", [dm.MoDo, dm.SDMGrad], ids=["modo", "sdmgrad"])
+def test_the_single_batch_variant_reads_one_batch_and_uses_its_gram_matrix(make):
+    model, mtl = multitask(make(double_sampling=False))
+    assert mtl.aggregation.batches_per_step == 1
+    twin = copy.deepcopy(model)
+    main = batch(0)
+    info = mtl.step(main)
+    rows_ = shared_rows_of(twin, main)
+    torch.testing.assert_close(info.aggregation_weights, make().sampled_row_weights(rows_, [rows_, rows_]))
+    with pytest.raises(ValueError, match="reads one mini-batch per step"):
+        mtl.step(main, extra_batches=[batch(1), batch(2)])
