@@ -27,9 +27,10 @@ from tests.states import assert_same_state
 
 TASKS = ("a", "b", "c")
 WEIGHTINGS = sorted(n for n, m in registry.WEIGHTINGS.items() if not m.single_task)
-AGGREGATIONS = sorted(registry.AGGREGATIONS)
+# one batch per step (SDMGrad and MoDo read three: tests/test_stochastic_mgda.py)
+AGGREGATIONS = sorted(n for n, m in registry.AGGREGATIONS.items() if m.factory.facts.batches_per_step == 1)
 GRADIENT_AGGREGATIONS = sorted(
-    n for n, m in registry.AGGREGATIONS.items() if issubclass(m.factory, GradientAggregation)
+    n for n in AGGREGATIONS if issubclass(registry.AGGREGATIONS[n].factory, GradientAggregation)
 )
 
 

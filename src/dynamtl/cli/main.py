@@ -313,6 +313,9 @@ def _method_line(method: Method) -> str:
         f"{n}={'(required)' if d is inspect.Parameter.empty else d}" for n, d in defaults.items()
     ) or "none"
     notes = " [auxiliary mode]" if method.auxiliary_only else ""
+    facts = getattr(method.factory, "facts", None)
+    if facts is not None and facts.batches_per_step > 1:
+        notes += f" [{facts.batches_per_step} training batches per step]"
     return (f"  {method.name:<12} {method.family}{notes}; extra {method.extra_forward} / {method.extra_backward}\n"
             f"  {'':<12} {method.paper}\n  {'':<12} options: {options}")
 
