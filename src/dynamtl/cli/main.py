@@ -214,6 +214,8 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, co
     variants = listed["variants"] or {}
     if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
         raise ConfigError("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
+    if methods is not None:  # --methods replaces the file's list: its variants are there to be chosen from
+        variants = {name: variant for name, variant in variants.items() if name in method_list}
     with_controls = controls if controls is not None else listed["controls"] is not False
     runner = _engine(engine, jobs, _parse_pairs(engine_options, "--engine-option"))
     try:
