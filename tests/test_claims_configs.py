@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 import dynamtl.cli
+from dynamtl.cli.main import COMPARE_KEYS
 from dynamtl.train.config import RunConfig, plan, read_config_file
 from dynamtl.train.controls import method_specs
 
 CLAIMS = sorted((Path(dynamtl.cli.__file__).parent / "claims").glob("*.toml"))
-COMPARE_KEYS = ("methods", "seeds", "variants", "controls")
 
 
 def test_the_claims_are_shipped():
