@@ -1,5 +1,5 @@
-"""Shared helpers of the data loaders: IDX files, files shipped inside pip packages, and
-tensor caches of derived data."""
+"""Shared helpers of the data loaders: IDX files, files shipped inside pip packages or
+copied from elsewhere, and tensor caches of derived data."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import logging
 import math
 import os
 import pickle
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from dynamtl.data._progress import progress
 
 logger = logging.getLogger("dynamtl")
 
@@ -97,6 +100,17 @@ def package_file(package: str, relative: str, pip_name: str) -> Path:
             f"{path} is missing from the installed {package!r}: pip install --force-reinstall {pip_name}"
         )
     return path
+
+
+def copy_files(sources: Mapping[str, Path], folder: Path, description: str) -> None:
+    """Copy every ``name -> source`` of ``sources`` to ``folder/name`` (made if needed)
+    under a progress bar labelled ``description``; a partly copied file never carries its
+    final name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in progress(sources.items(), len(sources), description, unit="file"):
+        temporary = folder / f"{name}.part"
+        shutil.copyfile(source, temporary)
+        temporary.replace(folder / name)
 
 
 def seeded_generators(seed: int, count: int) -> list[torch.Generator]:
