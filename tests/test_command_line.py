@@ -173,6 +173,16 @@ def test_command_line_syntax_problems_are_listed_with_the_others(tokens, expecte
     assert len(listed) == 3
 
 
+def test_a_missing_argument_is_listed_with_a_refused_option():
+    code, output = invoke("resume", "--checkpoint", "x")
+    assert code == 2
+    assert problems(output) == [
+        "Invalid value for '--checkpoint': 'x' is not one of 'last', 'previous': choose one of last, previous "
+        "(e.g. --checkpoint last)",
+        "Missing argument 'RUN_DIR': give the path of a folder",
+    ]
+
+
 def test_a_config_files_bad_values_do_not_hide_the_flags_problems(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('benchmark = "drift"\nepochs = "abc"\nmode = "sideways"\n[options]\nlr = "x"\n')

@@ -106,8 +106,7 @@ class _Gathers(click.Parameter):
         except click.BadParameter as error:
             if ctx.resilient_parsing:  # shell completion
                 raise
-            fix = "" if isinstance(error, click.MissingParameter) else f": {what_to_give(self)}"
-            recorded(ctx).append(f"{error.format_message().rstrip('.')}{fix}")
+            recorded(ctx).append(f"{error.format_message().rstrip('.')}: {what_to_give(self)}")
             if self.expose_value:
                 ctx.params[self.name] = None
             return None, args
