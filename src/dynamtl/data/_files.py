@@ -118,13 +118,21 @@ def package_file(package: str, relative: str, pip_name: str) -> Path:
 
 def copy_files(sources: Mapping[str, Path], folder: Path, description: str) -> None:
     """Copy every ``name -> source`` of ``sources`` to ``folder/name`` (made if needed)
-    under a progress bar labelled ``description``; a partly copied file never carries its
-    final name."""
+    under a progress bar labelled ``description``, with the source's permissions. Each file
+    goes through a temporary file of its own (as in :func:`write_atomically`): a partly copied
+    file never carries its final name, and runs filling one empty folder at once (a parallel
+    comparison on a fresh machine) never share a temporary file."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, source in progress(sources.items(), len(sources), description, unit="file"):
-        temporary = folder / f"{name}.part"
-        shutil.copyfile(source, temporary)
-        temporary.replace(folder / name)
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f"{name}.", suffix=".part")
+        os.close(descriptor)
+        try:
+            shutil.copyfile(source, temporary)
+            shutil.copymode(source, temporary)
+            os.replace(temporary, folder / name)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def seeded_generators(seed: int, count: int) -> list[torch.Generator]:
