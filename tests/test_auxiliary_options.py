@@ -94,6 +94,37 @@ def test_normalize_mean_with_nonnegative_clamps_after_the_projection():
     assert float(weighting.lambdas.detach().min()) >= 0.0
 
 
+def test_a_named_sgd_lambda_optimizer_steps_by_lr_times_the_hypergradient():
+    """meta_optimizer="sgd": λ ← λ − lr·h, the same run as an explicit SGD factory, not Adam's."""
+    named = dm.AutoLambda(primary="main", init=0.2, lr=3.0, meta_optimizer="sgd")
+    factory = dm.AutoLambda(primary="main", init=0.2, meta_optimizer=lambda ps: torch.optim.SGD(ps, lr=3.0))
+    adam = dm.AutoLambda(primary="main", init=0.2, lr=3.0)
+    _run(named, 1)
+    h = named.last_hypergradient
+    assert float(h.abs().max()) > 0
+    assert torch.allclose(named.lambdas.detach().to(h), 0.2 - 3.0 * h, atol=1e-12)
+    _run(named_3 := dm.AutoLambda(primary="main", init=0.2, lr=3.0, meta_optimizer="sgd"), 3)
+    _run(factory, 3)
+    _run(adam, 3)
+    assert torch.equal(named_3.lambdas, factory.lambdas)
+    assert not torch.allclose(named_3.lambdas, adam.lambdas)
+    assert isinstance(named.meta_optimizer, torch.optim.SGD) and isinstance(adam.meta_optimizer, torch.optim.Adam)
+
+
+def test_the_lambda_optimizer_is_set_by_name_from_a_config():
+    from dynamtl.registry import MethodContext, RegistryError, parse_method
+
+    context = MethodContext(tasks=TASKS, primary=("main",), auxiliary=True, seed=0)
+    weighting, _ = parse_method("auto-lambda", {"meta_optimizer": "sgd", "lr": "2.5"}).build(context)
+    weighting.bind(TASKS)
+    assert isinstance(weighting.meta_optimizer, torch.optim.SGD)
+    assert weighting.meta_optimizer.param_groups[0]["lr"] == 2.5
+    with pytest.raises(RegistryError, match=r"meta_optimizer.*\['adam', 'sgd'\].*'rmsprop'"):
+        parse_method("auto-lambda", {"meta_optimizer": "rmsprop"})
+    with pytest.raises(ValueError, match=r"meta_optimizer must be one of \['adam', 'sgd'\], got 'rmsprop'"):
+        dm.AutoLambda(meta_optimizer="rmsprop")
+
+
 def test_bad_normalize_and_smoothing_are_refused():
     with pytest.raises(ValueError, match="normalize"):
         dm.AutoLambda(normalize="sum")

@@ -16,7 +16,9 @@ from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import (
+    META_OPTIMIZERS,
     MetaOptimizerFactory,
+    MetaOptimizerName,
     OwnOptimizer,
     Weighting,
 )
@@ -88,9 +90,14 @@ class AutoLambda(OwnOptimizer, Weighting):
     Args:
         primary: the primary task names, or ``None`` for every task.
         init: initial value of every λᵢ (0.1, as in the paper's code).
-        lr: learning rate of the default λ optimizer, Adam (paper: 1e-4 on NYUv2,
-            3e-5 CityScapes, 3e-4 CIFAR-100).
-        meta_optimizer: optional ``factory(params) -> optimizer`` replacing that Adam.
+        lr: learning rate of the λ optimizer (paper, with Adam: 1e-4 on NYUv2, 3e-5
+            CityScapes, 3e-4 CIFAR-100).
+        meta_optimizer: the λ optimizer: ``"adam"`` (default, the paper's) or ``"sgd"``
+            (plain SGD, λ ← λ − ``lr``·∂L_val/∂λ: steps proportional to the
+            hypergradient, where Adam's steps are ≈ ``lr`` whatever its size, so a small
+            but steady bias moves λ as fast as a large one; the hypergradient is of the
+            order of the model's learning rate × gradient norms², so SGD needs a far
+            larger ``lr``), or a ``factory(params) -> optimizer``.
         hypergradient: ``"finite_difference"`` (default) or ``"exact"``.
         order: ``"lookahead"`` (default) or ``"lagged"``.
         interval: update λ every ``interval`` steps (1 = every step).
@@ -118,7 +125,9 @@ class AutoLambda(OwnOptimizer, Weighting):
         "auto-lambda", "Auto-Lambda", "meta-learning",
         "Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, TMLR 2022",
         "3 (1 on the meta batch, 2 without graph)", "2 (1 on the meta batch)",
-        options=("init", "lr", "hypergradient", "order", "interval", "nonnegative", "epsilon", "normalize"),
+        options=(
+            "init", "lr", "meta_optimizer", "hypergradient", "order", "interval", "nonnegative", "epsilon", "normalize"
+        ),
         context={"primary": "primary"},
     )
 
@@ -132,7 +141,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         *,
         init: float = 0.1,
         lr: float = 1e-4,
-        meta_optimizer: MetaOptimizerFactory | None = None,
+        meta_optimizer: MetaOptimizerName | MetaOptimizerFactory = "adam",
         hypergradient: Literal["finite_difference", "exact"] = "finite_difference",
         order: Literal["lookahead", "lagged"] = "lookahead",
         interval: int = 1,
@@ -146,6 +155,8 @@ class AutoLambda(OwnOptimizer, Weighting):
         check_choice("order", order, ("lookahead", "lagged"))
         check_choice("difference", difference, ("central", "forward"))
         check_choice("normalize", normalize, ("none", "mean"))
+        if isinstance(meta_optimizer, str):
+            check_choice("meta_optimizer", meta_optimizer, tuple(META_OPTIMIZERS))
         if hypergradient == "exact" and order == "lagged":
             raise ValueError("the exact hypergradient differentiates through the virtual step: use order='lookahead'")
         if interval < 1:
