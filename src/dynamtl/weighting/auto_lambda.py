@@ -110,9 +110,13 @@ class AutoLambda(OwnOptimizer, Weighting):
             forward pass fewer per step.
         normalize: ``"none"`` (default, the paper's: λ unconstrained) or ``"mean"``: after
             every update λ is projected onto {mean(λ) = ``init``} (λᵢ ← λᵢ − mean(λ) + init,
-            the Euclidean projection, before the ``nonnegative`` clamp), so that only the
-            *relative* weights are learned and the effective learning rate cannot drift
-            with λ. The hypergradients of all tasks share a positive common part whenever
+            the Euclidean projection), so that only the *relative* weights are learned and
+            the effective learning rate cannot drift with λ. With ``nonnegative=True`` the
+            projection is onto {λ ≥ 0, mean(λ) = ``init``} (a scaled simplex; Duchi et al.,
+            ICML 2008: λᵢ ← max(λᵢ − τ, 0) with τ such that the mean is ``init``), so both
+            hold after every update. Without it a task's λ can be pushed below 0 as
+            another's grows: a negative λ *ascends* that task's loss, which for a
+            cross-entropy has no bound and wrecks the shared layers (docs/claims.md). The hypergradients of all tasks share a positive common part whenever
             the tasks' gradients align with the primary one (Σᵢ λᵢ ∂/∂λᵢ is the first-order
             change of L_val from scaling the whole step), and Adam's normalised steps turn
             it into a steady growth of every λ: a growing learning rate, not a weighting.
@@ -155,6 +159,10 @@ class AutoLambda(OwnOptimizer, Weighting):
         check_choice("order", order, ("lookahead", "lagged"))
         check_choice("difference", difference, ("central", "forward"))
         check_choice("normalize", normalize, ("none", "mean"))
+        if normalize == "mean" and nonnegative and init <= 0:
+            raise ValueError(
+                f"normalize='mean' with nonnegative=True keeps λ ≥ 0 at mean init: init must be > 0, got {init}"
+            )
         if isinstance(meta_optimizer, str):
             check_choice("meta_optimizer", meta_optimizer, tuple(META_OPTIMIZERS))
         if hypergradient == "exact" and order == "lagged":
@@ -295,9 +303,11 @@ class AutoLambda(OwnOptimizer, Weighting):
         self.last_hypergradient = hypergradient.detach()
         self._own_step(self.lambdas, hypergradient)
         with torch.no_grad():
-            if self.normalize == "mean":
+            if self.normalize == "mean" and self.nonnegative:
+                self.lambdas.copy_(_simplex_projection(self.lambdas, self.init * len(self.lambdas)))
+            elif self.normalize == "mean":
                 self.lambdas.add_(self.init - self.lambdas.mean())
-            if self.nonnegative:
+            elif self.nonnegative:
                 self.lambdas.clamp_(min=0.0)
 
     def explain_failure(self) -> str:
@@ -318,6 +328,17 @@ class AutoLambda(OwnOptimizer, Weighting):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         super().set_extra_state(state)
         self._pending = state["pending"]
+
+
+def _simplex_projection(v: Tensor, total: float) -> Tensor:
+    """The Euclidean projection of ``v`` onto {w ≥ 0, Σ w = ``total``} (``total`` > 0):
+    max(v − τ, 0) with τ from the sorted values (Duchi, Shalev-Shwartz, Singer & Chandra,
+    ICML 2008)."""
+    u = torch.sort(v, descending=True).values
+    excess = torch.cumsum(u, 0) - total
+    ranks = torch.arange(1, len(v) + 1, dtype=v.dtype, device=v.device)
+    rho = int(torch.nonzero(u - excess / ranks > 0).max())
+    return torch.clamp(v - excess[rho] / (rho + 1), min=0.0)
 
 
 def _local_losses(ctx: StepContext) -> Tensor:
