@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import multiprocessing
 import os
 import statistics
@@ -108,13 +107,17 @@ METHODS: dict[str, Method] = {
     "DualProj": _aggregation(dm.DualProj),
     "ConFIG": _aggregation(dm.ConFIG),
     "FairGrad": _aggregation(dm.FairGrad),
+    "MoCo": _aggregation(dm.MoCo),
+    "SDMGrad": _aggregation(dm.SDMGrad),
+    "MoDo": _aggregation(dm.MoDo),
     "AutoLambda+CAGrad": lambda: (dm.AutoLambda(), dm.CAGrad()),
 }
 LEGEND = (
     "AutoLambda: order='lookahead' (the paper's), finite-difference hypergradient; -lagged: order='lagged'; "
     "-exact: hypergradient='exact'; -forward: difference='forward'; HydaLearn: main='a', gain='lookahead'; "
     "-first_order: gain='first_order'; "
-    "GCS, OLAux: main='a'; aggregations (PCGrad ... FairGrad) with Equal weighting, defaults"
+    "GCS, OLAux: main='a'; aggregations (PCGrad ... MoDo) with Equal weighting, defaults; SDMGrad and MoDo "
+    "read 2 more training batches of the pool per step"
 )
 # (forward passes with a graph, forward passes without one, backward passes) per step, T = 3
 # tasks; a per-task backward pass is counted as one backward pass
@@ -122,9 +125,12 @@ PASSES: dict[str, tuple[int, int, int]] = {
     **dict.fromkeys(["Equal", "DWA", "Uncertainty", "RLW", "FAMO"], (1, 0, 1)),
     **dict.fromkeys(
         ["GradNorm", "GCS", "OLAux", "HydaLearn-first_order", "PCGrad", "GradDrop", "CAGrad", "MGDA", "IMTLG",
-         "NashMTL", "AlignedMTL", "GradVac"],
+         "NashMTL", "AlignedMTL", "GradVac", "MoCo"],
         (1, 0, 3),
     ),
+    # two extra batches: forward with the parameters (functional_call keeps the graph) and
+    # one backward per task each
+    **dict.fromkeys(["SDMGrad", "MoDo"], (3, 0, 9)),
     "AutoLambda": (2, 2, 3),  # training and meta forward; θ ± εu; virtual, meta and real backward
     "AutoLambda-lagged": (2, 2, 2),  # training and meta forward; θ ± εu; real and meta backward
     "AutoLambda-forward": (2, 1, 3),
@@ -172,9 +178,16 @@ def setup(kind: str, method: str) -> tuple[dm.MultiTask, list[Batch], list[Batch
     return mtl, train, meta
 
 
+def _step(mtl: dm.MultiTask, train: list[Batch], meta: list[Batch], i: int) -> dm.StepInfo:
+    """Step ``i``: training and meta batch ``i`` of the pools, and for aggregations that read
+    several training batches per step the next ones of the pool."""
+    extra = [train[(i + k) % POOL] for k in range(1, mtl.aggregation.batches_per_step)]
+    return mtl.step(train[i % POOL], meta_batch=meta[i % POOL], extra_batches=extra)
+
+
 def _stepper(kind: str, method: str) -> Callable[[int], object]:
     mtl, train, meta = setup(kind, method)
-    return lambda i: mtl.step(train[i % POOL], meta_batch=meta[i % POOL])
+    return lambda i: _step(mtl, train, meta, i)
 
 
 def _probe(kind: str, probe: str) -> Callable[[int], object]:
@@ -224,14 +237,13 @@ def peak_step_memory(kind: str, method: str, warmup: int, threads: int) -> float
         return None
     torch.set_num_threads(threads)
     mtl, train, meta = setup(kind, method)
-    batches = ((train[i % POOL], meta[i % POOL]) for i in itertools.count())
-    for _ in range(warmup):
-        mtl.step(*next(batches))
+    for i in range(warmup):
+        _step(mtl, train, meta, i)
     gc.collect()
     before = _status_kib("VmRSS")
     CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident set
-    for _ in range(MEMORY_STEPS):
-        mtl.step(*next(batches))
+    for i in range(warmup, warmup + MEMORY_STEPS):
+        _step(mtl, train, meta, i)
     return (_status_kib("VmHWM") - before) / 1024
 
 
