@@ -6,16 +6,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from dynamtl.metrics import MAE
+from dynamtl.registry import parse_method
 from dynamtl.report.tables import compare_table
 from dynamtl.train.compare import compare
 from dynamtl.train.config import ConfigError, RunConfig
-from dynamtl.registry import parse_method
 from dynamtl.train.controls import RunSpec, matched_controls, method_specs, read_weights
 
 CLAIMS = Path(__file__).parents[1] / "src" / "dynamtl" / "cli" / "claims"

@@ -111,15 +111,16 @@ class AutoLambda(OwnOptimizer, Weighting):
         normalize: ``"none"`` (default, the paper's: λ unconstrained) or ``"mean"``: after
             every update λ is projected onto {mean(λ) = ``init``} (λᵢ ← λᵢ − mean(λ) + init,
             the Euclidean projection), so that only the *relative* weights are learned and
-            the effective learning rate cannot drift with λ. With ``nonnegative=True`` the
+            the effective learning rate cannot drift with λ. Why: the hypergradients of all
+            tasks share a positive common part whenever the tasks' gradients align with the
+            primary one (Σᵢ λᵢ ∂/∂λᵢ is the first-order change of L_val from scaling the
+            whole step), and Adam's normalised steps turn it into a steady growth of every λ:
+            a growing learning rate, not a weighting. With ``nonnegative=True`` the
             projection is onto {λ ≥ 0, mean(λ) = ``init``} (a scaled simplex; Duchi et al.,
             ICML 2008: λᵢ ← max(λᵢ − τ, 0) with τ such that the mean is ``init``), so both
-            hold after every update. Without it a task's λ can be pushed below 0 as
-            another's grows: a negative λ *ascends* that task's loss, which for a
-            cross-entropy has no bound and wrecks the shared layers (docs/claims.md). The hypergradients of all tasks share a positive common part whenever
-            the tasks' gradients align with the primary one (Σᵢ λᵢ ∂/∂λᵢ is the first-order
-            change of L_val from scaling the whole step), and Adam's normalised steps turn
-            it into a steady growth of every λ: a growing learning rate, not a weighting.
+            hold after every update. Use the two together: with the mean fixed, a growing λ
+            pushes another below 0, and a negative λ *ascends* its task's loss, which for a
+            cross-entropy has no bound and wrecks the shared layers (docs/claims.md).
 
     λ is unbounded by default; when a run fails on a non-finite loss the message names λ
     if it grew (:meth:`explain_failure`).
