@@ -4,7 +4,7 @@ src/dynamtl/cli/claims/<claim>.toml --out <folder>`.
     python scripts/claims.py noise FOLDER [FOLDER…] --figure docs/claims-noise.png
     python scripts/claims.py drift FOLDER --figure docs/claims-drift.png
     python scripts/claims.py oracle FOLDER
-
+    python scripts/claims.py ablation FOLDER [FOLDER…]
 
 ``noise``: per compared method, each task's λ at the end of training and averaged over the
 last third of the steps (mean ± std over seeds), and in how many seeds the noise task's λ is
@@ -20,6 +20,10 @@ generator's relevance would get, with the comparison's benchmark, seeds and trai
 auxiliary weight a·2p(t) (following the drift, mean a), a·2h (the batch's helpful share),
 a·2(1 − p(t)) (against the drift) and a (static, to check the loop against ``compare``'s Static
 rows), for a = 1, 2; test main MAE, mean ± std over seeds.
+``ablation``: per dynamic method of an auxiliary comparison, the first primary task's test
+metric (mean ± std over seeds), its paired difference with single-task learning and with the
+method's matched controls (`.static`, `.equal-lr`) seed by seed (mean ± std, and in how many
+seeds the method is ahead), and each task's final λ: one markdown row per method.
 """
 
 from __future__ import annotations
@@ -89,6 +93,41 @@ def noise(folders: list[Path], figure: Path | None) -> None:
             panels.append((f"{method} ({mode})", per_seed))
     if figure is not None:
         _draw_noise(panels, figure)
+
+
+def _primary_metric(run_dir: Path) -> float:
+    """The test value of the first primary task's first metric, signed so that higher is better."""
+    result = json.loads((run_dir / "results.json").read_text())
+    task = result["primary"][0]
+    metric = result["metrics"][task][0]
+    value = float(result["test"][task][metric["name"]])
+    return value if metric["higher_is_better"] else -value
+
+
+def ablation(folders: list[Path]) -> None:
+    print("| folder | method | primary test metric | − stl | ahead of stl | − .static | ahead of .static "
+          "| − .equal-lr | final λ |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for folder in folders:
+        for method, seeds in dynamic_runs(folder).items():
+            if "." in method:
+                continue
+            names = [s.name for s in seeds]
+            own = [_primary_metric(s) for s in seeds]
+            cells = [f"{statistics.fmean(own):.4f} ± {statistics.stdev(own):.4f}" if len(own) > 1 else f"{own[0]:.4f}"]
+            for other in ("stl", f"{method}.static", f"{method}.equal-lr"):
+                paired = [(a, _primary_metric(folder / "runs" / other / n)) for a, n in zip(own, names)
+                          if (folder / "runs" / other / n / "results.json").is_file()]
+                if not paired:
+                    cells += ["–", "–"] if other != f"{method}.equal-lr" else ["–"]
+                    continue
+                diffs = [100 * (a - b) for a, b in paired]
+                cells.append(_ms(diffs, 2) + " pt")
+                if other != f"{method}.equal-lr":
+                    cells.append(f"{sum(d > 0 for d in diffs)}/{len(diffs)}")
+            final = {t: [float(weights(steps(s))[t][-1]) for s in seeds] for t in weights(steps(seeds[0]))}
+            lam = ", ".join(f"{t} {_ms(v)}" for t, v in final.items())
+            print(f"| {folder.name} | {method} | " + " | ".join(cells) + f" | {lam} |")
 
 
 def _draw_noise(panels, figure: Path) -> None:
@@ -288,7 +327,7 @@ def oracle(folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("claim", choices=["noise", "drift", "oracle"])
+    parser.add_argument("claim", choices=["noise", "drift", "oracle", "ablation"])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--figure", type=Path)
     args = parser.parse_args()
@@ -296,6 +335,8 @@ def main() -> None:
         noise(args.folders, args.figure)
     elif args.claim == "oracle":
         oracle(args.folders[0])
+    elif args.claim == "ablation":
+        ablation(args.folders)
     else:
         drift(args.folders[0], args.figure)
 

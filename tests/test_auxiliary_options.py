@@ -85,13 +85,76 @@ def test_normalize_mean_projects_each_update_onto_the_fixed_mean():
     assert not torch.allclose(infos[-1].weights, infos[0].weights)  # the relative weights do change
 
 
-def test_normalize_mean_with_nonnegative_clamps_after_the_projection():
+def test_normalize_mean_with_nonnegative_keeps_both_constraints():
+    """Large λ steps that the mean projection alone would push below 0: λ stays ≥ 0 *and* at mean init."""
     def sgd(ps):
         return torch.optim.SGD(ps, lr=50.0)
 
     weighting = dm.AutoLambda(primary="main", init=0.1, meta_optimizer=sgd, normalize="mean", nonnegative=True)
-    _run(weighting, 3)
-    assert float(weighting.lambdas.detach().min()) >= 0.0
+    mean_only = dm.AutoLambda(primary="main", init=0.1, meta_optimizer=sgd, normalize="mean")
+    for steps in range(1, 4):
+        _run(weighting, steps)
+        _run(mean_only, steps)
+        lam = weighting.lambdas.detach()
+        assert float(lam.min()) >= 0.0
+        assert float(lam.mean()) == pytest.approx(0.1, abs=1e-12)
+    assert float(mean_only.lambdas.detach().min()) < 0  # the case the simplex projection is for
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_simplex_projection_is_the_nearest_point_of_the_simplex(seed):
+    """w = argmin ‖w − v‖ over {w ≥ 0, Σw = s}: w is in the set and ⟨v − w, z − w⟩ ≤ 0 for
+    every vertex z = s·eᵢ (the optimality condition of a projection onto a convex polytope)."""
+    from dynamtl.weighting.auto_lambda import _simplex_projection
+
+    g = torch.Generator().manual_seed(seed)
+    n = 2 + seed
+    v = 3 * torch.randn(n, generator=g, dtype=torch.float64)
+    total = 0.1 * n
+    w = _simplex_projection(v, total)
+    assert float(w.min()) >= 0 and float(w.sum()) == pytest.approx(total, abs=1e-12)
+    for i in range(n):
+        z = torch.zeros(n, dtype=torch.float64)
+        z[i] = total
+        assert float((v - w) @ (z - w)) <= 1e-12
+    inside = torch.full((n,), 0.1, dtype=torch.float64) + 0.01 * torch.arange(n) - 0.005 * (n - 1)
+    assert torch.allclose(_simplex_projection(inside, total), inside, atol=1e-12)  # a point of the set stays
+
+
+def test_normalize_mean_with_nonnegative_needs_a_positive_init():
+    with pytest.raises(ValueError, match="init must be > 0"):
+        dm.AutoLambda(init=0.0, normalize="mean", nonnegative=True)
+
+
+def test_a_named_sgd_lambda_optimizer_steps_by_lr_times_the_hypergradient():
+    """meta_optimizer="sgd": λ ← λ − lr·h, the same run as an explicit SGD factory, not Adam's."""
+    named = dm.AutoLambda(primary="main", init=0.2, lr=3.0, meta_optimizer="sgd")
+    factory = dm.AutoLambda(primary="main", init=0.2, meta_optimizer=lambda ps: torch.optim.SGD(ps, lr=3.0))
+    adam = dm.AutoLambda(primary="main", init=0.2, lr=3.0)
+    _run(named, 1)
+    h = named.last_hypergradient
+    assert float(h.abs().max()) > 0
+    assert torch.allclose(named.lambdas.detach().to(h), 0.2 - 3.0 * h, atol=1e-12)
+    _run(named_3 := dm.AutoLambda(primary="main", init=0.2, lr=3.0, meta_optimizer="sgd"), 3)
+    _run(factory, 3)
+    _run(adam, 3)
+    assert torch.equal(named_3.lambdas, factory.lambdas)
+    assert not torch.allclose(named_3.lambdas, adam.lambdas)
+    assert isinstance(named.meta_optimizer, torch.optim.SGD) and isinstance(adam.meta_optimizer, torch.optim.Adam)
+
+
+def test_the_lambda_optimizer_is_set_by_name_from_a_config():
+    from dynamtl.registry import MethodContext, RegistryError, parse_method
+
+    context = MethodContext(tasks=TASKS, primary=("main",), auxiliary=True, seed=0)
+    weighting, _ = parse_method("auto-lambda", {"meta_optimizer": "sgd", "lr": "2.5"}).build(context)
+    weighting.bind(TASKS)
+    assert isinstance(weighting.meta_optimizer, torch.optim.SGD)
+    assert weighting.meta_optimizer.param_groups[0]["lr"] == 2.5
+    with pytest.raises(RegistryError, match=r"meta_optimizer.*\['adam', 'sgd'\].*'rmsprop'"):
+        parse_method("auto-lambda", {"meta_optimizer": "rmsprop"})
+    with pytest.raises(ValueError, match=r"meta_optimizer must be one of \['adam', 'sgd'\], got 'rmsprop'"):
+        dm.AutoLambda(meta_optimizer="rmsprop")
 
 
 def test_bad_normalize_and_smoothing_are_refused():

@@ -6,14 +6,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
+import tomllib
 
 from dynamtl.metrics import MAE
+from dynamtl.registry import parse_method
 from dynamtl.report.tables import compare_table
 from dynamtl.train.compare import compare
 from dynamtl.train.config import ConfigError, RunConfig
 from dynamtl.train.controls import RunSpec, matched_controls, method_specs, read_weights
+
+CLAIMS = Path(__file__).parents[1] / "src" / "dynamtl" / "cli" / "claims"
 
 AUX = RunConfig(benchmark="drift", mode="auxiliary", limit=128, batch_size=64, epochs=1, lr=0.01, optimizer="sgd")
 
@@ -123,3 +128,18 @@ def test_compare_runs_the_controls_after_the_method_and_tabulates_them(tmp_path)
     assert sums["equal"] == 2.0 and sums["stl"] is None and sums["auto-lambda"] == pytest.approx(0.2, abs=0.01)
     plain = compare(AUX, ["equal", "auto-lambda"], [0], tmp_path / "plain", progress=False, controls=False)
     assert [r["method"] for r in plain.results] == ["stl", "equal", "auto-lambda"]
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CLAIMS.glob("*.toml")))
+def test_every_shipped_claims_config_builds_its_rows(config):
+    """Each experiment of docs/claims.md parses: known keys, variants whose methods take their options."""
+    from dynamtl.cli.main import COMPARE_KEYS
+
+    with (CLAIMS / config).open("rb") as file:
+        values = tomllib.load(file)
+    listed = {key: values.pop(key, None) for key in COMPARE_KEYS}
+    base = RunConfig.from_mapping(values, config)
+    rows = method_specs(base, listed["methods"], listed["variants"])
+    assert [r.label for r in rows] == listed["methods"] and len(listed["seeds"]) >= 3
+    for row in rows:
+        parse_method(row.config.method, row.config.options)

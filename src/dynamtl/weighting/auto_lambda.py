@@ -16,7 +16,9 @@ from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import (
+    META_OPTIMIZERS,
     MetaOptimizerFactory,
+    MetaOptimizerName,
     OwnOptimizer,
     Weighting,
 )
@@ -88,9 +90,14 @@ class AutoLambda(OwnOptimizer, Weighting):
     Args:
         primary: the primary task names, or ``None`` for every task.
         init: initial value of every λᵢ (0.1, as in the paper's code).
-        lr: learning rate of the default λ optimizer, Adam (paper: 1e-4 on NYUv2,
-            3e-5 CityScapes, 3e-4 CIFAR-100).
-        meta_optimizer: optional ``factory(params) -> optimizer`` replacing that Adam.
+        lr: learning rate of the λ optimizer (paper, with Adam: 1e-4 on NYUv2, 3e-5
+            CityScapes, 3e-4 CIFAR-100).
+        meta_optimizer: the λ optimizer: ``"adam"`` (default, the paper's) or ``"sgd"``
+            (plain SGD, λ ← λ − ``lr``·∂L_val/∂λ: steps proportional to the
+            hypergradient, where Adam's steps are ≈ ``lr`` whatever its size, so a small
+            but steady bias moves λ as fast as a large one; the hypergradient is of the
+            order of the model's learning rate × gradient norms², so SGD needs a far
+            larger ``lr``), or a ``factory(params) -> optimizer``.
         hypergradient: ``"finite_difference"`` (default) or ``"exact"``.
         order: ``"lookahead"`` (default) or ``"lagged"``.
         interval: update λ every ``interval`` steps (1 = every step).
@@ -103,12 +110,17 @@ class AutoLambda(OwnOptimizer, Weighting):
             forward pass fewer per step.
         normalize: ``"none"`` (default, the paper's: λ unconstrained) or ``"mean"``: after
             every update λ is projected onto {mean(λ) = ``init``} (λᵢ ← λᵢ − mean(λ) + init,
-            the Euclidean projection, before the ``nonnegative`` clamp), so that only the
-            *relative* weights are learned and the effective learning rate cannot drift
-            with λ. The hypergradients of all tasks share a positive common part whenever
-            the tasks' gradients align with the primary one (Σᵢ λᵢ ∂/∂λᵢ is the first-order
-            change of L_val from scaling the whole step), and Adam's normalised steps turn
-            it into a steady growth of every λ: a growing learning rate, not a weighting.
+            the Euclidean projection), so that only the *relative* weights are learned and
+            the effective learning rate cannot drift with λ. Why: the hypergradients of all
+            tasks share a positive common part whenever the tasks' gradients align with the
+            primary one (Σᵢ λᵢ ∂/∂λᵢ is the first-order change of L_val from scaling the
+            whole step), and Adam's normalised steps turn it into a steady growth of every λ:
+            a growing learning rate, not a weighting. With ``nonnegative=True`` the
+            projection is onto {λ ≥ 0, mean(λ) = ``init``} (a scaled simplex; Duchi et al.,
+            ICML 2008: λᵢ ← max(λᵢ − τ, 0) with τ such that the mean is ``init``), so both
+            hold after every update. Use the two together: with the mean fixed, a growing λ
+            pushes another below 0, and a negative λ *ascends* its task's loss, which for a
+            cross-entropy has no bound and wrecks the shared layers (docs/claims.md).
 
     λ is unbounded by default; when a run fails on a non-finite loss the message names λ
     if it grew (:meth:`explain_failure`).
@@ -118,7 +130,9 @@ class AutoLambda(OwnOptimizer, Weighting):
         "auto-lambda", "Auto-Lambda", "meta-learning",
         "Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, TMLR 2022",
         "3 (1 on the meta batch, 2 without graph)", "2 (1 on the meta batch)",
-        options=("init", "lr", "hypergradient", "order", "interval", "nonnegative", "epsilon", "normalize"),
+        options=(
+            "init", "lr", "meta_optimizer", "hypergradient", "order", "interval", "nonnegative", "epsilon", "normalize"
+        ),
         context={"primary": "primary"},
     )
 
@@ -132,7 +146,7 @@ class AutoLambda(OwnOptimizer, Weighting):
         *,
         init: float = 0.1,
         lr: float = 1e-4,
-        meta_optimizer: MetaOptimizerFactory | None = None,
+        meta_optimizer: MetaOptimizerName | MetaOptimizerFactory = "adam",
         hypergradient: Literal["finite_difference", "exact"] = "finite_difference",
         order: Literal["lookahead", "lagged"] = "lookahead",
         interval: int = 1,
@@ -146,6 +160,12 @@ class AutoLambda(OwnOptimizer, Weighting):
         check_choice("order", order, ("lookahead", "lagged"))
         check_choice("difference", difference, ("central", "forward"))
         check_choice("normalize", normalize, ("none", "mean"))
+        if normalize == "mean" and nonnegative and init <= 0:
+            raise ValueError(
+                f"normalize='mean' with nonnegative=True keeps λ ≥ 0 at mean init: init must be > 0, got {init}"
+            )
+        if isinstance(meta_optimizer, str):
+            check_choice("meta_optimizer", meta_optimizer, tuple(META_OPTIMIZERS))
         if hypergradient == "exact" and order == "lagged":
             raise ValueError("the exact hypergradient differentiates through the virtual step: use order='lookahead'")
         if interval < 1:
@@ -284,9 +304,11 @@ class AutoLambda(OwnOptimizer, Weighting):
         self.last_hypergradient = hypergradient.detach()
         self._own_step(self.lambdas, hypergradient)
         with torch.no_grad():
-            if self.normalize == "mean":
+            if self.normalize == "mean" and self.nonnegative:
+                self.lambdas.copy_(_simplex_projection(self.lambdas, self.init * len(self.lambdas)))
+            elif self.normalize == "mean":
                 self.lambdas.add_(self.init - self.lambdas.mean())
-            if self.nonnegative:
+            elif self.nonnegative:
                 self.lambdas.clamp_(min=0.0)
 
     def explain_failure(self) -> str:
@@ -307,6 +329,17 @@ class AutoLambda(OwnOptimizer, Weighting):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         super().set_extra_state(state)
         self._pending = state["pending"]
+
+
+def _simplex_projection(v: Tensor, total: float) -> Tensor:
+    """The Euclidean projection of ``v`` onto {w ≥ 0, Σ w = ``total``} (``total`` > 0):
+    max(v − τ, 0) with τ from the sorted values (Duchi, Shalev-Shwartz, Singer & Chandra,
+    ICML 2008)."""
+    u = torch.sort(v, descending=True).values
+    excess = torch.cumsum(u, 0) - total
+    ranks = torch.arange(1, len(v) + 1, dtype=v.dtype, device=v.device)
+    rho = int(torch.nonzero(u - excess / ranks > 0).max())
+    return torch.clamp(v - excess[rho] / (rho + 1), min=0.0)
 
 
 def _local_losses(ctx: StepContext) -> Tensor:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from dynamtl._helpers import ArgumentsRepr
+from dynamtl._helpers import ArgumentsRepr, check_choice
 from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.tasks import Tasks, task_indices
 
 MetaOptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+MetaOptimizerName = Literal["adam", "sgd"]
+META_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 class Weighting(ArgumentsRepr, nn.Module):
@@ -151,15 +153,22 @@ class PresentTasksWeighting(LossWeighting):
 
 class OwnOptimizer:
     """Mixin for a weighting whose parameters are trained by an optimizer of its own (Adam by
-    default, or ``factory(params)``), not by the model's: Auto-Lambda's λ, GradNorm's w,
-    FAMO's logits. The optimizer's state is part of the weighting's ``state_dict``."""
+    default, or ``factory(params)``, or one named: ``"adam"`` or ``"sgd"``, plain SGD without
+    momentum, built with the same keyword arguments), not by the model's: Auto-Lambda's λ,
+    GradNorm's w, FAMO's logits. The optimizer's state is part of the weighting's
+    ``state_dict``."""
 
     meta_optimizer: torch.optim.Optimizer | None = None
 
     def _own_optimizer(
-        self, param: nn.Parameter, factory: MetaOptimizerFactory | None, **adam: Any
+        self, param: nn.Parameter, factory: MetaOptimizerFactory | MetaOptimizerName | None, **options: Any
     ) -> None:
-        self.meta_optimizer = factory([param]) if factory else torch.optim.Adam([param], **adam)
+        if factory is None or isinstance(factory, str):
+            name = factory or "adam"
+            check_choice("meta_optimizer", name, tuple(META_OPTIMIZERS))
+            self.meta_optimizer = META_OPTIMIZERS[name]([param], **options)
+        else:
+            self.meta_optimizer = factory([param])
 
     def _own_step(self, param: nn.Parameter, grad: Tensor) -> None:
         """One step of the own optimizer on ``param`` with gradient ``grad``."""
