@@ -11,6 +11,7 @@ import copy
 import inspect
 import logging
 import math
+import re
 import warnings
 
 import numpy as np
@@ -681,3 +682,49 @@ def test_constructors_say_what_they_expect(make, match):
     with pytest.raises(TypeError, match=match):
         make()
 
+
+
+SCALAR_OPTIONS = [
+    (kind, name, option, hint)
+    for kind, methods in (("weighting", registry.WEIGHTINGS), ("aggregation", registry.AGGREGATIONS))
+    for name, method in sorted(methods.items())
+    for option, hint in method.option_types().items()
+    if hint in (float, int, bool, float | None, int | None, bool | None)
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "option", "hint"), SCALAR_OPTIONS)
+def test_every_scalar_option_refuses_a_value_of_another_kind_naming_method_and_option(kind, name, option, hint):
+    """A number or flag written as a string (as a config file or a hand-made dict gives it), a
+    list, or — for integers — a float, is refused with the class, the option and the fix; the
+    registry's own parsing is not involved (the method is built from the Python API)."""
+    method = (registry.WEIGHTINGS if kind == "weighting" else registry.AGGREGATIONS)[name]
+    context = registry.MethodContext(tasks=TASKS, primary=("a",), auxiliary=True, seed=0)
+    needed = {n: REQUIRED[n](TASKS) for n, d in method.option_defaults().items() if d is inspect.Parameter.empty}
+    default = method.option_defaults()[option]
+    text = str(default if default not in (None, inspect.Parameter.empty) else 1)
+    cls = method.factory.__name__
+    wrong = [text, [1.0]] + ([2.5] if hint in (int, int | None) else [])
+    filled = {n: fill(context) for n, fill in method.context.items()}
+    for value in wrong:
+        with pytest.raises(TypeError, match=rf"{cls}'s option {option} must be .*got {re.escape(repr(value))}"):
+            method.factory(**filled, **needed, **{option: value})
+    if default is not inspect.Parameter.empty:  # the right kind still builds
+        method.factory(**filled, **needed, **{option: default})
+
+
+def test_the_scalar_options_are_found_in_the_registry():
+    assert len(SCALAR_OPTIONS) > 40 and ("weighting", "auto-lambda", "lr", float) in SCALAR_OPTIONS
+
+
+def test_a_string_option_says_to_drop_the_quotes():
+    quotes = r"CAGrad's option c must be a number, got '0.4' \(str\): write CAGrad\(c=0.4\) without quotes"
+    with pytest.raises(TypeError, match=quotes):
+        dm.CAGrad(c="0.4")
+    with pytest.raises(TypeError, match=r"AutoLambda's option nonnegative must be True or False, got 'False'"):
+        dm.AutoLambda(nonnegative="False")
+    integer = r"AutoLambda's option interval must be an integer, got 2.0 \(float\): write AutoLambda\(interval=2\)"
+    with pytest.raises(TypeError, match=integer):
+        dm.AutoLambda(interval=2.0)
+    assert dm.AutoLambda(lr=torch.tensor(1e-3)).lr == torch.tensor(1e-3)  # a one-element tensor is a number
+    assert dm.AutoLambda(lr=np.float32(1e-3)).lr == np.float32(1e-3)
