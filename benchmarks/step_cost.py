@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import itertools
 import multiprocessing
 import os
 import statistics
@@ -129,7 +128,8 @@ LEGEND = (
     "hypergradient; -lagged: order='lagged'; -exact: hypergradient='exact'; -forward: difference='forward'; "
     "HydaLearn: gain='lookahead'; -first_order: gain='first_order'; MGDA-UB: upper_bound=True; "
     "UPGrad-representation: OnRepresentation(UPGrad()); GradVac-layer: granularity='layer'; "
-    "CRMOGM: CRMOGM(MGDA()); CRMOGM-UPGrad: CRMOGM(UPGrad()); IMTL: IMTL-L weighting with IMTL-G"
+    "CRMOGM: CRMOGM(MGDA()); CRMOGM-UPGrad: CRMOGM(UPGrad()); IMTL: IMTL-L weighting with IMTL-G; "
+    "SDMGrad and MoDo read 2 more training batches of the pool per step"
 )
 
 
@@ -150,6 +150,9 @@ def _passes(entry: Entry) -> tuple[int, int, int] | None:
 # and by hand for the meta-learning and look-ahead settings
 PASSES: dict[str, tuple[int, int, int]] = {
     **{n: p for n, e in REGISTERED.items() if (p := _passes(e)) is not None},
+    # two extra batches: forward with the parameters (functional_call keeps the graph) and
+    # one backward per task each
+    **dict.fromkeys(["SDMGrad", "MoDo"], (3, 0, 9)),
     "AutoLambda": (2, 2, 3),  # training and meta forward; θ ± εu; virtual, meta and real backward
     "AutoLambda-lagged": (2, 2, 2),  # training and meta forward; θ ± εu; real and meta backward
     "AutoLambda-forward": (2, 1, 3),
@@ -202,9 +205,16 @@ def setup(kind: str, method: str) -> tuple[dm.MultiTask, list[Batch], list[Batch
     return mtl, train, meta
 
 
+def _step(mtl: dm.MultiTask, train: list[Batch], meta: list[Batch], i: int) -> dm.StepInfo:
+    """Step ``i``: training and meta batch ``i`` of the pools, and for aggregations that read
+    several training batches per step the next ones of the pool."""
+    extra = [train[(i + k) % POOL] for k in range(1, mtl.aggregation.batches_per_step)]
+    return mtl.step(train[i % POOL], meta_batch=meta[i % POOL], extra_batches=extra)
+
+
 def _stepper(kind: str, method: str) -> Callable[[int], object]:
     mtl, train, meta = setup(kind, method)
-    return lambda i: mtl.step(train[i % POOL], meta_batch=meta[i % POOL])
+    return lambda i: _step(mtl, train, meta, i)
 
 
 def _probe(kind: str, probe: str) -> Callable[[int], object]:
@@ -254,14 +264,13 @@ def peak_step_memory(kind: str, method: str, warmup: int, threads: int) -> float
         return None
     torch.set_num_threads(threads)
     mtl, train, meta = setup(kind, method)
-    batches = ((train[i % POOL], meta[i % POOL]) for i in itertools.count())
-    for _ in range(warmup):
-        mtl.step(*next(batches))
+    for i in range(warmup):
+        _step(mtl, train, meta, i)
     gc.collect()
     before = _status_kib("VmRSS")
     CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident set
-    for _ in range(MEMORY_STEPS):
-        mtl.step(*next(batches))
+    for i in range(warmup, warmup + MEMORY_STEPS):
+        _step(mtl, train, meta, i)
     return (_status_kib("VmHWM") - before) / 1024
 
 

@@ -41,7 +41,10 @@ def _step(aggregation, representation=None):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(10, 4, generator=g, dtype=torch.float64)
     batch = (x, {t: torch.randn(10, generator=g, dtype=torch.float64) for t in TASKS})
-    info = mtl.backward(batch)
+    extra = [(torch.randn(10, 4, generator=g, dtype=torch.float64),
+              {t: torch.randn(10, generator=g, dtype=torch.float64) for t in TASKS})
+             for _ in range(aggregation.batches_per_step - 1)]  # SDMGrad, MoDo: weights from other batches
+    info = mtl.backward(batch, extra_batches=extra)
     out = twin(*batch[:1])
     names, params = zip(*twin.named_parameters())
     grads = [

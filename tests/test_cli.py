@@ -19,8 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 from dynamtl.cli import main
+from dynamtl.cli.main import MAIN_JOB
 from dynamtl.metrics import MAE, delta_mtl
 from dynamtl.registry import AGGREGATIONS, BENCHMARKS, WEIGHTINGS
+from dynamtl.train.config import read_config_file
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest on a busy machine
 TINY = ["--benchmark", "drift", "--limit", "128", "--batch-size", "64", "--epochs", "1", "--quiet"]
@@ -81,6 +83,26 @@ def test_train_on_census_income(census_root, tmp_path):
     assert set(results["test"]) == {"income", "marital", "education"}
     assert all(0.0 <= m["auc"] <= 1.0 and 0.0 <= m["accuracy"] <= 1.0 for m in results["test"].values())
     assert [json.loads(line)["epoch"] for line in (out / "epochs.jsonl").read_text().splitlines()] == [1]
+
+
+def test_the_main_job_weights_a_useful_and_a_noise_auxiliary_task_with_controls(census_root, tmp_path):
+    job = read_config_file(MAIN_JOB)
+    assert job["mode"] == "auxiliary" and job["noise_task"] is True and job.get("controls", True) is not False
+    named = {job.get("variants", {}).get(label, {}).get("method", label) for label in job["methods"]}
+    assert {"equal", "auto-lambda", "hydalearn", "gcs", "ol-aux"} <= named and len(job["seeds"]) >= 1
+    out = tmp_path / "main"
+    # the main job itself (no --config, no --benchmark), shrunk: one method, one seed, two steps
+    result = cli("compare", "--root", str(census_root), "--methods", "hydalearn", "--seeds", "0", "--limit", "300",
+                 "--epochs", "1", "--quiet", "--out", str(out))
+    assert f"running the main job ({MAIN_JOB})" in result.stdout
+    header, _, *rows = (out / "table.md").read_text().splitlines()
+    assert [cell.strip() for cell in header.strip("|").split("|")][-2:] == ["Σλ", "noise share"]
+    assert [row.split("|")[1].strip() for row in rows] == ["stl", "hydalearn", "hydalearn.static"]
+    saved = json.loads((out / "runs" / "hydalearn" / "seed0" / "config.json").read_text())
+    assert saved["primary"] == ["income"] and saved["noise_task"] is True
+    if importlib.util.find_spec("matplotlib") is not None:
+        figure = out / "plots" / "noise-share.png"
+        assert f"which methods down-weighted the noise task: {figure}" in result.stdout and figure.is_file()
 
 
 def test_compare_tabulates_methods_over_seeds_against_single_task_baselines(tmp_path):

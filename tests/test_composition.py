@@ -47,6 +47,9 @@ AGGREGATIONS = {
     "config": dm.ConFIG,
     "fairgrad": dm.FairGrad,
     "cr-mogm": dm.CRMOGM,
+    "moco": dm.MoCo,
+    "sdmgrad": dm.SDMGrad,
+    "modo": dm.MoDo,
 }
 
 
@@ -82,7 +85,8 @@ def test_every_pair_trains_with_finite_gradients(weighting, aggregation) -> None
     before = [p.detach().clone() for p in model.parameters()]
     for step in range(3):
         opt.zero_grad()
-        info = mtl.backward(_batch(step), meta_batch=_batch(100 + step))
+        extra = [_batch(200 + 10 * step + k) for k in range(mtl.aggregation.batches_per_step - 1)]
+        info = mtl.backward(_batch(step), meta_batch=_batch(100 + step), extra_batches=extra)
         assert torch.isfinite(info.weights).all()
         for name, p in model.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), name

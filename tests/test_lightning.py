@@ -175,3 +175,32 @@ def test_lightning_16_mixed_on_a_gpu_is_close_to_float32(case: str) -> None:
     assert module.multitask.precision.scaler is not None
     found = torch.cat([p.detach().cpu().reshape(-1) for p in module.model.parameters()])
     assert float((found - expected[-1]).norm() / (expected[-1] - start).norm()) < 0.05
+
+
+def test_an_aggregation_that_reads_three_batches_takes_them_from_the_extra_loaders() -> None:
+    """{"train": ..., "extra": [loader_1, loader_2]}: step for step the plain loop with
+    ``step(batch, extra_batches=[b1, b2])``; without them the step names the fix."""
+    from torch.utils.data import DataLoader
+
+    def loaders():
+        return {"train": worker.loaders(worker.GLOBAL_BATCH)["train"],
+                "extra": [DataLoader(worker.Samples(seed), batch_size=worker.GLOBAL_BATCH) for seed in (5, 6)]}
+
+    torch.manual_seed(0)
+    model = worker.Net()
+    mtl = dm.MultiTask(model, worker.tasks(), worker.optimizer(model.parameters()), aggregation=dm.SDMGrad())
+    plain = loaders()
+    expected = []
+    for batch, first, second in zip(plain["train"], *plain["extra"]):
+        mtl.step(batch, extra_batches=[first, second])
+        expected.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    torch.manual_seed(0)
+    module = MultiTaskModule(worker.Net(), worker.tasks(), worker.optimizer, aggregation=dm.SDMGrad())
+    recorder = Recorder()
+    trainer(callbacks=[recorder]).fit(module, loaders())
+    assert len(recorder.params) == len(expected) == 4
+    for ours, theirs in zip(recorder.params, expected):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    alone = MultiTaskModule(worker.Net(), worker.tasks(), worker.optimizer, aggregation=dm.MoDo())
+    with pytest.raises(ValueError, match=r"'extra': \[2 more loaders"):
+        trainer().fit(alone, loaders()["train"])

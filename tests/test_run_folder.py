@@ -241,6 +241,28 @@ def test_a_damaged_data_cache_is_named_and_rebuilt(tmp_path, caplog):
     assert len(calls) == 2  # the rebuilt cache is intact and reused
 
 
+def test_caches_prepared_at_once_by_two_runs_do_not_break_each_other(tmp_path, monkeypatch):
+    """Two runs of a parallel comparison on a fresh machine prepare the same data cache at
+    once: the second writes and renames its files while the first is between writing and
+    renaming its own (simulated here by nesting the second inside the first's rename)."""
+    from dynamtl.data import _files
+
+    path, rename, nested = tmp_path / "cache.pt", os.replace, {}
+
+    def other_run_renames_first(source, target):
+        if not nested:
+            nested["started"] = True
+            nested["tensors"] = _files.load_or_build(path, {"v": 1}, lambda: {"x": torch.arange(3.0)})
+        rename(source, target)
+
+    monkeypatch.setattr(_files.os, "replace", other_run_renames_first)
+    assert torch.equal(_files.load_or_build(path, {"v": 1}, lambda: {"x": torch.arange(3.0)})["x"], torch.arange(3.0))
+    monkeypatch.undo()
+    assert torch.equal(nested["tensors"]["x"], torch.arange(3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt", "cache.pt.sha256"]  # no temporary file left
+    assert torch.equal(_files.load_or_build(path, {"v": 1}, lambda: {})["x"], torch.arange(3.0))  # intact, reused
+
+
 # --- defaults that change under a run ------------------------------------------------------
 
 

@@ -34,6 +34,9 @@ class StepContext:
         lookahead: the optimizer's step as a function, for weightings that need it.
         representation: the outputs Z of the shared representation module in the forward
             pass of ``losses`` (empty unless ``MultiTask(..., representation=...)``).
+        extra_batches: further training mini-batches drawn independently of ``batch``, for
+            aggregations that read several per step (SDMGrad, MoDo; see
+            :meth:`extra_task_gradients`); empty otherwise.
     """
 
     objective: Objective
@@ -45,7 +48,9 @@ class StepContext:
     optimizer: torch.optim.Optimizer | None = None
     lookahead: LookAhead | None = None
     representation: list[Tensor] = field(default_factory=list)
+    extra_batches: Sequence[Any] = ()
     _task_gradients: list[Gradients] | None = field(default=None, repr=False)
+    _extra_gradients: list[list[Gradients]] | None = field(default=None, repr=False)
     _losses: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -83,25 +88,44 @@ class StepContext:
         :class:`~dynamtl.precision.GradientOverflow` (checked first).
         """
         if self._task_gradients is None:
-            params = list(self.params.values())
-            names = list(self.params)
-            precision = self.objective.precision
-            local: list[Tensor | None] = []
-            for loss in self.task_losses:
-                if loss.requires_grad:
-                    local.extend(precision.local_gradients(loss, params, retain_graph=True))
-                else:
-                    local.extend([None] * len(params))
-            grads = self.objective.replicas.means(local)
-            precision.check(grads)
-            self._task_gradients = [
-                dict(zip(names, grads[k : k + len(names)])) for k in range(0, len(grads), len(names))
-            ]
-            if self.objective.check_finite:
-                check_gradients(
-                    [list(g.values()) for g in self._task_gradients], self.objective.tasks.names, "training"
-                )
+            self._task_gradients = self._gradients(self.task_losses, "training")
         return self._task_gradients
+
+    def extra_task_gradients(self) -> list[list[Gradients]]:
+        """:meth:`task_gradients` on each of :attr:`extra_batches`, at the current parameters:
+        one list (one dict per task) per extra batch, computed once per step.
+
+        Each extra batch costs one forward pass, through the model's parameters but on copies
+        of its buffers (BatchNorm normalises with the extra batch's statistics and its running
+        statistics are those of ``batch`` alone, as in a one-batch step), and one backward
+        pass per task. Dropout draws new masks. Errors name the pass
+        (``"extra batch 1"``...); a task with no graph on an extra batch has a zero row there.
+        """
+        if self._extra_gradients is None:
+            params = dict(self.params)  # the parameters themselves: the graph reaches them
+            self._extra_gradients = []
+            for number, batch in enumerate(self.extra_batches, start=1):
+                name = f"extra batch {number}"
+                losses = self.objective.task_losses(batch, params, pass_name=name)
+                self._extra_gradients.append(self._gradients(losses, name))
+        return self._extra_gradients
+
+    def _gradients(self, task_losses: list[Tensor], pass_name: str) -> list[Gradients]:
+        params = list(self.params.values())
+        names = list(self.params)
+        precision = self.objective.precision
+        local: list[Tensor | None] = []
+        for loss in task_losses:
+            if loss.requires_grad:
+                local.extend(precision.local_gradients(loss, params, retain_graph=True))
+            else:
+                local.extend([None] * len(params))
+        grads = self.objective.replicas.means(local)
+        precision.check(grads)
+        out = [dict(zip(names, grads[k : k + len(names)])) for k in range(0, len(grads), len(names))]
+        if self.objective.check_finite:
+            check_gradients([list(g.values()) for g in out], self.objective.tasks.names, pass_name)
+        return out
 
     def check_combined_gradient(self, grads: Sequence[Tensor | None], pass_name: str) -> None:
         """With the objective's ``check_finite``: if a gradient combined from the task losses

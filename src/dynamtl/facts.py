@@ -39,6 +39,10 @@ class Facts:
             ``"primary"`` (the primary tasks' names) or ``"seed"`` (the run's seed).
         auxiliary_only: the method weighs auxiliary tasks against primary ones and needs
             auxiliary mode.
+        batches_per_step: independent training mini-batches one step reads (1; 3 for
+            SDMGrad and MoDo, whose weights come from the products of task gradients of
+            different batches): :meth:`MultiTask.step <dynamtl.MultiTask.step>` takes the
+            others as ``extra_batches``.
     """
 
     name: str
@@ -50,6 +54,7 @@ class Facts:
     options: tuple[str, ...] = ()
     context: Mapping[str, ContextField] = field(default_factory=dict)
     auxiliary_only: bool = False
+    batches_per_step: int = 1
 
     @property
     def passes(self) -> str:
@@ -64,7 +69,15 @@ def aggregation_facts(
     options: tuple[str, ...] = (),
     context: Mapping[str, ContextField] | None = None,
     extra_backward: str = "T−1",
+    batches_per_step: int = 1,
 ) -> Facts:
-    """The facts of a gradient aggregation: no extra forward pass, and by default the T
-    per-task gradients of the shared parameters (T − 1 backward passes beyond one)."""
-    return Facts(name, title, "gradient aggregation", paper, "0", extra_backward, options, dict(context or {}))
+    """The facts of a gradient aggregation: by default no extra forward pass and the T
+    per-task gradients of the shared parameters (T − 1 backward passes beyond one); with
+    ``batches_per_step`` b > 1, one forward pass and T backward passes more per extra batch."""
+    extra_forward = str(batches_per_step - 1)
+    if batches_per_step > 1:
+        extra_backward = f"{batches_per_step}T−1"
+    return Facts(
+        name, title, "gradient aggregation", paper, extra_forward, extra_backward, options, dict(context or {}),
+        batches_per_step=batches_per_step,
+    )

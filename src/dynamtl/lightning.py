@@ -17,6 +17,10 @@ optimizer through Lightning, so that Lightning's strategies and precision plugin
 * **meta batches** (Auto-Lambda, HydaLearn with ``gain_batch="meta"``): give the trainer
   a dict of two loaders, ``trainer.fit(module, {"train": train_loader, "meta":
   meta_loader})``; Lightning's ``CombinedLoader`` cycles the shorter one.
+* **extra batches** (SDMGrad, MoDo read three independent mini-batches per step): give
+  ``trainer.fit(module, {"train": train_loader, "extra": [loader_1, loader_2]})`` (with
+  ``"meta"`` as well if the weighting needs it), each extra loader shuffled independently
+  of the others; a step without them is refused, naming this fix.
 * **logging**: the task losses and weights of every step go through ``self.log_dict``
   (``train/loss/TASK``, ``train/weight/TASK``) to whatever logger the trainer has.
 * **checkpoints**: the weighting's and aggregation's state (λ and its optimizer,
@@ -48,6 +52,8 @@ from dynamtl.weighting.base import Weighting
 from dynamtl.weighting.equal import Equal
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# the names of the loaders of a combined training batch: {"train": ..., "meta": ..., "extra": [...]}
+_NAMED_LOADERS = ({"train", "meta"}, {"train", "extra"}, {"train", "meta", "extra"})
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -63,7 +69,8 @@ class MultiTaskModule(pl.LightningModule):
         weighting, aggregation, representation, check_finite: as in :class:`~dynamtl.MultiTask`.
 
     A training batch is a batch of :class:`~dynamtl.Tasks`, or ``{"train": batch,
-    "meta": meta_batch}`` when the trainer was given two loaders under those names. The
+    "meta": meta_batch}`` and/or ``"extra": [batch_1, batch_2]`` when the trainer was given
+    loaders under those names. The
     training step returns nothing (manual optimisation); ``validation_step`` logs the
     task losses as ``val/loss/TASK``. :attr:`multitask` is the :class:`~dynamtl.MultiTask`
     of the run (built at the first step, once the optimizer, the precision plugin and the
@@ -135,17 +142,24 @@ class MultiTaskModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         if self.multitask is None:
             self.multitask = self._build()
-        meta_batch = None
-        if isinstance(batch, Mapping) and set(batch) == {"train", "meta"}:
-            batch, meta_batch = batch["train"], batch["meta"]
-        elif self.weighting.needs_meta_batch:
+        meta_batch, extra_batches = None, []
+        if isinstance(batch, Mapping) and set(batch) in _NAMED_LOADERS:
+            batch, meta_batch, extra_batches = batch["train"], batch.get("meta"), list(batch.get("extra", []))
+        if self.weighting.needs_meta_batch and meta_batch is None:
             raise ValueError(
                 f"{type(self.weighting).__name__} needs meta batches: trainer.fit(module, "
                 "{'train': train_loader, 'meta': meta_loader})"
             )
+        needed = self.multitask.aggregation.batches_per_step - 1
+        if needed and not extra_batches:
+            raise ValueError(
+                f"{type(self.multitask.aggregation).__name__} reads {needed + 1} independent mini-batches per step: "
+                f"trainer.fit(module, {{'train': train_loader, 'extra': [{needed} more loaders of the training set, "
+                "each shuffled independently]})"
+            )
         optimizer = self._optimizer()
         optimizer.zero_grad()
-        info = self.last_step = self.multitask.backward(batch, meta_batch)
+        info = self.last_step = self.multitask.backward(batch, meta_batch, extra_batches=extra_batches)
         optimizer.step()
         logged = {f"train/{k}": float(v) for k, v in info.as_dict().items() if k != "seconds"}
         self.log_dict(logged, on_step=True, on_epoch=False, batch_size=_batch_size(batch))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -195,8 +196,19 @@ class Objective:
         return losses
 
     def _loss(self, name: str, prediction: Tensor, target: Tensor, pass_name: str) -> Tensor:
-        with _naming(f"the loss of task {name!r}", pass_name):
-            loss = self.tasks.losses[name](prediction, target)
+        with warnings.catch_warnings():
+            # torch's element-wise losses only warn when they broadcast a prediction of shape
+            # [N] against a target [N, 1] (an [N, N] loss, silently wrong): refuse it
+            warnings.filterwarnings("error", message="Using a target size", category=UserWarning)
+            try:
+                with _naming(f"the loss of task {name!r}", pass_name):
+                    loss = self.tasks.losses[name](prediction, target)
+            except UserWarning:
+                raise ValueError(
+                    f"the loss of task {name!r} would broadcast its prediction of shape {_shape(prediction)} "
+                    f"against its target of shape {_shape(target)} in the {pass_name} pass: give the "
+                    "target the prediction's shape, e.g. target.view_as(prediction), or squeeze the head's output"
+                ) from None
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(
@@ -208,12 +220,18 @@ class Objective:
         return float32_loss(loss)
 
 
+def _shape(value: Any) -> Any:
+    return list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
 @contextlib.contextmanager
 def _naming(what: str, pass_name: str) -> Iterator[None]:
     """Raise an exception from the user's model or loss again, of the same type, with a
     message that names ``what`` raised it and in which pass (the original is its cause)."""
     try:
         yield
+    except Warning:  # a warning made an error by the caller, which names it
+        raise
     except Exception as error:
         message = f"{what} raised {type(error).__name__} in the {pass_name} pass: {error}"
         try:

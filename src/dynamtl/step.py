@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +176,9 @@ class MultiTask:
             )
         optimizer.add_param_group({"params": missing, "weight_decay": 0.0})
 
-    def backward(self, batch: Any, meta_batch: Any = None, *, micro_batches: int = 1) -> StepInfo:
+    def backward(
+        self, batch: Any, meta_batch: Any = None, *, micro_batches: int = 1, extra_batches: Sequence[Any] = ()
+    ) -> StepInfo:
         """Compute the step's gradients into ``.grad`` (accumulating); no optimizer step.
 
         Gradient accumulation: call it on each of k micro-batches with ``micro_batches=k``,
@@ -192,6 +194,14 @@ class MultiTask:
         (``needs_step_per_backward``: Auto-Lambda's ``order="lagged"``) is refused with
         ``micro_batches > 1``.
 
+        ``extra_batches``: for an aggregation that reads ``batches_per_step`` b > 1
+        independent mini-batches per step (SDMGrad, MoDo: their weights come from products
+        of task gradients of different batches), the b − 1 others, drawn from the training
+        data independently of ``batch`` (another shuffled loader, or the next batches of
+        one); ``batch`` stays the batch whose losses are reported, whose gradients the update
+        combines and whose forward pass updates BatchNorm statistics. Any other aggregation
+        takes none. A wrong number raises ``ValueError`` saying how many to give.
+
         Raises :class:`NonFiniteLossError` (with ``check_finite``) after restoring the state
         of before the call; errors raised by the model or a loss name the task and the pass."""
         start = time.perf_counter()
@@ -202,6 +212,7 @@ class MultiTask:
                 f"{self.weighting!r} takes the optimizer's step after each backward() as its virtual step, "
                 "which gradient accumulation breaks: use it without micro_batches (for AutoLambda, order='lookahead')"
             )
+        self._check_extra_batches(extra_batches)
         if self.weighting.needs_meta_batch and meta_batch is None:
             raise ValueError(
                 f"{type(self.weighting).__name__} needs a meta batch: call step(batch, meta_batch=...) "
@@ -211,7 +222,7 @@ class MultiTask:
         guard = StepGuard(self) if self.check_finite or scaled else None
         with self.precision.step(self.objective.device, micro_batches):
             try:
-                info = self._backward(batch, meta_batch)
+                info = self._backward(batch, meta_batch, tuple(extra_batches))
             except NonFiniteLossError as error:
                 error.step, error.cause = self.steps + 1, self.weighting.explain_failure()
                 if guard is not None:
@@ -226,6 +237,30 @@ class MultiTask:
         info.seconds = time.perf_counter() - start
         return info
 
+    def _check_extra_batches(self, extra_batches: Sequence[Any]) -> None:
+        """``ValueError`` unless ``extra_batches`` is a sequence of as many batches as the
+        aggregation reads beyond ``batch``."""
+        needed = self.aggregation.batches_per_step - 1
+        if not isinstance(extra_batches, (list, tuple)):
+            raise TypeError(
+                f"extra_batches must be a list of mini-batches, got {type(extra_batches).__name__}: "
+                "step(batch, extra_batches=[batch_2, batch_3])"
+            )
+        if len(extra_batches) == needed:
+            return
+        name = type(self.aggregation).__name__
+        if needed == 0:
+            raise ValueError(
+                f"{name} reads one mini-batch per step, but {len(extra_batches)} extra batch(es) were given: "
+                "drop extra_batches (they are for aggregations such as SDMGrad and MoDo)"
+            )
+        raise ValueError(
+            f"{name} reads {needed + 1} independent mini-batches per step (its weights come from task gradients "
+            f"of different batches), but {len(extra_batches)} extra batch(es) were given: call "
+            f"step(batch, extra_batches=[...]) with {needed} more training mini-batches drawn independently of "
+            "batch (e.g. from a second shuffled DataLoader); the dynamtl trainer and the Lightning module draw them"
+        )
+
     def _skip(self, guard: StepGuard, overflow: GradientOverflow, start: float) -> StepInfo:
         """A step whose scaled gradients overflowed, skipped the GradScaler way: everything
         is put back as before the step, then ``.grad`` is made infinite so that
@@ -237,7 +272,7 @@ class MultiTask:
         nan = torch.full_like(losses, float("nan"))
         return StepInfo(self.tasks.names, losses, nan, time.perf_counter() - start, skipped=True)
 
-    def _backward(self, batch: Any, meta_batch: Any) -> StepInfo:
+    def _backward(self, batch: Any, meta_batch: Any, extra_batches: tuple[Any, ...]) -> StepInfo:
         rng = capture_rng(self.objective.device)
         task_losses = self.objective.task_losses(batch)
         ctx = StepContext(
@@ -250,6 +285,7 @@ class MultiTask:
             self.optimizer,
             self.lookahead,
             self.objective.representation,
+            extra_batches,
         )
         losses = ctx.losses
         if self.check_finite and self.objective.replicas.distributed:
@@ -274,13 +310,14 @@ class MultiTask:
             aggregation_weights=None if alpha is None else alpha.detach(),
         )
 
-    def step(self, batch: Any, meta_batch: Any = None) -> StepInfo:
-        """``zero_grad``, :meth:`backward` and ``optimizer.step()``."""
+    def step(self, batch: Any, meta_batch: Any = None, *, extra_batches: Sequence[Any] = ()) -> StepInfo:
+        """``zero_grad``, :meth:`backward` and ``optimizer.step()`` (``extra_batches``: see
+        :meth:`backward`)."""
         if self.optimizer is None:
             raise ValueError("step() needs the optimizer: MultiTask(model, tasks, optimizer, ...), or call backward()")
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        info = self.backward(batch, meta_batch)
+        info = self.backward(batch, meta_batch, extra_batches=extra_batches)
         if self.precision.scaler is None:
             self.optimizer.step()
         else:

@@ -11,9 +11,12 @@ from dynamtl.aggregation.graddrop import GradDrop
 from dynamtl.aggregation.gradvac import GradVac
 from dynamtl.aggregation.imtl_g import IMTLG
 from dynamtl.aggregation.mgda import MGDA
+from dynamtl.aggregation.moco import MoCo
+from dynamtl.aggregation.modo import MoDo
 from dynamtl.aggregation.nash_mtl import NashMTL
 from dynamtl.aggregation.pcgrad import PCGrad
 from dynamtl.aggregation.representation import OnRepresentation
+from dynamtl.aggregation.sdmgrad import SDMGrad
 from dynamtl.aggregation.sum import Sum
 from dynamtl.aggregation.upgrad import UPGrad
 
@@ -30,9 +33,12 @@ __all__ = [
     "GradDrop",
     "GradVac",
     "GradientAggregation",
+    "MoCo",
+    "MoDo",
     "NashMTL",
     "OnRepresentation",
     "PCGrad",
+    "SDMGrad",
     "Sum",
     "UPGrad",
 ]

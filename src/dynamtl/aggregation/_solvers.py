@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -29,6 +29,19 @@ def check_jacobian(owner: str, jacobian: Tensor) -> None:
         )
 
 
+def check_other_batches(owner: str, jacobian: Tensor, others: Sequence[Tensor], count: int) -> None:
+    """``ValueError`` unless ``others`` holds ``count`` matrices of ``jacobian``'s shape: the
+    rows of the extra mini-batches of a step."""
+    check_jacobian(owner, jacobian)
+    if len(others) != count or any(o.shape != jacobian.shape for o in others):
+        shapes = [list(o.shape) for o in others]
+        raise ValueError(
+            f"{owner} needs the task gradients of {count} extra mini-batches, each of shape {list(jacobian.shape)} "
+            f"like this batch's, got shapes {shapes}: give MultiTask.step(batch, extra_batches=[...]) "
+            f"{count} more batches"
+        )
+
+
 def row_scales(jacobian: Tensor) -> Tensor:
     """The largest |entry| of every row (1 for an all-zero row), float64 on the CPU.
 
@@ -37,6 +50,19 @@ def row_scales(jacobian: Tensor) -> Tensor:
     1e-25 has a squared norm of 1e-50, below float32's range)."""
     scales = jacobian.detach().abs().amax(dim=1).double().cpu()
     return torch.where(scales > 0, scales, 1.0)
+
+
+def row_norms(jacobian: Tensor) -> Tensor:
+    """The Euclidean norm of every row (float64, CPU), computed on the rows divided by their
+    :func:`row_scales` (no underflow or overflow in any dtype)."""
+    scales = row_scales(jacobian)
+    j = jacobian.detach().to(compute_dtype(jacobian))
+    return (j / scales.to(j)[:, None]).norm(dim=1).cpu().double() * scales
+
+
+def nonzero_jacobian_rows(jacobian: Tensor) -> Tensor:
+    """Mask (CPU) of the rows of ``jacobian`` that are not all zero."""
+    return jacobian.detach().abs().amax(dim=1).cpu() > 0
 
 
 def compute_dtype(jacobian: Tensor) -> torch.dtype:
@@ -55,6 +81,71 @@ def gramian(jacobian: Tensor) -> Tensor:
     unit = j / scales.to(j)[:, None]
     gram = (unit @ unit.T).cpu().double() * torch.outer(scales, scales)
     return 0.5 * (gram + gram.T)
+
+
+def cross_gramian(first: Tensor, second: Tensor) -> Tensor:
+    """The matrix ``[fᵢ·sⱼ]`` of the rows of two Jacobians of the same shape ``[T, D]``
+    (float64, CPU; not symmetric), formed on the rows divided by their :func:`row_scales`
+    as :func:`gramian` does. ``cross_gramian(J, J)`` is ``gramian(J)`` up to symmetrisation."""
+    a_scales, b_scales = row_scales(first), row_scales(second)
+    dtype = torch.promote_types(compute_dtype(first), compute_dtype(second))
+    a = first.detach().to(dtype) / a_scales.to(device=first.device, dtype=dtype)[:, None]
+    b = second.detach().to(device=first.device, dtype=dtype) / b_scales.to(device=first.device, dtype=dtype)[:, None]
+    return (a @ b.T).cpu().double() * torch.outer(a_scales, b_scales)
+
+
+def scale_normalized(matrix: Tensor) -> Tensor:
+    """``matrix`` (T × T, a Gram or cross-Gram matrix) divided by s², s the mean over its
+    diagonal of √max(Aᵢᵢ, 0): the normalisation of SDMGrad's official code, which makes
+    step sizes on the task weights independent of the gradients' scale (unchanged when s = 0)."""
+    scale = float(matrix.diagonal().clamp_min(0.0).sqrt().mean())
+    return matrix / scale**2 if scale > 0 else matrix
+
+
+def double_sampled_gramian(
+    owner: str, jacobian: Tensor, others: Sequence[Tensor], normalize: bool
+) -> tuple[Tensor, Tensor]:
+    """``(present, A)`` for a double-sampling method: the mask of the rows of ``jacobian``
+    (this batch) that are not zero, and the cross-Gram matrix A = G₁G₂ᵀ of the two extra
+    batches' rows ``others`` restricted to them (:func:`scale_normalized` with ``normalize``)."""
+    check_other_batches(owner, jacobian, others, 2)
+    present = nonzero_jacobian_rows(jacobian)
+    cross = cross_gramian(others[0], others[1])[present][:, present]
+    return present, scale_normalized(cross) if normalize else cross
+
+
+def project_simplex(values: Tensor) -> Tensor:
+    """The Euclidean projection of ``values`` (a vector) onto the probability simplex
+    {w ≥ 0, Σw = 1}, by the sorting rule of Held, Wolfe & Crowder (1974): w = max(v − τ, 0)
+    with the threshold τ that makes the entries sum to 1."""
+    ordered = values.sort(descending=True).values
+    cumulative = ordered.cumsum(0) - 1.0
+    ranks = torch.arange(1, len(values) + 1, dtype=values.dtype)
+    count = int((ordered - cumulative / ranks > 0).sum())
+    return (values - cumulative[count - 1] / count).clamp_min(0.0)
+
+
+def simplex_step(weights: Tensor, present: Tensor, descend: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """One step of weights kept on the probability simplex, taken over the tasks ``present``
+    in this step (a boolean mask): ``(new state, step weights)``.
+
+    The present tasks' weights are renormalised to the simplex (uniform if they have no
+    mass), moved by ``descend`` (which returns a point of the simplex), and used as this
+    step's weights (0 for absent tasks); the state keeps the absent tasks' weights and gives
+    the present ones their old total mass. With every task present this is ``descend`` of
+    the weights, unchanged."""
+    step = torch.zeros_like(weights)
+    count = int(present.sum())
+    if count == 0:
+        return weights.clone(), step
+    mass = float(weights[present].sum())
+    start = weights[present] / mass if mass > 0 else torch.full((count,), 1.0 / count, dtype=weights.dtype)
+    moved = descend(start)
+    step[present] = moved
+    state = weights.clone()
+    if mass > 0:
+        state[present] = moved * mass
+    return state, step
 
 
 def solver_tolerance(jacobian: Tensor) -> float:

@@ -26,14 +26,23 @@ class Aggregation(ArgumentsRepr, nn.Module):
     ``last_weights`` (set by every step): the weights αₖ the aggregation gave the weighted
     task gradients λₖ∇Lₖ in its last step, shape ``[T]``, so that the update of the shared
     parameters was Σₖ αₖ λₖ ∇Lₖ (1 for every task with :class:`Sum`); :class:`MultiTask`
-    reports them in :attr:`StepInfo.aggregation_weights`. ``facts``: the method's name,
-    paper, cost and options (:class:`~dynamtl.facts.Facts`), read by the registry. The
-    ``repr`` shows the constructor's arguments.
+    reports them in :attr:`StepInfo.aggregation_weights`. (MoCo's update combines its
+    *tracked* estimates of the task gradients: it reports the weights it gives those.)
+    ``facts``: the method's name, paper, cost and options (:class:`~dynamtl.facts.Facts`),
+    read by the registry. The ``repr`` shows the constructor's arguments.
+
+    ``batches_per_step`` (from the facts; 1 by default): independent training mini-batches
+    one step reads; ``MultiTask.step(batch, extra_batches=[...])`` takes the others.
     """
 
     needs_representation = False
     facts: ClassVar[Facts | None] = None
     last_weights: Tensor | None = None
+
+    @property
+    def batches_per_step(self) -> int:
+        """Independent training mini-batches per step (the facts' ``batches_per_step``)."""
+        return self.facts.batches_per_step if self.facts is not None else 1
 
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
         raise NotImplementedError
@@ -54,7 +63,16 @@ class GradientAggregation(Aggregation):
     are the least-squares coefficients α = argmin ‖Jᵀα − d‖ (the minimum-norm one where the
     rows are dependent), exact whenever d lies in the span of the rows and the rows are
     independent, and otherwise the combination of the rows closest to d (GradDrop).
+
+    An aggregation that reads ``batches_per_step`` b > 1 mini-batches defines
+    :meth:`sampled_row_weights` instead: the weights come from the rows of the b − 1 extra
+    batches and this batch's, and the update is Σₖ αₖ Jₖ of this batch's rows.
+    ``rows_across_batches``: the method combines rows of different batches or steps, which
+    only gradients of the parameters allow (not those of a representation, whose rows
+    belong to a batch's samples): :class:`OnRepresentation` and :class:`CRMOGM` refuse it.
     """
+
+    rows_across_batches: ClassVar[bool] = False
 
     def combine(self, jacobian: Tensor) -> Tensor:
         """The aggregated gradient (shape ``[D]``) of the weighted task gradients ``jacobian``."""
@@ -65,6 +83,11 @@ class GradientAggregation(Aggregation):
     def row_weights(self, jacobian: Tensor) -> Tensor:
         """α (shape ``[T]``, float64 on the CPU) such that the update is Σₖ αₖ Jₖ."""
         raise NotImplementedError(f"{type(self).__name__} defines no row_weights: its update is not a row combination")
+
+    def sampled_row_weights(self, jacobian: Tensor, others: Sequence[Tensor]) -> Tensor:
+        """α (shape ``[T]``, float64 on the CPU) for this batch's rows ``jacobian`` and the
+        rows ``others`` (same shape) of the ``batches_per_step − 1`` extra batches."""
+        raise NotImplementedError(f"{type(self).__name__} reads one batch per step: use row_weights")
 
     def combine_shared(self, jacobian: Tensor, blocks: Sequence[tuple[str, int]]) -> tuple[Tensor, Tensor]:
         """``(α, d)`` for the step's rows ``jacobian``, whose columns are the shared parameters
@@ -91,7 +114,12 @@ class GradientAggregation(Aggregation):
         if shared:
             sizes = [ctx.params[n].numel() for n in shared]
             rows = w[:, None] * shared_rows(ctx, task_grads, shared)
-            alpha, flat = self.combine_shared(rows, list(zip(shared, sizes)))
+            if self.batches_per_step > 1:
+                others = [w[:, None] * shared_rows(ctx, grads, shared) for grads in ctx.extra_task_gradients()]
+                alpha = self.sampled_row_weights(rows, others)
+                flat = combine_rows(alpha, rows)
+            else:
+                alpha, flat = self.combine_shared(rows, list(zip(shared, sizes)))
             self.last_weights = alpha.to(w)
             accumulate(ctx, dict(zip(shared, flat.split(sizes))))
         weighting_backward(ctx, weights, regularizer)

@@ -67,6 +67,11 @@ class CRMOGM(GradientAggregation):
                 f"CRMOGM smooths the weights of a gradient aggregation (PCGrad, MGDA, UPGrad...), "
                 f"not of {type(aggregation).__name__}"
             )
+        if aggregation is not None and aggregation.rows_across_batches:
+            raise ValueError(
+                f"CRMOGM smooths the weights an aggregation gives one batch's rows; {type(aggregation).__name__} "
+                "already carries its weights (or gradients) over steps and batches: use it alone"
+            )
         self.aggregation = aggregation if aggregation is not None else MGDA()
         self.beta = float(beta)
         self.average: Tensor | None = None

@@ -53,6 +53,12 @@ class OnRepresentation(Aggregation):
                 "OnRepresentation runs a gradient aggregation (PCGrad, MGDA, UPGrad...) on the representation's "
                 f"gradients, not {type(aggregation).__name__}"
             )
+        if aggregation.rows_across_batches:
+            raise ValueError(
+                f"OnRepresentation cannot run {type(aggregation).__name__}: it combines task gradients of different "
+                "batches or steps, and the representation's gradients belong to one batch's samples; use "
+                f"{type(aggregation).__name__} on the shared parameters"
+            )
         self.aggregation = aggregation
 
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:

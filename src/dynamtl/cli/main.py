@@ -214,6 +214,8 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, co
     variants = listed["variants"] or {}
     if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
         raise ConfigError("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
+    if methods is not None:  # --methods replaces the file's list: its variants are there to be chosen from
+        variants = {name: variant for name, variant in variants.items() if name in method_list}
     with_controls = controls if controls is not None else listed["controls"] is not False
     runner = _engine(engine, jobs, _parse_pairs(engine_options, "--engine-option"))
     try:
@@ -313,6 +315,9 @@ def _method_line(method: Method) -> str:
         f"{n}={'(required)' if d is inspect.Parameter.empty else d}" for n, d in defaults.items()
     ) or "none"
     notes = " [auxiliary mode]" if method.auxiliary_only else ""
+    facts = getattr(method.factory, "facts", None)
+    if facts is not None and facts.batches_per_step > 1:
+        notes += f" [{facts.batches_per_step} training batches per step]"
     return (f"  {method.name:<12} {method.family}{notes}; extra {method.extra_forward} / {method.extra_backward}\n"
             f"  {'':<12} {method.paper}\n  {'':<12} options: {options}")
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import pickle
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -80,9 +81,22 @@ def write_idx(path: Path, data: Tensor) -> None:
     if data.dtype != torch.uint8:
         raise ValueError(f"write_idx writes unsigned bytes only, got {data.dtype}: convert with .to(torch.uint8)")
     header = bytes([0, 0, IDX_UNSIGNED_BYTE, data.dim()]) + b"".join(d.to_bytes(4, "big") for d in data.shape)
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_bytes(header + data.contiguous().numpy().tobytes())
-    os.replace(temporary, path)
+    write_atomically(path, header + data.contiguous().numpy().tobytes())
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` through a temporary file of its own in the same folder,
+    renamed onto ``path``: a partly written file never carries the final name, and writers
+    of the same file at once (the runs of a parallel comparison preparing one data cache)
+    never share, truncate or rename each other's temporary file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def package_file(package: str, relative: str, pip_name: str) -> Path:
@@ -129,9 +143,7 @@ def load_or_build(
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     for target, content in ((path, data), (checksum, hashlib.sha256(data).hexdigest().encode())):
-        temporary = target.with_name(target.name + ".part")
-        temporary.write_bytes(content)
-        os.replace(temporary, target)
+        write_atomically(target, content)
     return tensors
 
 

@@ -1,4 +1,5 @@
-"""Plots of run folders: task weights over steps, validation metrics over epochs.
+"""Plots of run folders: task weights over steps, validation metrics over epochs; of
+comparisons: the weights of every method, and which methods down-weighted a noise task.
 
 Needs matplotlib (``pip install 'dynamtl[report]'``). Figures are drawn on
 :class:`matplotlib.figure.Figure` objects, never through ``pyplot``: no global state and no
@@ -18,6 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from dynamtl.report.records import read_records
+from dynamtl.report.shares import Share
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -171,6 +173,56 @@ def weights_comparison_figure(run_dirs: Mapping[str, Path], *, smooth: int = 1) 
         figure.supxlabel(textwrap.fill(f"constant over training, not drawn — {note}", int(11 * width)),
                          fontsize="medium")
     _task_legend(figure, colours)
+    return figure
+
+
+def plot_share_comparison(shares: Mapping[str, Sequence[Share]], task: str, out: Path) -> Path:
+    """Save :func:`share_comparison_figure` to ``out`` (a ``.png``) and return it."""
+    figure = share_comparison_figure(shares, task)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _save(figure, out)
+
+
+def share_comparison_figure(shares: Mapping[str, Sequence[Share]], task: str) -> Figure:
+    """Which methods found a useless helper task: one horizontal bar per method (a key of
+    ``shares``, top to bottom in order), the mean over its seeds of ``task``'s share of the
+    helper weight (:func:`~dynamtl.report.shares.helper_share`), every seed's share a dot,
+    and the even share (every helper weighted alike, as Equal does) a dashed line.
+
+    A bar well short of the line is a method that down-weighted ``task``; one at the line
+    did not tell it from the other helpers; one beyond it favoured it. Bars are coloured
+    from green (share 0) through yellow (the even share) to red (twice the even share or
+    more). ``ValueError`` without shares, for a method without any, or when the methods'
+    even shares differ (their runs had different helper tasks).
+    """
+    if not shares or not all(shares.values()):
+        empty = [label for label, values in shares.items() if not values]
+        raise ValueError(f"a share comparison needs at least one share per method; none for {empty or 'any method'}")
+    evens = {share.even for values in shares.values() for share in values}
+    if len(evens) > 1:
+        raise ValueError(f"the runs have different numbers of helper tasks (even shares {sorted(evens)}): "
+                         "compare runs of the same tasks")
+    even = evens.pop()
+    labels = list(shares)
+    means = [statistics.fmean(share.value for share in shares[label]) for label in labels]
+    colours = _matplotlib().colormaps["RdYlGn_r"]
+    figure = _figure(7.5, 0.9 + 0.38 * len(labels))
+    axes = figure.add_subplot()
+    rows = range(len(labels))
+    axes.barh(rows, means, color=[colours(min(mean / (2 * even), 1.0)) for mean in means], height=0.65,
+              edgecolor="black", linewidth=0.5)
+    for row, label in zip(rows, labels):
+        values = [share.value for share in shares[label]]
+        axes.plot(values, [row] * len(values), "o", color="black", markersize=3, alpha=0.7)
+    axes.axvline(even, color="black", linestyle="--", linewidth=1)
+    axes.text(even, -0.9, f" even share {even:.2g}", fontsize="small", va="center")
+    axes.set_yticks(list(rows), labels)
+    axes.set_ylim(len(labels) - 0.5, -1.3)
+    axes.set_xlim(0, 1)
+    axes.set_xlabel(f"{task} task's share of the helper tasks' weight (bar: mean over seeds; dots: seeds)")
+    axes.grid(axis="x", alpha=0.3)
+    figure.suptitle(f"Which methods down-weighted the {task} task (short bar: found it)")
     return figure
 
 

@@ -69,9 +69,12 @@ def compare_table(
     * ``seeds``: how many runs of the method there are;
     * one column ``task/metric`` per entry of ``metrics``, read from ``result[split]``;
     * a column ``Δ_MTL (%)`` (higher is better) when any run has a ``delta_mtl``;
-    * a last column ``Σλ``, the run's mean over its steps of the sum of its task weights
+    * a column ``Σλ``, the run's mean over its steps of the sum of its task weights
       (``"mean_weight_sum"``, 2 decimals, never bold), when any run has one: a weighting
-      whose weights do not sum to the number of tasks also changes the learning rate.
+      whose weights do not sum to the number of tasks also changes the learning rate;
+    * after it, ``noise share`` (``"noise_share"``, 2 decimals, never bold) when any run has
+      one: the noise task's share of the helper tasks' weight
+      (:func:`~dynamtl.report.shares.helper_share`; 0.5 for Equal with one other helper).
 
     Markdown cells are ``mean ± std`` with ``decimals`` decimals for metrics and
     2 decimals and an explicit sign for Δ_MTL (``+1.25 ± 0.30``); std is the sample standard
@@ -129,6 +132,11 @@ def compare_table(
         columns.append(_Column(
             title="Σλ", csv_name="mean_weight_sum", higher_is_better=None, decimals=WEIGHT_SUM_DECIMALS, signed=False,
             read=lambda result: result.get("mean_weight_sum"),
+        ))  # fmt: skip
+    if any(result.get("noise_share") is not None for result in results):
+        columns.append(_Column(
+            title="noise share", csv_name="noise_share", higher_is_better=None, decimals=WEIGHT_SUM_DECIMALS,
+            signed=False, read=lambda result: result.get("noise_share"),
         ))  # fmt: skip
     runs = _runs_by_method(results)
     cells = {method: [_cell(method, column, method_runs) for column in columns] for method, method_runs in runs.items()}

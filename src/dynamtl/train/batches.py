@@ -1,9 +1,10 @@
 """Mini-batches of a benchmark's splits, in an order that is a function of the seed.
 
-Pass p over a stream (``"train"``: the epochs; ``"meta"``: the meta batches) draws its
+Pass p over a stream (``"train"``: the epochs; ``"meta"``: the meta batches; ``"extra"``:
+the further training batches of aggregations that read several per step) draws its
 order from a generator seeded by (seed, stream, p) alone, never from a generator whose
 state carries over, so the position in the data — (epoch, batch) for the training stream,
-the number of batches drawn for the meta stream — is the whole state of every loader: a
+the number of batches drawn for the meta and extra streams — is the whole state of every loader: a
 resumed run rebuilds the pass it stopped in and skips exactly the batches already done.
 
 Splits held as :class:`~dynamtl.benchmarks.base.MultiTaskTensors` are sliced directly
@@ -97,8 +98,9 @@ class Passes:
 
 
 class MetaStream:
-    """An endless stream of meta batches: reshuffled passes over a split; ``drawn`` (the
-    number of batches taken) is its whole state, set by :meth:`seek`."""
+    """An endless stream of batches (the meta batches; the extra training batches of
+    aggregations that read several per step): reshuffled passes over a split; ``drawn``
+    (the number of batches taken) is its whole state, set by :meth:`seek`."""
 
     def __init__(self, passes: Passes) -> None:
         self.passes = passes

@@ -7,6 +7,7 @@ Folder layout below ``out``::
     runs/stl/seed<k>/          the single-task baselines of seed k (one run per primary task)
     table.md, table.csv        mean ± std over seeds of the test metrics and of Δ_MTL
     plots/weights_seed<k>.png  the task weights of every method, side by side
+    plots/noise-share.png      with a noise task: its share of the helper weight per method
 
 The runs are a grid, a plain list of :class:`~dynamtl.train.grid.GridRun` (:func:`grid`),
 trained by an engine of :mod:`dynamtl.train.grid` (worker processes by default); the
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynamtl.benchmarks.noise import NOISE
 from dynamtl.metrics import delta_mtl
+from dynamtl.report.shares import helper_share
 from dynamtl.report.tables import compare_table
 from dynamtl.train.config import ConfigError, RunConfig, plan
 from dynamtl.train.controls import (
@@ -36,7 +39,7 @@ from dynamtl.train.controls import (
 )
 from dynamtl.train.folder import write_json_atomic
 from dynamtl.train.grid import Engine, GridRun, LocalEngine, Outcome, Say
-from dynamtl.train.plots import draw_weights_comparison
+from dynamtl.train.plots import draw_share_comparison, draw_weights_comparison
 from dynamtl.train.threads import ThreadChoice
 
 BASELINE = "stl"
@@ -151,6 +154,10 @@ def compare(
         files[1].write_text(table)
     finished = {(o.spec.label, o.spec.config.seed): o.spec.folder for o in outcomes if o.results is not None}
     files += _draw_weight_plots(out, labels, seeds, finished)
+    share_figure = _draw_share_plot(out, list(configs), seeds, finished)
+    if share_figure:
+        say(f"which methods down-weighted the noise task: {share_figure[0]}")
+    files += share_figure
     comparison = Comparison(markdown, table, results, files,
                             [f"{o.spec.name}: {o.error}" for o in outcomes if o.error is not None])
     if comparison.failed:
@@ -159,16 +166,18 @@ def compare(
 
 
 def draw_comparison_plots(out: Path) -> list[Path]:
-    """Redraw ``out/plots/weights_seed<k>.png`` of the comparison in ``out`` from its
-    finished runs (the methods and seeds of ``comparison.json`` first, then any other row,
-    such as matched controls, found in ``out/runs``)."""
+    """Redraw ``out/plots/weights_seed<k>.png`` (and ``noise-share.png``, with a noise
+    task) of the comparison in ``out`` from its finished runs (the methods and seeds of
+    ``comparison.json`` first, then any other row, such as matched controls, found in
+    ``out/runs``)."""
     out = Path(out)
     listed = json.loads((out / "comparison.json").read_text())
     found = sorted(folder.name for folder in (out / "runs").iterdir() if folder.is_dir())
     labels = list(dict.fromkeys([*listed["methods"], *found]))
     finished = {(label, seed): _run_dir(out, label, seed) for label in labels for seed in listed["seeds"]
                 if (_run_dir(out, label, seed) / "results.json").is_file()}
-    return _draw_weight_plots(out, labels, listed["seeds"], finished)
+    return (_draw_weight_plots(out, labels, listed["seeds"], finished)
+            + _draw_share_plot(out, listed["methods"], listed["seeds"], finished))
 
 
 def _draw_weight_plots(
@@ -182,6 +191,20 @@ def _draw_weight_plots(
         if runs:
             files += draw_weights_comparison(runs, out / "plots" / f"weights_seed{seed}.png")
     return files
+
+
+def _draw_share_plot(
+    out: Path, rows: Sequence[str], seeds: Sequence[int], finished: Mapping[tuple[str, int], Path]
+) -> list[Path]:
+    """``out/plots/noise-share.png``: the noise task's share of the helper weight in every
+    finished run of ``rows`` (the compared methods, not their controls, whose weights are
+    their methods' means), when the runs have a noise task; else nothing."""
+    shares = {}
+    for label in rows:
+        found = [helper_share(finished[label, seed], NOISE) for seed in seeds if (label, seed) in finished]
+        if label != BASELINE and any(found):
+            shares[label] = [share for share in found if share is not None]
+    return draw_share_comparison(shares, NOISE, out / "plots" / "noise-share.png") if shares else []
 
 
 def grid(configs: Mapping[str, RunConfig], seeds: Sequence[int], out: Path) -> list[GridRun]:

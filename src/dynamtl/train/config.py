@@ -157,7 +157,12 @@ class RunConfig:
             if key not in hints:
                 continue
             try:
-                parsed[key] = parse_value(value, hints[key], f"{key}")
+                if key in ("options", "benchmark_options") and isinstance(value, Mapping):
+                    # a run's config.json records the options' None defaults as null
+                    typed = parse_value({k: v for k, v in value.items() if v is not None}, hints[key], key)
+                    parsed[key] = {k: None if v is None else typed[k] for k, v in value.items()}
+                else:
+                    parsed[key] = parse_value(value, hints[key], f"{key}")
             except RegistryError as error:
                 problems.append(f"{error} (in {source})")
         if problems:

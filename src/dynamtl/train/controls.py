@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynamtl.benchmarks.noise import NOISE
 from dynamtl.registry import OptionValue, RegistryError, parse_method
+from dynamtl.report.shares import helper_share
 from dynamtl.train.config import ConfigError, RunConfig, plan
 
 TOLERANCE = 0.05
@@ -145,9 +147,13 @@ def matched_controls(spec: RunSpec, seed: int, run_dir: Path) -> list[RunSpec]:
 
 def weight_columns(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """``result`` with ``mean_weight_sum`` (the mean over the steps of Σᵢ λᵢ, ``None``
-    without weights) for the comparison table."""
+    without weights) and ``noise_share`` (the noise task's share of the helper tasks'
+    weight, :func:`~dynamtl.report.shares.helper_share`; ``None`` without a noise task or
+    weights) for the comparison table."""
     summary = read_weights(run_dir)
-    return {**result, "mean_weight_sum": None if summary is None else summary.mean_sum}
+    share = helper_share(run_dir, NOISE)
+    return {**result, "mean_weight_sum": None if summary is None else summary.mean_sum,
+            "noise_share": None if share is None else share.value}
 
 
 def _parsed(method: str, options: Mapping[str, OptionValue]) -> Any:

@@ -4,8 +4,10 @@ without it, training goes on and says once how to get the plots."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from dynamtl.report.shares import Share
 
 logger = logging.getLogger("dynamtl")
 _told_about_matplotlib = False
@@ -28,6 +30,17 @@ def draw_weights_comparison(run_dirs: Mapping[str, Path], out: Path) -> list[Pat
         from dynamtl.report.plots import plot_weights_comparison
 
         return [plot_weights_comparison(run_dirs, out)]
+    except ModuleNotFoundError as error:
+        _tell_once(error)
+        return []
+
+
+def draw_share_comparison(shares: Mapping[str, Sequence[Share]], task: str, out: Path) -> list[Path]:
+    """One figure of ``task``'s share of the helper weight per method (label -> its seeds' shares)."""
+    try:
+        from dynamtl.report.plots import plot_share_comparison
+
+        return [plot_share_comparison(shares, task, out)]
     except ModuleNotFoundError as error:
         _tell_once(error)
         return []

@@ -162,6 +162,12 @@ class _Session:
         )
         meta_data = splits.val if config.meta_source == "val" else splits.train
         self.meta_stream = MetaStream(Passes(bench, meta_data, self.batch_size, config.seed, "meta", True, self.device))
+        # aggregations that read several independent mini-batches per step (SDMGrad, MoDo) draw
+        # the others from a stream of reshuffled passes over the training split of its own
+        self.extra_batches = self.mtl.aggregation.batches_per_step - 1
+        self.extra_stream = MetaStream(
+            Passes(bench, splits.train, self.batch_size, config.seed, "extra", True, self.device)
+        ) if self.extra_batches else None
         self.resumed_batches: Iterator[Any] | None = None
         self.primary = checked.context.primary
         self.selection = Selection(self.primary, self.specs)
@@ -239,12 +245,14 @@ class _Session:
         shard = self.processes.shard
         for index, batch in enumerate(map(shard, batches), start=self.batch):
             meta_batch = shard(self.meta_stream.next()) if needs_meta else None
+            extra = self.extra_stream
+            extra_batches = [shard(extra.next()) for _ in range(self.extra_batches)] if extra else []
             self.step += 1
             record: dict[str, Any] = {"step": self.step, "epoch": self.epoch + 1, "batch": index + 1,
                                       "lr": self.optimizer.param_groups[0]["lr"]}
             try:
                 with self._autocast():
-                    info = self.mtl.step(batch, meta_batch)
+                    info = self.mtl.step(batch, meta_batch, extra_batches=extra_batches)
             except NonFiniteLossError as error:
                 self._non_finite(error, record)
             else:
@@ -380,6 +388,7 @@ class _Session:
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
             "meta_stream": self.meta_stream.drawn,
+            "extra_stream": self.extra_stream.drawn if self.extra_stream else 0,
             "totals": self.totals.state_dict(),
             "selection": self.selection.state_dict(),
             "skipped": self.skipped,
@@ -413,6 +422,8 @@ class _Session:
         if self.epoch < self.epochs:  # position the loaders before the random state is put back
             self.resumed_batches = self.training.iterate(self.epoch, self.batch)
         self.meta_stream.seek(state["meta_stream"])
+        if self.extra_stream:
+            self.extra_stream.seek(state.get("extra_stream", 0))
         self.totals.load_state_dict(state["totals"])
         self.selection.load_state_dict(state["selection"])
         self.skipped, self.last_weights = state["skipped"], state["last_weights"]
