@@ -173,16 +173,16 @@ def test_list_names_every_benchmark_and_method():
             "epochs must be >= 1, got 0\n  - lr must be > 0",
         ),
         (["train", "--benchmark", "drift", "--optimizer", "rmsprop"], "'rmsprop' is not one of 'sgd', 'adam', 'adamw'"),
-        (["train"], "the flags names no benchmark: give --benchmark NAME"),
+        (["train"], "no benchmark given: give --benchmark NAME"),
         (["compare", "--benchmark", "drift"], "give the methods to compare: --methods"),
-        (["compare", "--benchmark", "drift", "--methods", "dwa,nope"], "nope: invalid run configuration"),
+        (["compare", "--benchmark", "drift", "--methods", "dwa,nope"], "nope: unknown method 'nope'"),
         (
             ["compare", "--benchmark", "drift", "--methods", "dwa", "--option", "c=1"],
             "no compared method takes the option(s) ['c']",
         ),
         (
             ["resume", "/nonexistent/run"],
-            "/nonexistent/run/config.json is missing: /nonexistent/run is not a dynamtl run folder",
+            "no folder /nonexistent/run: give the folder of a run",
         ),
         (["plot", "."], "no run folder (with a steps.jsonl) in ."),
     ],
@@ -198,10 +198,10 @@ def test_a_config_file_with_an_unknown_key_or_bad_syntax_is_rejected(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('benchmark = "drift"\nepoch = 3\n')
     code, output = invoke("train", "--config", str(config))
-    assert code == 1 and f"unknown key(s) ['epoch'] in {config} and the flags; valid keys: benchmark" in output
+    assert code == 2 and f"unknown key(s) ['epoch'] in {config} and the flags; valid keys: benchmark" in output
     config.write_text('benchmark = "drift\n')
     code, output = invoke("train", "--config", str(config))
-    assert code == 1 and f"{config} is not valid TOML" in output
+    assert code == 2 and f"{config} is not valid TOML" in output
 
 
 def test_an_incomplete_data_folder_surfaces_the_loader_message(tmp_path):

@@ -237,7 +237,7 @@ def test_jobs_and_engine_options_are_checked(tmp_path):
     assert code == 2 and "0 is not in the range x>=1" in output
     code, output = invoke("compare", *TINY, "--methods", "equal", "--engine-option", "timeout_min=5",
                           "--out", str(tmp_path / "b"))
-    assert code == 1 and "--engine-option is for --engine submitit" in output
+    assert code == 2 and "--engine-option is for --engine submitit" in output
     assert not (tmp_path / "b").exists()
 
 

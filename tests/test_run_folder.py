@@ -263,6 +263,31 @@ def test_caches_prepared_at_once_by_two_runs_do_not_break_each_other(tmp_path, m
     assert torch.equal(_files.load_or_build(path, {"v": 1}, lambda: {})["x"], torch.arange(3.0))  # intact, reused
 
 
+def test_files_copied_at_once_by_two_runs_do_not_break_each_other(tmp_path, monkeypatch):
+    """The same, for data files copied from an installed package into an empty data folder:
+    the second run copies and renames while the first is between copying and renaming."""
+    from dynamtl.data import _files
+
+    source = tmp_path / "package" / "data.csv"
+    source.parent.mkdir()
+    source.write_text("a,b\n1,2\n")
+    source.chmod(0o644)
+    folder, rename, nested = tmp_path / "data", os.replace, {}
+
+    def other_run_renames_first(staged, target):
+        if not nested:
+            nested["started"] = True
+            _files.copy_files({"data.csv": source}, folder, "copying")
+        rename(staged, target)
+
+    monkeypatch.setattr(_files.os, "replace", other_run_renames_first)
+    _files.copy_files({"data.csv": source}, folder, "copying")
+    monkeypatch.undo()
+    assert nested and sorted(p.name for p in folder.iterdir()) == ["data.csv"]  # no temporary file left
+    assert (folder / "data.csv").read_text() == "a,b\n1,2\n"
+    assert (folder / "data.csv").stat().st_mode & 0o777 == 0o644  # the source's permissions
+
+
 # --- defaults that change under a run ------------------------------------------------------
 
 

@@ -58,7 +58,7 @@ def invoke(*args: str) -> tuple[int, str]:
 )
 def test_every_problem_of_a_command_line_is_listed_at_once(args, expected, tmp_path):
     code, output = invoke("train", *args, "--quiet", "--out", str(tmp_path / "run"))
-    assert code == 1
+    assert code == 2
     problems = [line for line in output.splitlines() if line.startswith("  - ")]
     assert len(problems) == len(expected), output
     for wanted in expected:

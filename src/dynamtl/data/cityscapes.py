@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dynamtl.data._tabular import progress
+from dynamtl.data._progress import progress
 from dynamtl.data.dense_transforms import DenseAugmentation, nearest_indices, noise_map
 from dynamtl.metrics_dense import IGNORE_INDEX
 
@@ -93,7 +93,7 @@ def prepare_cityscapes(root: Path | str, splits: Sequence[Split] = ("train", "va
             name: np.lib.format.open_memmap(partial / f"{name}.npy", mode="w+", dtype=dtype, shape=(len(frames), *tail))
             for name, (dtype, tail) in ARRAYS.items()
         }
-        for n, (city, stem) in enumerate(progress(frames, len(frames), f"preparing CityScapes {split}")):
+        for n, (city, stem) in enumerate(progress(frames, len(frames), f"preparing CityScapes {split}", unit="frame")):
             paths = {kind: folder / top / split / city / f"{stem}{suffix}" for kind, (top, suffix) in RELEASE.items()}
             for path in paths.values():
                 if not path.is_file():

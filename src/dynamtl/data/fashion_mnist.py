@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from dynamtl.data._files import find_file
+from dynamtl.data._files import copy_files, find_file
 from dynamtl.data.mnist import MNIST
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -52,9 +51,5 @@ class FashionMNIST(MNIST):
                 f"{self.source} lacks {missing} (plain or .gz): apt-get install {DEBIAN_PACKAGE}, or "
                 f"apt-get download {DEBIAN_PACKAGE} and dpkg-deb -x it (bash scripts/setup.sh does it)"
             )
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for path in found.values():
-            assert path is not None
-            partial = self.folder / (path.name + ".part")
-            shutil.copyfile(path, partial)
-            partial.replace(self.folder / path.name)
+        copy_files({path.name: path for path in found.values() if path is not None}, self.folder,
+                   f"copying the {self.TITLE} files")

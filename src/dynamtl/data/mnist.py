@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from dynamtl.data._files import find_file, package_file, read_idx, require_files, write_idx
+from dynamtl.data._progress import slices
 
 Split = Literal["train", "test"]
 
@@ -103,17 +104,24 @@ class MNIST:
             group = zarr.open_group(store, mode="r")
             self.folder.mkdir(parents=True, exist_ok=True)
             for split, (image_name, label_name) in self.FILES.items():
-                write_idx(self.folder / image_name, torch.from_numpy(_array(group, f"{split}_images", archive)))
+                images = _array(group, f"{split}_images", archive, f"unpacking the MNIST {split} images")
+                write_idx(self.folder / image_name, torch.from_numpy(images))
                 write_idx(self.folder / label_name, torch.from_numpy(_array(group, f"{split}_labels", archive)))
         finally:
             store.close()
 
 
-def _array(group: Any, name: str, archive: Path) -> np.ndarray:
-    """The zarr array ``name`` of ``group`` read into memory."""
+def _array(group: Any, name: str, archive: Path, description: str | None = None) -> np.ndarray:
+    """The zarr array ``name`` of ``group`` read into memory (a block of rows at a time under
+    a progress bar labelled ``description``, when given)."""
     import zarr
 
     array = group[name]
     if not isinstance(array, zarr.Array):
         raise ValueError(f"{archive}: {name!r} is a {type(array).__name__}, not an array: replace the archive")
-    return np.asarray(array)
+    if description is None:
+        return np.asarray(array)
+    out = np.empty(array.shape, dtype=array.dtype)
+    for rows in slices(len(out), 5000, description, unit="img"):
+        out[rows] = array[rows]
+    return out

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from dynamtl.data._files import load_or_build, require_files
-from dynamtl.data._tabular import file_digests, fill_from_package, open_text, progress
+from dynamtl.data._progress import bar, progress
+from dynamtl.data._tabular import file_digests, fill_from_package, open_text
 
 PIP_SOURCE = "--no-deps qm9pack==1.0.3"
 PACKAGE = "qm9pack"
@@ -132,7 +133,7 @@ class QM9Molecules:
         coordinates: list[str] = []
         targets: list[list[str]] = []
         total = sum(self.FILES.values())
-        for atoms, symbols, xyz, values in progress(self._rows(paths), total, "QM9 molecules"):
+        for atoms, symbols, xyz, values in progress(self._rows(paths), total, "reading the QM9 molecules", unit="mol"):
             counts.append(atoms)
             elements.append(symbols)
             coordinates.append(xyz)
@@ -153,12 +154,14 @@ class QM9Molecules:
         positions = self._positions(coordinates, n_atoms)
         eigenvalues = torch.zeros(len(n_atoms), MAX_ATOMS, dtype=torch.float64)
         starts = np.concatenate([[0], np.cumsum(n_atoms)])
-        for size in np.unique(n_atoms):
-            molecules = np.flatnonzero(n_atoms == size)
-            rows = starts[molecules][:, None] + np.arange(size)
-            eigenvalues[molecules, :size] = coulomb_eigenvalues(
-                torch.from_numpy(charges[rows]), torch.from_numpy(positions[rows])
-            )
+        with bar("QM9 Coulomb-matrix eigenvalues", len(n_atoms), unit="mol") as done:
+            for size in np.unique(n_atoms):
+                molecules = np.flatnonzero(n_atoms == size)
+                rows = starts[molecules][:, None] + np.arange(size)
+                eigenvalues[molecules, :size] = coulomb_eigenvalues(
+                    torch.from_numpy(charges[rows]), torch.from_numpy(positions[rows])
+                )
+                done.update(len(molecules))
         return {"eigenvalues": eigenvalues, "targets": torch.from_numpy(target_values)}
 
     def _rows(self, paths: dict[str, Path]) -> Iterator[tuple[str, str, str, list[str]]]:

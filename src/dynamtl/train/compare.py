@@ -30,7 +30,7 @@ from dynamtl.benchmarks.noise import NOISE
 from dynamtl.metrics import delta_mtl
 from dynamtl.report.shares import helper_share
 from dynamtl.report.tables import compare_table
-from dynamtl.train.config import ConfigError, RunConfig, plan
+from dynamtl.train.config import ConfigError, RunConfig, RunPlan, plan
 from dynamtl.train.controls import (
     RunSpec,
     matched_controls,
@@ -107,10 +107,7 @@ def compare(
     comparison of the other runs) when any run failed, after the tables are written.
     """
     out = Path(out)
-    if not methods or not seeds:
-        raise ConfigError("compare needs at least one method and one seed: --methods a,b --seeds 0,1")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds are given twice: {list(seeds)}")
+    plan_comparison(base, methods, seeds, variants)  # nothing is started before every run is checked
     engine = engine or LocalEngine()
     say = say or (lambda line: None)
     wanted = [m for m in dict.fromkeys(methods) if m != BASELINE]
@@ -121,16 +118,8 @@ def compare(
         say(f"torch threads: {choice.threads} per run, {jobs} run(s) at once {engine.where} ({choice.reason})")
     else:
         say(f"torch threads: {base.threads} per run, {jobs} run(s) at once {engine.where}")
-    configs = {BASELINE: base.replace(method=BASELINE, options={}, noise_task=False)}
-    configs.update({spec.label: spec.config for spec in method_specs(base, wanted, variants)})
-    checked, problems = {}, []
-    for method, config in configs.items():
-        try:
-            checked[method] = plan(config)
-        except ConfigError as error:
-            problems.append(f"{method}: {error}")
-    if problems:
-        raise ConfigError("\n".join(problems))
+    checked = plan_comparison(base, methods, seeds, variants)
+    configs = {label: run.config for label, run in _configs(base, wanted, variants).items()}
     reference = checked[BASELINE]
     metrics = {task: list(reference.benchmark.specs[task].metrics) for task in reference.context.primary}
     write_json_atomic(
@@ -163,6 +152,49 @@ def compare(
     if comparison.failed:
         raise RunsFailed(comparison)
     return comparison
+
+
+def plan_comparison(
+    base: RunConfig, methods: Sequence[str], seeds: Sequence[int],
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, RunPlan]:
+    """The checked plan of every row of a comparison (``stl`` first), keyed by label;
+    ``ConfigError`` listing every problem: of the methods and seeds, of the variants, and
+    of every row's configuration. A problem every row has (a setting of ``base``: an
+    unknown benchmark, ``epochs`` 0) is listed once, the others after their row's label."""
+    problems = []
+    if not methods:
+        problems.append("give the methods to compare: --methods auto-lambda,hydalearn,equal")
+    if not seeds:
+        problems.append("give the seeds to compare: --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        problems.append(f"seeds are given twice: {list(seeds)}")
+    try:
+        configs = _configs(base, [m for m in dict.fromkeys(methods) if m != BASELINE], variants)
+    except ConfigError as error:
+        problems += error.problems
+        configs = {BASELINE: RunSpec(BASELINE, base.replace(method=BASELINE, options={}, noise_task=False))}
+    checked, found = {}, {}
+    for label, spec in configs.items():
+        try:
+            checked[label] = plan(spec.config)
+        except ConfigError as error:
+            found[label] = error.problems
+    shared = [p for p in next(iter(found.values()), ()) if len(found) == len(configs)
+              and all(p in row for row in found.values())]
+    problems += shared + [f"{label}: {p}" for label, row in found.items() for p in row if p not in shared]
+    if problems:
+        raise ConfigError(*problems, heading="invalid comparison")
+    return checked
+
+
+def _configs(
+    base: RunConfig, methods: Sequence[str], variants: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, RunSpec]:
+    """The rows of a comparison by label: the ``stl`` baselines, then ``methods``."""
+    rows = {BASELINE: RunSpec(BASELINE, base.replace(method=BASELINE, options={}, noise_task=False))}
+    rows.update({spec.label: spec for spec in method_specs(base, methods, variants)})
+    return rows
 
 
 def draw_comparison_plots(out: Path) -> list[Path]:

@@ -57,7 +57,16 @@ ENVIRONMENT = "environment"
 
 
 class ConfigError(ValueError):
-    """A run configuration that cannot be trained; the message lists every problem."""
+    """A run configuration that cannot be trained; the message lists every problem.
+
+    ``problems`` holds them one by one (a single message is its own list), so that a
+    caller can merge them with problems found elsewhere (the command line's own, in
+    :mod:`dynamtl.cli.gather`)."""
+
+    def __init__(self, *problems: str, heading: str = "invalid run configuration") -> None:
+        self.problems = problems
+        listed = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(problems[0] if len(problems) == 1 else f"{heading}:\n{listed}")
 
 
 @dataclass(frozen=True)
@@ -146,31 +155,21 @@ class RunConfig:
         """A config from ``key -> value`` (strings from flags, or typed values from a
         file, or a run's ``config.json``, whose ``environment`` is left out), each parsed by
         its field's type; ``ConfigError`` naming unknown keys and values of the wrong type."""
-        hints = typing.get_type_hints(cls)
-        values = {k: v for k, v in values.items() if k != ENVIRONMENT}  # recorded beside a run's settings
-        unknown = [k for k in values if k not in hints]
-        problems = [f"unknown key(s) {unknown} in {source}; valid keys: {', '.join(hints)}"] if unknown else []
+        parsed, problems = _parsed_fields(values, source)
         if "benchmark" not in values:
             problems.append(f"{source} names no benchmark: give --benchmark NAME (see `dynamtl list`)")
-        parsed: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in hints:
-                continue
-            try:
-                if key in ("options", "benchmark_options") and isinstance(value, Mapping):
-                    # a run's config.json records the options' None defaults as null
-                    typed = parse_value({k: v for k, v in value.items() if v is not None}, hints[key], key)
-                    parsed[key] = {k: None if v is None else typed[k] for k, v in value.items()}
-                else:
-                    parsed[key] = parse_value(value, hints[key], f"{key}")
-            except RegistryError as error:
-                problems.append(f"{error} (in {source})")
         if problems:
-            raise ConfigError("\n".join(problems))
-        for key in ("tasks", "primary"):
-            if parsed.get(key) is not None:
-                parsed[key] = tuple(parsed[key])
+            raise ConfigError(*problems)
         return cls(**parsed)
+
+    @classmethod
+    def parsed(cls, values: Mapping[str, Any], source: str = "the configuration") -> tuple[RunConfig, list[str]]:
+        """Like :meth:`from_mapping`, but never raising: the config of the values that
+        parse (``benchmark`` ``""`` when none is given, which :func:`plan` reports) and
+        the problems of the others, which keep their defaults, so that :func:`plan` still
+        checks the rest (a command line's every problem at once)."""
+        parsed, problems = _parsed_fields(values, source)
+        return cls(**{"benchmark": "", **parsed}), problems
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON values, exactly as ``config.json`` reads back (tuples as
@@ -182,6 +181,32 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _parsed_fields(values: Mapping[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
+    """The fields of ``values`` parsed by their types, and the problems of the others
+    (unknown keys, values of the wrong type), which are left out."""
+    hints = typing.get_type_hints(RunConfig)
+    values = {k: v for k, v in values.items() if k != ENVIRONMENT}  # recorded beside a run's settings
+    unknown = [k for k in values if k not in hints]
+    problems = [f"unknown key(s) {unknown} in {source}; valid keys: {', '.join(hints)}"] if unknown else []
+    parsed: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            continue
+        try:
+            if key in ("options", "benchmark_options") and isinstance(value, Mapping):
+                # a run's config.json records the options' None defaults as null
+                typed = parse_value({k: v for k, v in value.items() if v is not None}, hints[key], key)
+                parsed[key] = {k: None if v is None else typed[k] for k, v in value.items()}
+            else:
+                parsed[key] = parse_value(value, hints[key], f"{key}")
+        except RegistryError as error:
+            problems.append(f"{error} (in {source})")
+    for key in ("tasks", "primary"):
+        if parsed.get(key) is not None:
+            parsed[key] = tuple(parsed[key])
+    return parsed, problems
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -219,13 +244,17 @@ def plan(config: RunConfig) -> RunPlan:
     """Check ``config`` and fill in its defaults, including every option of the method's
     weighting and aggregation (a default that changes in a later dynamtl version then shows
     as a difference, instead of silently changing a resumed run); ``ConfigError`` listing
-    every problem: a wrong benchmark name does not hide a wrong method or value."""
+    every problem: a wrong benchmark name does not hide a wrong method or value. An empty
+    ``benchmark`` is reported as missing (see :meth:`RunConfig.parsed`)."""
     problems: list[str] = []
-    try:
-        bench: Benchmark | None = _benchmark(config)
-    except RegistryError as error:
-        problems.append(str(error))
-        bench = None
+    bench: Benchmark | None = None
+    if not config.benchmark:
+        problems.append("no benchmark given: give --benchmark NAME (see `dynamtl list`)")
+    else:
+        try:
+            bench = _benchmark(config)
+        except RegistryError as error:
+            problems.append(str(error))
     if bench is not None:
         config = _resolve_defaults(config, bench)
     problems += _check_ranges(config)
@@ -257,7 +286,7 @@ def plan(config: RunConfig) -> RunPlan:
                                 f"of {bench.name!r} has none: drop upper_bound, or use a network with one "
                                 f"(network=split on NYUv2 and CityScapes)")
     if problems:
-        raise ConfigError("invalid run configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError(*problems)
     assert method is not None and bench is not None
     resolved = config.replace(
         method=method.name, tasks=tasks, primary=primary if config.mode == "auxiliary" else None,

@@ -73,30 +73,30 @@ def method_specs(
     options on top of ``base``'s (``{"al-lr1e-3": {"method": "auto-lambda", "lr": 1e-3}}``);
     it lets one comparison hold a method at several settings, e.g. a Static at chosen
     weights. ``ConfigError`` for a variant without ``method`` and for options (of ``base``
-    or of a variant) that no compared method takes.
+    or of a variant) that no compared method takes, listing every such problem.
     """
     variants = dict(variants or {})
     unused = [name for name in variants if name not in methods]
-    if unused:
-        raise ConfigError(f"variant(s) {unused} are defined but not in methods {list(methods)}: add them or drop them")
+    problems = [f"variant(s) {unused} are defined but not in methods {list(methods)}: add them or drop them"
+                ] if unused else []
     specs, taken = [], []
     for name in dict.fromkeys(methods):
         variant = dict(variants.get(name, {}))
         method = variant.pop("method", name if name not in variants else None)
         if not isinstance(method, str):
-            raise ConfigError(f"variant {name!r} names no method: give it method = \"auto-lambda\" (a method spec)")
+            problems.append(f"variant {name!r} names no method: give it method = \"auto-lambda\" (a method spec)")
+            continue
         spec = _parsed(method, variant)
-        for key in variant:
-            if spec is not None and not spec.takes(key):
-                raise ConfigError(f"variant {name!r}: method {method!r} takes no option {key!r}")
+        problems += [f"variant {name!r}: method {method!r} takes no option {key!r}"
+                     for key in variant if spec is not None and not spec.takes(key)]
         options = {**{k: v for k, v in base.options.items() if spec is None or spec.takes(k)}, **variant}
-        taken += [spec] if spec is not None else []
+        taken.append(spec)
         specs.append(RunSpec(name, base.replace(method=method, options=options)))
-    unused_options = [key for key in base.options if not any(spec.takes(key) for spec in taken)]
-    if unused_options:
-        raise ConfigError(
-            f"no compared method takes the option(s) {unused_options}; methods compared: {list(methods)}"
-        )
+    unused_options = [key for key in base.options if not any(spec is None or spec.takes(key) for spec in taken)]
+    if unused_options:  # (an option may be an unknown method's: plan() reports that method)
+        problems.append(f"no compared method takes the option(s) {unused_options}; methods compared: {list(methods)}")
+    if problems:
+        raise ConfigError(*problems)
     return specs
 
 

@@ -35,6 +35,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the inst
     raise ModuleNotFoundError("dynamtl.train needs tqdm: pip install 'dynamtl[cli]'") from missing
 
 import dynamtl
+from dynamtl.data import _progress as data_progress
 from dynamtl.step import MultiTask, NonFiniteLossError
 from dynamtl.train import checkpoint
 from dynamtl.train.batches import MetaStream, Passes
@@ -138,7 +139,8 @@ class _Session:
         self.bench = bench = checked.benchmark
         assert config.root is not None
         try:
-            splits = bench.splits(Path(config.root), config.seed, config.limit)
+            with data_progress.shown(self.progress):  # preparing an empty data folder shows its bars
+                splits = bench.splits(Path(config.root), config.seed, config.limit)
         except (OSError, ValueError) as error:
             raise DataError(f"cannot load the data of benchmark {bench.name!r} from {config.root}: {error}") from error
         self.splits = splits
