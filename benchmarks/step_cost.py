@@ -14,6 +14,10 @@ itself computed, and moves far less with the machine's load than wall time does.
 ``--repeats N`` repeats the whole timed run (fresh models) and prints the median ratio
 and the range over the repeats.
 
+Methods: every weighting and aggregation of the registry (``dynamtl list``) at its default
+options, under its class name, so a newly registered method is timed without editing this
+file; the variants in ``VARIANTS`` add other settings and compositions.
+
 Passes: the same round-robin also times the model's passes on a training batch, a forward
 pass with a graph (F), one without a graph at other parameters through
 ``torch.func.functional_call`` (F₀, as the look-ahead evaluations run), and a backward
@@ -49,6 +53,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import multiprocessing
 import os
@@ -59,9 +64,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from models import MODELS, batch, tasks
+from models import MODELS, TASKS, batch, tasks
 
 import dynamtl as dm
+from dynamtl.registry import AGGREGATIONS, WEIGHTINGS, MethodContext
+from dynamtl.registry import Method as Entry
 
 Method = Callable[[], tuple[dm.Weighting, dm.Aggregation]]
 
@@ -74,60 +81,75 @@ def _aggregation(factory: Callable[[], dm.Aggregation]) -> Method:
     return lambda: (dm.Equal(), factory())
 
 
-METHODS: dict[str, Method] = {
-    "Equal": _weighting(dm.Equal),
-    "DWA": _weighting(dm.DWA),
-    "Uncertainty": _weighting(dm.Uncertainty),
-    "RLW": _weighting(dm.RLW),
-    "FAMO": _weighting(dm.FAMO),
-    "STCH": _weighting(dm.STCH),
-    "GLS": _weighting(dm.GLS),
-    "IMTLL": _weighting(dm.IMTLL),
-    "DBMTL": _weighting(dm.DBMTL),
-    "ExcessMTL": _weighting(dm.ExcessMTL),
-    "GradNorm": _weighting(dm.GradNorm),
-    "GCS": _weighting(lambda: dm.GCS(main="a")),
-    "OLAux": _weighting(lambda: dm.OLAux(main="a")),
-    "AutoLambda": _weighting(lambda: dm.AutoLambda(order="lookahead")),
+# options a registered method cannot do without (its entry has no default for them)
+REQUIRED_OPTIONS: dict[str, dict[str, object]] = {"static": {"weights": dict.fromkeys(TASKS, 1.0)}}
+
+
+def _registered(entry: Entry) -> Method:
+    """A registry entry at its default options, the other half Equal or Sum. A method that
+    weighs auxiliary tasks gets task "a" as its primary task; the others train all tasks."""
+    auxiliary = entry.auxiliary_only
+    context = MethodContext(TASKS, ("a",) if auxiliary else TASKS, auxiliary, seed=0)
+    options = entry.parse_options(REQUIRED_OPTIONS.get(entry.name, {}))
+    build = functools.partial(entry.build, context, options)
+    return _aggregation(build) if entry.kind == "aggregation" else _weighting(build)  # type: ignore[arg-type]
+
+
+def _name(entry: Entry) -> str:
+    return entry.factory.__name__
+
+
+# settings and compositions beyond the registered methods at their defaults; a name that is
+# also a registered class's name replaces that entry (HydaLearn: main task "a" only)
+VARIANTS: dict[str, Method] = {
     "AutoLambda-lagged": _weighting(lambda: dm.AutoLambda(order="lagged")),
     "AutoLambda-exact": _weighting(lambda: dm.AutoLambda(hypergradient="exact")),
     "AutoLambda-forward": _weighting(lambda: dm.AutoLambda(difference="forward")),
     "AutoLambda-lagged-forward": _weighting(lambda: dm.AutoLambda(order="lagged", difference="forward")),
     "HydaLearn": _weighting(lambda: dm.HydaLearn(main="a", gain="lookahead")),
     "HydaLearn-first_order": _weighting(lambda: dm.HydaLearn(main="a", gain="first_order")),
-    "PCGrad": _aggregation(dm.PCGrad),
-    "GradDrop": _aggregation(dm.GradDrop),
-    "CAGrad": _aggregation(dm.CAGrad),
-    "MGDA": _aggregation(dm.MGDA),
-    "IMTLG": _aggregation(dm.IMTLG),
-    "NashMTL": _aggregation(dm.NashMTL),
-    "AlignedMTL": _aggregation(dm.AlignedMTL),
-    "GradVac": _aggregation(dm.GradVac),
-    "UPGrad": _aggregation(dm.UPGrad),
-    "DualProj": _aggregation(dm.DualProj),
-    "ConFIG": _aggregation(dm.ConFIG),
-    "FairGrad": _aggregation(dm.FairGrad),
-    "MoCo": _aggregation(dm.MoCo),
-    "SDMGrad": _aggregation(dm.SDMGrad),
-    "MoDo": _aggregation(dm.MoDo),
+    "MGDA-UB": _aggregation(lambda: dm.MGDA(upper_bound=True)),
+    "UPGrad-representation": _aggregation(lambda: dm.OnRepresentation(dm.UPGrad())),
+    "GradVac-layer": _aggregation(lambda: dm.GradVac(granularity="layer")),
+    "CRMOGM-UPGrad": _aggregation(lambda: dm.CRMOGM(dm.UPGrad())),
+    "IMTL": lambda: (dm.IMTLL(), dm.IMTLG()),
     "AutoLambda+CAGrad": lambda: (dm.AutoLambda(), dm.CAGrad()),
 }
+# every registered weighting and aggregation (not stl, a run mode, nor Sum, which is Equal's
+# step), in the registry's order, then the variants
+REGISTERED: dict[str, Entry] = {
+    _name(e): e for e in [*WEIGHTINGS.values(), *AGGREGATIONS.values()] if not e.single_task and e.name != "sum"
+}
+METHODS: dict[str, Method] = {**{n: _registered(e) for n, e in REGISTERED.items()}, **VARIANTS}
+REPRESENTATION = "trunk"  # the shared representation of both models, for the aggregations that need it
 LEGEND = (
-    "AutoLambda: order='lookahead' (the paper's), finite-difference hypergradient; -lagged: order='lagged'; "
-    "-exact: hypergradient='exact'; -forward: difference='forward'; HydaLearn: main='a', gain='lookahead'; "
-    "-first_order: gain='first_order'; "
-    "GCS, OLAux: main='a'; aggregations (PCGrad ... MoDo) with Equal weighting, defaults; SDMGrad and MoDo "
-    "read 2 more training batches of the pool per step"
+    "registered methods by class name, at their defaults, aggregations with Equal weighting and weightings with "
+    "Sum; GCS, OLAux, HydaLearn: main task 'a'; AutoLambda: order='lookahead' (the paper's), finite-difference "
+    "hypergradient; -lagged: order='lagged'; -exact: hypergradient='exact'; -forward: difference='forward'; "
+    "HydaLearn: gain='lookahead'; -first_order: gain='first_order'; MGDA-UB: upper_bound=True; "
+    "UPGrad-representation: OnRepresentation(UPGrad()); GradVac-layer: granularity='layer'; "
+    "CRMOGM: CRMOGM(MGDA()); CRMOGM-UPGrad: CRMOGM(UPGrad()); IMTL: IMTL-L weighting with IMTL-G; "
+    "SDMGrad and MoDo read 2 more training batches of the pool per step"
 )
+
+
+def _count(passes: str) -> int | None:
+    """The number of extra passes a registry entry states (its first word), for T tasks."""
+    return {"0": 0, "T−1": len(TASKS) - 1, "T": len(TASKS)}.get(passes.split(" ")[0])
+
+
+def _passes(entry: Entry) -> tuple[int, int, int] | None:
+    """(forward with graph, forward without, backward) per step from the entry's facts, when
+    it states only extra backward passes."""
+    backward = _count(entry.extra_backward)
+    return None if entry.extra_forward != "0" or backward is None else (1, 0, 1 + backward)
+
+
 # (forward passes with a graph, forward passes without one, backward passes) per step, T = 3
-# tasks; a per-task backward pass is counted as one backward pass
+# tasks; a per-task backward pass is counted as one backward pass. From the registry's facts,
+# and by hand for the meta-learning and look-ahead settings
 PASSES: dict[str, tuple[int, int, int]] = {
-    **dict.fromkeys(["Equal", "DWA", "Uncertainty", "RLW", "FAMO"], (1, 0, 1)),
-    **dict.fromkeys(
-        ["GradNorm", "GCS", "OLAux", "HydaLearn-first_order", "PCGrad", "GradDrop", "CAGrad", "MGDA", "IMTLG",
-         "NashMTL", "AlignedMTL", "GradVac", "MoCo"],
-        (1, 0, 3),
-    ),
+    **{n: p for n, e in REGISTERED.items() if (p := _passes(e)) is not None},
     # two extra batches: forward with the parameters (functional_call keeps the graph) and
     # one backward per task each
     **dict.fromkeys(["SDMGrad", "MoDo"], (3, 0, 9)),
@@ -136,6 +158,8 @@ PASSES: dict[str, tuple[int, int, int]] = {
     "AutoLambda-forward": (2, 1, 3),
     "AutoLambda-lagged-forward": (2, 1, 2),
     "HydaLearn": (1, 3, 3),  # training forward; one look-ahead per task; one backward per task
+    "HydaLearn-first_order": (1, 0, 3),
+    **dict.fromkeys(["GradVac-layer", "CRMOGM-UPGrad", "IMTL"], (1, 0, 3)),
     "AutoLambda+CAGrad": (2, 2, 5),
 }
 OPTIMIZER = "SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)"
@@ -171,7 +195,10 @@ def setup(kind: str, method: str) -> tuple[dm.MultiTask, list[Batch], list[Batch
     model = MODELS[kind]()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     weighting, aggregation = METHODS[method]()
-    mtl = dm.MultiTask(model, tasks(), optimizer, weighting=weighting, aggregation=aggregation)
+    representation = REPRESENTATION if aggregation.needs_representation else None
+    mtl = dm.MultiTask(
+        model, tasks(), optimizer, weighting=weighting, aggregation=aggregation, representation=representation
+    )
     generator = torch.Generator().manual_seed(1)
     train = [batch(kind, generator) for _ in range(POOL)]
     meta = [batch(kind, generator) for _ in range(POOL)]
