@@ -138,6 +138,19 @@ def test_config_has_equal_cosines_and_the_projected_length(rows, cols, seed):
     torch.testing.assert_close(cosines / cosines[0], pref / pref[0], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(5))
+def test_config_of_opposite_gradients_of_any_lengths_is_zero(dtype, seed):
+    """No direction has a positive cosine with both g and −s·g: ConFIG's g_c is 0 and so is the
+    update, whatever the lengths (rounding must not be rescaled into a step against a task)."""
+    g = torch.randn(3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for scale in (0.5, 1.0, 2.0, 1e-3, 7.3):
+        jacobian = torch.stack([g, -scale * g]).to(dtype)
+        assert float(dm.ConFIG().combine(jacobian).abs().max()) == 0.0
+    jacobian = torch.tensor([[1.0, 2.0], [-0.5, -1.0]], dtype=dtype)
+    assert torch.equal(dm.ConFIG().combine(jacobian), torch.zeros(2, dtype=dtype))
+
+
 def test_config_direction_does_not_depend_on_the_task_weights():
     j = jacobian(3, 6, 3)
     scaled = torch.tensor([[0.5], [2.0], [1.0]], dtype=F64) * j

@@ -30,7 +30,8 @@ class ConFIG(GradientAggregation):
     Networks* (Liu, Chu, Thuerey, ICLR 2025; arXiv 2024), Equation 2. Written on the T × T Gram
     matrix: g_c = Ûᵀβ with β = (ÛÛᵀ)⁺p, so d = Jᵀα with c = β/‖g‖ (elementwise) and
     α = c (1ᵀGc)/(cᵀGc). With linearly dependent gradients the pseudo-inverse gives the
-    least-squares g_c and the cosines are equal only approximately.
+    least-squares g_c and the cosines are equal only approximately; where no direction has
+    the asked cosines at all (opposite gradients, of any lengths), g_c is 0 and so is d.
 
     Weighted rows: the rows are λₖ∇Lₖ. The unit rows, and so the direction g_u, do not
     depend on λₖ > 0; λ enters the length Σ gᵢ·g_u only. Rows that are exactly zero have no
@@ -70,9 +71,11 @@ class ConFIG(GradientAggregation):
         norms = sub.diagonal().sqrt()
         units = sub / torch.outer(norms, norms)
         beta = torch.linalg.lstsq(units, pref[active], rcond=rank_tolerance(jacobian), driver="gelsd").solution
+        # ‖g_c‖² = βᵀÛÛᵀβ; at rounding level no direction has the asked cosines (opposite
+        # gradients: the least-squares g_c is 0) and its rescaling below would blow rounding up
+        if float(beta @ units @ beta) <= rank_tolerance(jacobian) * float(pref[active].max()) ** 2:
+            return alpha
         c = beta / norms
         squared = float(c @ sub @ c)
-        if squared <= 0.0:
-            return alpha
         alpha[active] = c * float((sub @ c).sum()) / squared
         return alpha
