@@ -293,7 +293,8 @@ def test_files_copied_at_once_by_two_runs_do_not_break_each_other(tmp_path, monk
 
 def test_config_json_records_every_option_and_the_environment(interrupted):
     saved = json.loads((interrupted / "config.json").read_text())
-    assert saved["options"] == {"init": 0.1, "lr": 0.01, "hypergradient": "finite_difference", "order": "lookahead",
+    assert saved["options"] == {"init": 0.1, "lr": 0.01, "meta_optimizer": "adam",
+                                "hypergradient": "finite_difference", "order": "lookahead",
                                 "interval": 1, "nonnegative": False, "epsilon": 0.01, "normalize": "none"}
     assert saved["environment"] == {"dynamtl": __import__("dynamtl").__version__, "torch": torch.__version__,
                                     "threads": 1}
