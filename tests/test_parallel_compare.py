@@ -140,6 +140,12 @@ def test_a_failed_run_is_reported_by_name_and_the_others_finish(tmp_path):
     assert (out / "table.md").read_text() in result.stdout
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C as a terminal user has it: a test suite started in the background (nohup, some
+    CI runners) passes SIGINT on ignored, and a program rightly keeps an ignored SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _descendants(pid: int) -> set[int]:
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -176,7 +182,7 @@ def test_ctrl_c_stops_the_workers_and_the_comparison_goes_on_when_run_again(tmp_
             "--checkpoint-every", "100", "--methods", "equal", "--threads", "1", "--jobs", "2", "--quiet",
             "--out", str(out)]
     parent = subprocess.Popen([sys.executable, "-m", "dynamtl.cli", *args], env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 300
         while len(list(out.rglob("checkpoints/last.pt"))) < 2:  # both workers are training
@@ -210,7 +216,7 @@ def test_a_worker_that_dies_fails_its_run_alone_and_is_replaced(tmp_path):
             "--checkpoint-every", "100", "--methods", "equal,dwa", "--threads", "1", "--jobs", "2",
             "--out", str(out)]
     parent = subprocess.Popen([sys.executable, "-m", "dynamtl.cli", *args], env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 300
         while len(list(out.rglob("checkpoints/last.pt"))) < 2:
