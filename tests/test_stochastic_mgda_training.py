@@ -5,28 +5,15 @@ mid-epoch checkpoint ends bit for bit like the uninterrupted run."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from dynamtl.train import RunConfig, resume, train
 from dynamtl.train.checkpoint import load
 from tests.states import assert_same_state
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from tests.test_trainer import one_thread, records  # noqa: F401  (one_thread: an autouse fixture)
 
 
 def interrupted_copy(run: Path, out: Path) -> Path:
