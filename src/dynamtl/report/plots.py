@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from dynamtl.command import suggested
 from dynamtl.report.records import read_records
 from dynamtl.report.shares import Share
 
@@ -377,8 +378,9 @@ def _config(run_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except ValueError as error:
-        raise ValueError(f"{path} is damaged (not valid JSON: {error}): `dynamtl resume {run_dir}` rewrites it from "
-                         "the run's checkpoint") from error
+        repair = (f"`{suggested('resume', run_dir)}` rewrites it from the run's checkpoint"
+                  if (run_dir / "checkpoints" / "last.pt").is_file() else "restore it from a backup")
+        raise ValueError(f"{path} is damaged (not valid JSON: {error}): {repair}") from error
     return config
 
 
