@@ -139,7 +139,10 @@ def test_ctrl_c_checkpoints_at_the_step_boundary_records_the_stop_and_resumes_bi
     assert saved["epoch"] == 1 and 0 < saved["batch"] < PER_EPOCH
     assert len(records(run / "steps.jsonl")) >= saved["step"]
 
-    resumed = cli("resume", str(run), "--quiet")
+    again = cli("train", *RUN, "--out", str(run))  # the command run again leads to the one that continues it
+    assert again.returncode == 1 and f"{run} already holds an unfinished run" in again.stderr
+    resumed = subprocess.run(quoted_command(again.stderr, " resume "), env=ENV, capture_output=True, text=True,
+                             timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr
     ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
     assert without_seconds(ours) == without_seconds(theirs)
@@ -583,6 +586,27 @@ def test_two_runs_started_at_once_into_one_folder_refuse_one_naming_the_other(tm
     assert "an earlier run" not in message and "__main__.py" not in message
 
 
+def wait_until_idle(process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``process`` has ended or has used no CPU for a second (it started, and now
+    waits)."""
+
+    def cpu_ticks() -> int:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    deadline, last = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        try:
+            ticks = cpu_ticks()
+        except OSError:  # it has ended
+            return
+        if process.poll() is not None or ticks - last <= 1:
+            return
+        last = ticks
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="tells a waiting process by its CPU time in /proc")
 def test_a_refused_process_reads_the_holder_written_with_the_lock(run):
     """This process takes the folder's lock as dynamtl does and, before it records itself
     as the holder, a second process is refused: it must name this process, never the
@@ -594,7 +618,7 @@ def test_a_refused_process_reads_the_holder_written_with_the_lock(run):
     lock.acquire()
     try:
         second = start("resume", str(run), "--quiet")
-        time.sleep(5.0)  # it has started and is refused the lock now, before the holder is written
+        wait_until_idle(second)  # refused the lock (and gone), or waiting: before the holder is written
         (run / ".lock.holder").write_text(json.dumps({**stale, "pid": os.getpid(), "command": "this test"}))
         gate.release()
         _, stderr = second.communicate(timeout=60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
@@ -367,7 +368,14 @@ def _matplotlib() -> ModuleType:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=DPI)
+    """Write ``figure`` to ``path`` atomically (a temporary file, then ``os.replace``): a
+    plot drawn while the run itself draws never leaves a torn file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        figure.savefig(temporary, dpi=DPI, format=path.suffix.removeprefix(".") or None)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
