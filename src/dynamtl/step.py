@@ -137,7 +137,7 @@ class MultiTask:
         self.tasks = tasks
         self.optimizer = optimizer
         self.weighting = _claim(weighting or Equal(), self).bind(tasks)
-        self.aggregation = _claim(aggregation or Sum(), self)
+        self.aggregation = _claim(aggregation or Sum(), self).bind(tasks)
         self.check_finite = check_finite
         self.steps = 0
         first = next(iter(self.objective.params.values()))

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     SeededGenerator,
     check_jacobian,
@@ -69,6 +70,8 @@ class GradDrop(GradientAggregation):
         "graddrop", "GradDrop", "Chen et al., Just Pick a Sign: GradDrop, NeurIPS 2020",
         options=("leak",), context={"seed": "seed"},
     )
+
+    option_ranges = intervals(seed="[0, inf)")
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation.base import shared_parameters, shared_rows
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
@@ -63,12 +64,10 @@ class ExcessMTL(Weighting):
         "0", "T−1", options=("step_size", "warmup"),
     )
 
+    option_ranges = intervals(step_size="(0, inf)", warmup="[0, inf)")
+
     def __init__(self, step_size: float = 1.0, warmup: int = 0) -> None:
         super().__init__()
-        if not step_size > 0:
-            raise ValueError(f"ExcessMTL's step_size must be > 0, got {step_size}")
-        if warmup < 0:
-            raise ValueError(f"ExcessMTL's warmup must be >= 0 steps, got {warmup}")
         self.step_size = float(step_size)
         self.warmup = warmup
         self.squares: Tensor | None = None
