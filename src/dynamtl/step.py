@@ -305,6 +305,9 @@ class MultiTask:
         )
         self.weighting.after_backward(ctx)
         alpha = self.aggregation.last_weights
+        if alpha is not None:  # an absent task contributed nothing: its reported weight is 0
+            alpha = torch.where(torch.tensor(ctx.present, device=alpha.device), alpha.detach(), torch.zeros_like(alpha))
+            self.aggregation.last_weights = alpha
         return StepInfo(
             self.tasks.names, losses.detach(), weights.detach(), 0.0,
             aggregation_weights=None if alpha is None else alpha.detach(),

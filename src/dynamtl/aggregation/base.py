@@ -27,7 +27,8 @@ class Aggregation(ArgumentsRepr, nn.Module):
     ``last_weights`` (set by every step): the weights αₖ the aggregation gave the weighted
     task gradients λₖ∇Lₖ in its last step, shape ``[T]``, so that the update of the shared
     parameters was Σₖ αₖ λₖ ∇Lₖ (1 for every task with :class:`Sum`); :class:`MultiTask`
-    reports them in :attr:`StepInfo.aggregation_weights`. (MoCo's update combines its
+    reports them in :attr:`StepInfo.aggregation_weights`, with αₖ = 0 for a task absent from
+    the step (its loss has no graph: it contributed nothing). (MoCo's update combines its
     *tracked* estimates of the task gradients: it reports the weights it gives those.)
     ``facts``: the method's name, paper, cost and options (:class:`~dynamtl.facts.Facts`),
     read by the registry. The ``repr`` shows the constructor's arguments.

@@ -80,7 +80,7 @@ class GradDrop(GradientAggregation):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        leaks = numbers("GradDrop", "leak", leak, scalar=True)
+        leaks = numbers(leak)
         if not all(0.0 <= value <= 1.0 for value in leaks):
             raise ValueError(f"GradDrop's leak must lie in [0, 1] for every task, got {leak!r}")
         self.f = f

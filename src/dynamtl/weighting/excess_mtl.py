@@ -27,7 +27,7 @@ class ExcessMTL(Weighting):
         S_i \leftarrow S_i + g_i \odot g_i, \qquad
         r_i = \sum_d \frac{g_{i,d}^2}{\sqrt{S_{i,d} + 10^{-7}}} ,
 
-    scaled by the first step's value (rᵢ / (rᵢ⁽⁰⁾ + 10⁻⁷), "scale processing", Section 3.2;
+    scaled by the first step's value (r̃ᵢ = rᵢ / (rᵢ⁽⁰⁾ + 10⁻⁷), "scale processing", Section 3.2;
     or by the mean over ``warmup`` steps, during which the weights stay uniform). The
     weights p on the simplex then take an exponentiated-gradient step (Equation 9),
 
@@ -43,9 +43,20 @@ class ExcessMTL(Weighting):
 
     Args:
         step_size: η > 0, the robust step size (default 1, as TorchJD and LibMTL).
-        warmup: steps at uniform weights that set the baseline excess risks (default 0: the
-            first step's risks, as the official code; the paper's appendix collects three
-            epochs).
+        warmup: steps at uniform weights whose mean excess risks are the baseline r⁽⁰⁾
+            (default 0: the first step's risks are the baseline and, their scaled value being 1
+            for every task, p takes no step then; 0 and 1 are the same, the official code's
+            behaviour; the paper's appendix collects three epochs).
+
+    The scaled risks r̃ are scale-free (about 1 for a task whose excess risk has not moved
+    since its baseline): η is a step on numbers of order 1, and p moves by factors e^{η r̃}
+    per step. A raw, unscaled risk rᵢ = Σ_d |g_d| on a task's first step (what TorchJD's
+    ``n_warmup_steps=0`` takes) is of the order of the number of shared parameters times
+    the gradient's size; one such step with η = 1 puts all of p on one task, which later
+    O(η) steps cannot undo; no step is taken on the risks before they are scaled.
+    A small η (0.01–0.1) keeps the weights near uniform over a short run; η = 1 (the
+    official default) lets a task whose relative excess risk stays above the others' take
+    most of p within tens of steps.
 
     A task without a graph in this step (no labelled sample) keeps its p, statistics and
     baseline; the present tasks share their mass of p, and their λ are T' p / Σ p over the T'
@@ -55,7 +66,10 @@ class ExcessMTL(Weighting):
     as T copies of the shared parameters), the baseline and p are saved in the state dict.
 
     Differences to the official code: it starts from weights 1 (not on the simplex); here
-    p starts at 1/T, as the paper (and TorchJD) do, and λ = T·p.
+    p starts at 1/T, as the paper (and TorchJD) do, and λ = T·p. Differences to TorchJD:
+    its ``n_warmup_steps=0`` takes an exponentiated step on the first step's *unscaled* risks;
+    ours (``warmup=0``) takes none, as the official code, and equals TorchJD's default
+    ``n_warmup_steps=1``.
     """
 
     facts = Facts(
@@ -113,9 +127,9 @@ class ExcessMTL(Weighting):
         if self.warmup > 0 and self._warmup_sum is not None:
             self.baseline[new] = self._warmup_sum[new] / self.warmup
             scaled = risks / (self.baseline + 1e-7)
-        else:  # the first step of a task is its baseline and counts unscaled (the official code)
+        else:  # a task's first step is its baseline: r/r⁰ = 1, so p takes no step (the official code)
             self.baseline[new] = risks[new]
-            scaled = torch.where(new, risks, risks / (self.baseline + 1e-7))
+            scaled = torch.where(new, torch.ones_like(risks), risks / (self.baseline + 1e-7))
         p = self.probabilities.clone()
         p[here] = p[here].sum() * torch.softmax(p[here].log() + self.step_size * scaled[here], dim=0)
         self.probabilities = p
