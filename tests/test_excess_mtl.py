@@ -74,7 +74,7 @@ def test_the_weights_do_not_depend_on_the_scale_of_the_gradients(scale):
     """Scale processing (Section 3.2): every step is on r/r⁰, so multiplying every gradient
     by a constant leaves p unchanged, and a run whose raw risks are large (many parameters)
     does not put all of p on one task at its first step."""
-    reference, scaled = dm.ExcessMTL(), dm.ExcessMTL()
+    reference, scaled = dm.ExcessMTL(step_size=1.0), dm.ExcessMTL(step_size=1.0)
     for seed in range(4):
         j = rows(seed, scale=(1.0, 3.0, 0.3)).repeat(1, 200)  # raw risks of order 100
         torch.testing.assert_close(scaled.update(scale * j), reference.update(j), rtol=1e-3, atol=1e-8)

@@ -42,7 +42,8 @@ class ExcessMTL(Weighting):
     per task, shared with the aggregation).
 
     Args:
-        step_size: η > 0, the robust step size (default 1, as TorchJD and LibMTL).
+        step_size: η > 0, the robust step size (default 0.01, the official code's
+            ``--robust_step_size``; TorchJD and LibMTL default to 1).
         warmup: steps at uniform weights whose mean excess risks are the baseline r⁽⁰⁾
             (default 0: the first step's risks are the baseline and, their scaled value being 1
             for every task, p takes no step then; 0 and 1 are the same, the official code's
@@ -54,9 +55,9 @@ class ExcessMTL(Weighting):
     ``n_warmup_steps=0`` takes) is of the order of the number of shared parameters times
     the gradient's size; one such step with η = 1 puts all of p on one task, which later
     O(η) steps cannot undo; no step is taken on the risks before they are scaled.
-    A small η (0.01–0.1) keeps the weights near uniform over a short run; η = 1 (the
-    official default) lets a task whose relative excess risk stays above the others' take
-    most of p within tens of steps.
+    A small η (0.01, the default) keeps the weights near uniform over a few hundred steps;
+    η = 1 lets a task whose relative excess risk stays above the others' take most of p
+    within tens of steps.
 
     A task without a graph in this step (no labelled sample) keeps its p, statistics and
     baseline; the present tasks share their mass of p, and their λ are T' p / Σ p over the T'
@@ -80,7 +81,7 @@ class ExcessMTL(Weighting):
 
     option_ranges = intervals(step_size="(0, inf)", warmup="[0, inf)")
 
-    def __init__(self, step_size: float = 1.0, warmup: int = 0) -> None:
+    def __init__(self, step_size: float = 0.01, warmup: int = 0) -> None:
         super().__init__()
         self.step_size = float(step_size)
         self.warmup = warmup
