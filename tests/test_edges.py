@@ -679,13 +679,18 @@ def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, s
         (lambda: dm.Static([1.0, 0.5]), r"Static's option weights maps task names to finite numbers.*got list"),
         (lambda: dm.Tasks(["a", "b"]), r"Tasks takes a mapping task name -> loss function.*got list"),
         (lambda: dm.Tasks({"a": nn.MSELoss}), r"the class MSELoss, not a loss: give an instance, MSELoss\(\)"),
-        (lambda: dm.FAMO(min_losses=[0.0, 0.0]), r"FAMO's option min_losses maps task names to finite numbers, e.g. FAMO\(min_losses="),
-        (lambda: dm.AutoLambda(primary=0), r"AutoLambda's option primary is a task name or a list of task names, got int 0"),
-        (lambda: dm.HydaLearn(main={"a": 1.0}), r"HydaLearn's option main is a task name or a list of task names, got dict"),
+        (lambda: dm.FAMO(min_losses=[0.0, 0.0]),
+         r"FAMO's option min_losses maps task names to finite numbers, e.g. FAMO\(min_losses="),
+        (lambda: dm.AutoLambda(primary=0),
+         r"AutoLambda's option primary is a task name or a list of task names, got int 0"),
+        (lambda: dm.HydaLearn(main={"a": 1.0}),
+         r"HydaLearn's option main is a task name or a list of task names, got dict"),
         (lambda: dm.GCS(main=["a", 1]), r"GCS's option main is a task name or a list of task names, got list"),
         (lambda: dm.OLAux(main=None), r"OLAux's option main is a task name or a list of task names, got NoneType"),
-        (lambda: dm.GradDrop(leak="0.1"), r"GradDrop's option leak is one number or a list of numbers in task order.*got str"),
-        (lambda: dm.AlignedMTL(pref={"a": 1.0}), r"AlignedMTL's option pref is a list of numbers in task order.*got dict"),
+        (lambda: dm.GradDrop(leak="0.1"),
+         r"GradDrop's option leak is one number or a list of numbers in task order.*got str"),
+        (lambda: dm.AlignedMTL(pref={"a": 1.0}),
+         r"AlignedMTL's option pref is a list of numbers in task order.*got dict"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), weighting=dm.AutoLambda),
          r"weighting must be a weighting instance such as dm.AutoLambda\(\), got the class AutoLambda"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), aggregation="pcgrad"),
@@ -697,7 +702,8 @@ def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, s
          r"scaler must be a torch.amp.GradScaler instance, got the class GradScaler"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), scaler=True),
          r"scaler must be a torch.amp.GradScaler instance, got bool"),
-        (lambda: dm.Static({"a": 1.0, "b": "x"}), r"Static's option weights maps task names to finite numbers.*got dict \{'a': 1.0, 'b': 'x'\}"),
+        (lambda: dm.Static({"a": 1.0, "b": "x"}),
+         r"Static's option weights maps task names to finite numbers.*got dict \{'a': 1.0, 'b': 'x'\}"),
     ],
 )
 def test_constructors_say_what_they_expect(make, match):
@@ -875,26 +881,31 @@ def test_a_per_task_list_of_the_wrong_length_is_refused_when_the_tasks_are_bound
     for method in per_task_methods(kind, name, option, some_values(3)):
         with pytest.raises(ValueError, match=expected):
             multitask(method)
-    for values in (some_values(2), tuple(some_values(2)), torch.tensor(some_values(2))):  # every kind of sequence
+    for values in (some_values(2), tuple(some_values(2)), torch.tensor(some_values(2))):  # every sequence kind
         for method in per_task_methods(kind, name, option, values):
             multitask(method)
     with pytest.raises(ValueError, match=rf"{cls}'s option {option} must hold finite numbers"):
         make(method_of(kind, name), **{option: [1.0, math.nan]})
-    with pytest.raises(TypeError, match=rf"{cls}'s option {option} is .*a list of numbers in task order.*got str '1,2'"):
+    listed = rf"{cls}'s option {option} is .*a list of numbers in task order.*got str '1,2'"
+    with pytest.raises(TypeError, match=listed):
         make(method_of(kind, name), **{option: "1,2"})
 
 
+@pytest.mark.parametrize("command", ["train", "compare"])
 @pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_LISTS + PER_TASK_MAPS)
-def test_the_command_line_refuses_a_per_task_option_that_does_not_fit_before_training(kind, name, option, tmp_path):
-    """Checked when the run is planned: exit status 2 with the problem, and no run folder."""
+def test_the_command_line_refuses_a_per_task_option_that_does_not_fit_before_training(
+    kind, name, option, command, tmp_path
+):
+    """Checked when the runs are planned: exit status 2 with the problem, and no folder."""
     from click.testing import CliRunner
 
     from dynamtl.cli.main import main
 
     value = "0.25,0.5,0.75" if (kind, name, option) in PER_TASK_LISTS else "main:1,nosuch:2"
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", "--benchmark", "drift", "--method", name, "--option",
-                                       f"{option}={value}", "--epochs", "1", "--limit", "64", "--out", str(out)])
+    method = ["--method", name] if command == "train" else ["--methods", name, "--seeds", "0", "--jobs", "1"]
+    result = CliRunner().invoke(main, [command, "--benchmark", "drift", *method, "--option", f"{option}={value}",
+                                       "--epochs", "1", "--limit", "64", "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert f"option {option} " in result.output and "['main', 'aux']" in result.output
     assert not out.exists()
@@ -964,7 +975,8 @@ def absent_weights_cases():
     return cases
 
 
-@pytest.mark.parametrize(("label", "make_aggregation"), absent_weights_cases(), ids=[c[0] for c in absent_weights_cases()])
+@pytest.mark.parametrize(("label", "make_aggregation"), absent_weights_cases(),
+                         ids=[c[0] for c in absent_weights_cases()])
 def test_the_logged_weight_of_an_absent_task_is_zero_for_every_aggregation(label, make_aggregation):
     """One convention: a task absent from the step contributed nothing, its αₖ is 0 — on the
     parameters or on the representation, alone or smoothed by CR-MOGM."""

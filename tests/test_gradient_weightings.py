@@ -244,7 +244,8 @@ def test_famo_default_adam_first_update_is_a_sign_step() -> None:
 
 
 def test_famo_min_losses() -> None:
-    with pytest.raises(ValueError, match=r"FAMO's option min_losses names task\(s\) \['x'\] that are not among the tasks \['a', 'b'\]"):
+    with pytest.raises(ValueError, match=r"FAMO's option min_losses names task\(s\) \['x'\] that are not among the "
+                                         r"tasks \['a', 'b'\]"):
         FAMO(min_losses={"x": 0.0}).bind(["a", "b"])
     with pytest.raises(ValueError, match=r"<= 0 for task\(s\) \['b'\].*min_losses"):
         FAMO().bind(["a", "b"]).loss_weights(torch.tensor([1.0, -1.0]))

@@ -43,7 +43,7 @@ def test_stch_tends_to_the_weighted_maximum_and_to_the_mean():
 
 
 def test_stch_refuses_bad_options():
-    with pytest.raises(ValueError, match="STCH's option mu must be > 0 and finite, got 0.0"):
+    with pytest.raises(ValueError, match=r"STCH's option mu must be > 0 and finite, got 0\.0"):
         dm.STCH(mu=0.0)
     with pytest.raises(ValueError, match="preference values must be >= 0"):
         dm.STCH(preference={"a": -1.0})

@@ -201,7 +201,8 @@ def check_task_arguments(module: Any, names: Sequence[str]) -> None:
                                  f"tasks {list(names)}")
 
 
-def _annotations(cls: type) -> dict[str, Any]:
+def _annotations(cls: type[Any]) -> dict[str, Any]:
+    """Parameter name -> annotation of the constructor of ``cls`` (``self`` left out)."""
     parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
     return {p.name: p.annotation for p in parameters}
 
