@@ -31,8 +31,10 @@ class StepInfo:
     """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``;
     ``skipped``: the scaled gradients overflowed and the step was skipped (only with a
     ``GradScaler``); ``aggregation_weights``: the weights αₖ the aggregation gave the weighted
-    task gradients λₖ∇Lₖ (the shared parameters moved along Σₖ αₖλₖ∇Lₖ; 1 with :class:`Sum`),
-    ``None`` for an aggregation that does not report them."""
+    task gradients λₖ∇Lₖ (the shared parameters moved along Σₖ αₖλₖ∇Lₖ; 1 with :class:`Sum`;
+    0 for a task absent from the step, whatever the aggregation), ``None`` for an aggregation
+    that does not report them. ``weights`` are the weighting's λ as it holds them, absent
+    tasks included."""
 
     names: tuple[str, ...]
     losses: Tensor
