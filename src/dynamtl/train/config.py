@@ -278,6 +278,7 @@ def plan(config: RunConfig) -> RunPlan:
         try:
             weighting, aggregation = method.build(context)
             weighting.bind(trained)
+            aggregation.bind(trained)
         except (RegistryError, ValueError) as error:
             problems.append(str(error))
         else:
@@ -315,6 +316,17 @@ def _every_option(method: MethodSpec) -> dict[str, Any]:
         method, weighting_options=filled(method.weighting, method.weighting_options),
         aggregation_options=filled(method.aggregation, method.aggregation_options),
     ).options
+
+
+def resolved_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config (``config.json``'s or a checkpoint's; its ``environment`` left
+    out) as this dynamtl resolves it today: every setting the record lacks (written before
+    the setting existed) takes its current default. ``{}`` when the record no longer plans
+    (then no setting counts as defaulted)."""
+    try:
+        return plan(RunConfig.from_mapping({k: v for k, v in recorded.items() if k != ENVIRONMENT})).config.to_dict()
+    except ConfigError:
+        return {}
 
 
 def environment() -> dict[str, Any]:
