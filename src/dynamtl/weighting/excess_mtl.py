@@ -59,6 +59,13 @@ class ExcessMTL(Weighting):
     η = 1 lets a task whose relative excess risk stays above the others' take most of p
     within tens of steps.
 
+    A task whose risk is still exactly 0 when its baseline would be taken (its first present
+    steps had a zero gradient, e.g. an unlabelled batch under a masked-mean loss, or a zero
+    mean over the warm-up) has no baseline yet: it keeps its p, like an absent task, and
+    takes its baseline on its first step with a non-zero risk (r/r⁰ = 1 then, no step).
+    p never reaches exactly 0 (it is kept at or above the smallest positive float64), so
+    a task that has fallen far behind can still recover and p never becomes NaN.
+
     A task without a graph in this step (no labelled sample) keeps its p, statistics and
     baseline; the present tasks share their mass of p, and their λ are T' p / Σ p over the T'
     present tasks (the weights of the step on those tasks alone).
@@ -124,15 +131,21 @@ class ExcessMTL(Weighting):
             return self.probabilities.clone()
         if self.baseline is None:
             self.baseline = torch.full_like(risks, torch.nan)
-        new = here & self.baseline.isnan()
+        starting = here & self.baseline.isnan()  # present tasks without a baseline yet
+        from_warmup = torch.zeros_like(risks)
         if self.warmup > 0 and self._warmup_sum is not None:
-            self.baseline[new] = self._warmup_sum[new] / self.warmup
-            scaled = risks / (self.baseline + 1e-7)
-        else:  # a task's first step is its baseline: r/r⁰ = 1, so p takes no step (the official code)
-            self.baseline[new] = risks[new]
-            scaled = torch.where(new, torch.ones_like(risks), risks / (self.baseline + 1e-7))
+            from_warmup = self._warmup_sum / self.warmup
+        by_warmup = starting & (from_warmup > 0)
+        by_now = starting & ~by_warmup & (risks > 0)  # a zero risk is no baseline: wait for a non-zero one
+        self.baseline[by_warmup] = from_warmup[by_warmup]
+        self.baseline[by_now] = risks[by_now]
+        # a task's first step with a baseline of its own risks has r/r⁰ = 1: p takes no step (the official code)
+        scaled = torch.where(by_now, torch.ones_like(risks), risks / (self.baseline + 1e-7))
+        moving = here & ~self.baseline.isnan()  # a task still without a baseline keeps its p, like an absent one
         p = self.probabilities.clone()
-        p[here] = p[here].sum() * torch.softmax(p[here].log() + self.step_size * scaled[here], dim=0)
+        if moving.any():
+            step = torch.softmax(p[moving].log() + self.step_size * scaled[moving], dim=0)
+            p[moving] = p[moving].sum() * step.clamp_min(torch.finfo(step.dtype).tiny)
         self.probabilities = p
         return p.clone()
 
