@@ -49,9 +49,17 @@ class ExcessMTL(Weighting):
             for every task, p takes no step then; 0 and 1 are the same, the official code's
             behaviour; the paper's appendix collects three epochs).
 
-    The scaled risks r̃ are scale-free (about 1 for a task whose excess risk has not moved
-    since its baseline): η is a step on numbers of order 1, and p moves by factors e^{η r̃}
-    per step. A raw, unscaled risk rᵢ = Σ_d |g_d| on a task's first step (what TorchJD's
+    The scaled risks r̃ are about 1 for a task whose excess risk has not moved since its
+    baseline: η is a step on numbers of order 1, and p moves by factors e^{η r̃} per step.
+    They are scale-free (unchanged when a task's gradients are multiplied by a constant) only
+    while the accumulated squares dominate the absolute 10⁻⁷: Sᵢ,d ≫ 10⁻⁷, i.e. gradient
+    entries well above about 3·10⁻⁴, where rᵢ grows like |gᵢ|. Below that rᵢ ≈ Σ_d g²/√10⁻⁷
+    grows like |gᵢ|², so a task with small gradients has r̃ moving with the square of their
+    change, and the 10⁻⁷ in r⁽⁰⁾ + 10⁻⁷ shrinks r̃ once r⁽⁰⁾ is not well above 10⁻⁷ (a task
+    whose gradients alone are 10⁴ times smaller takes a very different share of p; large
+    models, whose per-entry gradients are often that small, are in this regime). The official
+    code has the same √(S + 10⁻⁷); it divides by r⁽⁰⁾ with no ε (a zero baseline gives
+    infinity there; here it is no baseline yet, see below). A raw, unscaled risk rᵢ = Σ_d |g_d| on a task's first step (what TorchJD's
     ``n_warmup_steps=0`` takes) is of the order of the number of shared parameters times
     the gradient's size; one such step with η = 1 puts all of p on one task, which later
     O(η) steps cannot undo; no step is taken on the risks before they are scaled.
