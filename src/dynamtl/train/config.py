@@ -197,8 +197,8 @@ def _parsed_fields(values: Mapping[str, Any], source: str) -> tuple[dict[str, An
         try:
             if key in ("options", "benchmark_options") and isinstance(value, Mapping):
                 # a run's config.json records the options' None defaults as null
-                typed = parse_value({k: v for k, v in value.items() if v is not None}, hints[key], key)
-                parsed[key] = {k: None if v is None else typed[k] for k, v in value.items()}
+                # each value is parsed later by the type its method or benchmark declares
+                parsed[key] = _option_values(value, key)
             else:
                 parsed[key] = parse_value(value, hints[key], f"{key}")
         except RegistryError as error:
@@ -207,6 +207,29 @@ def _parsed_fields(values: Mapping[str, Any], source: str) -> tuple[dict[str, An
         if parsed.get(key) is not None:
             parsed[key] = tuple(parsed[key])
     return parsed, problems
+
+
+def _option_values(values: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``values`` (a config's ``options`` or ``benchmark_options`` table) as given, after
+    checking that each is a value an option may take: a string, number or boolean, a list of
+    them, or a table of them (``pref = [1.0, 2.0]``, ``[options.weights]``); ``None`` (a
+    run's ``config.json`` records unset defaults as ``null``) is kept. Which of these an
+    option accepts is checked against its declared type when the method is parsed."""
+    problems = [f"{key} {name!r} must be a string, number, true/false, a list or a table, got {value!r}"
+                for name, value in values.items() if value is not None and not _is_option_value(value)]
+    if problems:
+        raise RegistryError("; ".join(problems))
+    return {str(name): value for name, value in values.items()}
+
+
+def _is_option_value(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, (str, int, float, bool)):
+        return True
+    if depth == 0 and isinstance(value, (list, tuple)):
+        return all(_is_option_value(v, 1) for v in value)
+    if depth == 0 and isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_option_value(v, 1) for k, v in value.items())
+    return False
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
