@@ -1015,3 +1015,55 @@ def test_an_exception_while_training_gives_a_nonzero_exit_status(command, tmp_pa
                             timeout=300, env=env, check=False)
     assert result.returncode != 0, result.stdout + result.stderr
     assert "injected failure in a step" in result.stderr
+
+
+# ------------------------------------------------- options that name parameters of the model
+
+MODEL_OPTIONS = [(kind, name, option) for kind, name, m in registered() for option in getattr(m.factory, "parameter_options", ())]
+
+
+def test_the_options_naming_model_parameters_are_declared():
+    """Audit: an option that names parameters of the model is declared in
+    ``parameter_options`` (so it is checked before training); today GradNorm's layer."""
+    assert MODEL_OPTIONS == [("weighting", "gradnorm", "layer")]
+    for kind, name, option in MODEL_OPTIONS:
+        assert option in method_of(kind, name).options
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), MODEL_OPTIONS)
+def test_an_option_naming_no_parameter_of_the_model_is_refused_when_the_model_is_known(kind, name, option):
+    import lightning  # noqa: F401  (the Lightning module checks it at construction too)
+
+    from dynamtl.lightning import MultiTaskModule
+
+    cls = method_of(kind, name).factory.__name__
+    expected = rf"{cls}'s option {option} names \['zz'\], which the model has no trainable parameter.*trunk\.0\.weight"
+    with pytest.raises(ValueError, match=expected):
+        multitask(make(method_of(kind, name), **{option: "zz"}))
+    with pytest.raises(ValueError, match=expected):
+        multitask(make(method_of(kind, name), **{option: ["trunk.0.weight", "zz"]}))
+    with pytest.raises(ValueError, match=expected):
+        role = "aggregation" if kind == "aggregation" else "weighting"
+        MultiTaskModule(net(0), dm.Tasks(dict.fromkeys(("a", "b"), masked_mse)),
+                        lambda p: torch.optim.SGD(p, lr=0.1), **{role: make(method_of(kind, name), **{option: "zz"})})
+    with pytest.raises(ValueError, match=rf"{cls}'s option {option}"):
+        make(method_of(kind, name), **{option: ""})
+    multitask(make(method_of(kind, name), **{option: "trunk.0.weight"}))
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize(("kind", "name", "option"), MODEL_OPTIONS)
+def test_the_command_line_refuses_an_option_naming_no_parameter_before_training(kind, name, option, command,
+                                                                                  tmp_path):
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    out = tmp_path / "run"
+    method = ["--method", name] if command == "train" else ["--methods", name, "--seeds", "0", "--jobs", "1"]
+    for value in ("zz", ""):
+        result = CliRunner().invoke(main, [command, "--benchmark", "drift", *method, "--option", f"{option}={value}",
+                                           "--epochs", "1", "--limit", "64", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"option {option} " in result.output and ("['zz']" in result.output or "['']" in result.output)
+        assert not out.exists()

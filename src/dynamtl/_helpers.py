@@ -201,6 +201,29 @@ def check_task_arguments(module: Any, names: Sequence[str]) -> None:
                                  f"tasks {list(names)}")
 
 
+def check_model_arguments(module: Any, parameters: Sequence[str]) -> None:
+    """``ValueError`` naming the class, the option and the model's trainable parameters when
+    an option that names parameters of the model (declared in the class's
+    ``parameter_options``, e.g. GradNorm's ``layer``) names one the model lacks (or no
+    trainable one). Called when a :class:`~dynamtl.MultiTask` or a Lightning module is
+    built, and by ``dynamtl train``/``compare`` when they plan a run, before any training:
+    which of them every task's loss depends on is known only at the first step."""
+    cls = type(module)
+    for option in getattr(cls, "parameter_options", ()):
+        value = getattr(module, "_arguments", {}).get(option)
+        if value is None:
+            continue
+        given = [value] if isinstance(value, str) else list(value)
+        unknown = [name for name in given if name not in parameters]
+        if unknown:
+            shown = list(parameters)
+            listed = f"{shown[:40]}{' …' if len(shown) > 40 else ''}"
+            raise ValueError(
+                f"{cls.__name__}'s option {option} names {unknown}, which the model has no trainable parameter "
+                f"called: choose among its trainable parameters {listed}"
+            )
+
+
 def _annotations(cls: type[Any]) -> dict[str, Any]:
     """Parameter name -> annotation of the constructor of ``cls`` (``self`` left out)."""
     parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
@@ -229,10 +252,13 @@ class ArgumentsRepr:
     and shown by :meth:`extra_repr` (tensors as lists, composed methods by their own
     ``repr``). They are checked there too (:func:`check_arguments`), so every method
     refuses ``c="0.4"``, ``reg_eps=nan`` or ``tasks="t0"`` with the same kind of message;
-    ``option_ranges`` declares, next to each method, the interval of each numeric option.
+    ``option_ranges`` declares, next to each method, the interval of each numeric option;
+    ``parameter_options`` the options that name parameters of the model
+    (:func:`check_model_arguments`).
     """
 
     option_ranges: ClassVar[Mapping[str, Interval]] = {}
+    parameter_options: ClassVar[tuple[str, ...]] = ()
     _arguments: dict[str, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:

@@ -15,7 +15,7 @@ import inspect
 import json
 import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +24,7 @@ import torch
 
 import dynamtl
 from dynamtl.benchmarks.base import Benchmark, default_root
+from dynamtl._helpers import check_model_arguments
 from dynamtl.benchmarks.noise import NOISE, WithNoiseTask
 from dynamtl.registry import (
     Method,
@@ -302,6 +303,7 @@ def plan(config: RunConfig) -> RunPlan:
             weighting, aggregation = method.build(context)
             weighting.bind(trained)
             aggregation.bind(trained)
+            _check_model_options((weighting, aggregation), bench, trained)
         except (RegistryError, ValueError) as error:
             problems.append(str(error))
         else:
@@ -318,6 +320,17 @@ def plan(config: RunConfig) -> RunPlan:
         benchmark_options=benchmark_options(config.benchmark, config.benchmark_options),
     )
     return RunPlan(resolved, bench, method, context)
+
+
+def _check_model_options(methods: Sequence[Any], bench: Benchmark, tasks: Sequence[str]) -> None:
+    """Check the options that name parameters of the model (GradNorm's ``layer``) against the
+    benchmark's model for ``tasks``, built only when such an option is set."""
+    if not any(getattr(m, "_arguments", {}).get(o) is not None for m in methods for o in m.parameter_options):
+        return
+    model = bench.model({task: bench.specs[task].out_features for task in tasks})
+    trainable = tuple(name for name, p in model.named_parameters() if p.requires_grad)
+    for method in methods:
+        check_model_arguments(method, trainable)
 
 
 def _method_named(spec: str) -> MethodSpec | None:
