@@ -1067,3 +1067,34 @@ def test_the_command_line_refuses_an_option_naming_no_parameter_before_training(
         assert result.exit_code == 2, result.output
         assert f"option {option} " in result.output and ("['zz']" in result.output or "['']" in result.output)
         assert not out.exists()
+
+
+# ------------------------------------------------------------------------- huge integers
+
+@pytest.mark.parametrize(("kind", "name", "option"), NUMERIC)
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_huge_integer_is_refused_naming_method_option_and_range(kind, name, option, sign):
+    """No OverflowError: an integer too large for a float option, or outside the 64-bit range
+    of an integer option, gets the usual message."""
+    cls = method_of(kind, name).factory.__name__
+    for value in (sign * 10**400, sign * 2**70):
+        if abs(value) == 2**70 and "float" in alternatives(parameters(method_of(kind, name))[option]):
+            continue  # a float option takes 2**70 where its range does
+        with pytest.raises(ValueError, match=rf"{cls}'s option {option} must be .*got "):
+            make(method_of(kind, name), **{option: value})
+
+
+@pytest.mark.parametrize("arguments", [["--method", "upgrad", "--option", "max_iters=1" + "0" * 400],
+                                       ["--method", "cagrad", "--option", "c=1" + "0" * 400],
+                                       ["--method", "rlw", "--seed", str(10**23)]])
+def test_the_command_line_refuses_a_huge_integer_with_exit_2(arguments, tmp_path):
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--benchmark", "drift", *arguments, "--epochs", "1", "--limit", "64",
+                                       "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert re.search(r"(max_iters|option c|seed) must be", result.output), result.output
+    assert not out.exists()

@@ -116,11 +116,7 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
                     f"got {value!r} ({type(value).__name__}){_fix(cls, name, kind, value)}"
                 )
             if kind != "bool":
-                interval = ranges.get(name, FINITE if kind == "float" else None)
-                if interval is not None and float(value) not in interval:
-                    raise ValueError(
-                        f"{cls.__name__}'s option {name} must be {interval.words(kind == 'int')}, got {value!r}"
-                    )
+                _check_range(cls, name, value, kind, ranges.get(name, FINITE if kind == "float" else None))
         elif parts & _NUMBER_LISTS:
             _check_number_list(cls, name, value, scalar="float" in parts)
         elif parts & _NAME_LISTS:
@@ -138,6 +134,36 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
                 f"{cls.__name__}({name}={{'a': 1.0, 'b': 0.5}}) (on the command line {name}=a:1,b:0.5), "
                 f"got {type(value).__name__} {value!r}"
             )
+
+
+INT64 = 2**63
+"""Integer options are 64-bit signed integers (the size torch takes): |value| < 2**63."""
+
+
+def _check_range(cls: type, name: str, value: Any, kind: str, interval: Interval | None) -> None:
+    """``ValueError`` for a number outside ``interval``, an integer option outside the 64-bit
+    range, or an integer too large for a float option (no ``OverflowError``)."""
+    def refuse(words: str) -> None:
+        raise ValueError(f"{cls.__name__}'s option {name} must be {words}, got {_short(value)}")
+
+    if kind == "int":
+        number: float = int(value)
+        if not -INT64 <= number < INT64:
+            refuse(f"{interval.words(True) + ' and ' if interval else ''}below 2**63 (a 64-bit integer)")
+    else:
+        try:
+            number = float(value)
+        except OverflowError:
+            refuse(f"{interval.words() if interval else 'a finite number'} (an integer too large for a float)")
+    if interval is not None and number not in interval:
+        refuse(interval.words(kind == "int"))
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, an integer of more than 30 digits written by its size."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) >= 10**30:
+        return f"an integer of {len(str(abs(int(value))))} digits ({str(int(value))[:8]}…)"
+    return repr(value)
 
 
 def _annotation_parts(annotation: Any) -> tuple[set[str], bool]:

@@ -143,7 +143,7 @@ class Method:
         arguments = {name: fill(context) for name, fill in self.context.items()}
         try:
             return self.factory(**arguments, **options)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise RegistryError(f"cannot build {self.name!r}: {error}") from error
 
 

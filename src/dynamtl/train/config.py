@@ -433,7 +433,7 @@ def _check_ranges(c: RunConfig) -> list[str]:
         (c.weight_decay is None or c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
         (c.step_epochs is None or c.step_epochs >= 1, f"step_epochs must be >= 1, got {c.step_epochs}"),
         (0 < c.step_gamma <= 1, f"step_gamma must lie in (0, 1], got {c.step_gamma}"),
-        (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
+        (0 <= c.seed < 2**63, f"seed must be >= 0 and below 2**63 (a 64-bit integer), got {c.seed}"),
         (c.limit is None or c.limit >= 1, f"limit must be >= 1 (or absent), got {c.limit}"),
         (c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}"),
         (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: every epoch only), got {c.checkpoint_every}"),
