@@ -1019,7 +1019,8 @@ def test_an_exception_while_training_gives_a_nonzero_exit_status(command, tmp_pa
 
 # ------------------------------------------------- options that name parameters of the model
 
-MODEL_OPTIONS = [(kind, name, option) for kind, name, m in registered() for option in getattr(m.factory, "parameter_options", ())]
+MODEL_OPTIONS = [(kind, name, option) for kind, name, m in registered()
+                 for option in getattr(m.factory, "parameter_options", ())]
 
 
 def test_the_options_naming_model_parameters_are_declared():
@@ -1098,3 +1099,57 @@ def test_the_command_line_refuses_a_huge_integer_with_exit_2(arguments, tmp_path
     assert result.exit_code == 2, result.output
     assert re.search(r"(max_iters|option c|seed) must be", result.output), result.output
     assert not out.exists()
+
+
+# ------------------------------------------------------------ relative task weights (pref)
+
+WEIGHT_OPTIONS = [(kind, name, option) for kind, name, m in registered()
+                  for option in getattr(m.factory, "weight_options", ())]
+
+
+def test_every_preference_like_option_is_declared_as_relative_weights():
+    """Audit: every per-task option that weighs the tasks against each other (a preference)
+    is declared in ``weight_options``, so each refuses negatives, all zeros and emptiness."""
+    preferences = {(k, n, o) for k, n, o in PER_TASK_LISTS + PER_TASK_MAPS if o in ("pref", "preference")}
+    assert preferences == set(WEIGHT_OPTIONS)
+    assert ("aggregation", "aligned-mtl", "pref") in preferences and len(preferences) == 5
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), WEIGHT_OPTIONS)
+def test_relative_task_weights_are_non_negative_and_not_all_zero(kind, name, option):
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    mapping = (kind, name, option) in PER_TASK_MAPS
+
+    def given(values):
+        return dict(zip(TASKS, values)) if mapping else values
+
+    with pytest.raises(ValueError, match=rf"{cls}'s option {option} must hold numbers >= 0"):
+        make(method, **{option: given([-1.0, 1.0])})
+    for values in ([0.0, 0.0], []):
+        with pytest.raises(ValueError, match=rf"{cls}'s option {option} holds relative task weights: .*not all 0"):
+            make(method, **{option: given(values)})
+    make(method, **{option: given([0.0, 1.0, 2.0])})
+
+
+@pytest.mark.parametrize("kind", ["train", "compare"])
+def test_the_command_line_refuses_a_negative_aligned_mtl_preference(kind, tmp_path):
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    out = tmp_path / "run"
+    method = ["--method", "aligned-mtl"] if kind == "train" else ["--methods", "aligned-mtl", "--seeds", "0"]
+    for value in ("-1,1", "0,0"):
+        result = CliRunner().invoke(main, [kind, "--benchmark", "drift", *method, "--option", f"pref={value}",
+                                           "--epochs", "1", "--limit", "64", "--out", str(out)])
+        assert result.exit_code == 2 and "AlignedMTL's option pref" in result.output, result.output
+        assert not out.exists()
+
+
+def test_graddrop_leak_takes_any_one_number_kind_and_checks_each_value():
+    assert dm.GradDrop(leak=torch.tensor(0.5)).leak == 0.5
+    assert dm.GradDrop(leak=np.float64(0.25)).leak == 0.25
+    with pytest.raises(ValueError, match=r"GradDrop's option leak must hold numbers in \[0, 1\]"):
+        dm.GradDrop(leak=np.int64(3))
+    with pytest.raises(ValueError, match=r"GradDrop's option leak must hold numbers in \[0, 1\]"):
+        dm.GradDrop(leak=[0.2, 1.5])

@@ -130,7 +130,7 @@ def test_in_training_an_unlabelled_first_batch_does_not_hand_all_weight_to_that_
         return (((pred - y.nan_to_num()) ** 2) * mask).sum() / mask.sum().clamp(min=1)
     torch.manual_seed(0)
     model = make_model(("a", "b", "c"))
-    mtl = dm.MultiTask(model, dm.Tasks({t: masked_mse for t in "abc"}),
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys("abc", masked_mse)),
                        torch.optim.SGD(model.parameters(), lr=0.01), weighting=dm.ExcessMTL())
     for k in range(4):
         x, ys = make_batch(("a", "b", "c"), seed=k)

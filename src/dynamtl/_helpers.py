@@ -52,6 +52,11 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_scalar(value: object) -> bool:
+    """One real number: a Python or NumPy number, or a 0-d tensor (not a list or a 1-D tensor)."""
+    return _is_real(value) and not (isinstance(value, Tensor) and value.dim() > 0)
+
+
 @dataclass(frozen=True)
 class Interval:
     """The values an option accepts, written as in mathematics: ``"(0, inf)"`` (positive and
@@ -118,7 +123,8 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
             if kind != "bool":
                 _check_range(cls, name, value, kind, ranges.get(name, FINITE if kind == "float" else None))
         elif parts & _NUMBER_LISTS:
-            _check_number_list(cls, name, value, scalar="float" in parts)
+            values = _check_number_list(cls, name, value, scalar="float" in parts)
+            _check_values(cls, name, value, values, ranges.get(name))
         elif parts & _NAME_LISTS:
             if not (isinstance(value, str) and "str" in parts) and not (
                 isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
@@ -134,6 +140,22 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
                 f"{cls.__name__}({name}={{'a': 1.0, 'b': 0.5}}) (on the command line {name}=a:1,b:0.5), "
                 f"got {type(value).__name__} {value!r}"
             )
+        elif parts & _NUMBER_MAPS:
+            _check_values(cls, name, value, [float(v) for v in value.values()], ranges.get(name))
+
+
+def _check_values(cls: type, name: str, value: Any, values: list[float], interval: Interval | None) -> None:
+    """The values of a per-task option (a list or a mapping): each in the option's declared
+    ``interval``, and, for the relative weights a class names in ``weight_options``, not
+    empty and not all 0."""
+    if interval is not None and not all(v in interval for v in values):
+        raise ValueError(f"{cls.__name__}'s option {name} must hold numbers {interval.words()}, got {value!r}")
+    if name in getattr(cls, "weight_options", ()) and not sum(values) > 0:
+        example = "{'a': 1.0, 'b': 2.0}" if isinstance(value, Mapping) else "[1.0, 2.0]"
+        raise ValueError(
+            f"{cls.__name__}'s option {name} holds relative task weights: give at least one, not all 0 "
+            f"(e.g. {cls.__name__}({name}={example})), got {value!r}"
+        )
 
 
 INT64 = 2**63
@@ -185,10 +207,10 @@ def _annotation_parts(annotation: Any) -> tuple[set[str], bool]:
     return kinds, optional
 
 
-def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> None:
+def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> list[float]:
     """A list, tuple or 1-D tensor of finite numbers (or, with ``scalar``, one number)."""
-    if scalar and _is_real(value) and not isinstance(value, Tensor):
-        values = [value]
+    if scalar and is_scalar(value):
+        values = [float(value)]
     elif isinstance(value, Tensor) and value.dim() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
         values = value.tolist()
     elif isinstance(value, (list, tuple)) and all(_is_real(v) for v in value):
@@ -201,6 +223,7 @@ def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> None:
         )
     if not all(math.isfinite(float(v)) for v in values):
         raise ValueError(f"{cls.__name__}'s option {name} must hold finite numbers, got {value!r}")
+    return [float(v) for v in values]
 
 
 def check_task_arguments(module: Any, names: Sequence[str]) -> None:
@@ -214,7 +237,7 @@ def check_task_arguments(module: Any, names: Sequence[str]) -> None:
         parts, _ = _annotation_parts(annotations.get(option, inspect.Parameter.empty))
         if value is None:
             continue
-        if parts & _NUMBER_LISTS and not (_is_real(value) and not isinstance(value, Tensor)):
+        if parts & _NUMBER_LISTS and not is_scalar(value):
             if len(value) != len(names):
                 raise ValueError(
                     f"{cls.__name__}'s option {option} has {len(value)} value(s) but there are {len(names)} tasks "
@@ -280,11 +303,14 @@ class ArgumentsRepr:
     refuses ``c="0.4"``, ``reg_eps=nan`` or ``tasks="t0"`` with the same kind of message;
     ``option_ranges`` declares, next to each method, the interval of each numeric option;
     ``parameter_options`` the options that name parameters of the model
-    (:func:`check_model_arguments`).
+    (:func:`check_model_arguments`); ``weight_options`` the per-task options that are
+    relative task weights (not empty, not all 0). A declared range applies to every value
+    of a per-task list or mapping.
     """
 
     option_ranges: ClassVar[Mapping[str, Interval]] = {}
     parameter_options: ClassVar[tuple[str, ...]] = ()
+    weight_options: ClassVar[tuple[str, ...]] = ()
     _arguments: dict[str, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:

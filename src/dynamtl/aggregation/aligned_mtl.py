@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice
+from dynamtl._helpers import check_choice, intervals
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -67,6 +67,9 @@ class AlignedMTL(GradientAggregation):
         "aligned-mtl", "Aligned-MTL", "Senushkin et al., Independent Component Alignment, CVPR 2023",
         options=("scale", "pref"),
     )
+
+    option_ranges = intervals(pref="[0, inf)")
+    weight_options = ("pref",)
 
     def __init__(self, scale: Scale = "min", pref: Sequence[float] | None = None) -> None:
         super().__init__()

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import torch
 
 import dynamtl
-from dynamtl.benchmarks.base import Benchmark, default_root
 from dynamtl._helpers import check_model_arguments
+from dynamtl.benchmarks.base import Benchmark, default_root
 from dynamtl.benchmarks.noise import NOISE, WithNoiseTask
 from dynamtl.registry import (
     Method,

@@ -59,7 +59,9 @@ class ExcessMTL(Weighting):
     whose gradients alone are 10⁴ times smaller takes a very different share of p; large
     models, whose per-entry gradients are often that small, are in this regime). The official
     code has the same √(S + 10⁻⁷); it divides by r⁽⁰⁾ with no ε (a zero baseline gives
-    infinity there; here it is no baseline yet, see below). A raw, unscaled risk rᵢ = Σ_d |g_d| on a task's first step (what TorchJD's
+    infinity there; here it is no baseline yet, see below).
+
+    A raw, unscaled risk rᵢ = Σ_d |g_d| on a task's first step (what TorchJD's
     ``n_warmup_steps=0`` takes) is of the order of the number of shared parameters times
     the gradient's size; one such step with η = 1 puts all of p on one task, which later
     O(η) steps cannot undo; no step is taken on the risks before they are scaled.
