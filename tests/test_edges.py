@@ -1153,3 +1153,62 @@ def test_graddrop_leak_takes_any_one_number_kind_and_checks_each_value():
         dm.GradDrop(leak=np.int64(3))
     with pytest.raises(ValueError, match=r"GradDrop's option leak must hold numbers in \[0, 1\]"):
         dm.GradDrop(leak=[0.2, 1.5])
+
+
+# ------------------------------------------------------- choices and callables, from their types
+
+def choice_options():
+    """(kind, name, option, choices, takes_callable) of every option typed only by Literal
+    choices and callables (and None)."""
+    import collections.abc
+    import typing
+
+    found = []
+    for kind, name, method in registered():
+        hints = typing.get_type_hints(method.factory.__init__)
+        for option in method.options:
+            hint = hints[option]
+            parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+            parts = [p for p in parts if p is not type(None)]
+            choices = [c for p in parts if typing.get_origin(p) is typing.Literal for c in typing.get_args(p)]
+            callables = [p for p in parts if typing.get_origin(p) is collections.abc.Callable]
+            if parts and len(callables) + sum(typing.get_origin(p) is typing.Literal for p in parts) == len(parts):
+                found.append((kind, name, option, tuple(choices), bool(callables)))
+    return found
+
+
+CHOICES = choice_options()
+
+
+def test_the_choice_options_are_found():
+    names = {(n, o) for _, n, o, _, _ in CHOICES}
+    assert {("auto-lambda", "meta_optimizer"), ("gcs", "variant"), ("hydalearn", "gain"),
+            ("aligned-mtl", "scale"), ("mgda", "solver")} <= names
+
+
+@pytest.mark.parametrize(("kind", "name", "option", "choices", "takes_callable"), CHOICES)
+def test_a_choice_option_refuses_anything_else_naming_class_option_and_choices(kind, name, option, choices,
+                                                                                takes_callable):
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    expected = rf"{cls}'s option {option} must be " + ("one of " + re.escape(repr(list(choices))) if
+                                                      choices else "a callable")
+    with pytest.raises(ValueError, match=expected):
+        make(method, **{option: "nosuch"})
+    for wrong in (3, math.nan, np.array([0.5, 0.5]), [choices[0]] if choices else [1]):
+        with pytest.raises(TypeError, match=expected):
+            make(method, **{option: wrong})
+    for right in choices:
+        make(method, **{option: right})
+    if takes_callable:
+        make(method, **{option: lambda params: torch.optim.SGD(params, lr=0.1)})
+
+
+def test_the_command_line_message_for_a_name_lists_the_names_only(tmp_path):
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    result = CliRunner().invoke(main, ["train", "--benchmark", "drift", "--method", "auto-lambda", "--mode",
+                                       "auxiliary", "--option", "meta_optimizer=3", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "must be one of ['adam', 'sgd'], got '3'" in result.output, result.output
+    assert "cannot give" not in result.output

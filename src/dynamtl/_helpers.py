@@ -7,9 +7,13 @@ importing the benchmark layer.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
+import types
+import typing
+from collections.abc import Callable as CallableABC
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -109,10 +113,13 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
     The lengths and names, which need the tasks, are checked by :func:`check_task_arguments`.
     """
     ranges: Mapping[str, Interval] = getattr(cls, "option_ranges", {})
+    hints = _resolved_hints(cls)
     for name, value in arguments.items():
         parts, optional = _annotation_parts(annotations.get(name, inspect.Parameter.empty))
         if value is None and optional:
             continue
+        if name in hints:
+            _check_choice_or_callable(cls, name, value, hints[name])
         if len(parts) == 1 and (kind := next(iter(parts))) in _SCALARS:
             what, test = _SCALARS[kind]
             if not test(value):
@@ -186,6 +193,34 @@ def _short(value: Any) -> str:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) >= 10**30:
         return f"an integer of {len(str(abs(int(value))))} digits ({str(int(value))[:8]}…)"
     return repr(value)
+
+
+@functools.cache
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    """The constructor's type hints of ``cls``, resolved (``{}`` where they cannot be)."""
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):
+        return {}
+
+
+def _check_choice_or_callable(cls: type, name: str, value: Any, hint: Any) -> None:
+    """For an option whose type is made only of ``Literal`` choices and callables (and
+    ``None``): ``ValueError``/``TypeError`` naming the class, the option, the choices and
+    whether a callable is taken, for any other value (a NumPy array included)."""
+    alternatives = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    alternatives = tuple(a for a in alternatives if a is not type(None))
+    choices = [c for a in alternatives if typing.get_origin(a) is typing.Literal for c in typing.get_args(a)]
+    takes_callable = any(typing.get_origin(a) is CallableABC or a is CallableABC for a in alternatives)
+    literal_or_callable = sum(typing.get_origin(a) is typing.Literal for a in alternatives) + takes_callable
+    if not alternatives or literal_or_callable != len(alternatives):
+        return
+    if any(type(value) is type(c) and value == c for c in choices) or (takes_callable and callable(value)):
+        return
+    listed = f"one of {choices}" if choices else ""
+    expected = " or ".join(filter(None, [listed, "a callable" if takes_callable else ""]))
+    error = ValueError if isinstance(value, str) else TypeError
+    raise error(f"{cls.__name__}'s option {name} must be {expected}, got {_short(value)}")
 
 
 def _annotation_parts(annotation: Any) -> tuple[set[str], bool]:

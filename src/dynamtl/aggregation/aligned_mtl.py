@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice, intervals
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -73,7 +73,6 @@ class AlignedMTL(GradientAggregation):
 
     def __init__(self, scale: Scale = "min", pref: Sequence[float] | None = None) -> None:
         super().__init__()
-        check_choice("AlignedMTL's scale", scale, ("min", "median", "mean"))
         self.scale = scale
         self.pref = None if pref is None else numbers(pref)
 

@@ -9,14 +9,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dynamtl._helpers import check_choice, intervals
+from dynamtl._helpers import intervals
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import (
-    META_OPTIMIZERS,
     MetaOptimizerFactory,
     MetaOptimizerName,
     OwnOptimizer,
@@ -158,16 +157,10 @@ class AutoLambda(OwnOptimizer, Weighting):
         normalize: Literal["none", "mean"] = "none",
     ) -> None:
         super().__init__()
-        check_choice("hypergradient", hypergradient, ("finite_difference", "exact"))
-        check_choice("order", order, ("lookahead", "lagged"))
-        check_choice("difference", difference, ("central", "forward"))
-        check_choice("normalize", normalize, ("none", "mean"))
         if normalize == "mean" and nonnegative and init <= 0:
             raise ValueError(
                 f"normalize='mean' with nonnegative=True keeps λ ≥ 0 at mean init: init must be > 0, got {init}"
             )
-        if isinstance(meta_optimizer, str):
-            check_choice("meta_optimizer", meta_optimizer, tuple(META_OPTIMIZERS))
         if hypergradient == "exact" and order == "lagged":
             raise ValueError("the exact hypergradient differentiates through the virtual step: use order='lookahead'")
         self.primary_names = None if primary is None else name_list(primary, "primary")
