@@ -1212,3 +1212,34 @@ def test_the_command_line_message_for_a_name_lists_the_names_only(tmp_path):
                                        "auxiliary", "--option", "meta_optimizer=3", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "must be one of ['adam', 'sgd'], got '3'" in result.output, result.output
     assert "cannot give" not in result.output
+
+
+# ------------------------------------------------------------------------------- repr, exact
+
+WRAPPERS = {"0-d tensor": lambda v: torch.tensor(v, dtype=torch.float64), "numpy": np.float64}
+
+
+def assert_exact_repr(method, forbidden=("tensor(", "np.", "array(")):
+    shown = repr(method)
+    assert not any(f in shown for f in forbidden), shown
+    again = eval(shown, vars(dm))  # noqa: S307 - the repr is the call that built the method
+    assert repr(again) == shown
+
+
+@pytest.mark.parametrize("wrap", list(WRAPPERS))
+@pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_LISTS + PER_TASK_MAPS)
+def test_numbers_inside_per_task_options_are_shown_as_python_numbers(kind, name, option, wrap):
+    values = [WRAPPERS[wrap](v) for v in (0.123456, 0.5, 0.75)]
+    given = dict(zip(TASKS, values)) if (kind, name, option) in PER_TASK_MAPS else values
+    method = make(method_of(kind, name), **{option: given})
+    assert_exact_repr(method)
+    assert "0.123456" in repr(method)  # not rounded to 4 decimals
+
+
+@pytest.mark.parametrize("wrap", list(WRAPPERS))
+@pytest.mark.parametrize(("kind", "name", "option"), FLOATS)
+def test_a_float_option_given_as_numpy_or_tensor_has_an_exact_repr(kind, name, option, wrap):
+    default = method_of(kind, name).option_defaults()[option]
+    if not isinstance(default, float):
+        pytest.skip("no default number to wrap")
+    assert_exact_repr(make(method_of(kind, name), **{option: WRAPPERS[wrap](default)}))

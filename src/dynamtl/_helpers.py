@@ -373,11 +373,23 @@ class ArgumentsRepr:
     def extra_repr(self) -> str:
         shown = []
         for name, value in getattr(self, "_arguments", {}).items():
-            shown.append(f"{name}={value.tolist() if isinstance(value, Tensor) else value!r}")
+            shown.append(f"{name}={_plain(value)!r}")
         return ", ".join(shown)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tensors and NumPy numbers or arrays made Python numbers and lists, at
+    every depth of lists, tuples and dicts (so that a ``repr`` is exact and evaluates)."""
+    if isinstance(value, Tensor) or (type(value).__module__ == "numpy" and hasattr(value, "tolist")):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def intervals(**given: str) -> Mapping[str, Interval]:
