@@ -1243,3 +1243,28 @@ def test_a_float_option_given_as_numpy_or_tensor_has_an_exact_repr(kind, name, o
     if not isinstance(default, float):
         pytest.skip("no default number to wrap")
     assert_exact_repr(make(method_of(kind, name), **{option: WRAPPERS[wrap](default)}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("weighting", n) for n in WEIGHTINGS] + [("aggregation", n) for n in AGGREGATIONS]
+)
+def test_one_method_object_for_two_task_sets_is_refused_even_after_the_first_run_is_gone(kind, name):
+    """Its state (λ, histories, tracked gradients, smoothed weights) is per task: a second
+    MultiTask with other tasks cannot take it over, as a weighting cannot."""
+    method = build(kind, name, ("a", "b"))
+    first = net(0, names=("a", "b"))
+    dm.MultiTask(first, dm.Tasks(dict.fromkeys(("a", "b"), masked_mse)), torch.optim.SGD(first.parameters(), lr=0.1),
+                 **{kind: method})
+    second = net(1)
+    bound = rf"{type(method).__name__} is bound to tasks \['a', 'b'\], not \['a', 'b', 'c'\]"
+    with pytest.raises(ValueError, match=bound):
+        dm.MultiTask(second, dm.Tasks(dict.fromkeys(TASKS, masked_mse)), torch.optim.SGD(second.parameters(), lr=0.1),
+                     **{kind: method})
+
+
+@pytest.mark.parametrize("inner", ["upgrad", "mgda"])
+def test_a_composed_aggregation_is_bound_with_what_it_composes(inner):
+    smoothed = dm.CRMOGM(build("aggregation", inner, ("a", "b")))
+    smoothed.bind(("a", "b"))
+    with pytest.raises(ValueError, match=r"is bound to tasks \['a', 'b'\], not \['a', 'b', 'c'\]"):
+        dm.CRMOGM(smoothed.aggregation).bind(TASKS)
