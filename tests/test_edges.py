@@ -1268,3 +1268,19 @@ def test_a_composed_aggregation_is_bound_with_what_it_composes(inner):
     smoothed.bind(("a", "b"))
     with pytest.raises(ValueError, match=r"is bound to tasks \['a', 'b'\], not \['a', 'b', 'c'\]"):
         dm.CRMOGM(smoothed.aggregation).bind(TASKS)
+
+
+INTS = options_annotated(lambda a: alternatives(a) - {"None"} == {"int"})
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), INTS)
+def test_an_int_option_given_a_tensor_says_to_write_a_python_int(kind, name, option):
+    """Int options are counts and seeds used as Python ints: a 0-d integer tensor is refused
+    with the corrected call (NumPy integers, which are ints to Python's number tower, pass)."""
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    default = inspect.signature(method.factory.__init__).parameters[option].default
+    value = default if isinstance(default, int) else 1
+    expected = rf"{cls}'s option {option} must be an integer.*write {cls}\({option}={value}\)"
+    with pytest.raises(TypeError, match=expected):
+        make(method, **{option: torch.tensor(value)})
+    make(method, **{option: np.int64(value)})

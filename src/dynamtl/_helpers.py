@@ -325,6 +325,9 @@ def _fix(cls: type, name: str, kind: str, value: Any) -> str:
         return f": write {cls.__name__}({name}={value.strip()}) without quotes"
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return f": write {cls.__name__}({name}={int(value)})"
+    if kind == "int" and isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_floating_point \
+            and not value.dtype.is_complex and value.dtype != torch.bool:
+        return f": write {cls.__name__}({name}={int(value)}), a Python int (an int option is used as a count or seed)"
     return ""
 
 
