@@ -531,7 +531,7 @@ def test_readers_of_the_logs_name_a_bad_line_instead_of_crashing(interrupted, tm
     (run / "steps.jsonl").write_text("".join(lines[:5]) + '{"step": 6, "weig\n' + "".join(lines[6:]))
     with caplog.at_level("WARNING", logger="dynamtl"):
         assert len(plot_run(run)) == 2
-    assert f"{run / 'steps.jsonl'}: left out 1 damaged line(s) (line 6)" in caplog.text
+    assert f"{run / 'steps.jsonl'}: left out 1 damaged line(s) (line 6: not JSON)" in caplog.text
 
 
 # --- one writer per run folder ---------------------------------------------------------------

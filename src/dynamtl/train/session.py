@@ -102,10 +102,14 @@ def run_session(
     its checksum unless ``trust``."""
     with _deterministic():
         session = _Session(checked, folder, processes, display, resume_from, allow_changes, trust)
+        wait = True
         try:
             return session.run()
+        except KeyboardInterrupt:
+            wait = False  # a second Ctrl-C: stop at once, not waiting for the TensorBoard writer
+            raise
         finally:
-            session.log.close()
+            session.log.close(wait=wait)
 
 
 @contextlib.contextmanager
@@ -189,7 +193,7 @@ class _Session:
             self.log.event("start", dynamtl=dynamtl.__version__, tasks=list(names))
         else:
             self._load(state)
-            self.log = RunLog(written, state["log_sizes"], self.step, self.epoch)
+            self.log = RunLog(written, True, self.step, self.epoch)
             self.log.event("resume", checkpoint=resume_from, **self._position())
             for change in changes:
                 self.log.event("change", change=change)
@@ -409,7 +413,6 @@ class _Session:
             "skipped": self.skipped,
             "last_weights": self.last_weights,
             "seconds": dict(self.seconds),
-            "log_sizes": self.log.sizes(),
         }
 
     def _position(self) -> dict[str, int]:
