@@ -92,7 +92,8 @@ class _Cli(click.Group):
         except USER_ERRORS as error:
             raise click.ClickException(str(error)) from error
         except RunStopped as stop:
-            click.echo(str(stop), err=True)
+            if str(stop):  # (said by rank 0 only under torchrun)
+                click.echo(str(stop), err=True)
             ctx.exit(128 + stop.signal)
 
 

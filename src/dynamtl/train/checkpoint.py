@@ -5,9 +5,9 @@ A checkpoint is one ``torch.save`` file holding everything a run needs to contin
 it had never stopped: the resolved config and the environment (versions, threads), the
 position in the data, the model, optimizer, scheduler and :class:`~dynamtl.MultiTask`
 states (λ, its optimizer, DWA's history…), the random states and the model-selection
-state (the logs are rebuilt to its step on resume: :mod:`dynamtl.train.logs`). ``checkpoints/last.pt`` is the newest; before it
-is replaced, the one it replaces becomes ``checkpoints/previous.pt``. Both changes are
-atomic, so a run killed at any instant leaves a complete ``last.pt``.
+state (the logs are rebuilt to its step on resume: :mod:`dynamtl.train.logs`).
+``checkpoints/last.pt`` is the newest; before it is replaced, the one it replaces becomes
+``checkpoints/previous.pt``. Both changes are atomic, so a run killed at any instant leaves a complete ``last.pt``.
 
 Safety: a checkpoint holds tensors and plain containers (dicts, lists, tuples, numbers,
 strings) only, and is read with ``torch.load(weights_only=True)``: a file holding any other

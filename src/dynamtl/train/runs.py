@@ -24,6 +24,7 @@ from dynamtl.train import checkpoint
 from dynamtl.train.config import ENVIRONMENT, RunConfig, RunPlan, plan, resolved_record
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
+    FolderWriteError,
     RunFolder,
     RunFolderError,
     locked,
@@ -190,7 +191,13 @@ def _execute(
             return run_session(checked, folder, group, display=display, resume_from=resume_from,
                                allow_changes=allow_changes, trust=trust)
         except KeyboardInterrupt:
-            raise RunStopped(_interrupted(folder), signal.SIGINT) from None
+            raise RunStopped(_interrupted(folder) if launched_as_main() else "", signal.SIGINT) from None
+        except FolderWriteError as error:
+            if not error.remedy:
+                raise
+            then = (f"continue with `{suggested('resume', folder.root)}`" if folder.config.is_file()
+                    else f"start it again{f' with: {typed()}' if is_cli() else ''}")
+            raise FolderWriteError(f"{error}; {error.remedy}, then {then}") from error
 
 
 def _interrupted(folder: RunFolder) -> str:

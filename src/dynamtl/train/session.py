@@ -45,7 +45,6 @@ from dynamtl.train.config import ENVIRONMENT, ConfigError, RunConfig, RunPlan, e
 from dynamtl.train.evaluate import Evaluation, evaluate
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
-    FolderWriteError,
     RunFolder,
     write_atomic,
     write_json_atomic,
@@ -75,7 +74,8 @@ class TrainingStopped(RuntimeError):
 
 class RunStopped(RuntimeError):
     """The run was stopped by a signal (``SIGINT``, ``SIGTERM``) after checkpointing; the
-    message says how to continue it. ``signal``: the signal's number."""
+    message says how to continue it (empty in the processes other than rank 0 of a
+    distributed run, so that it is said once). ``signal``: the signal's number."""
 
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
@@ -305,7 +305,8 @@ class _Session:
         position = self._position()
         raise RunStopped(
             f"stopped by {name} at step {position['step']} (epoch {position['epoch']}, batch {position['batch']}); "
-            f"checkpoint saved in {self.folder.checkpoints}. Continue with: {suggested('resume', self.folder.root)}",
+            f"checkpoint saved in {self.folder.checkpoints}. Continue with: {suggested('resume', self.folder.root)}"
+            if self.processes.main else "",  # said once, by rank 0 of torchrun's processes
             number,
         )
 
@@ -384,13 +385,7 @@ class _Session:
     def _save(self, reason: str) -> None:
         if not self.processes.main:
             return
-        try:
-            checkpoint.save(self.folder, self._state())
-        except FolderWriteError as error:
-            raise FolderWriteError(
-                f"{error}; make room (or the folder writable) and continue with "
-                f"`{suggested('resume', self.folder.root)}`"
-            ) from error
+        checkpoint.save(self.folder, self._state())
         self.log.event("checkpoint", reason=reason, **self._position())
 
     def _state(self) -> dict[str, Any]:
