@@ -534,6 +534,129 @@ def test_readers_of_the_logs_name_a_bad_line_instead_of_crashing(interrupted, tm
     assert f"{run / 'steps.jsonl'}: left out 1 damaged line(s) (line 6: not JSON)" in caplog.text
 
 
+def edit_lines(path: Path, edit) -> list[str]:
+    """Rewrite the log ``path`` with ``edit(lines)`` (its lines, newlines kept) as a user's
+    editor or a bad copy would; return the lines as they were."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(edit(list(lines))))
+    return lines
+
+
+def swapped(lines: list[str], a: int, b: int) -> list[str]:
+    lines[a], lines[b] = lines[b], lines[a]
+    return lines
+
+
+def with_weight(line: str, value: object) -> str:
+    record = json.loads(line)
+    record[next(k for k in record if k.startswith("weight/"))] = value
+    return json.dumps(record) + "\n"
+
+
+GARBAGE = "@@@garbage@@@ " * 40 + "\n"
+STEP_LOG_DAMAGE = {  # what is done to steps.jsonl (0-based line = step - 1): (edit, steps lost, report)
+    "a line duplicated": (lambda ls: ls[:20] + ls[19:], [], "held 1 duplicate record(s), dropped"),
+    "a long garbage line inserted": (lambda ls: ls[:29] + [GARBAGE] + ls[29:], [], "had 1 damaged line(s), dropped"),
+    "one line garbled": (lambda ls: ls[:29] + ["@@@garbage@@@\n"] + ls[30:], [30], "had 1 damaged line(s)"),
+    "two lines swapped": (lambda ls: swapped(ls, 20, 21), [], "had records out of step order, put in order"),
+    "a weight of the wrong type": (lambda ls: ls[:4] + [with_weight(ls[4], "abc")] + ls[5:], [5],
+                                   "had 1 damaged line(s)"),
+    "a step that is not a number": (lambda ls: ls[:9] + [ls[9].replace('"step": 10,', '"step": "10",')] + ls[10:],
+                                    [10], "had 1 damaged line(s)"),
+    "cut mid-line while writing after the checkpoint": (lambda ls: ls[:-1] + [ls[-1][:15]], [], None),
+}
+
+
+@pytest.mark.parametrize("damage", list(STEP_LOG_DAMAGE))
+def test_a_damaged_step_log_is_rebuilt_by_parsing_keeping_every_intact_record_in_order(run, damage):
+    """Every intact record of steps 1…N is kept, once, in step order, whatever lies around
+    it; only the lines that really are bad are counted (not a byte offset's cut)."""
+    from dynamtl.train.folder import RunFolder
+    from dynamtl.train.logs import RunLog
+
+    edit, lost, report = STEP_LOG_DAMAGE[damage]
+    steps = run / "steps.jsonl"
+    saved = load(run / "checkpoints" / "previous.pt")["position"]  # (resume --checkpoint previous)
+    intact = [r for r in records(steps) if r["step"] <= saved["step"]]
+    assert len(records(steps)) > saved["step"]  # records after the checkpoint, to be left out
+    edit_lines(steps, edit)
+    log = RunLog(RunFolder(run), True, saved["step"], saved["epoch"])
+    log.close()
+    assert [r["step"] for r in records(steps)] == [s for s in range(1, saved["step"] + 1) if s not in lost]
+    assert records(steps) == [r for r in intact if r["step"] not in lost]
+    assert steps.read_text().endswith("}\n")
+    if report is None:
+        assert log.repairs == []
+    else:
+        assert len(log.repairs) == 1 and report in log.repairs[0], log.repairs
+        assert ("are lost" in log.repairs[0]) == bool(lost)
+        assert f"steps {lost[0]} are lost" in log.repairs[0] if lost else True
+
+
+@pytest.mark.parametrize("damage", ["cut mid-line", "deleted", "a garbled line"])
+def test_a_damaged_event_log_is_rebuilt_and_the_next_record_starts_on_a_fresh_line(run, damage):
+    from dynamtl.train.folder import RunFolder
+    from dynamtl.train.logs import RunLog
+
+    events = run / "events.jsonl"
+    before = events.read_bytes()
+    if damage == "cut mid-line":
+        events.write_bytes(before[:-20])
+    elif damage == "deleted":
+        events.unlink()
+    else:
+        edit_lines(events, lambda ls: ls[:1] + ["{oops\n"] + ls[1:])
+    saved = load(run / "checkpoints" / "last.pt")["position"]
+    log = RunLog(RunFolder(run), True, saved["step"], saved["epoch"])
+    log.event("resume", step=saved["step"])
+    log.close()
+    lines = events.read_text().splitlines(keepends=True)
+    assert all(line.endswith("}\n") for line in lines) and json.loads(lines[-1])["event"] == "resume"
+    intact = [json.loads(line) for line in before.decode().splitlines(keepends=True) if line.endswith("}\n")]
+    kept = intact[:-1] if damage == "cut mid-line" else [] if damage == "deleted" else intact
+    assert [json.loads(line) for line in lines[:-1]] == kept
+    assert len(log.repairs) == 1 and str(events) in log.repairs[0]
+    assert ("is missing" if damage == "deleted" else "had 1 damaged line(s)") in log.repairs[0]
+
+
+def test_a_resumed_run_reports_the_repair_of_a_duplicated_and_reordered_log_and_ends_equal(run, reference):
+    steps = run / "steps.jsonl"
+    edit_lines(steps, lambda ls: swapped(ls[:20] + ls[19:], 30, 31))
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    repair = next(line for line in result.stderr.splitlines() if str(steps) in line)
+    assert "held 1 duplicate record(s)" in repair and "out of step order" in repair and "lost" not in repair
+    assert "damaged" not in repair
+    assert [r["step"] for r in records(steps)] == list(range(1, 2 * PER_EPOCH + 1))
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+
+def test_every_reader_of_the_logs_names_a_value_of_the_wrong_type_instead_of_crashing(interrupted, tmp_path,
+                                                                                      caplog):
+    """``compare``'s controls, the noise share, ``plot`` and scripts/claims.py read a log
+    whose weight is a string: each names the file and the line, none crashes."""
+    from dynamtl.report.shares import helper_share
+    from dynamtl.train.controls import read_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    steps = run / "steps.jsonl"
+    edit_lines(steps, lambda ls: ls[:4] + [with_weight(ls[4], "abc")] + ls[5:] + ["@@garbage\n"])
+    spec = importlib.util.spec_from_file_location("claims", Path(__file__).parent.parent / "scripts" / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    expected = f"{steps}: left out 2 damaged line(s) (line 5: 'weight/main' is \"abc\", not a number; line "
+    for read in (read_weights, lambda r: helper_share(r, "noise"), claims.steps):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dynamtl"):
+            assert read(run) is not None
+    assert len(claims.steps(run)) == len(records(steps)) - 1
+    result = cli("plot", str(run))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(expected) == 1, result.stderr  # once, not once per figure
+
+
 # --- one writer per run folder ---------------------------------------------------------------
 
 
