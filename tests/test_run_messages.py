@@ -9,6 +9,7 @@ import ast
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,21 @@ def test_train_into_an_unfinished_run_leads_to_resume(tmp_path):
     (run / "config.json").write_text("{}")
     code, output = invoke("train", *TINY, "--quiet", "--out", str(run))
     assert code == 1 and f"continue it with `dynamtl resume {run}`" in output
+
+
+SCRIPT = shutil.which("dynamtl", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(SCRIPT is None, reason="needs the dynamtl console script (pip install -e .)")
+def test_a_suggested_command_is_spelt_as_the_command_was_typed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for typed, spelt in (([str(SCRIPT)], "dynamtl"), ([sys.executable, "-m", "dynamtl.cli"],
+                                                      f"{sys.executable} -m dynamtl.cli")):
+        result = subprocess.run([*typed, "train", *TINY, "--quiet", "--out", str(run)], env=ENV, capture_output=True,
+                                text=True, timeout=600, check=False)
+        assert result.returncode == 1 and f"continue it with `{spelt} resume {run}`" in result.stderr, result.stderr
 
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo")

@@ -20,11 +20,14 @@ MODULE = "dynamtl.cli"
 
 def _launched_as_module() -> list[str] | None:
     """``[interpreter, "-m", "dynamtl.cli"]`` as typed when this process is ``python -m
-    dynamtl.cli``, else ``None``."""
+    dynamtl.cli`` (or a worker that ``multiprocessing`` spawned from it, which inherits its
+    ``sys.argv``), else ``None``."""
     typed = list(getattr(sys, "orig_argv", []))
     for index, word in enumerate(typed[:-1]):
         if word == "-m" and typed[index + 1] == MODULE:
             return [typed[0], "-m", MODULE]
+    if Path(sys.argv[0]).parts[-3:] == ("dynamtl", "cli", "__main__.py"):
+        return [sys.executable, "-m", MODULE]
     return None
 
 
