@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -261,6 +262,55 @@ def test_flipped_bytes_in_the_model_weights_are_caught_naming_the_file_and_offer
     assert (run / "checkpoints" / "last.damaged.pt").read_bytes() == bytes(data)  # kept for inspection
     ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
     assert without_seconds(ours) == without_seconds(theirs)
+
+
+def flip_bytes(path: Path) -> None:
+    """Flip 16 bytes in the middle of ``path`` (it then fails its checksum)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
+def test_a_missing_last_checkpoint_falls_back_to_the_previous_one_saying_so(run, reference):
+    checkpoints = run / "checkpoints"
+    (checkpoints / "last.pt").unlink()
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"{checkpoints / 'last.pt'} is missing: resuming from {checkpoints / 'previous.pt'}" in result.stderr
+    resumed = next(e for e in records(run / "events.jsonl") if e["event"] == "resume")
+    assert resumed["checkpoint"] == "previous" and resumed["step"] == PER_EPOCH
+    assert not any(e["event"] == "start" for e in records(run / "events.jsonl")[1:])  # not started over
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+
+def test_with_both_checkpoints_damaged_nothing_is_renamed_and_the_message_gives_a_way_on(run):
+    checkpoints = run / "checkpoints"
+    for name in ("last.pt", "previous.pt"):
+        flip_bytes(checkpoints / name)
+    damaged = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    result = cli("resume", str(run), "--checkpoint", "previous", "--quiet")
+    assert result.returncode == 1 and f"the checkpoint {checkpoints / 'previous.pt'} is damaged" in result.stderr
+    assert f"No intact checkpoint is left: delete {run} and train it anew" in result.stderr
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == damaged  # last.pt not set aside
+    result = cli("resume", str(run), "--quiet")  # so the next resume does not silently start over
+    assert result.returncode == 1 and f"the checkpoint {checkpoints / 'last.pt'} is damaged" in result.stderr
+    assert not (run / "results.json").exists()
+
+
+def test_a_run_without_any_checkpoint_starts_over_saying_so(tmp_path):
+    run = tmp_path / "run"
+    tiny = [*RUN[:RUN.index("--limit")], "--limit", "64", "--batch-size", "16", "--epochs", "1", "--threads", "1",
+            "--quiet"]
+    assert cli("train", *tiny, "--out", str(run), "--checkpoint-every", "2").returncode == 0
+    (run / "results.json").unlink()
+    shutil.rmtree(run / "checkpoints")
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (f"no usable checkpoint in {run / 'checkpoints'} (no last.pt or previous.pt): starting the run over "
+            "from step 0") in result.stderr
+    assert [e["event"] for e in records(run / "events.jsonl")].count("start") == 2
 
 
 RECORD_DAMAGE = {
@@ -829,6 +879,65 @@ def test_a_read_only_run_folder_gives_one_line_naming_it(run, tmp_path):
         f"{sys.executable} -m dynamtl.cli resume {run} --quiet"
     )
     assert f"in {run}: the file system is read-only" in one_error_line(result)
+
+
+def test_a_file_size_limit_is_named_as_such_with_its_remedy_and_the_next_step(run):
+    """``ulimit -f`` (RLIMIT_FSIZE) below a checkpoint's size: one line that says so, not
+    "make room"; the staged file removed, the last checkpoint kept."""
+    import resource
+
+    checkpoints = run / "checkpoints"
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    limit = (checkpoints / "last.pt").stat().st_size // 2
+    assert limit > (run / "steps.jsonl").stat().st_size  # the logs can be rebuilt
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "dynamtl.cli", "resume", str(run), "--quiet"], env=ENV,
+                            capture_output=True, text=True, timeout=600, check=False, preexec_fn=limited)
+    line = one_error_line(result)  # (the first file to reach the limit: a log or the checkpoint)
+    assert re.match(rf"Error: cannot write \S+ in {re.escape(str(run))}\S*: the file-size limit is reached \(ulimit -f\)",
+                    line), line
+    assert "make room" not in line and "raise the file-size limit" in line
+    assert line.endswith(f"then continue with `{DYNAMTL} resume {run}`")
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before  # nothing staged, nothing lost
+
+
+def test_a_file_in_the_way_of_plots_or_tensorboard_is_one_line_and_a_finished_run_exits_0(run, reference):
+    (run / "plots").write_text("x")
+    shutil.rmtree(run / "tensorboard", ignore_errors=True)
+    (run / "tensorboard").write_text("x")
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert sum(f"cannot write plots in {run}: a file is in the way of a folder" in line for line in lines) == 1
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert sum(f"TensorBoard logs are off: cannot write tensorboard in {run}: a file is in the way" in line
+                   for line in lines) == 1
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+    if importlib.util.find_spec("matplotlib") is not None:
+        line = one_error_line(cli("plot", str(run)))
+        assert line.startswith(f"Error: cannot write plots in {run}: a file is in the way of a folder")
+
+
+def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_tensorboard_writer(tmp_path):
+    run = tmp_path / "run"
+    process = start("train", *RUN, "--out", str(run))
+    try:
+        wait_for(lambda: len(records(run / "steps.jsonl")) >= 20, process, "step 20")
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert took < 3, f"{took:.1f} s: {stderr}"
+    assert "did not close" not in stderr and "Traceback" not in stderr
 
 
 # --- a broken config.json ------------------------------------------------------------------------

@@ -170,9 +170,10 @@ class RunLog:
         """Close the logs; the TensorBoard writer is given :data:`WRITER_CLOSE_SECONDS`
         (its thread can stall), or no time at all without ``wait`` (a second Ctrl-C),
         after which the run ends without waiting for it."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # a write that failed is told by its own error
             self.flush()
-        self._open.close()
+        with contextlib.suppress(OSError):
+            self._open.close()
         writer, self.tensorboard = self.tensorboard, None
         if writer is not None:
             closing = threading.Thread(target=_close_quietly, args=(writer,), daemon=True,
