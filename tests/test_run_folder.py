@@ -606,14 +606,14 @@ def with_weight(line: str, value: object) -> str:
 GARBAGE = "@@@garbage@@@ " * 40 + "\n"
 STEP_LOG_DAMAGE = {  # what is done to steps.jsonl (0-based line = step - 1): (edit, steps lost, report)
     "a line duplicated": (lambda ls: ls[:20] + ls[19:], [], "held 1 duplicate record(s), dropped"),
-    "a long garbage line inserted": (lambda ls: ls[:29] + [GARBAGE] + ls[29:], [], "had 1 damaged line(s), dropped"),
-    "one line garbled": (lambda ls: ls[:29] + ["@@@garbage@@@\n"] + ls[30:], [30], "had 1 damaged line(s)"),
+    "a long garbage line inserted": (lambda ls: [*ls[:29], GARBAGE, *ls[29:]], [], "had 1 damaged line(s), dropped"),
+    "one line garbled": (lambda ls: [*ls[:29], "@@@garbage@@@\n", *ls[30:]], [30], "had 1 damaged line(s)"),
     "two lines swapped": (lambda ls: swapped(ls, 20, 21), [], "had records out of step order, put in order"),
-    "a weight of the wrong type": (lambda ls: ls[:4] + [with_weight(ls[4], "abc")] + ls[5:], [5],
+    "a weight of the wrong type": (lambda ls: [*ls[:4], with_weight(ls[4], "abc"), *ls[5:]], [5],
                                    "had 1 damaged line(s)"),
-    "a step that is not a number": (lambda ls: ls[:9] + [ls[9].replace('"step": 10,', '"step": "10",')] + ls[10:],
+    "a step that is not a number": (lambda ls: [*ls[:9], ls[9].replace('"step": 10,', '"step": "10",'), *ls[10:]],
                                     [10], "had 1 damaged line(s)"),
-    "cut mid-line while writing after the checkpoint": (lambda ls: ls[:-1] + [ls[-1][:15]], [], None),
+    "cut mid-line while writing after the checkpoint": (lambda ls: [*ls[:-1], ls[-1][:15]], [], None),
 }
 
 
@@ -655,7 +655,7 @@ def test_a_damaged_event_log_is_rebuilt_and_the_next_record_starts_on_a_fresh_li
     elif damage == "deleted":
         events.unlink()
     else:
-        edit_lines(events, lambda ls: ls[:1] + ["{oops\n"] + ls[1:])
+        edit_lines(events, lambda ls: [*ls[:1], "{oops\n", *ls[1:]])
     saved = load(run / "checkpoints" / "last.pt")["position"]
     log = RunLog(RunFolder(run), True, saved["step"], saved["epoch"])
     log.event("resume", step=saved["step"])
@@ -692,7 +692,7 @@ def test_every_reader_of_the_logs_names_a_value_of_the_wrong_type_instead_of_cra
     run = tmp_path / "run"
     shutil.copytree(interrupted, run)
     steps = run / "steps.jsonl"
-    edit_lines(steps, lambda ls: ls[:4] + [with_weight(ls[4], "abc")] + ls[5:] + ["@@garbage\n"])
+    edit_lines(steps, lambda ls: [*ls[:4], with_weight(ls[4], "abc"), *ls[5:], "@@garbage\n"])
     spec = importlib.util.spec_from_file_location("claims", Path(__file__).parent.parent / "scripts" / "claims.py")
     claims = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(claims)
@@ -897,8 +897,8 @@ def test_a_file_size_limit_is_named_as_such_with_its_remedy_and_the_next_step(ru
     result = subprocess.run([sys.executable, "-m", "dynamtl.cli", "resume", str(run), "--quiet"], env=ENV,
                             capture_output=True, text=True, timeout=600, check=False, preexec_fn=limited)
     line = one_error_line(result)  # (the first file to reach the limit: a log or the checkpoint)
-    assert re.match(rf"Error: cannot write \S+ in {re.escape(str(run))}\S*: the file-size limit is reached \(ulimit -f\)",
-                    line), line
+    limit_reached = rf"Error: cannot write \S+ in {re.escape(str(run))}\S*: the file-size limit is reached \(ulimit -f"
+    assert re.match(limit_reached, line), line
     assert "make room" not in line and "raise the file-size limit" in line
     assert line.endswith(f"then continue with `{DYNAMTL} resume {run}`")
     assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before  # nothing staged, nothing lost
