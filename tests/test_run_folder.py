@@ -904,6 +904,26 @@ def test_a_file_size_limit_is_named_as_such_with_its_remedy_and_the_next_step(ru
     assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before  # nothing staged, nothing lost
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the TensorBoard writer is not installed")
+def test_a_tensorboard_writer_that_cannot_write_is_turned_off_in_one_line_without_thread_tracebacks(tmp_path):
+    """A file-size limit that the TensorBoard event file (the largest log) reaches first:
+    one warning and the run goes on, until steps.jsonl reaches it too (one error line)."""
+    import resource
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12 * 1024, 12 * 1024))
+
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "dynamtl.cli", "train", *RUN, "--out", str(run)], env=ENV,
+                            capture_output=True, text=True, timeout=600, check=False, preexec_fn=limited)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("torch threads")]
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(f"TensorBoard logs are off: cannot write tensorboard in {run}: the file-size limit")
+    assert lines[1].startswith(f"Error: cannot write steps.jsonl in {run}: the file-size limit is reached")
+    assert len(records(run / "steps.jsonl")) > 20  # the run went on after TensorBoard stopped
+
+
 def test_a_file_in_the_way_of_plots_or_tensorboard_is_one_line_and_a_finished_run_exits_0(run, reference):
     (run / "plots").write_text("x")
     shutil.rmtree(run / "tensorboard", ignore_errors=True)
