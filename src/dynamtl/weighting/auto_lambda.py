@@ -140,7 +140,7 @@ class AutoLambda(OwnOptimizer, Weighting):
     names the task, λᵢ, the step and the losses, once per task (the reference restarts
     whenever λᵢ is back at ≥ 0; it is not kept in checkpoints). In the experiments of
     docs/claims.md it fires in every diverging run (λ lr 1e-2 with ``normalize="mean"``,
-    about 40 steps after λ crossed 0) and not where λ dipped to −0.003 harmlessly.
+    24–40 steps after λ crossed 0) and not where λ dipped to −0.003 harmlessly.
     """
 
     facts = Facts(
