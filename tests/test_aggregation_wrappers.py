@@ -46,7 +46,7 @@ def test_cr_mogm_limits_state_and_bad_input():
     restored = dm.CRMOGM(beta=0.5)
     restored.load_state_dict(copy.deepcopy(saved.state_dict()))
     torch.testing.assert_close(restored.combine(j1), saved.combine(j1))
-    with pytest.raises(ValueError, match="beta is an EMA rate"):
+    with pytest.raises(ValueError, match=r"CRMOGM\'s option beta must be in \[0, 1\], got 2.0"):
         dm.CRMOGM(beta=2.0)
     with pytest.raises(TypeError, match="smooths the weights of a gradient aggregation"):
         dm.CRMOGM(dm.Sum())

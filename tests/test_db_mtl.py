@@ -68,7 +68,7 @@ def test_the_state_is_saved_and_restored():
 
 
 def test_bad_options_and_losses_are_refused():
-    with pytest.raises(ValueError, match="beta is an EMA rate"):
+    with pytest.raises(ValueError, match=r"DBMTL\'s option beta must be in \[0, 1\], got 1.5"):
         dm.DBMTL(beta=1.5)
     torch.manual_seed(0)
     model = Net().double()

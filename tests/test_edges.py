@@ -676,16 +676,21 @@ def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, s
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: dm.Static([1.0, 0.5]), r"Static takes a mapping task name -> weight.*got list"),
+        (lambda: dm.Static([1.0, 0.5]), r"Static's option weights maps task names to finite numbers.*got list"),
         (lambda: dm.Tasks(["a", "b"]), r"Tasks takes a mapping task name -> loss function.*got list"),
         (lambda: dm.Tasks({"a": nn.MSELoss}), r"the class MSELoss, not a loss: give an instance, MSELoss\(\)"),
-        (lambda: dm.FAMO(min_losses=[0.0, 0.0]), r"FAMO's min_losses takes a mapping"),
-        (lambda: dm.AutoLambda(primary=0), r"the primary tasks are given by name"),
-        (lambda: dm.HydaLearn(main={"a": 1.0}), r"the main tasks are given by name"),
-        (lambda: dm.GCS(main=["a", 1]), r"the main tasks are given by name"),
-        (lambda: dm.OLAux(main=None), r"the main tasks are given by name"),
-        (lambda: dm.GradDrop(leak="0.1"), r"GradDrop's leak is a number or a list of numbers in task order, got str"),
-        (lambda: dm.AlignedMTL(pref={"a": 1.0}), r"AlignedMTL's pref is a list of numbers in task order, got dict"),
+        (lambda: dm.FAMO(min_losses=[0.0, 0.0]),
+         r"FAMO's option min_losses maps task names to finite numbers, e.g. FAMO\(min_losses="),
+        (lambda: dm.AutoLambda(primary=0),
+         r"AutoLambda's option primary is a task name or a list of task names, got int 0"),
+        (lambda: dm.HydaLearn(main={"a": 1.0}),
+         r"HydaLearn's option main is a task name or a list of task names, got dict"),
+        (lambda: dm.GCS(main=["a", 1]), r"GCS's option main is a task name or a list of task names, got list"),
+        (lambda: dm.OLAux(main=None), r"OLAux's option main is a task name or a list of task names, got NoneType"),
+        (lambda: dm.GradDrop(leak="0.1"),
+         r"GradDrop's option leak is one number or a list of numbers in task order.*got str"),
+        (lambda: dm.AlignedMTL(pref={"a": 1.0}),
+         r"AlignedMTL's option pref is a list of numbers in task order.*got dict"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), weighting=dm.AutoLambda),
          r"weighting must be a weighting instance such as dm.AutoLambda\(\), got the class AutoLambda"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), aggregation="pcgrad"),
@@ -697,7 +702,8 @@ def test_scheduler_built_before_multitask_works_or_fails_at_construction(name, s
          r"scaler must be a torch.amp.GradScaler instance, got the class GradScaler"),
         (lambda: dm.MultiTask(net(0), dm.Tasks({"a": F.mse_loss}), scaler=True),
          r"scaler must be a torch.amp.GradScaler instance, got bool"),
-        (lambda: dm.Static({"a": 1.0, "b": "x"}), r"Static's weights must be numbers; task\(s\) \{'b': 'x'\}"),
+        (lambda: dm.Static({"a": 1.0, "b": "x"}),
+         r"Static's option weights maps task names to finite numbers.*got dict \{'a': 1.0, 'b': 'x'\}"),
     ],
 )
 def test_constructors_say_what_they_expect(make, match):
@@ -750,3 +756,262 @@ def test_a_string_option_says_to_drop_the_quotes():
         dm.AutoLambda(interval=2.0)
     assert dm.AutoLambda(lr=torch.tensor(1e-3)).lr == torch.tensor(1e-3)  # a one-element tensor is a number
     assert dm.AutoLambda(lr=np.float32(1e-3)).lr == np.float32(1e-3)
+
+
+# --------------------------------------------------------------------- options, from their types
+
+def registered(kinds=("weighting", "aggregation")):
+    """(kind, name, method) of every registered method (stl is Equal under another name)."""
+    tables = {"weighting": registry.WEIGHTINGS, "aggregation": registry.AGGREGATIONS}
+    return [(kind, name, m) for kind in kinds for name, m in sorted(tables[kind].items()) if not m.single_task]
+
+
+def parameters(method):
+    """Every constructor parameter of the method's class with its annotation (a string)."""
+    params = list(inspect.signature(method.factory.__init__).parameters.values())[1:]
+    return {p.name: (p.annotation if isinstance(p.annotation, str) else inspect.formatannotation(p.annotation))
+            for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def make(method, /, **options):
+    """The method's class built from Python with ``options`` (its context, for tasks ``TASKS``,
+    and its required options filled unless given)."""
+    context = registry.MethodContext(tasks=TASKS, primary=("a",), auxiliary=True, seed=0)
+    filled = {n: fill(context) for n, fill in method.context.items() if n not in options}
+    needed = {n: REQUIRED[n](TASKS) for n, d in method.option_defaults().items()
+              if d is inspect.Parameter.empty and n not in options}
+    return method.factory(**filled, **needed, **options)
+
+
+def options_annotated(test):
+    """(kind, name, option) of every constructor parameter whose annotation passes ``test``."""
+    return [(kind, name, option) for kind, name, method in registered()
+            for option, annotation in parameters(method).items() if test(annotation)]
+
+
+def alternatives(annotation):
+    return {part.strip() for part in annotation.split(" | ")}
+
+
+NUMERIC = options_annotated(lambda a: alternatives(a) - {"None"} in ({"float"}, {"int"}))
+FLOATS = options_annotated(lambda a: alternatives(a) - {"None"} == {"float"})
+PER_TASK_LISTS = options_annotated(lambda a: "Sequence[float]" in a)
+PER_TASK_MAPS = options_annotated(lambda a: "Mapping[str, float]" in a)
+NAME_LISTS = options_annotated(lambda a: "Sequence[str]" in a or "list[str]" in a)
+FLAGS = options_annotated(lambda a: alternatives(a) - {"None"} == {"bool"})
+
+
+def method_of(kind, name):
+    return (registry.WEIGHTINGS if kind == "weighting" else registry.AGGREGATIONS)[name]
+
+
+def test_the_option_kinds_are_found_in_the_registry():
+    assert ("aggregation", "upgrad", "pref") in PER_TASK_LISTS and ("aggregation", "config", "pref") in PER_TASK_LISTS
+    assert ("weighting", "stch", "preference") in PER_TASK_MAPS and ("weighting", "stch", "ideal") in PER_TASK_MAPS
+    assert ("weighting", "imtl-l", "tasks") in NAME_LISTS and ("aggregation", "moco", "normalize") in FLAGS
+    assert len(FLOATS) > 40 and len(NUMERIC) > len(FLOATS)
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), NUMERIC)
+def test_every_numeric_option_declares_its_range(kind, name, option):
+    """The audit: a method that adds a number option says which values it takes (a new one
+    without a declared interval fails here)."""
+    assert option in method_of(kind, name).factory.option_ranges, f"declare {option} in option_ranges"
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), FLOATS)
+def test_every_float_option_refuses_nan_and_infinities_naming_method_option_value_and_range(kind, name, option):
+    method = method_of(kind, name)
+    interval = method.factory.option_ranges[option]
+    cls = method.factory.__name__
+    for value in (math.nan, math.inf, -math.inf):
+        if value in interval:  # declared meaningful next to the method
+            continue
+        expected = rf"{cls}'s option {option} must be {re.escape(interval.words())}, got {re.escape(repr(value))}"
+        with pytest.raises(ValueError, match=expected):
+            make(method, **{option: value})
+
+
+def just_outside(interval, integer):
+    """Values just outside the finite ends of ``interval``."""
+    low, high = (float(part) for part in interval.text[1:-1].split(","))
+    step = 1 if integer else 1e-9
+    out = []
+    if math.isfinite(low):
+        out.append(low - step if interval.text[0] == "[" else low)
+    if math.isfinite(high):
+        out.append(high + step if interval.text[-1] == "]" else high)
+    return [int(v) for v in out] if integer else out
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), NUMERIC)
+def test_every_numeric_option_refuses_values_just_outside_its_range(kind, name, option):
+    method = method_of(kind, name)
+    interval = method.factory.option_ranges[option]
+    integer = alternatives(parameters(method)[option]) - {"None"} == {"int"}
+    for value in just_outside(interval, integer):
+        with pytest.raises(ValueError, match=rf"'s option {option} must be .*, got {re.escape(repr(value))}"):
+            make(method, **{option: value})
+
+
+def some_values(count):
+    return [0.25 * (i + 1) for i in range(count)]  # valid for every per-task option (GradDrop: in [0, 1])
+
+
+def per_task_methods(kind, name, option, values):
+    """The method with ``option=values``, alone and (for a gradient aggregation) inside the
+    wrappers that compose one."""
+    built = [make(method_of(kind, name), **{option: values})]
+    if kind == "aggregation" and isinstance(built[0], GradientAggregation) and not built[0].rows_across_batches:
+        built += [dm.CRMOGM(make(method_of(kind, name), **{option: values})),
+                  dm.OnRepresentation(make(method_of(kind, name), **{option: values}))]
+    return built
+
+
+def multitask(method, names=("a", "b")):
+    tasks = dm.Tasks(dict.fromkeys(names, masked_mse))
+    role = "aggregation" if isinstance(method, dm.Aggregation) else "weighting"
+    return dm.MultiTask(net(0), tasks, representation="trunk", **{role: method})
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_LISTS)
+def test_a_per_task_list_of_the_wrong_length_is_refused_when_the_tasks_are_bound(kind, name, option):
+    cls = method_of(kind, name).factory.__name__
+    expected = rf"{cls}'s option {option} has 3 value\(s\) but there are 2 tasks \['a', 'b'\]: give 2 values"
+    for method in per_task_methods(kind, name, option, some_values(3)):
+        with pytest.raises(ValueError, match=expected):
+            multitask(method)
+    for values in (some_values(2), tuple(some_values(2)), torch.tensor(some_values(2))):  # every sequence kind
+        for method in per_task_methods(kind, name, option, values):
+            multitask(method)
+    with pytest.raises(ValueError, match=rf"{cls}'s option {option} must hold finite numbers"):
+        make(method_of(kind, name), **{option: [1.0, math.nan]})
+    listed = rf"{cls}'s option {option} is .*a list of numbers in task order.*got str '1,2'"
+    with pytest.raises(TypeError, match=listed):
+        make(method_of(kind, name), **{option: "1,2"})
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_LISTS + PER_TASK_MAPS)
+def test_the_command_line_refuses_a_per_task_option_that_does_not_fit_before_training(
+    kind, name, option, command, tmp_path
+):
+    """Checked when the runs are planned: exit status 2 with the problem, and no folder."""
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    value = "0.25,0.5,0.75" if (kind, name, option) in PER_TASK_LISTS else "main:1,nosuch:2"
+    out = tmp_path / "run"
+    method = ["--method", name] if command == "train" else ["--methods", name, "--seeds", "0", "--jobs", "1"]
+    result = CliRunner().invoke(main, [command, "--benchmark", "drift", *method, "--option", f"{option}={value}",
+                                       "--epochs", "1", "--limit", "64", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"option {option} " in result.output and "['main', 'aux']" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_MAPS)
+def test_a_per_task_mapping_is_a_mapping_of_known_task_names(kind, name, option):
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    for wrong in ([1.0, 2.0], "a:1", {"a": "x"}, {"a": math.nan}):
+        with pytest.raises(TypeError, match=rf"{cls}'s option {option} maps task names to finite numbers"):
+            make(method, **{option: wrong})
+    with pytest.raises(ValueError, match=rf"{cls}'s option {option} names task\(s\) \['z'\] that are not among"):
+        multitask(make(method, **{option: {"a": 1.0, "z": 1.0}}))
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), NAME_LISTS)
+def test_task_names_are_not_split_into_characters(kind, name, option):
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    if "str" in alternatives(parameters(method)[option]):  # one name is accepted as such
+        make(method, **{option: "a"})
+    else:
+        with pytest.raises(TypeError, match=rf"{cls}'s option {option} is a list of task names, got str 'a': "
+                                            rf"write {cls}\({option}=\['a'\]\)"):
+            make(method, **{option: "a"})
+    make(method, **{option: ("a",)})
+    with pytest.raises(TypeError, match=rf"{cls}'s option {option} is .*task names, got list \[1\]"):
+        make(method, **{option: [1]})
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), FLAGS)
+def test_a_flag_given_a_word_is_told_a_valid_bool(kind, name, option):
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    for word, fix in (("no", f"{option}=False"), ("Yes", f"{option}=True"), ("maybe", f"{option}=True\\) or")):
+        with pytest.raises(TypeError, match=rf"{cls}'s option {option} must be True or False.*write {cls}\({fix}"):
+            make(method, **{option: word})
+
+
+COMPOSABLE = [n for n in GRADIENT_AGGREGATIONS if not registry.AGGREGATIONS[n].factory.rows_across_batches]
+
+
+@pytest.mark.parametrize("name", COMPOSABLE)
+def test_the_repr_of_every_method_and_wrapper_is_one_eval_like_line(name):
+    inner = build("aggregation", name)
+    for method in (inner, dm.CRMOGM(build("aggregation", name), beta=0.5),
+                   dm.OnRepresentation(build("aggregation", name))):
+        text = repr(method)
+        assert "\n" not in text and text.startswith(f"{type(method).__name__}(")
+        assert repr(inner) in text
+        if "lambda" not in text:
+            assert repr(eval(text, vars(dm))) == text
+    assert "beta=0.5" in repr(dm.CRMOGM(build("aggregation", name), beta=0.5))
+
+
+@pytest.mark.parametrize(("kind", "name"), [(k, n) for k, n, _ in registered()])
+def test_every_method_repr_is_one_line_naming_its_options(kind, name):
+    method = build(kind, name)
+    text = repr(method)
+    assert "\n" not in text
+    for option in method_of(kind, name).options:
+        assert f"{option}=" in text
+
+
+def absent_weights_cases():
+    cases = [(n, lambda n=n: build("aggregation", n)) for n in AGGREGATIONS]
+    cases += [(f"cr-mogm({n})", lambda n=n: dm.CRMOGM(build("aggregation", n))) for n in COMPOSABLE]
+    cases += [(f"representation({n})", lambda n=n: dm.OnRepresentation(build("aggregation", n))) for n in COMPOSABLE]
+    return cases
+
+
+@pytest.mark.parametrize(("label", "make_aggregation"), absent_weights_cases(),
+                         ids=[c[0] for c in absent_weights_cases()])
+def test_the_logged_weight_of_an_absent_task_is_zero_for_every_aggregation(label, make_aggregation):
+    """One convention: a task absent from the step contributed nothing, its αₖ is 0 — on the
+    parameters or on the representation, alone or smoothed by CR-MOGM."""
+    aggregation = make_aggregation()
+    model = net(0)
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, masked_mse)), torch.optim.SGD(model.parameters(), lr=0.1),
+                       aggregation=aggregation, representation="trunk")
+    for seed in (1, 2):
+        info = mtl.step(unlabelled(batch(seed), "c"))
+        alpha = info.aggregation_weights
+        assert alpha is not None and float(alpha[2]) == 0.0
+        assert bool((alpha[:2] != 0).any())
+        assert aggregation.last_weights.tolist() == alpha.tolist()
+        assert info.as_dict()["aggregation_weight/c"] == 0.0
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_an_exception_while_training_gives_a_nonzero_exit_status(command, tmp_path):
+    """A real process whose every step fails (the aggregation raises): train and compare end
+    with a non-zero status, never 0."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; import dynamtl.aggregation.upgrad as u\n"
+        "def fail(*args): raise RuntimeError('injected failure in a step')\n"
+        "u.UPGrad.active_weights = fail\n"
+        "from dynamtl.cli.main import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["--benchmark", "drift", "--epochs", "1", "--limit", "64", "--quiet", "--threads", "1",
+            "--out", str(tmp_path / "out")]
+    args += ["--method", "upgrad"] if command == "train" else ["--methods", "upgrad", "--seeds", "0", "--jobs", "1"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script, command, *args], capture_output=True, text=True,
+                            timeout=300, env=env, check=False)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "injected failure in a step" in result.stderr

@@ -47,7 +47,7 @@ def sgd(model):
         ),
         (
             lambda: dm.Static({"a": 1.0, "b": 1.0, "x": 1.0}),
-            r"unknown weighted task\(s\) \['x'\]: they are not among the tasks \['a', 'b'\]",
+            r"Static's option weights names task\(s\) \['x'\] that are not among the tasks \['a', 'b'\]",
         ),
         (
             lambda: dm.AutoLambda(primary="x"),
@@ -317,12 +317,12 @@ def test_multi_input_batch_lacks_a_task(model, make_tasks, make_batch):
             r"the exact hypergradient differentiates through the virtual step: use order='lookahead'",
         ),
         (lambda: dm.AutoLambda(interval=0), r"interval must be >= 1, got 0"),
-        (lambda: dm.AutoLambda(lr=0.0), r"lr and epsilon must be > 0, got lr=0.0, epsilon=0.01"),
-        (lambda: dm.AutoLambda(epsilon=-1.0), r"lr and epsilon must be > 0, got lr=0.0001, epsilon=-1.0"),
-        (lambda: dm.HydaLearn("a", step_size=0.0), r"step_size must be > 0, got 0.0"),
-        (lambda: dm.HydaLearn("a", floor=1.0), r"floor is a share of the weight and must lie in \[0, 1\), got 1.0"),
-        (lambda: dm.HydaLearn("a", total=0.0), r"total must be > 0, got 0.0"),
-        (lambda: dm.DWA(temperature=0.0), r"DWA's temperature must be > 0, got 0.0"),
+        (lambda: dm.AutoLambda(lr=0.0), r"AutoLambda's option lr must be > 0 and finite, got 0.0"),
+        (lambda: dm.AutoLambda(epsilon=-1.0), r"AutoLambda's option epsilon must be > 0 and finite, got -1.0"),
+        (lambda: dm.HydaLearn("a", step_size=0.0), r"step_size must be > 0 and finite, got 0.0"),
+        (lambda: dm.HydaLearn("a", floor=1.0), r"HydaLearn\'s option floor must be in \[0, 1\), got 1.0"),
+        (lambda: dm.HydaLearn("a", total=0.0), r"total must be > 0 and finite, got 0.0"),
+        (lambda: dm.DWA(temperature=0.0), r"DWA's option temperature must be > 0 and finite, got 0.0"),
     ],
     ids=[
         "order",

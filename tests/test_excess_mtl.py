@@ -18,13 +18,15 @@ def rows(seed, scale=(1.0, 1.0, 1.0)):
 
 
 def test_two_steps_by_hand():
+    """The first step sets the baseline r⁰ and leaves p uniform (r/r⁰ = 1 for every task: the
+    official code takes no step on it); the second is the exponentiated step on r/r⁰."""
     eta = 0.3
     w = dm.ExcessMTL(step_size=eta)
     a, b = rows(0), rows(1)
     squares = a * a
     first = (a * a / torch.sqrt(squares + 1e-7)).sum(1)
-    p = torch.softmax(torch.full((3,), 1 / 3, dtype=F64).log() + eta * first, 0)
-    torch.testing.assert_close(w.update(a), p)
+    p = torch.full((3,), 1 / 3, dtype=F64)
+    torch.testing.assert_close(w.update(a), p, rtol=0, atol=0)
     squares = squares + b * b
     second = (b * b / torch.sqrt(squares + 1e-7)).sum(1) / (first + 1e-7)
     p = torch.softmax(p.log() + eta * second, 0)
@@ -65,3 +67,15 @@ def test_bad_options_are_refused():
         dm.ExcessMTL(step_size=0.0)
     with pytest.raises(ValueError, match="warmup must be >= 0"):
         dm.ExcessMTL(warmup=-1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 0.1])  # g² ≫ the 1e-7 under the square root
+def test_the_weights_do_not_depend_on_the_scale_of_the_gradients(scale):
+    """Scale processing (Section 3.2): every step is on r/r⁰, so multiplying every gradient
+    by a constant leaves p unchanged, and a run whose raw risks are large (many parameters)
+    does not put all of p on one task at its first step."""
+    reference, scaled = dm.ExcessMTL(step_size=1.0), dm.ExcessMTL(step_size=1.0)
+    for seed in range(4):
+        j = rows(seed, scale=(1.0, 3.0, 0.3)).repeat(1, 200)  # raw risks of order 100
+        torch.testing.assert_close(scaled.update(scale * j), reference.update(j), rtol=1e-3, atol=1e-8)
+    assert float(reference.probabilities.min()) > 0.05

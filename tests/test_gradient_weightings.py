@@ -244,7 +244,8 @@ def test_famo_default_adam_first_update_is_a_sign_step() -> None:
 
 
 def test_famo_min_losses() -> None:
-    with pytest.raises(ValueError, match="unknown min_losses task"):
+    with pytest.raises(ValueError, match=r"FAMO's option min_losses names task\(s\) \['x'\] that are not among the "
+                                         r"tasks \['a', 'b'\]"):
         FAMO(min_losses={"x": 0.0}).bind(["a", "b"])
     with pytest.raises(ValueError, match=r"<= 0 for task\(s\) \['b'\].*min_losses"):
         FAMO().bind(["a", "b"]).loss_weights(torch.tensor([1.0, -1.0]))
@@ -341,7 +342,7 @@ def test_olaux_nonnegative_and_bad_arguments() -> None:
     _, mtl = linear_setup({"main": [1.0, 0.0], "bad": [-1.0, 3.0]}, ol)
     mtl.step(targets(main=0.0, bad=0.0))
     assert ol.task_weights.tolist() == [1.0, 0.0]
-    with pytest.raises(ValueError, match="interval N must be >= 1"):
+    with pytest.raises(ValueError, match="OLAux's option interval must be >= 1, got 0"):
         OLAux(main="a", interval=0)
     with pytest.raises(ValueError, match="beta must be > 0"):
         OLAux(main="a", beta=0.0)

@@ -140,6 +140,13 @@ def test_a_meta_learned_weighting_without_meta_batches_names_the_fix() -> None:
         trainer().fit(module, worker.loaders(worker.GLOBAL_BATCH)["train"])
 
 
+def test_a_per_task_option_of_the_wrong_length_is_refused_when_the_module_is_built() -> None:
+    tasks = worker.tasks()
+    pref = [1.0] * (len(tasks.names) + 1)
+    with pytest.raises(ValueError, match=rf"UPGrad's option pref has {len(pref)} value\(s\) but there are"):
+        MultiTaskModule(worker.Net(), tasks, worker.optimizer, aggregation=dm.CRMOGM(dm.UPGrad(pref=pref)))
+
+
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_lightning_mixed_precision_is_close_to_float32(precision: str) -> None:
     """Lightning's autocast reaches every forward pass; with 16-mixed, Lightning's GradScaler

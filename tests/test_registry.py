@@ -117,7 +117,8 @@ def test_auxiliary_methods_refuse_multi_task_mode_and_say_how_to_fix_it():
 
 
 def test_constructor_errors_are_reported_with_the_method_name():
-    with pytest.raises(RegistryError, match="cannot build 'dwa': DWA's temperature must be > 0"):
+    with pytest.raises(RegistryError, match=r"cannot build 'dwa': DWA's option temperature must be > 0 and finite, "
+                                            r"got -1\.0"):
         parse_method("dwa", {"temperature": "-1"}).build(MULTI_TASK)
 
 

@@ -43,11 +43,11 @@ def test_stch_tends_to_the_weighted_maximum_and_to_the_mean():
 
 
 def test_stch_refuses_bad_options():
-    with pytest.raises(ValueError, match="mu is a smoothing temperature and must be > 0"):
+    with pytest.raises(ValueError, match=r"STCH's option mu must be > 0 and finite, got 0\.0"):
         dm.STCH(mu=0.0)
     with pytest.raises(ValueError, match="preference values must be >= 0"):
         dm.STCH(preference={"a": -1.0})
-    with pytest.raises(ValueError, match=r"ideal names tasks \['z'\] that are not among"):
+    with pytest.raises(ValueError, match=r"STCH's option ideal names task\(s\) \['z'\] that are not among the tasks"):
         dm.STCH(ideal={"z": 0.0}).bind(NAMES)
     with pytest.raises(ValueError, match="preference gives every task 0"):
         dm.STCH(preference={"a": 0.0}).bind(NAMES)

@@ -249,10 +249,11 @@ def test_sampled_weights_need_the_extra_batches(make):
 
 
 @pytest.mark.parametrize(("make", "bad"), [
-    (lambda: dm.MoCo(beta=0), "beta is a tracking rate"), (lambda: dm.MoCo(radius=0), "radius"),
+    (lambda: dm.MoCo(beta=0), r"MoCo's option beta must be in \(0, 1\], got 0"), (lambda: dm.MoCo(radius=0), "radius"),
     (lambda: dm.MoCo(rho=-1), "rho"), (lambda: dm.MoCo(gamma_decay=-1), "gamma_decay"),
-    (lambda: dm.MoDo(gamma=0), "gamma is a step size"), (lambda: dm.SDMGrad(reg=-1), "reg"),
-    (lambda: dm.SDMGrad(iterations=0), "iterations"), (lambda: dm.SDMGrad(lr=0), "lr is a step size"),
+    (lambda: dm.MoDo(gamma=0), "MoDo's option gamma must be > 0 and finite, got 0"),
+    (lambda: dm.SDMGrad(reg=-1), "reg"), (lambda: dm.SDMGrad(iterations=0), "iterations"),
+    (lambda: dm.SDMGrad(lr=0), "SDMGrad's option lr must be > 0 and finite, got 0"),
 ])
 def test_bad_options_are_named(make, bad):
     with pytest.raises(ValueError, match=bad):

@@ -79,10 +79,12 @@ def test_cr_mogm_of_upgrad(beta):
         torch.testing.assert_close(ours.combine(j), theirs(j), rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("warmup", [0, 2])
-def test_excess_mtl(warmup):
+@pytest.mark.parametrize(("warmup", "their_warmup"), [(0, 1), (1, 1), (2, 2)])
+def test_excess_mtl(warmup, their_warmup):
+    """Ours takes no step on unscaled risks: warmup 0 and 1 are TorchJD's n_warmup_steps=1
+    (the official code's behaviour; TorchJD's 0 steps on the first, unscaled risks)."""
     ours = dm.ExcessMTL(step_size=0.5, warmup=warmup)
-    theirs = jd.ExcessMTLWeighting(robust_step_size=0.5, n_warmup_steps=warmup)
+    theirs = jd.ExcessMTLWeighting(robust_step_size=0.5, n_warmup_steps=their_warmup)
     for step in range(5):
         j = jacobian(3, 7, step)
         torch.testing.assert_close(ours.update(j), theirs(j))

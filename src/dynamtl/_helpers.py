@@ -8,8 +8,12 @@ importing the benchmark layer.
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -33,6 +37,12 @@ _SCALARS: dict[str, tuple[str, Any]] = {
     "int": ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
     "bool": ("True or False", lambda v: isinstance(v, bool)),
 }
+_NUMBER_LISTS = {"Sequence[float]", "list[float]"}
+_NAME_LISTS = {"Sequence[str]", "list[str]"}
+_NUMBER_MAPS = {"Mapping[str, float]", "dict[str, float]"}
+_BOOLEAN_WORDS = {
+    "true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False,
+}
 
 
 def _is_real(value: object) -> bool:
@@ -42,32 +52,168 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_scalar_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str, Any]) -> None:
-    """``TypeError`` naming the class, the option and the fix when an option declared ``float``,
-    ``int`` or ``bool`` (optionally ``| None``) gets a value of another kind, e.g. the string
-    ``"0.4"`` read from a config file, or ``"False"``, which Python would take as true.
+@dataclass(frozen=True)
+class Interval:
+    """The values an option accepts, written as in mathematics: ``"(0, inf)"`` (positive and
+    finite), ``"[0, 1]"``, ``"[1, inf)"``; an infinite end is admitted only with a closing
+    bracket (``"(0, inf]"``: +∞ is meaningful). NaN is never in an interval."""
+
+    text: str
+
+    def __post_init__(self) -> None:
+        low, high = (part.strip() for part in self.text[1:-1].split(","))
+        if self.text[0] not in "[(" or self.text[-1] not in "])" or not float(low) <= float(high):
+            raise ValueError(f"an interval is written like '(0, inf)' or '[0, 1]', got {self.text!r}")
+
+    def __contains__(self, value: float) -> bool:
+        low, high = (float(part) for part in self.text[1:-1].split(","))
+        above = value >= low if self.text[0] == "[" else value > low
+        below = value <= high if self.text[-1] == "]" else value < high
+        return above and below
+
+    def words(self, integer: bool = False) -> str:
+        """What the message says: ``"> 0 and finite"``, ``">= 1"`` (an integer), ``"in [0, 1]"``,
+        ``"a finite number"``."""
+        low, high = (part.strip() for part in self.text[1:-1].split(","))
+        if high != "inf" or self.text[-1] == "]":
+            return f"in {self.text}"
+        if low == "-inf":
+            return "an integer" if integer else "a finite number"
+        return f"{'>=' if self.text[0] == '[' else '>'} {low}{'' if integer else ' and finite'}"
+
+
+FINITE = Interval("(-inf, inf)")
+
+
+def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str, Any]) -> None:
+    """Refuse, naming the class, the option, the value and the fix, a constructor argument of
+    the wrong kind or outside its range, by the option's annotation:
+
+    * ``float``, ``int``, ``bool`` (optionally ``| None``): ``TypeError`` for a value of
+      another kind (the string ``"0.4"`` read from a config file, ``"False"``, which Python
+      would take as true, a float for an integer); ``ValueError`` for a number outside the
+      interval the class declares in ``option_ranges`` (:class:`Interval`), and for a float
+      option without one, for NaN or ±∞.
+    * ``Sequence[float]`` (a value per task): a list, tuple or 1-D tensor of finite numbers
+      (or one number where ``float`` is an alternative); a string or mapping is refused.
+    * ``Sequence[str]``/``list[str]`` (task names): a list or tuple of strings; a single
+      string only where ``str`` is an alternative (``IMTLL(tasks="t0")`` is refused, not
+      split into characters).
+    * ``Mapping[str, float]`` (task name -> number): a mapping of names to finite numbers.
+
+    The lengths and names, which need the tasks, are checked by :func:`check_task_arguments`.
     """
+    ranges: Mapping[str, Interval] = getattr(cls, "option_ranges", {})
     for name, value in arguments.items():
-        annotation = annotations.get(name, inspect.Parameter.empty)
-        if annotation is inspect.Parameter.empty:
+        parts, optional = _annotation_parts(annotations.get(name, inspect.Parameter.empty))
+        if value is None and optional:
             continue
-        if not isinstance(annotation, str):  # a module without postponed annotations
-            annotation = inspect.formatannotation(annotation)
-        parts = {part.strip() for part in annotation.split("|")}
-        optional = "None" in parts
-        parts.discard("None")
-        if len(parts) != 1 or (kind := parts.pop()) not in _SCALARS or (optional and value is None):
-            continue
-        what, test = _SCALARS[kind]
-        if not test(value):
+        if len(parts) == 1 and (kind := next(iter(parts))) in _SCALARS:
+            what, test = _SCALARS[kind]
+            if not test(value):
+                raise TypeError(
+                    f"{cls.__name__}'s option {name} must be {what}{' or None' if optional else ''}, "
+                    f"got {value!r} ({type(value).__name__}){_fix(cls, name, kind, value)}"
+                )
+            if kind != "bool":
+                interval = ranges.get(name, FINITE if kind == "float" else None)
+                if interval is not None and float(value) not in interval:
+                    raise ValueError(
+                        f"{cls.__name__}'s option {name} must be {interval.words(kind == 'int')}, got {value!r}"
+                    )
+        elif parts & _NUMBER_LISTS:
+            _check_number_list(cls, name, value, scalar="float" in parts)
+        elif parts & _NAME_LISTS:
+            if not (isinstance(value, str) and "str" in parts) and not (
+                isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            ):
+                example = f"[{value!r}]" if isinstance(value, str) else "['a', 'b']"
+                what = "a task name or a list of task names" if "str" in parts else "a list of task names"
+                raise TypeError(f"{cls.__name__}'s option {name} is {what}, got "
+                                f"{type(value).__name__} {value!r}: write {cls.__name__}({name}={example})")
+        elif parts & _NUMBER_MAPS and not (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+                and all(_is_real(v) and math.isfinite(float(v)) for v in value.values())):
             raise TypeError(
-                f"{cls.__name__}'s option {name} must be {what}{' or None' if optional else ''}, "
-                f"got {value!r} ({type(value).__name__}){_fix(cls, name, kind, value)}"
+                f"{cls.__name__}'s option {name} maps task names to finite numbers, e.g. "
+                f"{cls.__name__}({name}={{'a': 1.0, 'b': 0.5}}) (on the command line {name}=a:1,b:0.5), "
+                f"got {type(value).__name__} {value!r}"
             )
 
 
+def _annotation_parts(annotation: Any) -> tuple[set[str], bool]:
+    """The alternatives of an annotation (``"float | None"`` -> ``{"float"}``, optional)."""
+    if annotation is inspect.Parameter.empty:
+        return set(), False
+    if not isinstance(annotation, str):  # a module without postponed annotations
+        annotation = inspect.formatannotation(annotation)
+    depth, parts, start = 0, [], 0
+    for i, char in enumerate(annotation):  # split on the | outside brackets
+        depth += (char == "[") - (char == "]")
+        if char == "|" and depth == 0:
+            parts.append(annotation[start:i])
+            start = i + 1
+    parts.append(annotation[start:])
+    kinds = {part.strip().replace("typing.", "").replace("collections.abc.", "") for part in parts}
+    optional = "None" in kinds
+    kinds.discard("None")
+    return kinds, optional
+
+
+def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> None:
+    """A list, tuple or 1-D tensor of finite numbers (or, with ``scalar``, one number)."""
+    if scalar and _is_real(value) and not isinstance(value, Tensor):
+        values = [value]
+    elif isinstance(value, Tensor) and value.dim() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
+        values = value.tolist()
+    elif isinstance(value, (list, tuple)) and all(_is_real(v) for v in value):
+        values = [float(v) for v in value]
+    else:
+        one = "one number or " if scalar else ""
+        raise TypeError(
+            f"{cls.__name__}'s option {name} is {one}a list of numbers in task order (a list, tuple or 1-D tensor), "
+            f"got {type(value).__name__} {value!r}: write e.g. {cls.__name__}({name}=[1.0, 0.5])"
+        )
+    if not all(math.isfinite(float(v)) for v in values):
+        raise ValueError(f"{cls.__name__}'s option {name} must hold finite numbers, got {value!r}")
+
+
+def check_task_arguments(module: Any, names: Sequence[str]) -> None:
+    """``ValueError`` naming the option, the class, the expected length and the tasks when an
+    option with a value per task (``Sequence[float]``) does not have one per task, or an
+    option keyed by task name (``Mapping[str, float]``) names a task that is not among
+    ``names``. Called when a weighting or an aggregation is bound to its tasks."""
+    cls = type(module)
+    annotations = _annotations(cls)
+    for option, value in getattr(module, "_arguments", {}).items():
+        parts, _ = _annotation_parts(annotations.get(option, inspect.Parameter.empty))
+        if value is None:
+            continue
+        if parts & _NUMBER_LISTS and not (_is_real(value) and not isinstance(value, Tensor)):
+            if len(value) != len(names):
+                raise ValueError(
+                    f"{cls.__name__}'s option {option} has {len(value)} value(s) but there are {len(names)} tasks "
+                    f"{list(names)}: give {len(names)} values, one per task in this order"
+                )
+        elif parts & _NUMBER_MAPS and isinstance(value, Mapping):
+            unknown = [k for k in value if k not in names]
+            if unknown:
+                raise ValueError(f"{cls.__name__}'s option {option} names task(s) {unknown} that are not among the "
+                                 f"tasks {list(names)}")
+
+
+def _annotations(cls: type[Any]) -> dict[str, Any]:
+    """Parameter name -> annotation of the constructor of ``cls`` (``self`` left out)."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return {p.name: p.annotation for p in parameters}
+
+
 def _fix(cls: type, name: str, kind: str, value: Any) -> str:
-    """The corrected call where one can be guessed: quotes dropped, an integral float made an int."""
+    """The corrected call where one can be guessed: quotes dropped, an integral float made an
+    int, a word for a flag made a bool."""
+    if kind == "bool":
+        word = value.strip().lower() if isinstance(value, str) else None
+        return f": write {cls.__name__}({name}={_BOOLEAN_WORDS.get(word, True)!r})" if word in _BOOLEAN_WORDS else \
+            f": write {cls.__name__}({name}=True) or {cls.__name__}({name}=False)"
     if isinstance(value, str):
         return f": write {cls.__name__}({name}={value.strip()}) without quotes"
     if kind == "int" and isinstance(value, float) and value.is_integer():
@@ -76,14 +222,17 @@ def _fix(cls: type, name: str, kind: str, value: Any) -> str:
 
 
 class ArgumentsRepr:
-    """Mixin for modules whose ``repr`` is the call that built them: ``CAGrad(c=0.4,
-    rescale=True)``. The constructor's arguments, defaults filled in, are recorded when the
-    object is created (in ``__new__``, so no subclass has to remember) and shown by
-    :meth:`extra_repr` (tensors as lists; arguments kept as child modules are shown as such).
-    Options declared ``float``, ``int`` or ``bool`` are checked there too
-    (:func:`check_scalar_arguments`), so every method refuses ``c="0.4"`` with the same message.
+    """Mixin for modules whose ``repr`` is the call that built them, on one line:
+    ``CAGrad(c=0.4, rescale=True)``, ``CRMOGM(aggregation=UPGrad(pref=None, reg_eps=0.0001,
+    max_iters=100), beta=0.9)``. The constructor's arguments, defaults filled in, are
+    recorded when the object is created (in ``__new__``, so no subclass has to remember)
+    and shown by :meth:`extra_repr` (tensors as lists, composed methods by their own
+    ``repr``). They are checked there too (:func:`check_arguments`), so every method
+    refuses ``c="0.4"``, ``reg_eps=nan`` or ``tasks="t0"`` with the same kind of message;
+    ``option_ranges`` declares, next to each method, the interval of each numeric option.
     """
 
+    option_ranges: ClassVar[Mapping[str, Interval]] = {}
     _arguments: dict[str, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -104,16 +253,20 @@ class ArgumentsRepr:
                         arguments[name] = list(value)
                 else:
                     arguments[name] = value
-            annotations = {p.name: p.annotation for p in parameters}
-            check_scalar_arguments(cls, arguments, annotations)
+            check_arguments(cls, arguments, _annotations(cls))
         object.__setattr__(obj, "_arguments", arguments)
         return obj
 
     def extra_repr(self) -> str:
         shown = []
-        children = getattr(self, "_modules", {})
         for name, value in getattr(self, "_arguments", {}).items():
-            if name in children:  # shown below as a child module, by nn.Module's repr
-                continue
             shown.append(f"{name}={value.tolist() if isinstance(value, Tensor) else value!r}")
         return ", ".join(shown)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def intervals(**given: str) -> Mapping[str, Interval]:
+    """A class's ``option_ranges`` (read-only): ``option_ranges = intervals(beta="[0, 1]", lr="(0, inf)")``."""
+    return MappingProxyType({name: Interval(text) for name, text in given.items()})

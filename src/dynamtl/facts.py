@@ -6,7 +6,12 @@ Every weighting and aggregation that users may pick declares them as a class att
 table and the summary of ``docs/methods.md`` are all made from them (a test fails when the
 documents and the facts disagree). Adding a method is therefore: its file (class, maths,
 facts), its tests, its export in ``dynamtl.weighting``/``dynamtl.aggregation`` and
-``dynamtl``, and its entry in ``docs/methods.md``.
+``dynamtl``, and its entry in ``docs/methods.md``. Beside the facts, the class declares the
+interval of each number option (``option_ranges = intervals(beta="[0, 1]")``, see
+:func:`dynamtl._helpers.check_arguments`); the kinds of its options (numbers, flags, per-task
+lists ``Sequence[float]``, task names, ``Mapping[str, float]`` by task) are checked from its
+type hints, on construction and when it is bound to its tasks, with no code of its own, and
+tests/test_edges.py covers it from the registry.
 """
 
 from __future__ import annotations

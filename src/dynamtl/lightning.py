@@ -98,6 +98,8 @@ class MultiTaskModule(pl.LightningModule):
         self.tasks = tasks
         self.optimizer_factory = optimizer
         # a tuple, so that nn.Module does not register them as submodules (see the module doc)
+        if isinstance(aggregation, Aggregation):  # a per-task option of the wrong length is refused now
+            aggregation.bind(tasks)
         self._method = ((weighting or Equal()).bind(tasks), aggregation, representation, check_finite)
         self.multitask: MultiTask | None = None
         self.last_step: StepInfo | None = None

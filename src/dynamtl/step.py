@@ -31,8 +31,10 @@ class StepInfo:
     """What one step did: ``losses`` and ``weights`` (detached, task order), wall ``seconds``;
     ``skipped``: the scaled gradients overflowed and the step was skipped (only with a
     ``GradScaler``); ``aggregation_weights``: the weights αₖ the aggregation gave the weighted
-    task gradients λₖ∇Lₖ (the shared parameters moved along Σₖ αₖλₖ∇Lₖ; 1 with :class:`Sum`),
-    ``None`` for an aggregation that does not report them."""
+    task gradients λₖ∇Lₖ (the shared parameters moved along Σₖ αₖλₖ∇Lₖ; 1 with :class:`Sum`;
+    0 for a task absent from the step, whatever the aggregation), ``None`` for an aggregation
+    that does not report them. ``weights`` are the weighting's λ as it holds them, absent
+    tasks included."""
 
     names: tuple[str, ...]
     losses: Tensor
@@ -137,7 +139,7 @@ class MultiTask:
         self.tasks = tasks
         self.optimizer = optimizer
         self.weighting = _claim(weighting or Equal(), self).bind(tasks)
-        self.aggregation = _claim(aggregation or Sum(), self)
+        self.aggregation = _claim(aggregation or Sum(), self).bind(tasks)
         self.check_finite = check_finite
         self.steps = 0
         first = next(iter(self.objective.params.values()))
@@ -305,6 +307,9 @@ class MultiTask:
         )
         self.weighting.after_backward(ctx)
         alpha = self.aggregation.last_weights
+        if alpha is not None:  # an absent task contributed nothing: its reported weight is 0
+            alpha = torch.where(torch.tensor(ctx.present, device=alpha.device), alpha.detach(), torch.zeros_like(alpha))
+            self.aggregation.last_weights = alpha
         return StepInfo(
             self.tasks.names, losses.detach(), weights.detach(), 0.0,
             aggregation_weights=None if alpha is None else alpha.detach(),

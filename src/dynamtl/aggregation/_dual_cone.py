@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, warn_once
 from dynamtl.aggregation.base import GradientAggregation
 
@@ -109,13 +110,11 @@ class DualConeAggregation(GradientAggregation):
     """What UPGrad and DualProj share: a preference, the regularisation of the Gram matrix,
     the solver's budget, and leaving zero rows out (see their docstrings)."""
 
+    option_ranges = intervals(reg_eps="[0, inf)", max_iters="[1, inf)")
+
     def __init__(self, pref: Sequence[float] | None = None, reg_eps: float = 1e-4, max_iters: int = 100) -> None:
         super().__init__()
         owner = type(self).__name__
-        if reg_eps < 0:
-            raise ValueError(f"{owner}'s reg_eps must be >= 0, got {reg_eps}")
-        if max_iters < 1:
-            raise ValueError(f"{owner}'s max_iters must be >= 1, got {max_iters}")
         self.pref = checked_preference(owner, pref)
         self.reg_eps = float(reg_eps)
         self.max_iters = max_iters

@@ -182,16 +182,14 @@ def nonzero_rows(gram: Tensor) -> Tensor:
     return gram.diagonal() > 0.0
 
 
-def numbers(owner: str, name: str, value: object, scalar: bool) -> list[float]:
-    """``value`` as a list of floats: a sequence of numbers in task order (or, with
-    ``scalar``, one number); ``TypeError`` naming what was given otherwise (a mapping, a
-    string)."""
-    if scalar and isinstance(value, (int, float)) and not isinstance(value, bool):
+def numbers(value: float | Sequence[float] | Tensor) -> list[float]:
+    """``value`` (its kind checked on construction: :func:`dynamtl._helpers.check_arguments`)
+    as a list of floats: one number, or a list, tuple or 1-D tensor of them in task order."""
+    if isinstance(value, Tensor):
+        return [float(v) for v in value.reshape(-1).tolist()]
+    if isinstance(value, (int, float)):
         return [float(value)]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return [float(v) for v in value]
-    one = "a number or " if scalar else ""
-    raise TypeError(f"{owner}'s {name} is {one}a list of numbers in task order, got {type(value).__name__} {value!r}")
+    return [float(v) for v in value]
 
 
 def per_task(owner: str, name: str, value: float | Sequence[float], num_tasks: int) -> Tensor:

@@ -72,7 +72,7 @@ class AlignedMTL(GradientAggregation):
         super().__init__()
         check_choice("AlignedMTL's scale", scale, ("min", "median", "mean"))
         self.scale = scale
-        self.pref = None if pref is None else numbers("AlignedMTL", "pref", pref, scalar=False)
+        self.pref = None if pref is None else numbers(pref)
 
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)

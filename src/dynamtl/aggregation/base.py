@@ -8,10 +8,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from dynamtl._helpers import ArgumentsRepr
+from dynamtl._helpers import ArgumentsRepr, check_task_arguments
 from dynamtl.aggregation._solvers import combine_rows, compute_dtype, gramian, rank_tolerance
 from dynamtl.context import Gradients, StepContext, combine_gradients
 from dynamtl.facts import Facts
+from dynamtl.tasks import Tasks
 
 
 class Aggregation(ArgumentsRepr, nn.Module):
@@ -26,7 +27,8 @@ class Aggregation(ArgumentsRepr, nn.Module):
     ``last_weights`` (set by every step): the weights αₖ the aggregation gave the weighted
     task gradients λₖ∇Lₖ in its last step, shape ``[T]``, so that the update of the shared
     parameters was Σₖ αₖ λₖ ∇Lₖ (1 for every task with :class:`Sum`); :class:`MultiTask`
-    reports them in :attr:`StepInfo.aggregation_weights`. (MoCo's update combines its
+    reports them in :attr:`StepInfo.aggregation_weights`, with αₖ = 0 for a task absent from
+    the step (its loss has no graph: it contributed nothing). (MoCo's update combines its
     *tracked* estimates of the task gradients: it reports the weights it gives those.)
     ``facts``: the method's name, paper, cost and options (:class:`~dynamtl.facts.Facts`),
     read by the registry. The ``repr`` shows the constructor's arguments.
@@ -43,6 +45,19 @@ class Aggregation(ArgumentsRepr, nn.Module):
     def batches_per_step(self) -> int:
         """Independent training mini-batches per step (the facts' ``batches_per_step``)."""
         return self.facts.batches_per_step if self.facts is not None else 1
+
+    def bind(self, tasks: Tasks | Sequence[str]) -> Aggregation:
+        """Check the options that depend on the tasks (a preference with one value per task)
+        against the task names, for this aggregation and those it composes (CR-MOGM's,
+        OnRepresentation's); returns ``self``. :class:`~dynamtl.MultiTask` binds its
+        aggregation, and a run is bound when it is planned, so a wrong length is refused
+        before the first step."""
+        names = tasks.names if isinstance(tasks, Tasks) else tuple(tasks)
+        check_task_arguments(self, names)
+        for child in self.children():
+            if isinstance(child, Aggregation):
+                child.bind(names)
+        return self
 
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
         raise NotImplementedError

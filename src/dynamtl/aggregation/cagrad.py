@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     cagrad_weights,
     check_jacobian,
@@ -67,10 +68,10 @@ class CAGrad(GradientAggregation):
         "cagrad", "CAGrad", "Liu et al., Conflict-Averse Gradient Descent, NeurIPS 2021", options=("c", "rescale")
     )
 
+    option_ranges = intervals(c="[0, inf)")
+
     def __init__(self, c: float = 0.4, rescale: bool = True) -> None:
         super().__init__()
-        if c < 0:
-            raise ValueError(f"CAGrad's c is the relative radius of a ball and must be >= 0, got {c}")
         self.c = float(c)
         self.rescale = rescale
         self._warned: set[str] = set()

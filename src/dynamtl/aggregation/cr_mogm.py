@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import check_jacobian
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.aggregation.mgda import MGDA
@@ -58,10 +59,10 @@ class CRMOGM(GradientAggregation):
         options=("beta",),
     )
 
+    option_ranges = intervals(beta="[0, 1]")
+
     def __init__(self, aggregation: GradientAggregation | None = None, beta: float = 0.9) -> None:
         super().__init__()
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"CRMOGM's beta is an EMA rate and must lie in [0, 1], got {beta}")
         if aggregation is not None and not isinstance(aggregation, GradientAggregation):
             raise TypeError(
                 f"CRMOGM smooths the weights of a gradient aggregation (PCGrad, MGDA, UPGrad...), "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     bargaining_weights,
     check_jacobian,
@@ -67,14 +68,10 @@ class FairGrad(GradientAggregation):
         options=("alpha", "tol", "max_iters"),
     )
 
+    option_ranges = intervals(alpha="[0, inf)", tol="(0, inf)", max_iters="[1, inf)")
+
     def __init__(self, alpha: float = 2.0, tol: float = 1e-8, max_iters: int = 100) -> None:
         super().__init__()
-        if not alpha >= 0:
-            raise ValueError(f"FairGrad's alpha is a fairness level and must be >= 0, got {alpha}")
-        if not tol > 0:
-            raise ValueError(f"FairGrad's tol must be > 0, got {tol}")
-        if max_iters < 1:
-            raise ValueError(f"FairGrad's max_iters must be >= 1, got {max_iters}")
         self.alpha = float(alpha)
         self.tol = float(tol)
         self.max_iters = max_iters

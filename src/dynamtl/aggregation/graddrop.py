@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     SeededGenerator,
     check_jacobian,
@@ -70,6 +71,8 @@ class GradDrop(GradientAggregation):
         options=("leak",), context={"seed": "seed"},
     )
 
+    option_ranges = intervals(seed="[0, inf)")
+
     def __init__(
         self,
         f: Callable[[Tensor], Tensor] | None = None,
@@ -77,7 +80,7 @@ class GradDrop(GradientAggregation):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        leaks = numbers("GradDrop", "leak", leak, scalar=True)
+        leaks = numbers(leak)
         if not all(0.0 <= value <= 1.0 for value in leaks):
             raise ValueError(f"GradDrop's leak must lie in [0, 1] for every task, got {leak!r}")
         self.f = f

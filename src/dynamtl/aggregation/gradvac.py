@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice
+from dynamtl._helpers import check_choice, intervals
 from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, combine_rows, gramian, random_orders
 from dynamtl.aggregation.base import GradientAggregation, fitted_row_weights
 from dynamtl.facts import aggregation_facts
@@ -70,10 +70,10 @@ class GradVac(GradientAggregation):
         context={"seed": "seed"},
     )
 
+    option_ranges = intervals(beta="[0, 1]", seed="[0, inf)")
+
     def __init__(self, beta: float = 0.01, seed: int = 0, granularity: Granularity = "model") -> None:
         super().__init__()
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"GradVac's beta is an EMA rate and must lie in [0, 1], got {beta}")
         check_choice("GradVac's granularity", granularity, ("model", "layer"))
         self.beta = beta
         self.granularity = granularity

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice
+from dynamtl._helpers import check_choice, intervals
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -88,6 +88,8 @@ class MGDA(GradientAggregation):
         extra_backward="T−1 (upper_bound: T through the heads only)",
     )
 
+    option_ranges = intervals(tol="(0, inf)", max_iters="[1, inf)")
+
     def __init__(
         self,
         solver: Solver = "exact",
@@ -99,10 +101,6 @@ class MGDA(GradientAggregation):
         super().__init__()
         check_choice("MGDA's solver", solver, ("exact", "frank-wolfe"))
         check_choice("MGDA's normalize", normalize, ("none", "l2"))
-        if tol is not None and tol <= 0:
-            raise ValueError(f"MGDA's tol must be > 0 (or None for the default), got {tol}")
-        if max_iters < 1:
-            raise ValueError(f"MGDA's max_iters must be >= 1, got {max_iters}")
         self.solver = solver
         self.normalize = normalize
         self.tol = tol

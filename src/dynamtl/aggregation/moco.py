@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -90,21 +91,20 @@ class MoCo(GradientAggregation):
     )
     rows_across_batches: ClassVar[bool] = True
 
+    option_ranges = intervals(
+        beta="(0, 1]",
+        gamma="(0, inf)",
+        rho="[0, inf)",
+        beta_decay="[0, inf)",
+        gamma_decay="[0, inf)",
+        radius="(0, inf)",
+    )
+
     def __init__(
         self, beta: float = 0.1, gamma: float = 0.1, rho: float = 0.1, beta_decay: float = 0.0,
         gamma_decay: float = 0.0, radius: float | None = None, normalize: bool = True,
     ) -> None:
         super().__init__()
-        if not 0.0 < beta <= 1.0:
-            raise ValueError(f"MoCo's beta is a tracking rate and must lie in (0, 1], got {beta}")
-        if not gamma > 0:
-            raise ValueError(f"MoCo's gamma is a step size and must be > 0, got {gamma}")
-        if not rho >= 0:
-            raise ValueError(f"MoCo's rho is a regularisation and must be >= 0, got {rho}")
-        if not (beta_decay >= 0 and gamma_decay >= 0):
-            raise ValueError(f"MoCo's beta_decay and gamma_decay must be >= 0, got {beta_decay}, {gamma_decay}")
-        if radius is not None and not radius > 0:
-            raise ValueError(f"MoCo's radius bounds the tracked gradients' norms and must be > 0, got {radius}")
         self.beta, self.gamma, self.rho = float(beta), float(gamma), float(rho)
         self.beta_decay, self.gamma_decay = float(beta_decay), float(gamma_decay)
         self.radius = None if radius is None else float(radius)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._double_sampling import DoubleSampling
 from dynamtl.aggregation._solvers import project_simplex
 from dynamtl.facts import aggregation_facts
@@ -70,14 +71,12 @@ class MoDo(DoubleSampling):
         options=("gamma", "rho", "normalize", "double_sampling"), batches_per_step=3,
     )
 
+    option_ranges = intervals(gamma="(0, inf)", rho="[0, inf)")
+
     def __init__(
         self, gamma: float = 0.1, rho: float = 0.1, normalize: bool = True, double_sampling: bool = True
     ) -> None:
         super().__init__(double_sampling, normalize)
-        if not gamma > 0:
-            raise ValueError(f"MoDo's gamma is a step size and must be > 0, got {gamma}")
-        if not rho >= 0:
-            raise ValueError(f"MoDo's rho is a regularisation and must be >= 0, got {rho}")
         self.gamma = float(gamma)
         self.rho = float(rho)
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     bargaining_weights,
     check_jacobian,
@@ -70,6 +71,8 @@ class NashMTL(GradientAggregation):
         options=("update_every", "max_norm", "tol", "max_iters"),
     )
 
+    option_ranges = intervals(update_every="[1, inf)", max_norm="(0, inf)", tol="(0, inf)", max_iters="[1, inf)")
+
     def __init__(
         self,
         update_every: int = 1,
@@ -78,12 +81,6 @@ class NashMTL(GradientAggregation):
         max_iters: int = 100,
     ) -> None:
         super().__init__()
-        if update_every < 1:
-            raise ValueError(f"NashMTL's update_every must be >= 1 (1 solves at every call), got {update_every}")
-        if max_norm is not None and max_norm <= 0:
-            raise ValueError(f"NashMTL's max_norm must be > 0, or None for no clipping, got {max_norm}")
-        if tol <= 0 or max_iters < 1:
-            raise ValueError(f"NashMTL needs tol > 0 and max_iters >= 1, got tol={tol}, max_iters={max_iters}")
         self.update_every = update_every
         self.max_norm = max_norm
         self.tol = tol

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     SeededGenerator,
     check_jacobian,
@@ -55,6 +56,8 @@ class PCGrad(GradientAggregation):
         "pcgrad", "PCGrad", "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
         context={"seed": "seed"},
     )
+
+    option_ranges = intervals(seed="[0, inf)")
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._double_sampling import DoubleSampling
 from dynamtl.aggregation._solvers import project_simplex
 from dynamtl.facts import aggregation_facts
@@ -84,19 +85,13 @@ class SDMGrad(DoubleSampling):
         options=("reg", "lr", "momentum", "iterations", "normalize", "double_sampling"), batches_per_step=3,
     )
 
+    option_ranges = intervals(reg="[0, inf)", lr="(0, inf)", momentum="[0, 1)", iterations="[1, inf)")
+
     def __init__(
         self, reg: float = 0.3, lr: float = 10.0, momentum: float = 0.5, iterations: int = 20, normalize: bool = True,
         double_sampling: bool = True,
     ) -> None:
         super().__init__(double_sampling, normalize)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"SDMGrad's momentum must lie in [0, 1), got {momentum}")
-        if not reg >= 0:
-            raise ValueError(f"SDMGrad's reg is the pull toward the average gradient and must be >= 0, got {reg}")
-        if not lr > 0:
-            raise ValueError(f"SDMGrad's lr is a step size and must be > 0, got {lr}")
-        if iterations < 1:
-            raise ValueError(f"SDMGrad's iterations must be >= 1, got {iterations}")
         self.reg = float(reg)
         self.lr = float(lr)
         self.momentum = float(momentum)

@@ -278,6 +278,7 @@ def plan(config: RunConfig) -> RunPlan:
         try:
             weighting, aggregation = method.build(context)
             weighting.bind(trained)
+            aggregation.bind(trained)
         except (RegistryError, ValueError) as error:
             problems.append(str(error))
         else:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dynamtl._helpers import check_choice
+from dynamtl._helpers import check_choice, intervals
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.nonfinite import check_gradients, check_losses
@@ -157,6 +157,8 @@ class AutoLambda(OwnOptimizer, Weighting):
     needs_optimizer = True
     needs_lookahead = True
 
+    option_ranges = intervals(init="(-inf, inf)", lr="(0, inf)", interval="[1, inf)", epsilon="(0, inf)")
+
     def __init__(
         self,
         primary: Sequence[str] | str | None = None,
@@ -185,10 +187,6 @@ class AutoLambda(OwnOptimizer, Weighting):
             check_choice("meta_optimizer", meta_optimizer, tuple(META_OPTIMIZERS))
         if hypergradient == "exact" and order == "lagged":
             raise ValueError("the exact hypergradient differentiates through the virtual step: use order='lookahead'")
-        if interval < 1:
-            raise ValueError(f"interval must be >= 1, got {interval}")
-        if lr <= 0 or epsilon <= 0:
-            raise ValueError(f"lr and epsilon must be > 0, got lr={lr}, epsilon={epsilon}")
         self.primary_names = None if primary is None else name_list(primary, "primary")
         self.init, self.lr, self.factory = init, lr, meta_optimizer
         self.hypergradient, self.order, self.interval = hypergradient, order, interval

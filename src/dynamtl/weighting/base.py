@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from dynamtl._helpers import ArgumentsRepr, check_choice
+from dynamtl._helpers import ArgumentsRepr, check_choice, check_task_arguments
 from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.tasks import Tasks, task_indices
@@ -59,6 +59,7 @@ class Weighting(ArgumentsRepr, nn.Module):
             return self
         if not names:
             raise ValueError("a weighting needs at least one task")
+        check_task_arguments(self, names)
         self.task_names = names
         self._on_bind()
         return self

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation.base import shared_parameters, shared_rows
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
@@ -56,14 +57,10 @@ class DBMTL(Weighting):
         "0", "T−1", options=("beta", "sigma", "epsilon"),
     )
 
+    option_ranges = intervals(beta="[0, 1]", sigma="[0, inf)", epsilon="[0, inf)")
+
     def __init__(self, beta: float = 0.9, sigma: float = 0.5, epsilon: float = 1e-8) -> None:
         super().__init__()
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"DB-MTL's beta is an EMA rate and must lie in [0, 1], got {beta}")
-        if sigma < 0:
-            raise ValueError(f"DB-MTL's sigma must be >= 0, got {sigma}")
-        if not epsilon >= 0:
-            raise ValueError(f"DB-MTL's epsilon must be >= 0, got {epsilon}")
         self.beta = float(beta)
         self.sigma = float(sigma)
         self.epsilon = float(epsilon)

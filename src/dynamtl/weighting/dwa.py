@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
@@ -47,10 +48,10 @@ class DWA(LossWeighting):
     history: Tensor
     epochs: Tensor
 
+    option_ranges = intervals(temperature="(0, inf)")
+
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"DWA's temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.register_buffer("epoch_sum", torch.zeros(0))
         self.register_buffer("epoch_count", torch.zeros(0, dtype=torch.long))  # per task

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation.base import shared_parameters, shared_rows
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
@@ -26,7 +27,7 @@ class ExcessMTL(Weighting):
         S_i \leftarrow S_i + g_i \odot g_i, \qquad
         r_i = \sum_d \frac{g_{i,d}^2}{\sqrt{S_{i,d} + 10^{-7}}} ,
 
-    scaled by the first step's value (rᵢ / (rᵢ⁽⁰⁾ + 10⁻⁷), "scale processing", Section 3.2;
+    scaled by the first step's value (r̃ᵢ = rᵢ / (rᵢ⁽⁰⁾ + 10⁻⁷), "scale processing", Section 3.2;
     or by the mean over ``warmup`` steps, during which the weights stay uniform). The
     weights p on the simplex then take an exponentiated-gradient step (Equation 9),
 
@@ -41,10 +42,22 @@ class ExcessMTL(Weighting):
     per task, shared with the aggregation).
 
     Args:
-        step_size: η > 0, the robust step size (default 1, as TorchJD and LibMTL).
-        warmup: steps at uniform weights that set the baseline excess risks (default 0: the
-            first step's risks, as the official code; the paper's appendix collects three
-            epochs).
+        step_size: η > 0, the robust step size (default 0.01, the official code's
+            ``--robust_step_size``; TorchJD and LibMTL default to 1).
+        warmup: steps at uniform weights whose mean excess risks are the baseline r⁽⁰⁾
+            (default 0: the first step's risks are the baseline and, their scaled value being 1
+            for every task, p takes no step then; 0 and 1 are the same, the official code's
+            behaviour; the paper's appendix collects three epochs).
+
+    The scaled risks r̃ are scale-free (about 1 for a task whose excess risk has not moved
+    since its baseline): η is a step on numbers of order 1, and p moves by factors e^{η r̃}
+    per step. A raw, unscaled risk rᵢ = Σ_d |g_d| on a task's first step (what TorchJD's
+    ``n_warmup_steps=0`` takes) is of the order of the number of shared parameters times
+    the gradient's size; one such step with η = 1 puts all of p on one task, which later
+    O(η) steps cannot undo; no step is taken on the risks before they are scaled.
+    A small η (0.01, the default) keeps the weights near uniform over a few hundred steps;
+    η = 1 lets a task whose relative excess risk stays above the others' take most of p
+    within tens of steps.
 
     A task without a graph in this step (no labelled sample) keeps its p, statistics and
     baseline; the present tasks share their mass of p, and their λ are T' p / Σ p over the T'
@@ -54,7 +67,10 @@ class ExcessMTL(Weighting):
     as T copies of the shared parameters), the baseline and p are saved in the state dict.
 
     Differences to the official code: it starts from weights 1 (not on the simplex); here
-    p starts at 1/T, as the paper (and TorchJD) do, and λ = T·p.
+    p starts at 1/T, as the paper (and TorchJD) do, and λ = T·p. Differences to TorchJD:
+    its ``n_warmup_steps=0`` takes an exponentiated step on the first step's *unscaled* risks;
+    ours (``warmup=0``) takes none, as the official code, and equals TorchJD's default
+    ``n_warmup_steps=1``.
     """
 
     facts = Facts(
@@ -63,12 +79,10 @@ class ExcessMTL(Weighting):
         "0", "T−1", options=("step_size", "warmup"),
     )
 
-    def __init__(self, step_size: float = 1.0, warmup: int = 0) -> None:
+    option_ranges = intervals(step_size="(0, inf)", warmup="[0, inf)")
+
+    def __init__(self, step_size: float = 0.01, warmup: int = 0) -> None:
         super().__init__()
-        if not step_size > 0:
-            raise ValueError(f"ExcessMTL's step_size must be > 0, got {step_size}")
-        if warmup < 0:
-            raise ValueError(f"ExcessMTL's warmup must be >= 0 steps, got {warmup}")
         self.step_size = float(step_size)
         self.warmup = warmup
         self.squares: Tensor | None = None
@@ -114,9 +128,9 @@ class ExcessMTL(Weighting):
         if self.warmup > 0 and self._warmup_sum is not None:
             self.baseline[new] = self._warmup_sum[new] / self.warmup
             scaled = risks / (self.baseline + 1e-7)
-        else:  # the first step of a task is its baseline and counts unscaled (the official code)
+        else:  # a task's first step is its baseline: r/r⁰ = 1, so p takes no step (the official code)
             self.baseline[new] = risks[new]
-            scaled = torch.where(new, risks, risks / (self.baseline + 1e-7))
+            scaled = torch.where(new, torch.ones_like(risks), risks / (self.baseline + 1e-7))
         p = self.probabilities.clone()
         p[here] = p[here].sum() * torch.softmax(p[here].log() + self.step_size * scaled[here], dim=0)
         self.probabilities = p

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import intervals
 from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
-from dynamtl.tasks import expect_mapping, task_indices
 from dynamtl.weighting.base import LossWeighting, MetaOptimizerFactory, OwnOptimizer
 
 
@@ -81,6 +81,8 @@ class FAMO(OwnOptimizer, LossWeighting):
     has_previous: Tensor
     previous_present: Tensor
 
+    option_ranges = intervals(lr="(0, inf)", weight_decay="[0, inf)", epsilon="[0, inf)")
+
     def __init__(
         self,
         *,
@@ -91,14 +93,6 @@ class FAMO(OwnOptimizer, LossWeighting):
         epsilon: float = 1e-8,
     ) -> None:
         super().__init__()
-        if lr <= 0 or weight_decay < 0:
-            raise ValueError(f"FAMO needs lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
-        if epsilon < 0:
-            raise ValueError(f"FAMO's epsilon must be >= 0, got {epsilon}")
-        if min_losses is not None:
-            expect_mapping(
-                min_losses, "FAMO's min_losses", "task name -> lower bound", "FAMO(min_losses={'depth': 0.0})"
-            )
         self.lr, self.weight_decay, self.factory = lr, weight_decay, meta_optimizer
         self.given_min_losses = dict(min_losses or {})
         self.epsilon = epsilon
@@ -110,8 +104,6 @@ class FAMO(OwnOptimizer, LossWeighting):
 
     def _on_bind(self) -> None:
         names = self.task_names or ()
-        if self.given_min_losses:
-            task_indices(names, self.given_min_losses, role="min_losses")  # rejects unknown names
         self.min_losses = torch.tensor([float(self.given_min_losses.get(n, 0.0)) for n in names])
         self.previous_losses = torch.zeros(len(names))
         self.previous_present = torch.ones(len(names), dtype=torch.bool)

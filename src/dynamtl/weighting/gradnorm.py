@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, widened
 from dynamtl.facts import Facts
@@ -76,6 +77,8 @@ class GradNorm(OwnOptimizer, Weighting):
     initial_losses: Tensor
     started: Tensor
 
+    option_ranges = intervals(alpha="[0, inf)", lr="(0, inf)")
+
     def __init__(
         self,
         alpha: float = 1.5,
@@ -85,10 +88,6 @@ class GradNorm(OwnOptimizer, Weighting):
         layer: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if alpha < 0:
-            raise ValueError(f"GradNorm's alpha must be >= 0 (0 equalises the gradient norms), got {alpha}")
-        if lr <= 0:
-            raise ValueError(f"GradNorm's lr must be > 0, got {lr}")
         if isinstance(layer, str):
             layer = [layer]
         if layer is not None and not layer:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice
+from dynamtl._helpers import check_choice, intervals
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
 from dynamtl.facts import Facts
 from dynamtl.lookahead import learning_rates
@@ -78,6 +78,8 @@ class HydaLearn(Weighting):
 
     smoothed: Tensor  # the last smoothed weights (empty before the first step), a buffer
 
+    option_ranges = intervals(step_size="(0, inf)", floor="[0, 1)", total="(0, inf)", smoothing="[0, 1)")
+
     def __init__(
         self,
         main: Sequence[str] | str,
@@ -94,14 +96,6 @@ class HydaLearn(Weighting):
         check_choice("gain", gain, ("lookahead", "first_order"))
         check_choice("gain_batch", gain_batch, ("current", "meta"))
         check_choice("normalize", normalize, ("sum", "main"))
-        if step_size is not None and step_size <= 0:
-            raise ValueError(f"step_size must be > 0, got {step_size}")
-        if not 0.0 <= floor < 1.0:
-            raise ValueError(f"floor is a share of the weight and must lie in [0, 1), got {floor}")
-        if total is not None and total <= 0:
-            raise ValueError(f"total must be > 0, got {total}")
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing is the weight of the past and must lie in [0, 1), got {smoothing}")
         self.main_names = name_list(main, "main")
         self.gain, self.gain_batch, self.step_size = gain, gain_batch, step_size
         self.floor, self.normalize, self.total, self.smoothing = floor, normalize, total, smoothing

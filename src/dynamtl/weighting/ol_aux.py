@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
 from dynamtl.facts import Facts
@@ -69,6 +70,8 @@ class OLAux(Weighting):
     accumulated: Tensor
     count: Tensor
 
+    option_ranges = intervals(interval="[1, inf)", beta="(0, inf)", init="(-inf, inf)")
+
     def __init__(
         self,
         main: Sequence[str] | str,
@@ -79,10 +82,6 @@ class OLAux(Weighting):
         nonnegative: bool = False,
     ) -> None:
         super().__init__()
-        if interval < 1:
-            raise ValueError(f"OLAux's interval N must be >= 1, got {interval}")
-        if beta <= 0:
-            raise ValueError(f"OLAux's beta must be > 0, got {beta}")
         self.main_names = name_list(main, "main")
         self.interval, self.beta, self.init, self.nonnegative = interval, beta, init, nonnegative
         self.main: tuple[int, ...] = ()

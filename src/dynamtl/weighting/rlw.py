@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
@@ -31,6 +32,8 @@ class RLW(LossWeighting):
         "rlw", "RLW", "losses", "Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022",
         context={"seed": "seed"},
     )
+
+    option_ranges = intervals(seed="[0, inf)")
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()

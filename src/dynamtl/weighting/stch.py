@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
@@ -59,12 +60,12 @@ class STCH(LossWeighting):
         options=("mu", "preference", "ideal"),
     )
 
+    option_ranges = intervals(mu="(0, inf)")
+
     def __init__(
         self, mu: float = 1.0, preference: Mapping[str, float] | None = None, ideal: Mapping[str, float] | None = None
     ) -> None:
         super().__init__()
-        if not mu > 0:
-            raise ValueError(f"STCH's mu is a smoothing temperature and must be > 0, got {mu}")
         if preference is not None and any(not v >= 0 for v in preference.values()):
             raise ValueError(f"STCH's preference values must be >= 0, got {dict(preference)}")
         self.mu = float(mu)
@@ -72,11 +73,6 @@ class STCH(LossWeighting):
         self.ideal = None if ideal is None else dict(ideal)
 
     def _on_bind(self) -> None:
-        names = self.task_names or ()
-        for what, given in (("preference", self.preference), ("ideal", self.ideal)):
-            unknown = sorted(set(given or ()) - set(names))
-            if unknown:
-                raise ValueError(f"STCH's {what} names tasks {unknown} that are not among {list(names)}")
         if self.preference is not None and sum(self.preference.values()) <= 0:
             raise ValueError(f"STCH's preference gives every task 0: {self.preference}")
 
