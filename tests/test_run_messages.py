@@ -5,9 +5,11 @@ they show)."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +95,21 @@ def test_train_into_an_unfinished_run_leads_to_resume(tmp_path):
     (run / "config.json").write_text("{}")
     code, output = invoke("train", *TINY, "--quiet", "--out", str(run))
     assert code == 1 and f"continue it with `dynamtl resume {run}`" in output
+
+
+SCRIPT = shutil.which("dynamtl", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(SCRIPT is None, reason="needs the dynamtl console script (pip install -e .)")
+def test_a_suggested_command_is_spelt_as_the_command_was_typed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for typed, spelt in (([str(SCRIPT)], "dynamtl"), ([sys.executable, "-m", "dynamtl.cli"],
+                                                      f"{sys.executable} -m dynamtl.cli")):
+        result = subprocess.run([*typed, "train", *TINY, "--quiet", "--out", str(run)], env=ENV, capture_output=True,
+                                text=True, timeout=600, check=False)
+        assert result.returncode == 1 and f"continue it with `{spelt} resume {run}`" in result.stderr, result.stderr
 
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo")
@@ -182,3 +199,55 @@ def test_preparing_data_shows_progress(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"preparing {tmp_path / 'c.pt'} (done once" in result.stderr
     assert load_or_build(tmp_path / "c.pt", {"v": 1}, lambda: pytest.fail("rebuilt"))["x"].shape == (2,)
+
+
+# --- messages are well formed ----------------------------------------------------------------
+
+SAYS = ("warning", "info", "error", "echo", "append", "ClickException", "BadParameter", "UsageError")
+INTERVAL = re.compile(r"[\[(][^\[\]()]*,[^\[\]()]*[\])]")  # [0, 1), (0, 1]: half-open intervals
+
+
+def _literal(node: ast.AST) -> str | None:
+    """The text of a string, an f-string (its fields as ``{}``) or a sum of them."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _literal(node.left), _literal(node.right)
+        if left is not None or right is not None:
+            return (left or "{}") + (right or "{}")
+    return None
+
+
+def _messages() -> list[tuple[str, str]]:
+    """``(where, text)`` of every string the package gives an exception, a logger, ``click.echo``
+    or a list of problems."""
+    found = []
+    for path in sorted(Path(dynamtl.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if called in SAYS or called.endswith(("Error", "Exception", "Stopped", "Failed")):
+                found += [(f"{path.name}:{node.lineno}", text) for arg in node.args if (text := _literal(arg))]
+    return found
+
+
+def test_every_message_closes_the_brackets_it_opens():
+    messages = _messages()
+    assert len(messages) > 300  # the scan sees the package's messages
+    unbalanced = []
+    for where, text in messages:
+        depth = {"(": 0, "[": 0}
+        for char in INTERVAL.sub("", text):
+            if char in "([":
+                depth[char] += 1
+            elif char in ")]":
+                depth["(" if char == ")" else "["] -= 1
+                if min(depth.values()) < 0:
+                    break
+        if any(depth.values()):
+            unbalanced.append(f"{where}: {text!r}")
+    assert not unbalanced, "\n".join(unbalanced)

@@ -285,8 +285,11 @@ def _show(comparison: Any) -> None:
               help="the checkpoint to continue from")
 @click.option("--allow-changes", is_flag=True,
               help="resume although the config or environment (versions, threads) differs from the checkpoint's")
+@click.option("--trust-checkpoint", "trust", is_flag=True,
+              help="resume from a checkpoint that cannot be verified (its checksum record is missing or damaged, "
+                   "or it was changed on purpose): it is still read as weights only, and its checksum recorded anew")
 @click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines")
-def resume(run_dir: Path, which: str, allow_changes: bool, quiet: bool) -> None:
+def resume(run_dir: Path, which: str, allow_changes: bool, trust: bool, quiet: bool) -> None:
     """Continue an interrupted run from its checkpoint (a finished run: report its results)."""
     with gathering() as problems:
         if run_dir is not None and not run_dir.is_dir():
@@ -298,7 +301,7 @@ def resume(run_dir: Path, which: str, allow_changes: bool, quiet: bool) -> None:
         recorded = None  # resume says what is wrong, or repairs it
     if recorded is not None:
         _tell(f"torch threads: {recorded} (the run's, from its config.json)")
-    results = resume_run(run_dir, which=which, progress=not quiet, allow_changes=allow_changes)
+    results = resume_run(run_dir, which=which, progress=not quiet, allow_changes=allow_changes, trust=trust)
     _report(results, run_dir)
 
 

@@ -171,20 +171,39 @@ def load_or_build(
 
 def _verified_cache(path: Path, checksum: Path) -> object:
     """The content of the cache ``path`` if its SHA-256 is the one in ``checksum``, else
-    ``None`` (saying why when the file is damaged)."""
+    ``None``, saying why: the cache cannot be read, its checksum file is missing or
+    damaged (then the cache cannot be verified, which says nothing about the cache
+    itself), or it does not match its checksum (damaged or changed)."""
     try:
         data = path.read_bytes()
-        recorded = checksum.read_text().strip() if checksum.is_file() else None
-    except OSError:
+    except OSError as error:
+        logger.warning("the data cache %s cannot be read (%s): rebuilding it", path, error.strerror)
+        return None
+    recorded, problem = _recorded_digest(checksum)
+    if problem:
+        logger.warning("the data cache %s cannot be verified: its checksum file %s %s (no verdict on the cache "
+                       "itself): rebuilding it, as caches are derived data", path, checksum, problem)
         return None
     if recorded != hashlib.sha256(data).hexdigest():
-        why = (
-            "has no recorded checksum" if recorded is None
-            else "does not match its recorded checksum (damaged or changed)"
-        )
-        logger.warning("the data cache %s %s: rebuilding it", path, why)
+        logger.warning("the data cache %s does not match its recorded checksum in %s (damaged or changed): "
+                       "rebuilding it", path, checksum)
         return None
     try:
         return torch.load(io.BytesIO(data), weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        logger.warning("the data cache %s cannot be read (%s): rebuilding it", path, error)
         return None
+
+
+def _recorded_digest(checksum: Path) -> tuple[str, str]:
+    """The SHA-256 recorded in ``checksum`` and ``""``, or ``""`` and what is wrong with
+    the file (missing, unreadable, not a SHA-256)."""
+    if not checksum.is_file():
+        return "", "is missing"
+    try:
+        recorded = checksum.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        return "", f"cannot be read ({error})"
+    if len(recorded) != 64 or any(c not in "0123456789abcdef" for c in recorded):
+        return "", "is damaged (it holds no SHA-256)"
+    return recorded, ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from dynamtl.command import suggested
 from dynamtl.report.records import read_records
 from dynamtl.report.shares import Share
 
@@ -366,7 +368,14 @@ def _matplotlib() -> ModuleType:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=DPI)
+    """Write ``figure`` to ``path`` atomically (a temporary file, then ``os.replace``): a
+    plot drawn while the run itself draws never leaves a torn file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        figure.savefig(temporary, dpi=DPI, format=path.suffix.removeprefix(".") or None)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -377,8 +386,9 @@ def _config(run_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except ValueError as error:
-        raise ValueError(f"{path} is damaged (not valid JSON: {error}): `dynamtl resume {run_dir}` rewrites it from "
-                         "the run's checkpoint") from error
+        repair = (f"`{suggested('resume', run_dir)}` rewrites it from the run's checkpoint"
+                  if (run_dir / "checkpoints" / "last.pt").is_file() else "restore it from a backup")
+        raise ValueError(f"{path} is damaged (not valid JSON: {error}): {repair}") from error
     return config
 
 

@@ -17,7 +17,10 @@ Integrity: the SHA-256 of every checkpoint is recorded in ``checkpoints/checksum
 before the file takes its name (the last :data:`KEPT_CHECKSUMS` of them, so that a run
 killed between the two writes leaves only recorded files), and checked on load: a file
 changed or damaged since it was written is refused, named, left as it is, and the
-previous checkpoint is offered.
+previous checkpoint is offered. A checksum record that is missing or damaged is named as
+such: it is no verdict on the checkpoint, which is then refused as *unverifiable* (never
+renamed) until the user trusts it (``dynamtl resume RUN --trust-checkpoint``: read with
+``weights_only`` all the same, and its checksum recorded anew).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynamtl.command import suggested
 from dynamtl.train.folder import (
     RunFolder,
     remove_quietly,
@@ -89,37 +93,62 @@ def serialized(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _recorded_checksums(checkpoints: Path) -> list[str]:
+def recorded_checksums(checkpoints: Path) -> tuple[list[str], str]:
+    """The SHA-256 digests recorded in ``checkpoints/checksums.json``, and ``""`` or what
+    is wrong with that record (missing, unreadable, not the JSON dynamtl writes): a record
+    that cannot be read says nothing about the checkpoints themselves."""
     path = checkpoints / CHECKSUMS
+    if not path.is_file():
+        return [], "is missing"
     try:
-        recorded = json.loads(path.read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [digest for digest in recorded if isinstance(digest, str)] if isinstance(recorded, list) else []
+        recorded = json.loads(path.read_text())
+    except OSError as error:
+        return [], f"cannot be read ({error.strerror})"
+    except (ValueError, UnicodeDecodeError) as error:
+        return [], f"is damaged (not valid JSON: {error})"
+    digests = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if not isinstance(digests, list) or not digests or not all(_is_sha256(d) for d in digests):
+        return [], 'is damaged (not a table {"sha256": [SHA-256 digests]})'
+    return digests, ""
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _record_checksum(checkpoints: Path, digest: str) -> None:
-    kept = [d for d in _recorded_checksums(checkpoints) if d != digest][-(KEPT_CHECKSUMS - 1):]
+    kept = [d for d in recorded_checksums(checkpoints)[0] if d != digest][-(KEPT_CHECKSUMS - 1):]
     replace_durably(checkpoints / CHECKSUMS, (json.dumps({"sha256": [*kept, digest]}, indent=2) + "\n").encode())
 
 
-def load(path: Path) -> dict[str, Any]:
+def record_checksum(path: Path) -> None:
+    """Record the SHA-256 of the checkpoint ``path`` in its folder's ``checksums.json``
+    (rebuilding a missing or damaged record): after ``--trust-checkpoint``."""
+    try:
+        _record_checksum(path.parent, hashlib.sha256(path.read_bytes()).hexdigest())
+    except OSError as error:
+        raise write_error(path.parent / CHECKSUMS, error) from error
+
+
+def load(path: Path, *, trust: bool = False) -> dict[str, Any]:
     """The checkpoint at ``path``, verified against its recorded checksum and read with
     ``weights_only=True``; ``CheckpointError`` when it is missing, damaged, changed since
-    it was written, holds objects other than tensors and plain containers, or lacks parts."""
+    it was written, cannot be verified (its checksum record is missing or damaged: the
+    message says so and is no verdict on the checkpoint), holds objects other than tensors
+    and plain containers, or lacks parts. ``trust``: read it although its checksum is not
+    recorded or does not match (still with ``weights_only``, so no code can run)."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: the run has not saved one yet (it saves at every epoch's end)")
     try:
         data = path.read_bytes()
     except OSError as error:
         raise CheckpointError(_damaged(path, f"it cannot be read ({error.strerror})")) from error
-    recorded = _recorded_checksums(path.parent)
-    if not recorded:
-        raise CheckpointError(_damaged(path, f"its checksum file {path.parent / CHECKSUMS} is missing or damaged, so "
-                                             "it cannot be verified"))
-    if hashlib.sha256(data).hexdigest() not in recorded:
+    recorded, problem = recorded_checksums(path.parent)
+    if problem and not trust:
+        raise CheckpointError(_unverifiable(path, problem))
+    if not problem and not trust and hashlib.sha256(data).hexdigest() not in recorded:
         raise CheckpointError(_damaged(path, f"its SHA-256 matches none recorded in {path.parent / CHECKSUMS} when "
-                                             "checkpoints were written: it was changed or damaged since"))
+                                             "checkpoints were written: it was changed or damaged since", changed=True))
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -144,39 +173,85 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def verified(path: Path) -> bool:
-    """Whether ``path`` exists and matches a recorded checksum (without reading it as a
-    checkpoint)."""
+def mismatches(path: Path) -> bool:
+    """Whether the checkpoint ``path`` positively fails its checksum: the record is intact
+    and the file's SHA-256 is not in it (``False`` when either cannot be read)."""
+    recorded, problem = recorded_checksums(path.parent)
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() in _recorded_checksums(path.parent)
+        return not problem and hashlib.sha256(path.read_bytes()).hexdigest() not in recorded
     except OSError:
         return False
 
 
-def _damaged(path: Path, why: str) -> str:
+def _resume_command(path: Path, *flags: str) -> str:
+    which = ("--checkpoint", "previous") if path.name == "previous.pt" else ()
+    return suggested("resume", path.parent.parent, *which, *flags)
+
+
+def _unverifiable(path: Path, problem: str) -> str:
+    return (
+        f"cannot verify the checkpoint {path}: its checksum record {path.parent / CHECKSUMS} {problem}. This says "
+        f"nothing about the checkpoint itself, which was left as it is. If the run folder has not been tampered "
+        f"with, resume with `{_resume_command(path, '--trust-checkpoint')}`: the checkpoint is read as weights "
+        "only (no code can run), checked for every part of a dynamtl checkpoint, and its checksum recorded anew"
+    )
+
+
+def _damaged(path: Path, why: str, *, changed: bool = False) -> str:
     message = f"the checkpoint {path} is damaged: {why}. It was left as it is."
     previous = path.with_name("previous.pt")
     if path.name == "last.pt" and previous.is_file():
-        message += (f" The checkpoint before it is kept: resume from it with "
-                    f"`dynamtl resume {path.parent.parent} --checkpoint previous`.")
+        message += f" The checkpoint before it is kept: resume from it with `{_resume_command(previous)}`."
+    if changed:
+        message += (f" If you changed it on purpose, `{_resume_command(path, '--trust-checkpoint')}` reads it as it is "
+                    "(weights only: no code can run).")
     return message
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``"field: … before, … now"`` for every config field (but the data ``root``) in
-    which ``saved`` and ``current`` differ; fields that are tables (``options``,
-    ``environment``) are compared entry by entry (``options.epsilon: …``)."""
-    flat_saved, flat_current = _flat(saved), _flat(current)
+def config_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> tuple[list[str], list[str]]:
+    """How the config ``current`` differs from the recorded ``saved``, in every field but
+    the data ``root``; fields that are tables (``options``, ``environment``) are compared
+    entry by entry (``options.epsilon``). Returns ``(changed, unrecorded)``:
+
+    * ``changed``: ``"field: … before, … now"`` for a recorded value that differs, and for
+      a field ``saved`` lacks whose value now is not its default;
+    * ``unrecorded``: ``"field (now …, its default)"`` for a field ``saved`` lacks (written
+      by a dynamtl that did not have it yet) whose value now is its default.
+
+    ``defaults``: the record resolved by the current code (what a field absent from it
+    becomes today); without it every absent field counts as changed."""
+    flat_saved, flat_current, flat_defaults = _flat(saved), _flat(current), _flat(defaults or {})
     keys = sorted((set(flat_saved) | set(flat_current)) - set(IGNORED_FOR_COMPATIBILITY))
-    missing = "(absent)"
-    return [f"{k}: {flat_saved.get(k, missing)!r} before, {flat_current.get(k, missing)!r} now"
-            for k in keys if flat_saved.get(k, missing) != flat_current.get(k, missing)]
+    changed: list[str] = []
+    unrecorded: list[str] = []
+    for key in keys:
+        now = flat_current.get(key, "(absent)")
+        if key in flat_saved:
+            if flat_saved[key] != now:
+                changed.append(f"{key}: {flat_saved[key]!r} before, {now!r} now")
+        elif key in flat_defaults and flat_defaults[key] == now:
+            unrecorded.append(f"{key} (now {now!r}, its default)")
+        else:
+            default = f", today's default {flat_defaults[key]!r}" if key in flat_defaults else ""
+            changed.append(f"{key}: not recorded before{default}, {now!r} now")
+    return changed, unrecorded
+
+
+def unrecorded_note(where: Path, unrecorded: list[str]) -> str:
+    """The one line that says which settings ``where`` did not record and took their
+    defaults (see :func:`config_differences`)."""
+    return (f"not recorded in {where} (written by a dynamtl without these settings), taken at today's "
+            f"defaults: {'; '.join(unrecorded)}")
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``values`` with its tables flattened to ``table.entry`` keys (an empty table has
+    no entries: ``"options": {}`` records no option)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -318,6 +318,17 @@ def _every_option(method: MethodSpec) -> dict[str, Any]:
     ).options
 
 
+def resolved_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config (``config.json``'s or a checkpoint's; its ``environment`` left
+    out) as this dynamtl resolves it today: every setting the record lacks (written before
+    the setting existed) takes its current default. ``{}`` when the record no longer plans
+    (then no setting counts as defaulted)."""
+    try:
+        return plan(RunConfig.from_mapping({k: v for k, v in recorded.items() if k != ENVIRONMENT})).config.to_dict()
+    except ConfigError:
+        return {}
+
+
 def environment() -> dict[str, Any]:
     """What besides the config can change a run's numbers: the versions of dynamtl and
     torch and torch's thread count (recorded in ``config.json`` and every checkpoint)."""

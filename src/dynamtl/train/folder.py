@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,11 @@ try:
 except ModuleNotFoundError as missing:  # pragma: no cover - depends on the installed extras
     raise ModuleNotFoundError("dynamtl.train needs filelock: pip install 'dynamtl[cli]'") from missing
 
+from dynamtl.command import typed
+
 RESULTS_FORMAT = 1
+GATE_SECONDS = 30.0
+"""How long a process waits for ``.lock.gate`` (see :func:`locked`)."""
 
 
 class RunFolderError(RuntimeError):
@@ -117,24 +120,38 @@ def locked(folder: RunFolder) -> Iterator[None]:
     """Hold the lock of ``folder`` (``.lock``, a :class:`filelock.FileLock`) while the
     block runs, so that one process at a time writes the folder; ``RunFolderError`` naming
     the process that holds it. The operating system releases the lock of a process that
-    dies, so a killed run never leaves a stale lock (``.lock.holder`` only says who took it
-    last)."""
+    dies, so a killed run never leaves a stale lock.
+
+    Who holds it is written to ``.lock.holder`` (pid, host, time, the command as typed).
+    Taking the lock and writing the holder, and failing to take it and reading the holder,
+    each happen under a second, short-held lock (``.lock.gate``): a refused process names
+    the current holder, never the one before it."""
     lock = FileLock(str(folder.lock_file), timeout=0)
+    gate = FileLock(str(folder.root / ".lock.gate"), timeout=GATE_SECONDS)
     try:
         folder.root.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        with gate:
+            try:
+                lock.acquire()
+            except Timeout:
+                raise RunFolderError(
+                    f"{folder.root} is in use by another dynamtl process ({_holder(folder)}): wait for it to end, "
+                    "or stop it (Ctrl-C, or kill -INT PID: it checkpoints and exits), then try again"
+                ) from None
+            try:
+                write_json_atomic(folder.holder_file, {
+                    "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "command": typed(),
+                })
+            except BaseException:
+                lock.release()
+                raise
     except Timeout:
-        raise RunFolderError(
-            f"{folder.root} is in use by another dynamtl process ({_holder(folder)}): wait for it to end, or stop "
-            "it (Ctrl-C, or kill -INT PID: it checkpoints and exits), then try again"
-        ) from None
+        raise RunFolderError(f"{folder.root}: could not take {folder.root / '.lock.gate'} within {GATE_SECONDS} s "
+                             "(held only for an instant by a process taking the folder's lock): try again") from None
     except OSError as error:
         raise write_error(folder.lock_file, error) from error
     try:
-        write_json_atomic(folder.holder_file, {
-            "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv),
-        })
         yield
     finally:
         lock.release()

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dynamtl.command import is_cli, suggested, typed
 from dynamtl.train import checkpoint
-from dynamtl.train.config import ENVIRONMENT, RunConfig, RunPlan, plan
+from dynamtl.train.config import ENVIRONMENT, RunConfig, RunPlan, plan, resolved_record
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
     RunFolder,
@@ -34,85 +37,120 @@ logger = logging.getLogger("dynamtl")
 
 def train(config: RunConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
     """Train ``config`` in the new run folder ``out``; return its ``results.json`` dict.
-    ``RunFolderError`` when ``out`` already holds a run, saying what to do with it."""
+    ``RunFolderError`` when ``out`` is in use by another process (said first), or already
+    holds a run, saying what to do with it."""
     checked = plan(config)
     folder = RunFolder(Path(out))
-    if folder.finished:
-        raise RunFolderError(
-            f"{folder.root} holds a finished run (results in {folder.results}): train into another --out, or "
-            f"delete {folder.root} to train it anew; to train it longer, start a new run with more --epochs"
-        )
-    if folder.config.exists():
-        raise RunFolderError(
-            f"{folder.root} already holds an unfinished run: continue it with `dynamtl resume {folder.root}`, "
-            "or choose another --out"
-        )
-    return _execute(checked, folder, Display(progress), resume_from=None)
+    with _holding(folder):
+        if folder.finished:
+            raise RunFolderError(
+                f"{folder.root} holds a finished run (results in {folder.results}): train into another --out, or "
+                f"delete {folder.root} to train it anew; to train it longer, start a new run with more --epochs"
+            )
+        if folder.config.exists():
+            raise RunFolderError(
+                f"{folder.root} already holds an unfinished run: continue it with "
+                f"`{suggested('resume', folder.root)}`, or choose another --out"
+            )
+        return _execute(checked, folder, Display(progress), resume_from=None)
 
 
-def resume(out: Path, *, which: str = "last", progress: bool = True, allow_changes: bool = False) -> dict[str, Any]:
+def resume(
+    out: Path, *, which: str = "last", progress: bool = True, allow_changes: bool = False, trust: bool = False
+) -> dict[str, Any]:
     """Continue the run in ``out`` from its checkpoint ``which`` (``"last"`` or
     ``"previous"``); return its results. A run stopped before its first checkpoint starts
     over; a finished run is left as it is and its results are returned (so that
-    ``train`` then ``resume`` always ends with the results). A config or environment that
-    differs from the checkpoint's is refused unless ``allow_changes``."""
+    ``train`` then ``resume`` always ends with the results; a damaged ``config.json`` is
+    rewritten from its checkpoint). A config or environment that differs from the
+    checkpoint's is refused unless ``allow_changes``; a checkpoint that cannot be verified
+    against its checksum (record missing or damaged, or changed on purpose) unless
+    ``trust``."""
     folder = RunFolder(Path(out))
-    if folder.finished:
-        if launched_as_main():
-            logger.warning("the run in %s has finished: nothing to resume (results in %s)", folder.root, folder.results)
-        return folder.read_json(folder.results)
-    recorded = _recorded_config(folder, which)
-    checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
-    if which == "previous":
-        _set_aside_damaged_last(folder)
-    return _execute(checked, folder, Display(progress), _continue_from(folder, which), allow_changes=allow_changes)
+    if not folder.root.is_dir():
+        raise RunFolderError(f"no folder {folder.root}: give the folder of a run (the --out of `dynamtl train`)")
+    with _holding(folder):
+        if folder.finished:
+            if launched_as_main():
+                logger.warning("the run in %s has finished: nothing to resume (results in %s)",
+                               folder.root, folder.results)
+            if folder.checkpoint(which).is_file():
+                _recorded_config(folder, which, trust)  # rewrites a damaged config.json
+            return folder.read_json(folder.results)
+        recorded = _recorded_config(folder, which, trust)
+        checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
+        if which == "previous":
+            _set_aside_damaged_last(folder)
+        return _execute(checked, folder, Display(progress), _continue_from(folder, which),
+                        allow_changes=allow_changes, trust=trust)
 
 
 def train_or_reuse(config: RunConfig, out: Path, *, progress: bool = True, label: str = "") -> dict[str, Any]:
     """The results of ``config`` in ``out``: read back if that run finished, resumed if it
-    was interrupted, trained if the folder holds no run. ``RunFolderError`` if it holds a
-    run of another configuration. ``label`` prefixes its progress bar and epoch lines."""
+    was interrupted, trained if the folder holds no run. ``RunFolderError`` if it is in use
+    by another process, or holds a run of another configuration (a setting the run did not
+    record, because it was made before the setting existed, counts as the same when it has
+    its default now). ``label`` prefixes its progress bar and epoch lines."""
     checked = plan(config)
     folder = RunFolder(Path(out))
     display = Display(progress, label)
-    if not folder.config.exists():
-        return _execute(checked, folder, display, resume_from=None)
-    recorded = _recorded_config(folder, "last")
-    differences = checkpoint.config_differences(recorded, checked.config.to_dict())
-    if differences:
-        raise RunFolderError(
-            f"{folder.root} holds a run of another configuration ({'; '.join(differences)}): "
-            "choose another output folder"
+    with _holding(folder):
+        if not folder.config.exists():
+            return _execute(checked, folder, display, resume_from=None)
+        recorded = _recorded_config(folder, "last")
+        differences, unrecorded = checkpoint.config_differences(
+            recorded, checked.config.to_dict(), resolved_record(recorded)
         )
-    if folder.finished:
-        return folder.read_json(folder.results, repair=f"delete {folder.root} to train the run again")
-    return _execute(checked, folder, display, _continue_from(folder, "last"))
+        if differences:
+            raise RunFolderError(
+                f"{folder.root} holds a run of another configuration ({'; '.join(differences)}): "
+                "choose another output folder"
+            )
+        if unrecorded and launched_as_main():
+            logger.warning("%s", checkpoint.unrecorded_note(folder.config, unrecorded))
+        if folder.finished:
+            return folder.read_json(folder.results, repair=f"delete {folder.root} to train the run again")
+        return _execute(checked, folder, display, _continue_from(folder, "last"))
 
 
-def _recorded_config(folder: RunFolder, which: str) -> dict[str, Any]:
+@contextlib.contextmanager
+def _holding(folder: RunFolder) -> Iterator[None]:
+    """Hold the lock of ``folder`` (in rank 0 of ``torchrun``'s processes) for all the
+    reading and writing a command does there, so that a folder in use is reported before
+    anything about the run it holds (which the holder may be changing)."""
+    with locked(folder) if launched_as_main() else contextlib.nullcontext():
+        yield
+
+
+def _recorded_config(folder: RunFolder, which: str, trust: bool = False) -> dict[str, Any]:
     """The config of ``config.json`` (without its ``environment``). A damaged or missing
-    ``config.json`` is rewritten from the checkpoint ``which`` when that one is intact."""
+    ``config.json`` is rewritten from the checkpoint ``which`` when that one is intact (or
+    ``trust``)."""
     path = folder.checkpoint(which)
+    repair = f"the run saved no checkpoint to rebuild it from: delete {folder.root} and train anew"
     try:
-        recorded = folder.read_json(
-            folder.config, repair=f"the run saved no checkpoint to rebuild it from: delete {folder.root} and train anew"
-        )
+        recorded = folder.read_json(folder.config, repair=repair)
     except RunFolderError as error:
         if not path.is_file():
             raise
-        state = checkpoint.load(path)
+        problem = str(error).removesuffix(f": {repair}") if folder.config.is_file() else f"{folder.config} was missing"
+        state = checkpoint.load(path, trust=trust)
         recorded = {**state["config"], ENVIRONMENT: state.get("environment", {})}
-        write_json_atomic(folder.config, recorded)
-        logger.warning("%s; it was rewritten from the checkpoint %s", str(error).split(":")[0], path)
+        if launched_as_main():
+            if trust:
+                checkpoint.record_checksum(path)
+            write_json_atomic(folder.config, recorded)
+            logger.warning("%s; it was rewritten from the checkpoint %s", problem, path)
     recorded.pop(ENVIRONMENT, None)
     return recorded
 
 
 def _set_aside_damaged_last(folder: RunFolder) -> None:
-    """Before resuming from ``previous.pt``, rename a ``last.pt`` that fails its checksum to
-    ``last.damaged.pt``, so that the next checkpoint does not rotate it over the good one."""
+    """Before resuming from ``previous.pt``, rename a ``last.pt`` that positively fails its
+    checksum (its record intact) to ``last.damaged.pt``, so that the next checkpoint does
+    not rotate it over the good one. A ``last.pt`` that cannot be verified is left as it is."""
     last = folder.checkpoint("last")
-    if last.is_file() and folder.checkpoint("previous").is_file() and not checkpoint.verified(last):
+    if last.is_file() and folder.checkpoint("previous").is_file() and checkpoint.mismatches(last):
         aside = last.with_name("last.damaged.pt")
         last.replace(aside)
         logger.warning("%s fails its checksum: kept as %s", last, aside)
@@ -125,23 +163,31 @@ def _continue_from(folder: RunFolder, which: str) -> str | None:
 
 
 def _execute(
-    checked: RunPlan, folder: RunFolder, display: Display, resume_from: str | None, *, allow_changes: bool = False
+    checked: RunPlan, folder: RunFolder, display: Display, resume_from: str | None, *, allow_changes: bool = False,
+    trust: bool = False,
 ) -> dict[str, Any]:
-    """Run in this process, or in every process that ``torchrun`` launched (rank 0
-    holding the folder's lock and writing the folder)."""
-    with processes(checked.config.device, checked.config.threads) as group, (
-        locked(folder) if group.main else contextlib.nullcontext()
-    ):
+    """Run in this process, or in every process that ``torchrun`` launched (rank 0 writing
+    the folder, whose lock the caller holds)."""
+    with processes(checked.config.device, checked.config.threads) as group:
         try:
             if checked.method.single_task:
                 return _train_single_task(checked, folder, display, group)
             return run_session(checked, folder, group, display=display, resume_from=resume_from,
-                               allow_changes=allow_changes)
+                               allow_changes=allow_changes, trust=trust)
         except KeyboardInterrupt:
-            raise RunStopped(
-                f"interrupted; {folder.root} keeps its last checkpoint, if it had saved one. "
-                f"Continue with: dynamtl resume {folder.root}", 2,
-            ) from None
+            raise RunStopped(_interrupted(folder), signal.SIGINT) from None
+
+
+def _interrupted(folder: RunFolder) -> str:
+    """What to do after Ctrl-C: resume a run whose folder records it (from its last
+    checkpoint, or from the start), run the command again when it was interrupted before
+    it recorded anything (while preparing its data)."""
+    if folder.config.is_file():
+        return (f"interrupted; {folder.root} keeps its last checkpoint, if it had saved one. "
+                f"Continue with: {suggested('resume', folder.root)}")
+    again = f"start it again with: {typed()}" if is_cli() else "start it again (the same call)"
+    return (f"interrupted before the run was recorded in {folder.root} (while preparing its data): nothing to "
+            f"resume; {again}")
 
 
 def _train_single_task(checked: RunPlan, folder: RunFolder, display: Display, group: Processes) -> dict[str, Any]:

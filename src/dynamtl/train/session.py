@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shlex
 import signal
 import threading
 import time
@@ -35,11 +36,12 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the inst
     raise ModuleNotFoundError("dynamtl.train needs tqdm: pip install 'dynamtl[cli]'") from missing
 
 import dynamtl
+from dynamtl.command import suggested
 from dynamtl.data import _progress as data_progress
 from dynamtl.step import MultiTask, NonFiniteLossError
 from dynamtl.train import checkpoint
 from dynamtl.train.batches import MetaStream, Passes
-from dynamtl.train.config import ENVIRONMENT, ConfigError, RunConfig, RunPlan, environment
+from dynamtl.train.config import ENVIRONMENT, ConfigError, RunConfig, RunPlan, environment, resolved_record
 from dynamtl.train.evaluate import Evaluation, evaluate
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
@@ -91,14 +93,15 @@ class Display:
 
 def run_session(
     checked: RunPlan, folder: RunFolder, processes: Processes, *, display: Display, resume_from: str | None,
-    allow_changes: bool = False,
+    allow_changes: bool = False, trust: bool = False,
 ) -> dict[str, Any]:
     """Train ``checked`` in ``folder``, from scratch or from the checkpoint ``resume_from``
     (``"last"`` or ``"previous"``), in ``processes`` (rank 0 writes the folder); return the
     results written to ``results.json``. A checkpoint whose config or environment differs
-    from the run's is refused unless ``allow_changes``."""
+    from the run's is refused unless ``allow_changes``; one that cannot be verified against
+    its checksum unless ``trust``."""
     with _deterministic():
-        session = _Session(checked, folder, processes, display, resume_from, allow_changes)
+        session = _Session(checked, folder, processes, display, resume_from, allow_changes, trust)
         try:
             return session.run()
         finally:
@@ -121,6 +124,7 @@ class _Session:
     def __init__(
         self, checked: RunPlan, folder: RunFolder, processes: Processes, display: Display, resume_from: str | None,
         allow_changes: bool,
+        trust: bool,
     ) -> None:
         config = checked.config
         assert config.epochs is not None and config.batch_size is not None
@@ -134,7 +138,7 @@ class _Session:
                 f"--batch-size {self.batch_size} is the global batch, shared by {processes.size} processes: "
                 f"choose a multiple of {processes.size}"
             )
-        state, changes = self._checked_checkpoint(resume_from, allow_changes) if resume_from else (None, [])
+        state, changes = self._checked_checkpoint(resume_from, allow_changes, trust) if resume_from else (None, [])
         checkpoint.seed_everything(config.seed)
         self.bench = bench = checked.benchmark
         assert config.root is not None
@@ -193,35 +197,43 @@ class _Session:
                 logger.warning("%s", repair)
                 self.log.event("log-repair", repair=repair)
 
-    def _checked_checkpoint(self, which: str, allow_changes: bool) -> tuple[dict[str, Any], list[str]]:
-        """The checkpoint ``which`` and the differences of its config and environment from
-        this run's (allowed ones only)."""
+    def _checked_checkpoint(self, which: str, allow_changes: bool, trust: bool) -> tuple[dict[str, Any], list[str]]:
+        """The checkpoint ``which`` (read although it cannot be verified when ``trust``) and
+        the differences of its config and environment from this run's (allowed ones
+        only), followed by the settings it did not record that take their defaults."""
         if which not in ("last", "previous"):
             raise ValueError(f"checkpoint must be 'last' or 'previous', got {which!r}")
         path = self.folder.checkpoint(which)
-        state = checkpoint.load(path)
-        differences = checkpoint.config_differences(
+        state = checkpoint.load(path, trust=trust)
+        if trust and self.processes.main:
+            checkpoint.record_checksum(path)
+            logger.warning("%s was read on trust (--trust-checkpoint): its checksum is recorded anew in %s",
+                           path, path.parent / checkpoint.CHECKSUMS)
+        differences, unrecorded = checkpoint.config_differences(
             {**state["config"], ENVIRONMENT: state.get("environment", {})},
             {**self.config.to_dict(), ENVIRONMENT: self.environment},
+            {**resolved_record(state["config"]), ENVIRONMENT: self.environment},
         )
         if differences and not allow_changes:
             listed = "".join(f"\n  - {d}" for d in differences)
             raise checkpoint.CheckpointError(
                 f"the checkpoint {path} was made under another configuration or environment:{listed}\n"
                 f"resume with the same settings (OMP_NUM_THREADS, versions), or accept the changes with "
-                f"`dynamtl resume {self.folder.root} --allow-changes` (results may then differ from an "
+                f"`{suggested('resume', self.folder.root, '--allow-changes')}` (results may then differ from an "
                 "uninterrupted run); or start a new run in another folder"
             )
         if differences and self.processes.main:
             logger.warning("resuming %s with changes: %s", self.folder.root, "; ".join(differences))
+        if unrecorded and self.processes.main:
+            logger.warning("%s", checkpoint.unrecorded_note(path, unrecorded))
         saved = state.get("processes", 1)
         if saved != self.processes.size:
             raise checkpoint.CheckpointError(
                 f"the checkpoint {path} was made by {saved} process(es), this run has {self.processes.size}: the "
                 f"position in the data depends on it; resume with {saved} process(es) "
-                f"(torchrun --nproc_per_node={saved} -m dynamtl.cli resume {self.folder.root})"
+                f"(torchrun --nproc_per_node={saved} -m dynamtl.cli resume {shlex.quote(str(self.folder.root))})"
             )
-        return state, differences
+        return state, [*differences, *(f"not recorded: {u}" for u in unrecorded)]
 
     def run(self) -> dict[str, Any]:
         total = self.epochs * self.training.per_pass
@@ -289,7 +301,7 @@ class _Session:
         position = self._position()
         raise RunStopped(
             f"stopped by {name} at step {position['step']} (epoch {position['epoch']}, batch {position['batch']}); "
-            f"checkpoint saved in {self.folder.checkpoints}. Continue with: dynamtl resume {self.folder.root}",
+            f"checkpoint saved in {self.folder.checkpoints}. Continue with: {suggested('resume', self.folder.root)}",
             number,
         )
 
@@ -372,7 +384,8 @@ class _Session:
             checkpoint.save(self.folder, self._state())
         except FolderWriteError as error:
             raise FolderWriteError(
-                f"{error}; make room (or the folder writable) and continue with `dynamtl resume {self.folder.root}`"
+                f"{error}; make room (or the folder writable) and continue with "
+                f"`{suggested('resume', self.folder.root)}`"
             ) from error
         self.log.event("checkpoint", reason=reason, **self._position())
 
