@@ -716,7 +716,8 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(run, refe
         holder = run / ".lock.holder"
         wait_for(lambda: holder.exists() and json.loads(holder.read_text() or "{}").get("pid") == first.pid, first,
                  "the first process to take the lock")
-        first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run, for as long as the others take
+        with FileLock(str(run / ".lock.gate"), timeout=60):  # it has let go of the gate, holder written
+            first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run, for as long as the others take
         kept = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
         others = {"resume": cli("resume", str(run), "--quiet"),
                   "resume --checkpoint previous": cli("resume", str(run), "--checkpoint", "previous", "--quiet"),
