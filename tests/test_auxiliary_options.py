@@ -157,8 +157,8 @@ def test_the_lambda_optimizer_is_set_by_name_from_a_config():
     assert weighting.meta_optimizer.param_groups[0]["lr"] == 2.5
     with pytest.raises(RegistryError, match=r"meta_optimizer.*\['adam', 'sgd'\].*'rmsprop'"):
         parse_method("auto-lambda", {"meta_optimizer": "rmsprop"})
-    with pytest.raises(ValueError, match=r"AutoLambda's option meta_optimizer must be one of \['adam', 'sgd'\] or a callable, "
-                       r"got 'rmsprop'"):
+    expected = r"AutoLambda's option meta_optimizer must be one of \['adam', 'sgd'\] or a callable, got 'rmsprop'"
+    with pytest.raises(ValueError, match=expected):
         dm.AutoLambda(meta_optimizer="rmsprop")
 
 

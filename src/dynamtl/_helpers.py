@@ -199,7 +199,7 @@ def _short(value: Any) -> str:
 def _resolved_hints(cls: type) -> dict[str, Any]:
     """The constructor's type hints of ``cls``, resolved (``{}`` where they cannot be)."""
     try:
-        return typing.get_type_hints(cls.__init__)
+        return typing.get_type_hints(cls.__init__)  # type: ignore[misc]
     except (NameError, TypeError):
         return {}
 

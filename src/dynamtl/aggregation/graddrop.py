@@ -80,7 +80,7 @@ class GradDrop(GradientAggregation):
     ) -> None:
         super().__init__()
         self.f = f
-        self.leak = float(leak) if is_scalar(leak) else leak
+        self.leak = float(leak) if is_scalar(leak) else leak  # type: ignore[arg-type]
         self.generator = SeededGenerator(seed)
 
     def combine(self, jacobian: Tensor) -> Tensor:
