@@ -37,17 +37,14 @@ from pathlib import Path
 import torch
 
 from dynamtl.registry import benchmark
+from dynamtl.report.records import read_records
 
 NOISE = "noise"
 
 
 def steps(run_dir: Path) -> list[dict]:
-    rows = []
-    for line in (run_dir / "steps.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if not record.get("skipped"):
-            rows.append(record)
-    return rows
+    """The records of the steps taken (not skipped); damaged lines named and left out."""
+    return [record for record in read_records(run_dir / "steps.jsonl") if not record.get("skipped")]
 
 
 def weights(rows: list[dict]) -> dict[str, torch.Tensor]:

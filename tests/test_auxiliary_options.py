@@ -1,8 +1,12 @@
 """Options of Auto-Lambda and HydaLearn for auxiliary learning: meta batches with the
 primary targets only, λ with a fixed mean, the failure message naming a grown λ, and
-HydaLearn's smoothed weights."""
+HydaLearn's smoothed weights; the warning on a negative λ whose task's loss explodes."""
 
 from __future__ import annotations
+
+import math
+import re
+import warnings
 
 import pytest
 import torch
@@ -153,7 +157,8 @@ def test_the_lambda_optimizer_is_set_by_name_from_a_config():
     assert weighting.meta_optimizer.param_groups[0]["lr"] == 2.5
     with pytest.raises(RegistryError, match=r"meta_optimizer.*\['adam', 'sgd'\].*'rmsprop'"):
         parse_method("auto-lambda", {"meta_optimizer": "rmsprop"})
-    with pytest.raises(ValueError, match=r"meta_optimizer must be one of \['adam', 'sgd'\], got 'rmsprop'"):
+    expected = r"AutoLambda's option meta_optimizer must be one of \['adam', 'sgd'\] or a callable, got 'rmsprop'"
+    with pytest.raises(ValueError, match=expected):
         dm.AutoLambda(meta_optimizer="rmsprop")
 
 
@@ -199,3 +204,51 @@ def test_smoothing_is_the_moving_average_of_the_per_batch_weights():
         ema = raw if ema is None else beta * ema + (1 - beta) * raw
         assert torch.allclose(got.weights, ema, atol=1e-12) and torch.allclose(info.weights, ema, atol=1e-12)
     assert not torch.allclose(raw, ema)  # the smoothing did something
+
+
+def _ascend(negative: float, steps: int):
+    """A run whose λ of aux2 is held at ``negative`` (λ's own learning rate is tiny)."""
+    from dynamtl.weighting.auto_lambda import NegativeLambdaWarning
+
+    weighting = dm.AutoLambda(primary="main", init=1.0, lr=1e-12)
+    torch.manual_seed(0)
+    model = Net().double()
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)),
+                       torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), weighting=weighting)
+    mtl.step(_batch(0), meta_batch=_batch(1000))
+    with torch.no_grad():
+        weighting.lambdas.copy_(torch.tensor([1.0, 1.0, negative]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        infos = [mtl.step(_batch(s), meta_batch=_batch(1000 + s)) for s in range(1, steps)]
+    return [w for w in caught if issubclass(w.category, NegativeLambdaWarning)], infos
+
+
+def test_a_negative_lambda_whose_loss_explodes_is_named_once_while_the_loss_is_finite():
+    named, infos = _ascend(-3.0, 30)
+    losses = [float(info.losses[2]) for info in infos]
+    assert all(math.isfinite(v) for v in losses) and max(losses) > 100 * losses[0]  # finite, but exploding
+    assert len(named) == 1
+    assert re.search(r"task 'aux2' has λ = -3 < 0 since step 2 \(1-based\), and its training loss grew from "
+                     r"\S+ to \S+ by step \d+: a negative λ ascends .*nonnegative=True", str(named[0].message))
+    step = int(re.search(r"by step (\d+)", str(named[0].message)).group(1))
+    assert losses[step - 2] > 100 * losses[0] and max(losses[: step - 2]) <= 100 * losses[0]  # at the first such step
+
+
+def test_a_small_negative_lambda_whose_loss_does_not_explode_is_not_named():
+    named, infos = _ascend(-1e-3, 30)
+    assert named == []
+    assert min(float(info.weights[2]) for info in infos) < 0
+
+
+def test_a_non_finite_loss_with_a_negative_lambda_names_it():
+    weighting = dm.AutoLambda(primary="main", init=0.1, lr=1e-2)
+    model, _ = _run(weighting, 2)
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)),
+                       torch.optim.SGD(model.parameters(), lr=0.1), weighting=weighting)
+    with torch.no_grad():
+        weighting.lambdas.copy_(torch.tensor([0.3, -0.4, 0.1]))  # |λ| small: only its sign can explain
+    x, y = _batch(7)
+    with pytest.raises(NonFiniteLossError, match=r"Auto-Lambda's λ is negative for \['aux1'\] \(λ: main=0\.3, "
+                       r"aux1=-0\.4, aux2=0\.1; from 0\.1\): a negative λ ascends .*nonnegative=True"):
+        mtl.step((x * float("inf"), y), meta_batch=_batch(8))

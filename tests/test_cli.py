@@ -211,3 +211,28 @@ def test_an_incomplete_data_folder_surfaces_the_loader_message(tmp_path):
     assert code == 1
     assert f"cannot load the data of benchmark 'census' from {tmp_path}" in output
     assert "'census-income.test' (plain or .gz) missing from" in output
+
+
+def test_a_runs_own_config_json_with_list_and_table_options_trains_again(tmp_path):
+    """A run's config.json records list options as lists ("pref": [1.0, 2.0]) and tables as
+    tables; given back as --config it trains with the same options, and a TOML config may
+    write them so too (each value parsed by the type its option declares)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    cli("train", *TINY, "--method", "upgrad", "--option", "pref=1,2", "--threads", "1", "--out", str(first))
+    cli("train", "--config", str(first / "config.json"), "--quiet", "--threads", "1", "--out", str(second))
+    saved = [json.loads((run / "config.json").read_text()) for run in (first, second)]
+    assert saved[0]["options"]["pref"] == [1.0, 2.0] and saved[1]["options"] == saved[0]["options"]
+    config = tmp_path / "static.toml"
+    config.write_text('benchmark = "drift"\nmethod = "static+upgrad"\nlimit = 128\nbatch_size = 64\nepochs = 1\n'
+                      "[options]\npref = [1, 2.5]\n[options.weights]\nmain = 1.0\naux = 0.5\n")
+    third = tmp_path / "third"
+    cli("train", "--config", str(config), "--quiet", "--threads", "1", "--out", str(third))
+    options = json.loads((third / "config.json").read_text())["options"]
+    assert options["pref"] == [1.0, 2.5] and options["weights"] == {"main": 1.0, "aux": 0.5}
+
+
+def test_a_config_refuses_option_values_no_option_takes(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('benchmark = "drift"\nmethod = "upgrad"\n[options]\npref = [[1.0], [2.0]]\n')
+    code, output = invoke("train", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert code == 2 and "pref" in output and not (tmp_path / "run").exists(), output

@@ -1015,3 +1015,272 @@ def test_an_exception_while_training_gives_a_nonzero_exit_status(command, tmp_pa
                             timeout=300, env=env, check=False)
     assert result.returncode != 0, result.stdout + result.stderr
     assert "injected failure in a step" in result.stderr
+
+
+# ------------------------------------------------- options that name parameters of the model
+
+MODEL_OPTIONS = [(kind, name, option) for kind, name, m in registered()
+                 for option in getattr(m.factory, "parameter_options", ())]
+
+
+def test_the_options_naming_model_parameters_are_declared():
+    """Audit: an option that names parameters of the model is declared in
+    ``parameter_options`` (so it is checked before training); today GradNorm's layer."""
+    assert MODEL_OPTIONS == [("weighting", "gradnorm", "layer")]
+    for kind, name, option in MODEL_OPTIONS:
+        assert option in method_of(kind, name).options
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), MODEL_OPTIONS)
+def test_an_option_naming_no_parameter_of_the_model_is_refused_when_the_model_is_known(kind, name, option):
+    import lightning  # noqa: F401  (the Lightning module checks it at construction too)
+
+    from dynamtl.lightning import MultiTaskModule
+
+    cls = method_of(kind, name).factory.__name__
+    expected = rf"{cls}'s option {option} names \['zz'\], which the model has no trainable parameter.*trunk\.0\.weight"
+    with pytest.raises(ValueError, match=expected):
+        multitask(make(method_of(kind, name), **{option: "zz"}))
+    with pytest.raises(ValueError, match=expected):
+        multitask(make(method_of(kind, name), **{option: ["trunk.0.weight", "zz"]}))
+    with pytest.raises(ValueError, match=expected):
+        role = "aggregation" if kind == "aggregation" else "weighting"
+        MultiTaskModule(net(0), dm.Tasks(dict.fromkeys(("a", "b"), masked_mse)),
+                        lambda p: torch.optim.SGD(p, lr=0.1), **{role: make(method_of(kind, name), **{option: "zz"})})
+    with pytest.raises(ValueError, match=rf"{cls}'s option {option}"):
+        make(method_of(kind, name), **{option: ""})
+    multitask(make(method_of(kind, name), **{option: "trunk.0.weight"}))
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize(("kind", "name", "option"), MODEL_OPTIONS)
+def test_the_command_line_refuses_an_option_naming_no_parameter_before_training(kind, name, option, command,
+                                                                                  tmp_path):
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    out = tmp_path / "run"
+    method = ["--method", name] if command == "train" else ["--methods", name, "--seeds", "0", "--jobs", "1"]
+    for value in ("zz", ""):
+        result = CliRunner().invoke(main, [command, "--benchmark", "drift", *method, "--option", f"{option}={value}",
+                                           "--epochs", "1", "--limit", "64", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"option {option} " in result.output and ("['zz']" in result.output or "['']" in result.output)
+        assert not out.exists()
+
+
+# ------------------------------------------------------------------------- huge integers
+
+@pytest.mark.parametrize(("kind", "name", "option"), NUMERIC)
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_huge_integer_is_refused_naming_method_option_and_range(kind, name, option, sign):
+    """No OverflowError: an integer too large for a float option, or outside the 64-bit range
+    of an integer option, gets the usual message."""
+    cls = method_of(kind, name).factory.__name__
+    for value in (sign * 10**400, sign * 2**70):
+        if abs(value) == 2**70 and "float" in alternatives(parameters(method_of(kind, name))[option]):
+            continue  # a float option takes 2**70 where its range does
+        with pytest.raises(ValueError, match=rf"{cls}'s option {option} must be .*got "):
+            make(method_of(kind, name), **{option: value})
+
+
+@pytest.mark.parametrize("arguments", [["--method", "upgrad", "--option", "max_iters=1" + "0" * 400],
+                                       ["--method", "cagrad", "--option", "c=1" + "0" * 400],
+                                       ["--method", "rlw", "--seed", str(10**23)]])
+def test_the_command_line_refuses_a_huge_integer_with_exit_2(arguments, tmp_path):
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--benchmark", "drift", *arguments, "--epochs", "1", "--limit", "64",
+                                       "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert re.search(r"(max_iters|option c|seed) must be", result.output), result.output
+    assert not out.exists()
+
+
+# ------------------------------------------------------------ relative task weights (pref)
+
+WEIGHT_OPTIONS = [(kind, name, option) for kind, name, m in registered()
+                  for option in getattr(m.factory, "weight_options", ())]
+
+
+def test_every_preference_like_option_is_declared_as_relative_weights():
+    """Audit: every per-task option that weighs the tasks against each other (a preference)
+    is declared in ``weight_options``, so each refuses negatives, all zeros and emptiness."""
+    preferences = {(k, n, o) for k, n, o in PER_TASK_LISTS + PER_TASK_MAPS if o in ("pref", "preference")}
+    assert preferences == set(WEIGHT_OPTIONS)
+    assert ("aggregation", "aligned-mtl", "pref") in preferences and len(preferences) == 5
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), WEIGHT_OPTIONS)
+def test_relative_task_weights_are_non_negative_and_not_all_zero(kind, name, option):
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    mapping = (kind, name, option) in PER_TASK_MAPS
+
+    def given(values):
+        return dict(zip(TASKS, values)) if mapping else values
+
+    with pytest.raises(ValueError, match=rf"{cls}'s option {option} must hold numbers >= 0"):
+        make(method, **{option: given([-1.0, 1.0])})
+    for values in ([0.0, 0.0], []):
+        with pytest.raises(ValueError, match=rf"{cls}'s option {option} holds relative task weights: .*not all 0"):
+            make(method, **{option: given(values)})
+    make(method, **{option: given([0.0, 1.0, 2.0])})
+
+
+@pytest.mark.parametrize("kind", ["train", "compare"])
+def test_the_command_line_refuses_a_negative_aligned_mtl_preference(kind, tmp_path):
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    out = tmp_path / "run"
+    method = ["--method", "aligned-mtl"] if kind == "train" else ["--methods", "aligned-mtl", "--seeds", "0"]
+    for value in ("-1,1", "0,0"):
+        result = CliRunner().invoke(main, [kind, "--benchmark", "drift", *method, "--option", f"pref={value}",
+                                           "--epochs", "1", "--limit", "64", "--out", str(out)])
+        assert result.exit_code == 2 and "AlignedMTL's option pref" in result.output, result.output
+        assert not out.exists()
+
+
+def test_graddrop_leak_takes_any_one_number_kind_and_checks_each_value():
+    assert dm.GradDrop(leak=torch.tensor(0.5)).leak == 0.5
+    assert dm.GradDrop(leak=np.float64(0.25)).leak == 0.25
+    with pytest.raises(ValueError, match=r"GradDrop's option leak must hold numbers in \[0, 1\]"):
+        dm.GradDrop(leak=np.int64(3))
+    with pytest.raises(ValueError, match=r"GradDrop's option leak must hold numbers in \[0, 1\]"):
+        dm.GradDrop(leak=[0.2, 1.5])
+
+
+# ------------------------------------------------------- choices and callables, from their types
+
+def choice_options():
+    """(kind, name, option, choices, takes_callable) of every option typed only by Literal
+    choices and callables (and None)."""
+    import collections.abc
+    import typing
+
+    found = []
+    for kind, name, method in registered():
+        hints = typing.get_type_hints(method.factory.__init__)
+        for option in method.options:
+            hint = hints[option]
+            parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+            parts = [p for p in parts if p is not type(None)]
+            choices = [c for p in parts if typing.get_origin(p) is typing.Literal for c in typing.get_args(p)]
+            callables = [p for p in parts if typing.get_origin(p) is collections.abc.Callable]
+            if parts and len(callables) + sum(typing.get_origin(p) is typing.Literal for p in parts) == len(parts):
+                found.append((kind, name, option, tuple(choices), bool(callables)))
+    return found
+
+
+CHOICES = choice_options()
+
+
+def test_the_choice_options_are_found():
+    names = {(n, o) for _, n, o, _, _ in CHOICES}
+    assert {("auto-lambda", "meta_optimizer"), ("gcs", "variant"), ("hydalearn", "gain"),
+            ("aligned-mtl", "scale"), ("mgda", "solver")} <= names
+
+
+@pytest.mark.parametrize(("kind", "name", "option", "choices", "takes_callable"), CHOICES)
+def test_a_choice_option_refuses_anything_else_naming_class_option_and_choices(kind, name, option, choices,
+                                                                                takes_callable):
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    expected = rf"{cls}'s option {option} must be " + ("one of " + re.escape(repr(list(choices))) if
+                                                      choices else "a callable")
+    with pytest.raises(ValueError, match=expected):
+        make(method, **{option: "nosuch"})
+    for wrong in (3, math.nan, np.array([0.5, 0.5]), [choices[0]] if choices else [1]):
+        with pytest.raises(TypeError, match=expected):
+            make(method, **{option: wrong})
+    for right in choices:
+        make(method, **{option: right})
+    if takes_callable:
+        make(method, **{option: lambda params: torch.optim.SGD(params, lr=0.1)})
+
+
+def test_the_command_line_message_for_a_name_lists_the_names_only(tmp_path):
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    result = CliRunner().invoke(main, ["train", "--benchmark", "drift", "--method", "auto-lambda", "--mode",
+                                       "auxiliary", "--option", "meta_optimizer=3", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "must be one of ['adam', 'sgd'], got '3'" in result.output, result.output
+    assert "cannot give" not in result.output
+
+
+# ------------------------------------------------------------------------------- repr, exact
+
+WRAPPERS = {"0-d tensor": lambda v: torch.tensor(v, dtype=torch.float64), "numpy": np.float64}
+
+
+def assert_exact_repr(method, forbidden=("tensor(", "np.", "array(")):
+    shown = repr(method)
+    assert not any(f in shown for f in forbidden), shown
+    again = eval(shown, vars(dm))
+    assert repr(again) == shown
+
+
+@pytest.mark.parametrize("wrap", list(WRAPPERS))
+@pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_LISTS + PER_TASK_MAPS)
+def test_numbers_inside_per_task_options_are_shown_as_python_numbers(kind, name, option, wrap):
+    values = [WRAPPERS[wrap](v) for v in (0.123456, 0.5, 0.75)]
+    given = dict(zip(TASKS, values)) if (kind, name, option) in PER_TASK_MAPS else values
+    method = make(method_of(kind, name), **{option: given})
+    assert_exact_repr(method)
+    assert "0.123456" in repr(method)  # not rounded to 4 decimals
+
+
+@pytest.mark.parametrize("wrap", list(WRAPPERS))
+@pytest.mark.parametrize(("kind", "name", "option"), FLOATS)
+def test_a_float_option_given_as_numpy_or_tensor_has_an_exact_repr(kind, name, option, wrap):
+    default = method_of(kind, name).option_defaults()[option]
+    if not isinstance(default, float):
+        pytest.skip("no default number to wrap")
+    assert_exact_repr(make(method_of(kind, name), **{option: WRAPPERS[wrap](default)}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("weighting", n) for n in WEIGHTINGS] + [("aggregation", n) for n in AGGREGATIONS]
+)
+def test_one_method_object_for_two_task_sets_is_refused_even_after_the_first_run_is_gone(kind, name):
+    """Its state (λ, histories, tracked gradients, smoothed weights) is per task: a second
+    MultiTask with other tasks cannot take it over, as a weighting cannot."""
+    method = build(kind, name, ("a", "b"))
+    first = net(0, names=("a", "b"))
+    dm.MultiTask(first, dm.Tasks(dict.fromkeys(("a", "b"), masked_mse)), torch.optim.SGD(first.parameters(), lr=0.1),
+                 **{kind: method})
+    second = net(1)
+    bound = rf"{type(method).__name__} is bound to tasks \['a', 'b'\], not \['a', 'b', 'c'\]"
+    with pytest.raises(ValueError, match=bound):
+        dm.MultiTask(second, dm.Tasks(dict.fromkeys(TASKS, masked_mse)), torch.optim.SGD(second.parameters(), lr=0.1),
+                     **{kind: method})
+
+
+@pytest.mark.parametrize("inner", ["upgrad", "mgda"])
+def test_a_composed_aggregation_is_bound_with_what_it_composes(inner):
+    smoothed = dm.CRMOGM(build("aggregation", inner, ("a", "b")))
+    smoothed.bind(("a", "b"))
+    with pytest.raises(ValueError, match=r"is bound to tasks \['a', 'b'\], not \['a', 'b', 'c'\]"):
+        dm.CRMOGM(smoothed.aggregation).bind(TASKS)
+
+
+INTS = options_annotated(lambda a: alternatives(a) - {"None"} == {"int"})
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), INTS)
+def test_an_int_option_given_a_tensor_says_to_write_a_python_int(kind, name, option):
+    """Int options are counts and seeds used as Python ints: a 0-d integer tensor is refused
+    with the corrected call (NumPy integers, which are ints to Python's number tower, pass)."""
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    default = inspect.signature(method.factory.__init__).parameters[option].default
+    value = default if isinstance(default, int) else 1
+    expected = rf"{cls}'s option {option} must be an integer.*write {cls}\({option}={value}\)"
+    with pytest.raises(TypeError, match=expected):
+        make(method, **{option: torch.tensor(value)})
+    make(method, **{option: np.int64(value)})

@@ -79,3 +79,62 @@ def test_the_weights_do_not_depend_on_the_scale_of_the_gradients(scale):
         j = rows(seed, scale=(1.0, 3.0, 0.3)).repeat(1, 200)  # raw risks of order 100
         torch.testing.assert_close(scaled.update(scale * j), reference.update(j), rtol=1e-3, atol=1e-8)
     assert float(reference.probabilities.min()) > 0.05
+
+
+def test_a_zero_first_risk_is_no_baseline_yet():
+    """A task whose first present step has a zero gradient (an unlabelled batch under a
+    masked-mean loss) takes no baseline then: it keeps its p while the others move, and takes
+    its baseline on its first non-zero step (no step for it then); p stays away from 0."""
+    w = dm.ExcessMTL(step_size=1.0)
+    for seed in (0, 1):
+        r = rows(seed)
+        r[1] = 0
+        p = w.update(r)
+        assert p[1] == pytest.approx(1 / 3, abs=1e-15), p  # b has no baseline: keeps its p
+    assert not torch.allclose(p, torch.full_like(p, 1 / 3))  # a and c moved on the second step
+    assert torch.isnan(w.baseline[1])
+    for seed in (2, 3):
+        p = w.update(rows(seed))
+        assert torch.isfinite(p).all() and torch.all(p > 0.05), p
+        assert p.sum() == pytest.approx(1.0)
+    assert w.baseline[1] > 0
+
+
+def test_a_zero_warmup_mean_is_no_baseline_yet():
+    w = dm.ExcessMTL(step_size=1.0, warmup=2)
+    for k in range(2):
+        r = rows(10 + k)
+        r[2] = 0
+        w.update(r)
+    p = w.update(rows(1))
+    assert torch.isfinite(w.baseline[2]) and w.baseline[2] > 0  # taken on its first non-zero step
+    assert torch.all(p > 0.05), p
+
+
+def test_p_never_reaches_zero_or_nan_even_with_absent_tasks():
+    """A tiny baseline then a normal step makes a huge r̃: p would underflow to exactly 0 and,
+    once the leading task is absent, the others' p would be 0/0."""
+    w = dm.ExcessMTL(step_size=1.0)
+    w.update(rows(0, scale=(1.0, 1e-30, 1.0)))
+    p = w.update(rows(1))
+    assert torch.all(p > 0) and torch.isfinite(p).all(), p
+    here = torch.tensor([True, False, True])
+    for seed in range(2, 5):
+        p = w.update(rows(seed, scale=(1.0, 0.0, 1.0)), here)
+        assert torch.all(p > 0) and torch.isfinite(p).all(), p
+
+
+def test_in_training_an_unlabelled_first_batch_does_not_hand_all_weight_to_that_task(make_model, make_batch):
+    def masked_mse(pred, y):
+        mask = ~torch.isnan(y)
+        return (((pred - y.nan_to_num()) ** 2) * mask).sum() / mask.sum().clamp(min=1)
+    torch.manual_seed(0)
+    model = make_model(("a", "b", "c"))
+    mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys("abc", masked_mse)),
+                       torch.optim.SGD(model.parameters(), lr=0.01), weighting=dm.ExcessMTL())
+    for k in range(4):
+        x, ys = make_batch(("a", "b", "c"), seed=k)
+        if k == 0:
+            ys["b"] = torch.full_like(ys["b"], float("nan"))
+        info = mtl.step((x, ys))
+        assert all(0.5 < v < 1.5 for v in info.weights.tolist()), (k, info.weights)

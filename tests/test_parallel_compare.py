@@ -263,3 +263,48 @@ def test_submitit_with_two_workers_gives_the_local_table(tmp_path):
     assert jobs.markdown == local.markdown and jobs.csv == local.csv
     assert (tmp_path / "submitit" / "table.md").read_bytes() == (tmp_path / "local" / "table.md").read_bytes()
     assert len(list((tmp_path / "submitit" / "submitit").glob("*_result.pkl"))) == 6  # one job per run
+
+
+def _events(run: Path, name: str) -> list[dict]:
+    path = run / "events.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [e for e in (json.loads(line) for line in lines if line.endswith("}")) if e["event"] == name]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists the worker processes from /proc")
+def test_sigusr1_to_compare_checkpoints_every_worker_and_sigterm_stops_it_as_ctrl_c_does(tmp_path):
+    """The only PID a user sees is compare's: SIGUSR1 to it is passed on to the workers,
+    each of whose runs checkpoints and goes on; SIGTERM (``kill``, ``timeout``, SLURM)
+    checkpoints and stops the workers, and says to run the same command again."""
+    out = tmp_path / "comparison"
+    args = ["compare", "--benchmark", "drift", "--limit", "6000", "--batch-size", "8", "--epochs", "40",
+            "--checkpoint-every", "100", "--methods", "equal,dwa", "--seeds", "0", "--threads", "1", "--jobs", "2",
+            "--quiet", "--out", str(out)]  # runs long enough to be stopped, as both start (one may start late)
+    parent = subprocess.Popen([sys.executable, "-m", "dynamtl.cli", *args], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(runs := [p.parent.parent for p in out.rglob("checkpoints/last.pt")]) < 2:  # both are training
+            assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
+            time.sleep(0.2)
+        workers = _descendants(parent.pid)
+        os.kill(parent.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        while not all(any(e["reason"] == "signal" for e in _events(run, "checkpoint")) for run in runs):
+            assert parent.poll() is None, parent.communicate()  # not killed by it
+            assert time.monotonic() < deadline, "no run checkpointed on SIGUSR1"
+            time.sleep(0.2)
+        os.kill(parent.pid, signal.SIGTERM)
+        stdout, stderr = parent.communicate(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert parent.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert "SIGUSR1 passed on to 2 worker process(es)" in stderr
+    assert "interrupted: run the same command again to go on" in stderr and "Traceback" not in stderr
+    alive = _still_running(workers, seconds=10)
+    assert not alive, f"outlived SIGTERM: {alive}"
+    for run in runs:  # each run checkpointed and stopped; none went on alone
+        assert [e["reason"] for e in _events(run, "stop")] == ["SIGTERM"]
+        assert not (run / "results.json").exists()

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -261,6 +262,55 @@ def test_flipped_bytes_in_the_model_weights_are_caught_naming_the_file_and_offer
     assert (run / "checkpoints" / "last.damaged.pt").read_bytes() == bytes(data)  # kept for inspection
     ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
     assert without_seconds(ours) == without_seconds(theirs)
+
+
+def flip_bytes(path: Path) -> None:
+    """Flip 16 bytes in the middle of ``path`` (it then fails its checksum)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
+def test_a_missing_last_checkpoint_falls_back_to_the_previous_one_saying_so(run, reference):
+    checkpoints = run / "checkpoints"
+    (checkpoints / "last.pt").unlink()
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"{checkpoints / 'last.pt'} is missing: resuming from {checkpoints / 'previous.pt'}" in result.stderr
+    resumed = next(e for e in records(run / "events.jsonl") if e["event"] == "resume")
+    assert resumed["checkpoint"] == "previous" and resumed["step"] == PER_EPOCH
+    assert not any(e["event"] == "start" for e in records(run / "events.jsonl")[1:])  # not started over
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+
+def test_with_both_checkpoints_damaged_nothing_is_renamed_and_the_message_gives_a_way_on(run):
+    checkpoints = run / "checkpoints"
+    for name in ("last.pt", "previous.pt"):
+        flip_bytes(checkpoints / name)
+    damaged = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    result = cli("resume", str(run), "--checkpoint", "previous", "--quiet")
+    assert result.returncode == 1 and f"the checkpoint {checkpoints / 'previous.pt'} is damaged" in result.stderr
+    assert f"No intact checkpoint is left: delete {run} and train it anew" in result.stderr
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == damaged  # last.pt not set aside
+    result = cli("resume", str(run), "--quiet")  # so the next resume does not silently start over
+    assert result.returncode == 1 and f"the checkpoint {checkpoints / 'last.pt'} is damaged" in result.stderr
+    assert not (run / "results.json").exists()
+
+
+def test_a_run_without_any_checkpoint_starts_over_saying_so(tmp_path):
+    run = tmp_path / "run"
+    tiny = [*RUN[:RUN.index("--limit")], "--limit", "64", "--batch-size", "16", "--epochs", "1", "--threads", "1",
+            "--quiet"]
+    assert cli("train", *tiny, "--out", str(run), "--checkpoint-every", "2").returncode == 0
+    (run / "results.json").unlink()
+    shutil.rmtree(run / "checkpoints")
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (f"no usable checkpoint in {run / 'checkpoints'} (no last.pt or previous.pt): starting the run over "
+            "from step 0") in result.stderr
+    assert [e["event"] for e in records(run / "events.jsonl")].count("start") == 2
 
 
 RECORD_DAMAGE = {
@@ -531,7 +581,130 @@ def test_readers_of_the_logs_name_a_bad_line_instead_of_crashing(interrupted, tm
     (run / "steps.jsonl").write_text("".join(lines[:5]) + '{"step": 6, "weig\n' + "".join(lines[6:]))
     with caplog.at_level("WARNING", logger="dynamtl"):
         assert len(plot_run(run)) == 2
-    assert f"{run / 'steps.jsonl'}: left out 1 damaged line(s) (line 6)" in caplog.text
+    assert f"{run / 'steps.jsonl'}: left out 1 damaged line(s) (line 6: not JSON)" in caplog.text
+
+
+def edit_lines(path: Path, edit) -> list[str]:
+    """Rewrite the log ``path`` with ``edit(lines)`` (its lines, newlines kept) as a user's
+    editor or a bad copy would; return the lines as they were."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(edit(list(lines))))
+    return lines
+
+
+def swapped(lines: list[str], a: int, b: int) -> list[str]:
+    lines[a], lines[b] = lines[b], lines[a]
+    return lines
+
+
+def with_weight(line: str, value: object) -> str:
+    record = json.loads(line)
+    record[next(k for k in record if k.startswith("weight/"))] = value
+    return json.dumps(record) + "\n"
+
+
+GARBAGE = "@@@garbage@@@ " * 40 + "\n"
+STEP_LOG_DAMAGE = {  # what is done to steps.jsonl (0-based line = step - 1): (edit, steps lost, report)
+    "a line duplicated": (lambda ls: ls[:20] + ls[19:], [], "held 1 duplicate record(s), dropped"),
+    "a long garbage line inserted": (lambda ls: [*ls[:29], GARBAGE, *ls[29:]], [], "had 1 damaged line(s), dropped"),
+    "one line garbled": (lambda ls: [*ls[:29], "@@@garbage@@@\n", *ls[30:]], [30], "had 1 damaged line(s)"),
+    "two lines swapped": (lambda ls: swapped(ls, 20, 21), [], "had records out of step order, put in order"),
+    "a weight of the wrong type": (lambda ls: [*ls[:4], with_weight(ls[4], "abc"), *ls[5:]], [5],
+                                   "had 1 damaged line(s)"),
+    "a step that is not a number": (lambda ls: [*ls[:9], ls[9].replace('"step": 10,', '"step": "10",'), *ls[10:]],
+                                    [10], "had 1 damaged line(s)"),
+    "cut mid-line while writing after the checkpoint": (lambda ls: [*ls[:-1], ls[-1][:15]], [], None),
+}
+
+
+@pytest.mark.parametrize("damage", list(STEP_LOG_DAMAGE))
+def test_a_damaged_step_log_is_rebuilt_by_parsing_keeping_every_intact_record_in_order(run, damage):
+    """Every intact record of steps 1…N is kept, once, in step order, whatever lies around
+    it; only the lines that really are bad are counted (not a byte offset's cut)."""
+    from dynamtl.train.folder import RunFolder
+    from dynamtl.train.logs import RunLog
+
+    edit, lost, report = STEP_LOG_DAMAGE[damage]
+    steps = run / "steps.jsonl"
+    saved = load(run / "checkpoints" / "previous.pt")["position"]  # (resume --checkpoint previous)
+    intact = [r for r in records(steps) if r["step"] <= saved["step"]]
+    assert len(records(steps)) > saved["step"]  # records after the checkpoint, to be left out
+    edit_lines(steps, edit)
+    log = RunLog(RunFolder(run), True, saved["step"], saved["epoch"])
+    log.close()
+    assert [r["step"] for r in records(steps)] == [s for s in range(1, saved["step"] + 1) if s not in lost]
+    assert records(steps) == [r for r in intact if r["step"] not in lost]
+    assert steps.read_text().endswith("}\n")
+    if report is None:
+        assert log.repairs == []
+    else:
+        assert len(log.repairs) == 1 and report in log.repairs[0], log.repairs
+        assert ("are lost" in log.repairs[0]) == bool(lost)
+        assert f"steps {lost[0]} are lost" in log.repairs[0] if lost else True
+
+
+@pytest.mark.parametrize("damage", ["cut mid-line", "deleted", "a garbled line"])
+def test_a_damaged_event_log_is_rebuilt_and_the_next_record_starts_on_a_fresh_line(run, damage):
+    from dynamtl.train.folder import RunFolder
+    from dynamtl.train.logs import RunLog
+
+    events = run / "events.jsonl"
+    before = events.read_bytes()
+    if damage == "cut mid-line":
+        events.write_bytes(before[:-20])
+    elif damage == "deleted":
+        events.unlink()
+    else:
+        edit_lines(events, lambda ls: [*ls[:1], "{oops\n", *ls[1:]])
+    saved = load(run / "checkpoints" / "last.pt")["position"]
+    log = RunLog(RunFolder(run), True, saved["step"], saved["epoch"])
+    log.event("resume", step=saved["step"])
+    log.close()
+    lines = events.read_text().splitlines(keepends=True)
+    assert all(line.endswith("}\n") for line in lines) and json.loads(lines[-1])["event"] == "resume"
+    intact = [json.loads(line) for line in before.decode().splitlines(keepends=True) if line.endswith("}\n")]
+    kept = intact[:-1] if damage == "cut mid-line" else [] if damage == "deleted" else intact
+    assert [json.loads(line) for line in lines[:-1]] == kept
+    assert len(log.repairs) == 1 and str(events) in log.repairs[0]
+    assert ("is missing" if damage == "deleted" else "had 1 damaged line(s)") in log.repairs[0]
+
+
+def test_a_resumed_run_reports_the_repair_of_a_duplicated_and_reordered_log_and_ends_equal(run, reference):
+    steps = run / "steps.jsonl"
+    edit_lines(steps, lambda ls: swapped(ls[:20] + ls[19:], 30, 31))
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    repair = next(line for line in result.stderr.splitlines() if str(steps) in line)
+    assert "held 1 duplicate record(s)" in repair and "out of step order" in repair and "lost" not in repair
+    assert "damaged" not in repair
+    assert [r["step"] for r in records(steps)] == list(range(1, 2 * PER_EPOCH + 1))
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+
+def test_every_reader_of_the_logs_names_a_value_of_the_wrong_type_instead_of_crashing(interrupted, tmp_path,
+                                                                                      caplog):
+    """``compare``'s controls, the noise share, ``plot`` and scripts/claims.py read a log
+    whose weight is a string: each names the file and the line, none crashes."""
+    from dynamtl.report.shares import helper_share
+    from dynamtl.train.controls import read_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    steps = run / "steps.jsonl"
+    edit_lines(steps, lambda ls: [*ls[:4], with_weight(ls[4], "abc"), *ls[5:], "@@garbage\n"])
+    spec = importlib.util.spec_from_file_location("claims", Path(__file__).parent.parent / "scripts" / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    expected = f"{steps}: left out 2 damaged line(s) (line 5: 'weight/main' is \"abc\", not a number; line "
+    for read in (read_weights, lambda r: helper_share(r, "noise"), claims.steps):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dynamtl"):
+            assert read(run) is not None
+    assert len(claims.steps(run)) == len(records(steps)) - 1
+    result = cli("plot", str(run))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(expected) == 1, result.stderr  # once, not once per figure
 
 
 # --- one writer per run folder ---------------------------------------------------------------
@@ -543,7 +716,8 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(run, refe
         holder = run / ".lock.holder"
         wait_for(lambda: holder.exists() and json.loads(holder.read_text() or "{}").get("pid") == first.pid, first,
                  "the first process to take the lock")
-        first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run, for as long as the others take
+        with FileLock(str(run / ".lock.gate"), timeout=60):  # it has let go of the gate, holder written
+            first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run, for as long as the others take
         kept = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
         others = {"resume": cli("resume", str(run), "--quiet"),
                   "resume --checkpoint previous": cli("resume", str(run), "--checkpoint", "previous", "--quiet"),
@@ -706,6 +880,85 @@ def test_a_read_only_run_folder_gives_one_line_naming_it(run, tmp_path):
         f"{sys.executable} -m dynamtl.cli resume {run} --quiet"
     )
     assert f"in {run}: the file system is read-only" in one_error_line(result)
+
+
+def test_a_file_size_limit_is_named_as_such_with_its_remedy_and_the_next_step(run):
+    """``ulimit -f`` (RLIMIT_FSIZE) below a checkpoint's size: one line that says so, not
+    "make room"; the staged file removed, the last checkpoint kept."""
+    import resource
+
+    checkpoints = run / "checkpoints"
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    limit = (checkpoints / "last.pt").stat().st_size // 2
+    assert limit > (run / "steps.jsonl").stat().st_size  # the logs can be rebuilt
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "dynamtl.cli", "resume", str(run), "--quiet"], env=ENV,
+                            capture_output=True, text=True, timeout=600, check=False, preexec_fn=limited)
+    line = one_error_line(result)  # (the first file to reach the limit: a log or the checkpoint)
+    limit_reached = rf"Error: cannot write \S+ in {re.escape(str(run))}\S*: the file-size limit is reached \(ulimit -f"
+    assert re.match(limit_reached, line), line
+    assert "make room" not in line and "raise the file-size limit" in line
+    assert line.endswith(f"then continue with `{DYNAMTL} resume {run}`")
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before  # nothing staged, nothing lost
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the TensorBoard writer is not installed")
+def test_a_tensorboard_writer_that_cannot_write_is_turned_off_in_one_line_without_thread_tracebacks(tmp_path):
+    """A file-size limit that the TensorBoard event file (the largest log) reaches first:
+    one warning and the run goes on, until steps.jsonl reaches it too (one error line)."""
+    import resource
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12 * 1024, 12 * 1024))
+
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "dynamtl.cli", "train", *RUN, "--out", str(run)], env=ENV,
+                            capture_output=True, text=True, timeout=600, check=False, preexec_fn=limited)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("torch threads")]
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(f"TensorBoard logs are off: cannot write tensorboard in {run}: the file-size limit")
+    assert lines[1].startswith(f"Error: cannot write steps.jsonl in {run}: the file-size limit is reached")
+    assert len(records(run / "steps.jsonl")) > 20  # the run went on after TensorBoard stopped
+
+
+def test_a_file_in_the_way_of_plots_or_tensorboard_is_one_line_and_a_finished_run_exits_0(run, reference):
+    (run / "plots").write_text("x")
+    shutil.rmtree(run / "tensorboard", ignore_errors=True)
+    (run / "tensorboard").write_text("x")
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert sum(f"cannot write plots in {run}: a file is in the way of a folder" in line for line in lines) == 1
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert sum(f"TensorBoard logs are off: cannot write tensorboard in {run}: a file is in the way" in line
+                   for line in lines) == 1
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+    if importlib.util.find_spec("matplotlib") is not None:
+        line = one_error_line(cli("plot", str(run)))
+        assert line.startswith(f"Error: cannot write plots in {run}: a file is in the way of a folder")
+
+
+def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_tensorboard_writer(tmp_path):
+    run = tmp_path / "run"
+    process = start("train", *RUN, "--out", str(run))
+    try:
+        wait_for(lambda: len(records(run / "steps.jsonl")) >= 20, process, "step 20")
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert took < 3, f"{took:.1f} s: {stderr}"
+    assert "did not close" not in stderr and "Traceback" not in stderr
 
 
 # --- a broken config.json ------------------------------------------------------------------------

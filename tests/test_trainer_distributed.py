@@ -91,3 +91,35 @@ def test_each_process_takes_its_contiguous_rows() -> None:
     assert inputs.tolist() == [4, 5, 6, 7] and targets["main"].tolist() == [40, 50, 60, 70]
     with pytest.raises(ConfigError, match="a batch of 7 samples cannot be shared equally by 2 processes"):
         Processes(torch.device("cpu"), 0, 2).shard(torch.arange(7))
+
+
+def test_a_stopped_torchrun_run_says_once_how_to_continue_and_that_command_works(tmp_path: Path) -> None:
+    """SIGINT to torchrun (Ctrl-C): the stop message comes once, from rank 0, and suggests
+    the torchrun form of resume (a run resumes with its process count), which works."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["--benchmark", "drift", "--limit", "2048", "--epochs", "2", "--batch-size", "32", "--method",
+            "auto-lambda", "--quiet", "--out", str(run)]
+    process = subprocess.Popen([*TORCHRUN, "-m", "dynamtl.cli", "train", *args], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        steps = run / "steps.jsonl"
+        while not (steps.is_file() and len(steps.read_text().splitlines()) >= 10):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    told = [line for line in stderr.splitlines() if "Continue with:" in line]
+    assert len(told) == 1, stderr
+    assert told[0].endswith(f"Continue with: torchrun --nproc_per_node=2 -m dynamtl.cli resume {run}"), told
+    words = told[0].split("Continue with: torchrun ")[1].split()
+    assert words[:2] == ["--nproc_per_node=2", "-m"]
+    launch(*TORCHRUN, *words[1:])  # the suggested command (torchrun as this interpreter's module)
+    assert json.loads((run / "results.json").read_text())["steps"] == 128

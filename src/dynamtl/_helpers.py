@@ -7,9 +7,13 @@ importing the benchmark layer.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
+import types
+import typing
+from collections.abc import Callable as CallableABC
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -50,6 +54,11 @@ def _is_real(value: object) -> bool:
     if isinstance(value, Tensor):
         return value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_scalar(value: object) -> bool:
+    """One real number: a Python or NumPy number, or a 0-d tensor (not a list or a 1-D tensor)."""
+    return _is_real(value) and not (isinstance(value, Tensor) and value.dim() > 0)
 
 
 @dataclass(frozen=True)
@@ -104,10 +113,13 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
     The lengths and names, which need the tasks, are checked by :func:`check_task_arguments`.
     """
     ranges: Mapping[str, Interval] = getattr(cls, "option_ranges", {})
+    hints = _resolved_hints(cls)
     for name, value in arguments.items():
         parts, optional = _annotation_parts(annotations.get(name, inspect.Parameter.empty))
         if value is None and optional:
             continue
+        if name in hints:
+            _check_choice_or_callable(cls, name, value, hints[name])
         if len(parts) == 1 and (kind := next(iter(parts))) in _SCALARS:
             what, test = _SCALARS[kind]
             if not test(value):
@@ -116,13 +128,10 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
                     f"got {value!r} ({type(value).__name__}){_fix(cls, name, kind, value)}"
                 )
             if kind != "bool":
-                interval = ranges.get(name, FINITE if kind == "float" else None)
-                if interval is not None and float(value) not in interval:
-                    raise ValueError(
-                        f"{cls.__name__}'s option {name} must be {interval.words(kind == 'int')}, got {value!r}"
-                    )
+                _check_range(cls, name, value, kind, ranges.get(name, FINITE if kind == "float" else None))
         elif parts & _NUMBER_LISTS:
-            _check_number_list(cls, name, value, scalar="float" in parts)
+            values = _check_number_list(cls, name, value, scalar="float" in parts)
+            _check_values(cls, name, value, values, ranges.get(name))
         elif parts & _NAME_LISTS:
             if not (isinstance(value, str) and "str" in parts) and not (
                 isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
@@ -138,6 +147,80 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
                 f"{cls.__name__}({name}={{'a': 1.0, 'b': 0.5}}) (on the command line {name}=a:1,b:0.5), "
                 f"got {type(value).__name__} {value!r}"
             )
+        elif parts & _NUMBER_MAPS:
+            _check_values(cls, name, value, [float(v) for v in value.values()], ranges.get(name))
+
+
+def _check_values(cls: type, name: str, value: Any, values: list[float], interval: Interval | None) -> None:
+    """The values of a per-task option (a list or a mapping): each in the option's declared
+    ``interval``, and, for the relative weights a class names in ``weight_options``, not
+    empty and not all 0."""
+    if interval is not None and not all(v in interval for v in values):
+        raise ValueError(f"{cls.__name__}'s option {name} must hold numbers {interval.words()}, got {value!r}")
+    if name in getattr(cls, "weight_options", ()) and not sum(values) > 0:
+        example = "{'a': 1.0, 'b': 2.0}" if isinstance(value, Mapping) else "[1.0, 2.0]"
+        raise ValueError(
+            f"{cls.__name__}'s option {name} holds relative task weights: give at least one, not all 0 "
+            f"(e.g. {cls.__name__}({name}={example})), got {value!r}"
+        )
+
+
+INT64 = 2**63
+"""Integer options are 64-bit signed integers (the size torch takes): |value| < 2**63."""
+
+
+def _check_range(cls: type, name: str, value: Any, kind: str, interval: Interval | None) -> None:
+    """``ValueError`` for a number outside ``interval``, an integer option outside the 64-bit
+    range, or an integer too large for a float option (no ``OverflowError``)."""
+    def refuse(words: str) -> None:
+        raise ValueError(f"{cls.__name__}'s option {name} must be {words}, got {_short(value)}")
+
+    if kind == "int":
+        number: float = int(value)
+        if not -INT64 <= number < INT64:
+            refuse(f"{interval.words(True) + ' and ' if interval else ''}below 2**63 (a 64-bit integer)")
+    else:
+        try:
+            number = float(value)
+        except OverflowError:
+            refuse(f"{interval.words() if interval else 'a finite number'} (an integer too large for a float)")
+    if interval is not None and number not in interval:
+        refuse(interval.words(kind == "int"))
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, an integer of more than 30 digits written by its size."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) >= 10**30:
+        return f"an integer of {len(str(abs(int(value))))} digits ({str(int(value))[:8]}…)"
+    return repr(value)
+
+
+@functools.cache
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    """The constructor's type hints of ``cls``, resolved (``{}`` where they cannot be)."""
+    try:
+        return typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    except (NameError, TypeError):
+        return {}
+
+
+def _check_choice_or_callable(cls: type, name: str, value: Any, hint: Any) -> None:
+    """For an option whose type is made only of ``Literal`` choices and callables (and
+    ``None``): ``ValueError``/``TypeError`` naming the class, the option, the choices and
+    whether a callable is taken, for any other value (a NumPy array included)."""
+    alternatives = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    alternatives = tuple(a for a in alternatives if a is not type(None))
+    choices = [c for a in alternatives if typing.get_origin(a) is typing.Literal for c in typing.get_args(a)]
+    takes_callable = any(typing.get_origin(a) is CallableABC or a is CallableABC for a in alternatives)
+    literal_or_callable = sum(typing.get_origin(a) is typing.Literal for a in alternatives) + takes_callable
+    if not alternatives or literal_or_callable != len(alternatives):
+        return
+    if any(type(value) is type(c) and value == c for c in choices) or (takes_callable and callable(value)):
+        return
+    listed = f"one of {choices}" if choices else ""
+    expected = " or ".join(filter(None, [listed, "a callable" if takes_callable else ""]))
+    error = ValueError if isinstance(value, str) else TypeError
+    raise error(f"{cls.__name__}'s option {name} must be {expected}, got {_short(value)}")
 
 
 def _annotation_parts(annotation: Any) -> tuple[set[str], bool]:
@@ -159,10 +242,10 @@ def _annotation_parts(annotation: Any) -> tuple[set[str], bool]:
     return kinds, optional
 
 
-def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> None:
+def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> list[float]:
     """A list, tuple or 1-D tensor of finite numbers (or, with ``scalar``, one number)."""
-    if scalar and _is_real(value) and not isinstance(value, Tensor):
-        values = [value]
+    if scalar and is_scalar(value):
+        values = [float(value)]
     elif isinstance(value, Tensor) and value.dim() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
         values = value.tolist()
     elif isinstance(value, (list, tuple)) and all(_is_real(v) for v in value):
@@ -175,6 +258,7 @@ def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> None:
         )
     if not all(math.isfinite(float(v)) for v in values):
         raise ValueError(f"{cls.__name__}'s option {name} must hold finite numbers, got {value!r}")
+    return [float(v) for v in values]
 
 
 def check_task_arguments(module: Any, names: Sequence[str]) -> None:
@@ -188,7 +272,7 @@ def check_task_arguments(module: Any, names: Sequence[str]) -> None:
         parts, _ = _annotation_parts(annotations.get(option, inspect.Parameter.empty))
         if value is None:
             continue
-        if parts & _NUMBER_LISTS and not (_is_real(value) and not isinstance(value, Tensor)):
+        if parts & _NUMBER_LISTS and not is_scalar(value):
             if len(value) != len(names):
                 raise ValueError(
                     f"{cls.__name__}'s option {option} has {len(value)} value(s) but there are {len(names)} tasks "
@@ -199,6 +283,29 @@ def check_task_arguments(module: Any, names: Sequence[str]) -> None:
             if unknown:
                 raise ValueError(f"{cls.__name__}'s option {option} names task(s) {unknown} that are not among the "
                                  f"tasks {list(names)}")
+
+
+def check_model_arguments(module: Any, parameters: Sequence[str]) -> None:
+    """``ValueError`` naming the class, the option and the model's trainable parameters when
+    an option that names parameters of the model (declared in the class's
+    ``parameter_options``, e.g. GradNorm's ``layer``) names one the model lacks (or no
+    trainable one). Called when a :class:`~dynamtl.MultiTask` or a Lightning module is
+    built, and by ``dynamtl train``/``compare`` when they plan a run, before any training:
+    which of them every task's loss depends on is known only at the first step."""
+    cls = type(module)
+    for option in getattr(cls, "parameter_options", ()):
+        value = getattr(module, "_arguments", {}).get(option)
+        if value is None:
+            continue
+        given = [value] if isinstance(value, str) else list(value)
+        unknown = [name for name in given if name not in parameters]
+        if unknown:
+            shown = list(parameters)
+            listed = f"{shown[:40]}{' …' if len(shown) > 40 else ''}"
+            raise ValueError(
+                f"{cls.__name__}'s option {option} names {unknown}, which the model has no trainable parameter "
+                f"called: choose among its trainable parameters {listed}"
+            )
 
 
 def _annotations(cls: type[Any]) -> dict[str, Any]:
@@ -218,6 +325,9 @@ def _fix(cls: type, name: str, kind: str, value: Any) -> str:
         return f": write {cls.__name__}({name}={value.strip()}) without quotes"
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return f": write {cls.__name__}({name}={int(value)})"
+    if kind == "int" and isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_floating_point \
+            and not value.dtype.is_complex and value.dtype != torch.bool:
+        return f": write {cls.__name__}({name}={int(value)}), a Python int (an int option is used as a count or seed)"
     return ""
 
 
@@ -229,10 +339,16 @@ class ArgumentsRepr:
     and shown by :meth:`extra_repr` (tensors as lists, composed methods by their own
     ``repr``). They are checked there too (:func:`check_arguments`), so every method
     refuses ``c="0.4"``, ``reg_eps=nan`` or ``tasks="t0"`` with the same kind of message;
-    ``option_ranges`` declares, next to each method, the interval of each numeric option.
+    ``option_ranges`` declares, next to each method, the interval of each numeric option;
+    ``parameter_options`` the options that name parameters of the model
+    (:func:`check_model_arguments`); ``weight_options`` the per-task options that are
+    relative task weights (not empty, not all 0). A declared range applies to every value
+    of a per-task list or mapping.
     """
 
     option_ranges: ClassVar[Mapping[str, Interval]] = {}
+    parameter_options: ClassVar[tuple[str, ...]] = ()
+    weight_options: ClassVar[tuple[str, ...]] = ()
     _arguments: dict[str, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -260,11 +376,23 @@ class ArgumentsRepr:
     def extra_repr(self) -> str:
         shown = []
         for name, value in getattr(self, "_arguments", {}).items():
-            shown.append(f"{name}={value.tolist() if isinstance(value, Tensor) else value!r}")
+            shown.append(f"{name}={_plain(value)!r}")
         return ", ".join(shown)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tensors and NumPy numbers or arrays made Python numbers and lists, at
+    every depth of lists, tuples and dicts (so that a ``repr`` is exact and evaluates)."""
+    if isinstance(value, Tensor) or (type(value).__module__ == "numpy" and hasattr(value, "tolist")):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def intervals(**given: str) -> Mapping[str, Interval]:

@@ -8,9 +8,13 @@ documents and the facts disagree). Adding a method is therefore: its file (class
 facts), its tests, its export in ``dynamtl.weighting``/``dynamtl.aggregation`` and
 ``dynamtl``, and its entry in ``docs/methods.md``. Beside the facts, the class declares the
 interval of each number option (``option_ranges = intervals(beta="[0, 1]")``, see
-:func:`dynamtl._helpers.check_arguments`); the kinds of its options (numbers, flags, per-task
-lists ``Sequence[float]``, task names, ``Mapping[str, float]`` by task) are checked from its
-type hints, on construction and when it is bound to its tasks, with no code of its own, and
+:func:`dynamtl._helpers.check_arguments`; for a per-task list or mapping it bounds each
+value), its per-task options that are relative task weights (``weight_options = ("pref",)``:
+not empty, not all 0) and its options that name parameters of the model
+(``parameter_options = ("layer",)``: checked against the model before training); the kinds
+of its options (numbers, flags, per-task lists ``Sequence[float]``, task names,
+``Mapping[str, float]`` by task, ``Literal`` choices, callables) are checked from its type
+hints, on construction and when it is bound to its tasks, with no code of its own, and
 tests/test_edges.py covers it from the registry.
 """
 

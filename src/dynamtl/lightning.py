@@ -43,6 +43,7 @@ import torch.distributed as dist
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 
+from dynamtl._helpers import check_model_arguments
 from dynamtl.aggregation.base import Aggregation
 from dynamtl.distributed import Replicas
 from dynamtl.objective import Objective
@@ -101,6 +102,10 @@ class MultiTaskModule(pl.LightningModule):
         if isinstance(aggregation, Aggregation):  # a per-task option of the wrong length is refused now
             aggregation.bind(tasks)
         self._method = ((weighting or Equal()).bind(tasks), aggregation, representation, check_finite)
+        trainable = tuple(name for name, p in model.named_parameters() if p.requires_grad)
+        for method in self._method[:2]:
+            if method is not None:  # an option naming a parameter the model lacks is refused now
+                check_model_arguments(method, trainable)
         self.multitask: MultiTask | None = None
         self.last_step: StepInfo | None = None
         self._restored: dict[str, Any] | None = None

@@ -143,7 +143,7 @@ class Method:
         arguments = {name: fill(context) for name, fill in self.context.items()}
         try:
             return self.factory(**arguments, **options)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise RegistryError(f"cannot build {self.name!r}: {error}") from error
 
 
@@ -372,6 +372,8 @@ def parse_value(value: Any, hint: Any, what: str) -> Any:
         if type(None) in arguments and (value is None or (isinstance(value, str) and value.lower() == "none")):
             return None
         alternatives = [a for a in arguments if a is not type(None)]
+        # a callable is set from Python: the command line's message lists what it can give
+        alternatives = [a for a in alternatives if typing.get_origin(a) is not Callable] or alternatives
         if isinstance(value, str) and "," in value:  # a list first: "a,b" is two names, not one
             alternatives.sort(key=lambda a: typing.get_origin(a) not in _SEQUENCES)
         errors = []

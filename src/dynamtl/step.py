@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dynamtl._helpers import check_model_arguments
 from dynamtl.aggregation.base import Aggregation
 from dynamtl.aggregation.sum import Sum
 from dynamtl.context import StepContext
@@ -140,6 +141,8 @@ class MultiTask:
         self.optimizer = optimizer
         self.weighting = _claim(weighting or Equal(), self).bind(tasks)
         self.aggregation = _claim(aggregation or Sum(), self).bind(tasks)
+        for method in (self.weighting, self.aggregation):
+            check_model_arguments(method, tuple(self.objective.params))
         self.check_finite = check_finite
         self.steps = 0
         first = next(iter(self.objective.params.values()))

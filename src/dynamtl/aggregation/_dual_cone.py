@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from dynamtl._helpers import intervals
-from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, warn_once
+from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, numbers, warn_once
 from dynamtl.aggregation.base import GradientAggregation
 
 
@@ -93,29 +93,22 @@ def preference(owner: str, pref: Tensor | None, num_tasks: int, default: float) 
     return pref.double().cpu()
 
 
-def checked_preference(owner: str, pref: Sequence[float] | None) -> Tensor | None:
-    """``pref`` as a float64 tensor; ``ValueError`` unless its values are finite and ≥ 0
-    with a positive sum."""
-    if pref is None:
-        return None
-    values = torch.as_tensor(list(pref), dtype=torch.float64)
-    if values.dim() != 1 or not bool(values.isfinite().all()) or bool((values < 0).any()) or float(values.sum()) <= 0:
-        raise ValueError(
-            f"{owner}'s pref must be finite non-negative weights, one per task, not all 0; got {list(pref)}"
-        )
-    return values
+def checked_preference(pref: Sequence[float] | Tensor | None) -> Tensor | None:
+    """``pref`` as a float64 tensor (its values checked on construction: finite, ≥ 0, not
+    all 0; see ``option_ranges`` and ``weight_options``)."""
+    return None if pref is None else torch.as_tensor(numbers(pref), dtype=torch.float64)
 
 
 class DualConeAggregation(GradientAggregation):
     """What UPGrad and DualProj share: a preference, the regularisation of the Gram matrix,
     the solver's budget, and leaving zero rows out (see their docstrings)."""
 
-    option_ranges = intervals(reg_eps="[0, inf)", max_iters="[1, inf)")
+    option_ranges = intervals(pref="[0, inf)", reg_eps="[0, inf)", max_iters="[1, inf)")
+    weight_options = ("pref",)
 
     def __init__(self, pref: Sequence[float] | None = None, reg_eps: float = 1e-4, max_iters: int = 100) -> None:
         super().__init__()
-        owner = type(self).__name__
-        self.pref = checked_preference(owner, pref)
+        self.pref = checked_preference(pref)
         self.reg_eps = float(reg_eps)
         self.max_iters = max_iters
         self._warned: set[str] = set()

@@ -187,9 +187,9 @@ def numbers(value: float | Sequence[float] | Tensor) -> list[float]:
     as a list of floats: one number, or a list, tuple or 1-D tensor of them in task order."""
     if isinstance(value, Tensor):
         return [float(v) for v in value.reshape(-1).tolist()]
-    if isinstance(value, (int, float)):
-        return [float(value)]
-    return [float(v) for v in value]
+    if isinstance(value, Sequence):
+        return [float(v) for v in value]
+    return [float(value)]  # one number: a Python or NumPy number
 
 
 def per_task(owner: str, name: str, value: float | Sequence[float], num_tasks: int) -> Tensor:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -68,9 +68,11 @@ class AlignedMTL(GradientAggregation):
         options=("scale", "pref"),
     )
 
+    option_ranges = intervals(pref="[0, inf)")
+    weight_options = ("pref",)
+
     def __init__(self, scale: Scale = "min", pref: Sequence[float] | None = None) -> None:
         super().__init__()
-        check_choice("AlignedMTL's scale", scale, ("min", "median", "mean"))
         self.scale = scale
         self.pref = None if pref is None else numbers(pref)
 

@@ -40,6 +40,7 @@ class Aggregation(ArgumentsRepr, nn.Module):
     needs_representation = False
     facts: ClassVar[Facts | None] = None
     last_weights: Tensor | None = None
+    task_names: tuple[str, ...] | None = None
 
     @property
     def batches_per_step(self) -> int:
@@ -49,14 +50,21 @@ class Aggregation(ArgumentsRepr, nn.Module):
     def bind(self, tasks: Tasks | Sequence[str]) -> Aggregation:
         """Check the options that depend on the tasks (a preference with one value per task)
         against the task names, for this aggregation and those it composes (CR-MOGM's,
-        OnRepresentation's); returns ``self``. :class:`~dynamtl.MultiTask` binds its
-        aggregation, and a run is bound when it is planned, so a wrong length is refused
-        before the first step."""
+        OnRepresentation's), and fix the task names; returns ``self``. :class:`~dynamtl.MultiTask`
+        binds its aggregation, and a run is bound when it is planned, so a wrong length is
+        refused before the first step. ``ValueError`` when it is already bound to other task
+        names: its state (tracked gradients, smoothed weights) is per task, as a weighting's."""
         names = tasks.names if isinstance(tasks, Tasks) else tuple(tasks)
+        if self.task_names is not None and names != self.task_names:
+            raise ValueError(
+                f"{type(self).__name__} is bound to tasks {list(self.task_names)}, not {list(names)}: use one "
+                "aggregation per task set"
+            )
         check_task_arguments(self, names)
         for child in self.children():
             if isinstance(child, Aggregation):
                 child.bind(names)
+        self.task_names = names
         return self
 
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:

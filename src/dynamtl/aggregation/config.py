@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._dual_cone import checked_preference, preference
 from dynamtl.aggregation._solvers import check_jacobian, gramian, nonzero_rows, rank_tolerance
 from dynamtl.aggregation.base import GradientAggregation
@@ -54,9 +55,12 @@ class ConFIG(GradientAggregation):
         options=("pref",),
     )
 
+    option_ranges = intervals(pref="[0, inf)")
+    weight_options = ("pref",)
+
     def __init__(self, pref: Sequence[float] | None = None) -> None:
         super().__init__()
-        self.pref = checked_preference("ConFIG", pref)
+        self.pref = checked_preference(pref)
 
     def row_weights(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)

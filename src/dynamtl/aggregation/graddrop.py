@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import intervals
+from dynamtl._helpers import intervals, is_scalar
 from dynamtl.aggregation._solvers import (
     SeededGenerator,
     check_jacobian,
-    numbers,
     per_task,
 )
 from dynamtl.aggregation.base import GradientAggregation
@@ -71,7 +70,7 @@ class GradDrop(GradientAggregation):
         options=("leak",), context={"seed": "seed"},
     )
 
-    option_ranges = intervals(seed="[0, inf)")
+    option_ranges = intervals(leak="[0, 1]", seed="[0, inf)")
 
     def __init__(
         self,
@@ -80,11 +79,8 @@ class GradDrop(GradientAggregation):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        leaks = numbers(leak)
-        if not all(0.0 <= value <= 1.0 for value in leaks):
-            raise ValueError(f"GradDrop's leak must lie in [0, 1] for every task, got {leak!r}")
         self.f = f
-        self.leak = leak
+        self.leak = float(leak) if is_scalar(leak) else leak  # type: ignore[arg-type]
         self.generator = SeededGenerator(seed)
 
     def combine(self, jacobian: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice, intervals
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import SeededGenerator, check_jacobian, combine_rows, gramian, random_orders
 from dynamtl.aggregation.base import GradientAggregation, fitted_row_weights
 from dynamtl.facts import aggregation_facts
@@ -74,7 +74,6 @@ class GradVac(GradientAggregation):
 
     def __init__(self, beta: float = 0.01, seed: int = 0, granularity: Granularity = "model") -> None:
         super().__init__()
-        check_choice("GradVac's granularity", granularity, ("model", "layer"))
         self.beta = beta
         self.granularity = granularity
         self.generator = SeededGenerator(seed)

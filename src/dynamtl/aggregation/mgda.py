@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice, intervals
+from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import (
     check_jacobian,
     combine_rows,
@@ -99,8 +99,6 @@ class MGDA(GradientAggregation):
         upper_bound: bool = False,
     ) -> None:
         super().__init__()
-        check_choice("MGDA's solver", solver, ("exact", "frank-wolfe"))
-        check_choice("MGDA's normalize", normalize, ("none", "l2"))
         self.solver = solver
         self.normalize = normalize
         self.tol = tol

@@ -36,7 +36,7 @@ from dynamtl.train.checkpoint import CheckpointError
 from dynamtl.train.compare import RunsFailed, draw_comparison_plots, plan_comparison
 from dynamtl.train.compare import compare as run_comparison
 from dynamtl.train.config import ConfigError, RunConfig, plan, read_config_file
-from dynamtl.train.folder import RunFolder, RunFolderError
+from dynamtl.train.folder import FolderWriteError, RunFolder, RunFolderError
 from dynamtl.train.grid import Engine, LocalEngine, SubmititEngine
 from dynamtl.train.processes import launched_as_main
 from dynamtl.train.runs import resume as resume_run
@@ -89,10 +89,14 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except FolderWriteError as error:  # (a run's own says its next step: its remedy is "")
+            raise click.ClickException(f"{error}; {error.remedy}, then run the same command again"
+                                       if error.remedy else str(error)) from error
         except USER_ERRORS as error:
             raise click.ClickException(str(error)) from error
         except RunStopped as stop:
-            click.echo(str(stop), err=True)
+            if str(stop):  # (said by rank 0 only under torchrun)
+                click.echo(str(stop), err=True)
             ctx.exit(128 + stop.signal)
 
 

@@ -8,6 +8,7 @@ backend is touched, and nothing stays open after a plot is saved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -58,16 +59,13 @@ def plot_run(run_dir: Path, *, smooth: int = 1) -> list[Path]:
                "metrics.png": metrics_figure(run_dir)}
     if _varying_aggregation_weights(run_dir):
         figures["aggregation-weights.png"] = weights_figure(run_dir, smooth=smooth, aggregation=True)
-    plots.mkdir(exist_ok=True)
     return [_save(figure, plots / name) for name, figure in figures.items() if figure is not None]
 
 
 def plot_weights_comparison(run_dirs: Mapping[str, Path], out: Path, *, smooth: int = 1) -> Path:
     """Save :func:`weights_comparison_figure` to ``out`` (a ``.png``) and return it."""
     figure = weights_comparison_figure(run_dirs, smooth=smooth)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return _save(figure, out)
+    return _save(figure, Path(out))
 
 
 def weights_figure(run_dir: Path, *, smooth: int = 1, aggregation: bool = False) -> Figure:
@@ -181,9 +179,7 @@ def weights_comparison_figure(run_dirs: Mapping[str, Path], *, smooth: int = 1) 
 def plot_share_comparison(shares: Mapping[str, Sequence[Share]], task: str, out: Path) -> Path:
     """Save :func:`share_comparison_figure` to ``out`` (a ``.png``) and return it."""
     figure = share_comparison_figure(shares, task)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return _save(figure, out)
+    return _save(figure, Path(out))
 
 
 def share_comparison_figure(shares: Mapping[str, Sequence[Share]], task: str) -> Figure:
@@ -369,13 +365,21 @@ def _matplotlib() -> ModuleType:
 
 def _save(figure: Figure, path: Path) -> Path:
     """Write ``figure`` to ``path`` atomically (a temporary file, then ``os.replace``): a
-    plot drawn while the run itself draws never leaves a torn file."""
+    plot drawn while the run itself draws never leaves a torn file. A folder or file that
+    cannot be written raises :class:`~dynamtl.train.folder.FolderWriteError`, one line
+    naming the file and the cause (disk full, read-only, a file in the way of the folder)."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(temporary, dpi=DPI, format=path.suffix.removeprefix(".") or None)
         os.replace(temporary, path)
+    except OSError as error:
+        from dynamtl.train.folder import write_error
+
+        raise write_error(path, error) from error
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
     return path
 
 

@@ -4,10 +4,10 @@ errors, and checked against the run they resume.
 A checkpoint is one ``torch.save`` file holding everything a run needs to continue as if
 it had never stopped: the resolved config and the environment (versions, threads), the
 position in the data, the model, optimizer, scheduler and :class:`~dynamtl.MultiTask`
-states (λ, its optimizer, DWA's history…), the random states, the model-selection state
-and the sizes of the logs at that moment. ``checkpoints/last.pt`` is the newest; before it
-is replaced, the one it replaces becomes ``checkpoints/previous.pt``. Both changes are
-atomic, so a run killed at any instant leaves a complete ``last.pt``.
+states (λ, its optimizer, DWA's history…), the random states and the model-selection
+state (the logs are rebuilt to its step on resume: :mod:`dynamtl.train.logs`).
+``checkpoints/last.pt`` is the newest; before it is replaced, the one it replaces becomes
+``checkpoints/previous.pt``. Both changes are atomic, so a run killed at any instant leaves a complete ``last.pt``.
 
 Safety: a checkpoint holds tensors and plain containers (dicts, lists, tuples, numbers,
 strings) only, and is read with ``torch.load(weights_only=True)``: a file holding any other
@@ -202,6 +202,9 @@ def _damaged(path: Path, why: str, *, changed: bool = False) -> str:
     previous = path.with_name("previous.pt")
     if path.name == "last.pt" and previous.is_file():
         message += f" The checkpoint before it is kept: resume from it with `{_resume_command(previous)}`."
+    elif path.name == "previous.pt":
+        message += (f" No intact checkpoint is left: delete {path.parent.parent} and train it anew with the same "
+                    "settings (the same results), or read a checkpoint as it is with --trust-checkpoint.")
     if changed:
         message += (f" If you changed it on purpose, `{_resume_command(path, '--trust-checkpoint')}` reads it as it is "
                     "(weights only: no code can run).")

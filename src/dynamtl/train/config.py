@@ -15,7 +15,7 @@ import inspect
 import json
 import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 import dynamtl
+from dynamtl._helpers import check_model_arguments
 from dynamtl.benchmarks.base import Benchmark, default_root
 from dynamtl.benchmarks.noise import NOISE, WithNoiseTask
 from dynamtl.registry import (
@@ -197,8 +198,8 @@ def _parsed_fields(values: Mapping[str, Any], source: str) -> tuple[dict[str, An
         try:
             if key in ("options", "benchmark_options") and isinstance(value, Mapping):
                 # a run's config.json records the options' None defaults as null
-                typed = parse_value({k: v for k, v in value.items() if v is not None}, hints[key], key)
-                parsed[key] = {k: None if v is None else typed[k] for k, v in value.items()}
+                # each value is parsed later by the type its method or benchmark declares
+                parsed[key] = _option_values(value, key)
             else:
                 parsed[key] = parse_value(value, hints[key], f"{key}")
         except RegistryError as error:
@@ -207,6 +208,29 @@ def _parsed_fields(values: Mapping[str, Any], source: str) -> tuple[dict[str, An
         if parsed.get(key) is not None:
             parsed[key] = tuple(parsed[key])
     return parsed, problems
+
+
+def _option_values(values: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``values`` (a config's ``options`` or ``benchmark_options`` table) as given, after
+    checking that each is a value an option may take: a string, number or boolean, a list of
+    them, or a table of them (``pref = [1.0, 2.0]``, ``[options.weights]``); ``None`` (a
+    run's ``config.json`` records unset defaults as ``null``) is kept. Which of these an
+    option accepts is checked against its declared type when the method is parsed."""
+    problems = [f"{key} {name!r} must be a string, number, true/false, a list or a table, got {value!r}"
+                for name, value in values.items() if value is not None and not _is_option_value(value)]
+    if problems:
+        raise RegistryError("; ".join(problems))
+    return {str(name): value for name, value in values.items()}
+
+
+def _is_option_value(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, (str, int, float, bool)):
+        return True
+    if depth == 0 and isinstance(value, (list, tuple)):
+        return all(_is_option_value(v, 1) for v in value)
+    if depth == 0 and isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_option_value(v, 1) for k, v in value.items())
+    return False
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -279,6 +303,7 @@ def plan(config: RunConfig) -> RunPlan:
             weighting, aggregation = method.build(context)
             weighting.bind(trained)
             aggregation.bind(trained)
+            _check_model_options((weighting, aggregation), bench, trained)
         except (RegistryError, ValueError) as error:
             problems.append(str(error))
         else:
@@ -295,6 +320,17 @@ def plan(config: RunConfig) -> RunPlan:
         benchmark_options=benchmark_options(config.benchmark, config.benchmark_options),
     )
     return RunPlan(resolved, bench, method, context)
+
+
+def _check_model_options(methods: Sequence[Any], bench: Benchmark, tasks: Sequence[str]) -> None:
+    """Check the options that name parameters of the model (GradNorm's ``layer``) against the
+    benchmark's model for ``tasks``, built only when such an option is set."""
+    if not any(getattr(m, "_arguments", {}).get(o) is not None for m in methods for o in m.parameter_options):
+        return
+    model = bench.model({task: bench.specs[task].out_features for task in tasks})
+    trainable = tuple(name for name, p in model.named_parameters() if p.requires_grad)
+    for method in methods:
+        check_model_arguments(method, trainable)
 
 
 def _method_named(spec: str) -> MethodSpec | None:
@@ -397,7 +433,7 @@ def _check_ranges(c: RunConfig) -> list[str]:
         (c.weight_decay is None or c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
         (c.step_epochs is None or c.step_epochs >= 1, f"step_epochs must be >= 1, got {c.step_epochs}"),
         (0 < c.step_gamma <= 1, f"step_gamma must lie in (0, 1], got {c.step_gamma}"),
-        (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
+        (0 <= c.seed < 2**63, f"seed must be >= 0 and below 2**63 (a 64-bit integer), got {c.seed}"),
         (c.limit is None or c.limit >= 1, f"limit must be >= 1 (or absent), got {c.limit}"),
         (c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}"),
         (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: every epoch only), got {c.checkpoint_every}"),

@@ -27,7 +27,6 @@ when the mean counted weight itself differs from 1 by more than that. Constant w
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 
 from dynamtl.benchmarks.noise import NOISE
 from dynamtl.registry import OptionValue, RegistryError, parse_method
+from dynamtl.report.records import read_records
 from dynamtl.report.shares import helper_share
 from dynamtl.train.config import ConfigError, RunConfig, plan
 
@@ -107,11 +107,7 @@ def read_weights(run_dir: Path) -> WeightSummary | None:
     if not path.is_file():
         return None
     rows = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a last line still being written
+    for record in read_records(path):  # damaged lines named and left out
         weights = {k[len(WEIGHT_PREFIX):]: float(v) for k, v in record.items() if k.startswith(WEIGHT_PREFIX)}
         if weights:
             rows.append(weights)

@@ -33,7 +33,12 @@ class RunFolderError(RuntimeError):
 
 class FolderWriteError(RunFolderError):
     """A file of a run folder could not be written (disk full, read-only folder…): the
-    staged temporary file was removed and the file's previous version kept."""
+    staged temporary file was removed and the file's previous version kept. ``remedy``:
+    what frees the way (``"make room"``…), ``""`` once the message says it."""
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        super().__init__(message)
+        self.remedy = remedy
 
 
 @dataclass(frozen=True)
@@ -200,12 +205,28 @@ def write_durably(path: Path, data: bytes) -> None:
 
 def write_error(path: Path, error: OSError, kept: str = "") -> FolderWriteError:
     """The one-line error for ``path`` not written because of ``error`` (``kept``: what
-    was kept instead)."""
-    causes = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-              errno.EDQUOT: "the disk quota is exceeded"}
-    cause = causes.get(error.errno or 0, error.strerror or str(error))
-    return FolderWriteError(f"cannot write {path.name} in {path.parent}: {cause}" + (f"; {kept}" if kept else ""))
+    was kept instead), with the remedy of its cause."""
+    number = error.errno or 0
+    cause, remedy = _CAUSES.get(number, (error.strerror or str(error), ""))
+    if number in (errno.EEXIST, errno.ENOTDIR) and error.filename:
+        path = Path(error.filename)  # the file in the way
+        remedy = f"move {path} out of the way"
+    return FolderWriteError(f"cannot write {path.name} in {path.parent}: {cause}" + (f"; {kept}" if kept else ""),
+                            remedy)
+
+
+_CAUSES = {
+    errno.ENOSPC: ("the disk is full", "make room"),
+    errno.EDQUOT: ("the disk quota is exceeded", "make room"),
+    errno.EFBIG: ("the file-size limit is reached (ulimit -f)", "raise the file-size limit (ulimit -f unlimited)"),
+    errno.EROFS: ("the file system is read-only", "make it writable"),
+    errno.EACCES: ("permission denied", "make the folder writable"),
+    errno.EPERM: ("permission denied", "make the folder writable"),
+    errno.EEXIST: ("a file is in the way of a folder", "move the file out of the way"),
+    errno.ENOTDIR: ("a file is in the way of a folder", "move the file out of the way"),
+    errno.EISDIR: ("a folder is in the way of the file", "move the folder out of the way"),
+}
+"""errno -> (the cause in words, the remedy)."""
 
 
 def remove_quietly(path: Path) -> None:

@@ -20,7 +20,10 @@ stops (:class:`~dynamtl.train.session.RunStopped`); the parent of worker process
 them ``SIGTERM``, on which each run checkpoints after its current step and stops, and
 kills those still there after :data:`STOP_SECONDS` (or at a second Ctrl-C); submitit jobs
 are cancelled. ``KeyboardInterrupt`` or ``RunStopped`` then propagates, and a stopped run
-continues from its last checkpoint the next time the grid is run.
+continues from its last checkpoint the next time the grid is run. ``SIGTERM`` to the grid's
+process (``kill PID``, ``timeout``, SLURM) stops it as Ctrl-C does. ``SIGUSR1`` is passed on
+to the worker processes, each of whose runs checkpoints after its current step; in this
+process, a run checkpoints on it; submitit jobs are not signalled (one line says so).
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ import collections
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,9 +134,15 @@ class Engine(abc.ABC):
             else:
                 todo.append(index)
         if todo:
-            trained = self._train([grid[i] for i in todo], Path(workspace), self.jobs_for(len(grid)), tally, progress)
+            with _grid_signals(self._pass_on_checkpoint):
+                trained = self._train([grid[i] for i in todo], Path(workspace), self.jobs_for(len(grid)), tally,
+                                      progress)
             outcomes.update(zip(todo, trained))
         return [outcomes[index] for index in range(len(grid))]
+
+    def _pass_on_checkpoint(self) -> str:
+        """Pass ``SIGUSR1`` on to the runs training (what was done, in a line)."""
+        return "no run of the grid is training in a worker process now: nothing to checkpoint"
 
     @abc.abstractmethod
     def _train(
@@ -157,7 +169,46 @@ class LocalEngine(Engine):
         if jobs == 1:
             return [tally.add(_in_process(spec, progress=progress, reused=False, label=tally.next(spec)))
                     for spec in specs]
-        return _WorkerPool(min(jobs, len(specs))).run(specs, tally)
+        self._pool = _WorkerPool(min(jobs, len(specs)))
+        try:
+            return self._pool.run(specs, tally)
+        finally:
+            self._pool = None
+
+    _pool: _WorkerPool | None = None
+
+    def _pass_on_checkpoint(self) -> str:
+        busy = [w for w in self._pool.workers if w.spec is not None] if self._pool else []
+        for worker in busy:
+            with contextlib.suppress(OSError):  # a worker that just ended
+                os.kill(worker.process.pid, signal.SIGUSR1)
+        return (f"SIGUSR1 passed on to {len(busy)} worker process(es): each run checkpoints after its current step"
+                if busy else super()._pass_on_checkpoint())
+
+
+@contextlib.contextmanager
+def _grid_signals(pass_on_checkpoint: Callable[[], str]) -> Iterator[None]:
+    """While a grid trains (in the main thread): ``SIGTERM`` stops it as Ctrl-C does
+    (``RunStopped``; a run training in this process handles it itself), ``SIGUSR1`` is
+    given to ``pass_on_checkpoint``, which says what it did in one line on stderr."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number: int, frame: Any) -> None:
+        raise RunStopped("stopped by SIGTERM", number)
+
+    def checkpoint(number: int, frame: Any) -> None:
+        sys.stderr.write(pass_on_checkpoint() + "\n")
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, stop)}
+    if hasattr(signal, "SIGUSR1"):
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, checkpoint)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
 def _in_process(spec: GridRun, *, progress: bool, reused: bool, label: str = "") -> Outcome:
@@ -200,9 +251,12 @@ class _Tally:
 
 def _serve(connection: multiprocessing.connection.Connection) -> None:
     """A worker process: trains the specs it receives until it receives ``None``. Between
-    runs, Ctrl-C is the parent's to handle (it stops the workers); during a run, a signal
-    that stops the run (the parent's SIGTERM) ends the worker too."""
+    runs, Ctrl-C is the parent's to handle (it stops the workers) and ``SIGUSR1`` is
+    ignored; during a run, a signal that stops the run (the parent's SIGTERM) ends the
+    worker too."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # between runs: nothing to checkpoint (a run handles it)
     while True:
         try:
             spec = connection.recv()
@@ -272,14 +326,15 @@ class _WorkerPool:
     def __init__(self, size: int) -> None:
         self.size = size
         self.context = multiprocessing.get_context("spawn")
+        self.workers: list[_Worker] = []
 
     def run(self, specs: Sequence[GridRun], tally: _Tally) -> list[Outcome]:
         pending = collections.deque(enumerate(specs))
         outcomes: dict[int, Outcome] = {}
-        workers: list[_Worker] = []
+        self.workers = workers = []
         interrupted = True
         try:
-            workers = [_Worker(self.context) for _ in range(self.size)]
+            workers += [_Worker(self.context) for _ in range(self.size)]
             while pending or any(w.spec is not None for w in workers):
                 for slot, worker in enumerate(workers):
                     if worker.spec is None and pending:
@@ -376,6 +431,10 @@ class SubmititEngine(Engine):
                 for job, _ in running.values():
                     job.cancel(check=False)
         return [outcomes[index] for index in range(len(specs))]
+
+    def _pass_on_checkpoint(self) -> str:
+        return ("SIGUSR1 is not passed on to submitit jobs: signal a job itself (on SLURM: scancel --signal=USR1 "
+                "JOBID); the grid goes on")
 
     @staticmethod
     def _outcome(spec: GridRun, job: Any, seconds: float) -> Outcome:

@@ -4,10 +4,11 @@ without it, training goes on and says once how to get the plots."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from dynamtl.report.shares import Share
+from dynamtl.train.folder import FolderWriteError
 
 logger = logging.getLogger("dynamtl")
 _told_about_matplotlib = False
@@ -15,39 +16,36 @@ _told_about_matplotlib = False
 
 def draw_run_plots(run_dir: Path) -> list[Path]:
     """``run_dir/plots/*.png`` (task weights over steps, validation metrics over epochs)."""
-    try:
-        from dynamtl.report.plots import plot_run
+    from dynamtl.report import plots
 
-        return plot_run(run_dir)
-    except ModuleNotFoundError as error:
-        _tell_once(error)
-        return []
+    return _drawn(lambda: plots.plot_run(run_dir))
 
 
 def draw_weights_comparison(run_dirs: Mapping[str, Path], out: Path) -> list[Path]:
     """One figure with the task weights of every run of ``run_dirs`` (label -> folder)."""
-    try:
-        from dynamtl.report.plots import plot_weights_comparison
+    from dynamtl.report import plots
 
-        return [plot_weights_comparison(run_dirs, out)]
-    except ModuleNotFoundError as error:
-        _tell_once(error)
-        return []
+    return _drawn(lambda: [plots.plot_weights_comparison(run_dirs, out)])
 
 
 def draw_share_comparison(shares: Mapping[str, Sequence[Share]], task: str, out: Path) -> list[Path]:
     """One figure of ``task``'s share of the helper weight per method (label -> its seeds' shares)."""
-    try:
-        from dynamtl.report.plots import plot_share_comparison
+    from dynamtl.report import plots
 
-        return [plot_share_comparison(shares, task, out)]
-    except ModuleNotFoundError as error:
-        _tell_once(error)
-        return []
+    return _drawn(lambda: [plots.plot_share_comparison(shares, task, out)])
 
 
-def _tell_once(error: ModuleNotFoundError) -> None:
+def _drawn(draw: Callable[[], list[Path]]) -> list[Path]:
+    """The figures ``draw`` wrote; none, with a one-line warning, when matplotlib is
+    missing (said once) or a figure cannot be written (the run's results are kept: plots
+    come after them, and ``dynamtl plot`` draws them again)."""
     global _told_about_matplotlib
-    if not _told_about_matplotlib:
-        logger.warning("plots skipped: %s", error)
-        _told_about_matplotlib = True
+    try:
+        return draw()
+    except ModuleNotFoundError as error:
+        if not _told_about_matplotlib:
+            logger.warning("plots skipped: %s", error)
+            _told_about_matplotlib = True
+    except FolderWriteError as error:
+        logger.warning("plots not drawn: %s (the results are written; `dynamtl plot` draws them again)", error)
+    return []

@@ -24,6 +24,7 @@ from dynamtl.train import checkpoint
 from dynamtl.train.config import ENVIRONMENT, RunConfig, RunPlan, plan, resolved_record
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
+    FolderWriteError,
     RunFolder,
     RunFolderError,
     locked,
@@ -59,8 +60,9 @@ def resume(
     out: Path, *, which: str = "last", progress: bool = True, allow_changes: bool = False, trust: bool = False
 ) -> dict[str, Any]:
     """Continue the run in ``out`` from its checkpoint ``which`` (``"last"`` or
-    ``"previous"``); return its results. A run stopped before its first checkpoint starts
-    over; a finished run is left as it is and its results are returned (so that
+    ``"previous"``); return its results. A missing ``last.pt`` falls back to ``previous.pt``,
+    and a run without either (stopped before its first checkpoint) starts over, each said
+    in one line; a finished run is left as it is and its results are returned (so that
     ``train`` then ``resume`` always ends with the results; a damaged ``config.json`` is
     rewritten from its checkpoint). A config or environment that differs from the
     checkpoint's is refused unless ``allow_changes``; a checkpoint that cannot be verified
@@ -148,18 +150,32 @@ def _recorded_config(folder: RunFolder, which: str, trust: bool = False) -> dict
 def _set_aside_damaged_last(folder: RunFolder) -> None:
     """Before resuming from ``previous.pt``, rename a ``last.pt`` that positively fails its
     checksum (its record intact) to ``last.damaged.pt``, so that the next checkpoint does
-    not rotate it over the good one. A ``last.pt`` that cannot be verified is left as it is."""
-    last = folder.checkpoint("last")
-    if last.is_file() and folder.checkpoint("previous").is_file() and checkpoint.mismatches(last):
+    not rotate it over the good one. A ``last.pt`` that cannot be verified, or whose
+    ``previous.pt`` fails its checksum too, is left as it is."""
+    last, previous = folder.checkpoint("last"), folder.checkpoint("previous")
+    if last.is_file() and previous.is_file() and checkpoint.mismatches(last) and not checkpoint.mismatches(previous):
         aside = last.with_name("last.damaged.pt")
         last.replace(aside)
         logger.warning("%s fails its checksum: kept as %s", last, aside)
 
 
 def _continue_from(folder: RunFolder, which: str) -> str | None:
-    """The checkpoint an unfinished run continues from; ``None`` (start over) for a run
-    stopped before its first checkpoint."""
-    return None if which == "last" and not folder.checkpoint("last").exists() else which
+    """The checkpoint an unfinished run continues from: ``which``; ``previous`` when
+    ``last.pt`` is missing and ``previous.pt`` is there; ``None`` (start over) when neither
+    is there (a run stopped before its first checkpoint, or whose checkpoints were
+    removed). Each fallback is said in one line."""
+    last, previous = folder.checkpoint("last"), folder.checkpoint("previous")
+    if which == "previous" or last.exists():
+        return which
+    if previous.exists():
+        if launched_as_main():
+            logger.warning("%s is missing: resuming from %s", last, previous)
+        return "previous"
+    if launched_as_main():
+        aside = last.with_name("last.damaged.pt")
+        logger.warning("no usable checkpoint in %s (no last.pt or previous.pt%s): starting the run over from step 0",
+                       folder.checkpoints, f"; {aside.name} was set aside as damaged" if aside.exists() else "")
+    return None
 
 
 def _execute(
@@ -175,7 +191,13 @@ def _execute(
             return run_session(checked, folder, group, display=display, resume_from=resume_from,
                                allow_changes=allow_changes, trust=trust)
         except KeyboardInterrupt:
-            raise RunStopped(_interrupted(folder), signal.SIGINT) from None
+            raise RunStopped(_interrupted(folder) if launched_as_main() else "", signal.SIGINT) from None
+        except FolderWriteError as error:
+            if not error.remedy:
+                raise
+            then = (f"continue with `{suggested('resume', folder.root)}`" if folder.config.is_file()
+                    else f"start it again{f' with: {typed()}' if is_cli() else ''}")
+            raise FolderWriteError(f"{error}; {error.remedy}, then {then}") from error
 
 
 def _interrupted(folder: RunFolder) -> str:

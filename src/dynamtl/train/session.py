@@ -45,7 +45,6 @@ from dynamtl.train.config import ENVIRONMENT, ConfigError, RunConfig, RunPlan, e
 from dynamtl.train.evaluate import Evaluation, evaluate
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
-    FolderWriteError,
     RunFolder,
     write_atomic,
     write_json_atomic,
@@ -75,7 +74,8 @@ class TrainingStopped(RuntimeError):
 
 class RunStopped(RuntimeError):
     """The run was stopped by a signal (``SIGINT``, ``SIGTERM``) after checkpointing; the
-    message says how to continue it. ``signal``: the signal's number."""
+    message says how to continue it (empty in the processes other than rank 0 of a
+    distributed run, so that it is said once). ``signal``: the signal's number."""
 
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
@@ -102,10 +102,14 @@ def run_session(
     its checksum unless ``trust``."""
     with _deterministic():
         session = _Session(checked, folder, processes, display, resume_from, allow_changes, trust)
+        wait = True
         try:
             return session.run()
+        except KeyboardInterrupt:
+            wait = False  # a second Ctrl-C: stop at once, not waiting for the TensorBoard writer
+            raise
         finally:
-            session.log.close()
+            session.log.close(wait=wait)
 
 
 @contextlib.contextmanager
@@ -189,7 +193,7 @@ class _Session:
             self.log.event("start", dynamtl=dynamtl.__version__, tasks=list(names))
         else:
             self._load(state)
-            self.log = RunLog(written, state["log_sizes"], self.step, self.epoch)
+            self.log = RunLog(written, True, self.step, self.epoch)
             self.log.event("resume", checkpoint=resume_from, **self._position())
             for change in changes:
                 self.log.event("change", change=change)
@@ -301,7 +305,8 @@ class _Session:
         position = self._position()
         raise RunStopped(
             f"stopped by {name} at step {position['step']} (epoch {position['epoch']}, batch {position['batch']}); "
-            f"checkpoint saved in {self.folder.checkpoints}. Continue with: {suggested('resume', self.folder.root)}",
+            f"checkpoint saved in {self.folder.checkpoints}. Continue with: {suggested('resume', self.folder.root)}"
+            if self.processes.main else "",  # said once, by rank 0 of torchrun's processes
             number,
         )
 
@@ -380,13 +385,7 @@ class _Session:
     def _save(self, reason: str) -> None:
         if not self.processes.main:
             return
-        try:
-            checkpoint.save(self.folder, self._state())
-        except FolderWriteError as error:
-            raise FolderWriteError(
-                f"{error}; make room (or the folder writable) and continue with "
-                f"`{suggested('resume', self.folder.root)}`"
-            ) from error
+        checkpoint.save(self.folder, self._state())
         self.log.event("checkpoint", reason=reason, **self._position())
 
     def _state(self) -> dict[str, Any]:
@@ -409,7 +408,6 @@ class _Session:
             "skipped": self.skipped,
             "last_weights": self.last_weights,
             "seconds": dict(self.seconds),
-            "log_sizes": self.log.sizes(),
         }
 
     def _position(self) -> dict[str, int]:

@@ -3,8 +3,10 @@
 torch's intra-op thread pool (OpenMP) defaults to one thread per core. Its threads meet at a
 barrier after every parallel operation, so when another process takes one of the cores the
 whole pool waits for the thread that was descheduled: on a 2-core machine with one other
-CPU-bound process, 2 threads made the main job 20× slower than 1 thread (22 min vs 1 min
-15 s), while on a quiet machine the models of dynamtl's offline benchmarks step no faster
+CPU-bound process, 2 threads made the Census multi-task comparison of every method
+(``src/dynamtl/cli/census_multitask.toml``, the main job of the time; the main job is now
+Census auxiliary learning with a noise task, ``main_job.toml``) 20× slower than 1 thread
+(22 min vs 1 min 15 s), while on a quiet machine the models of dynamtl's offline benchmarks step no faster
 with 2 threads than with 1 (an MLP step 3 ms vs 2.5 ms, a small CNN 100 ms vs 103 ms).
 Hence the rule of :func:`choose_threads`: the CPUs are shared out between the runs that
 train at once, and a CPU that other processes keep busy is not counted.

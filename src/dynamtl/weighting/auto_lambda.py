@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -9,19 +10,27 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dynamtl._helpers import check_choice, intervals
+from dynamtl._helpers import intervals
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
 from dynamtl.nonfinite import check_gradients, check_losses
 from dynamtl.objective import Objective, RngState
 from dynamtl.tasks import name_list, task_indices
 from dynamtl.weighting.base import (
-    META_OPTIMIZERS,
     MetaOptimizerFactory,
     MetaOptimizerName,
     OwnOptimizer,
     Weighting,
 )
+
+#: A task whose λ is negative and whose training loss has grown by this factor since λ went
+#: below 0 is named in a :class:`NegativeLambdaWarning`.
+ASCENT_FACTOR = 100.0
+
+
+class NegativeLambdaWarning(RuntimeWarning):
+    """Auto-Lambda's λ of a task is negative and that task's training loss is growing: the
+    negative weight ascends the loss (see :meth:`AutoLambda.weights`)."""
 
 
 @dataclass
@@ -123,7 +132,14 @@ class AutoLambda(OwnOptimizer, Weighting):
             cross-entropy has no bound and wrecks the shared layers (docs/claims.md).
 
     λ is unbounded by default; when a run fails on a non-finite loss the message names λ
-    if it grew (:meth:`explain_failure`).
+    if it grew or went negative (:meth:`explain_failure`). A negative λᵢ *ascends* Lᵢ, and
+    a loss that grows without becoming non-finite (a cross-entropy reaching 10⁶) wrecks the
+    shared layers as surely: when λᵢ < 0 and task i's training loss has grown by
+    :data:`ASCENT_FACTOR` (100×) since λᵢ went below 0, a :class:`NegativeLambdaWarning`
+    names the task, λᵢ, the step and the losses, once per task (the reference restarts
+    whenever λᵢ is back at ≥ 0; it is not kept in checkpoints). In the experiments of
+    docs/claims.md it fires in every diverging run (λ lr 1e-2 with ``normalize="mean"``,
+    24–40 steps after λ crossed 0) and not where λ dipped to −0.003 harmlessly.
     """
 
     facts = Facts(
@@ -158,16 +174,10 @@ class AutoLambda(OwnOptimizer, Weighting):
         normalize: Literal["none", "mean"] = "none",
     ) -> None:
         super().__init__()
-        check_choice("hypergradient", hypergradient, ("finite_difference", "exact"))
-        check_choice("order", order, ("lookahead", "lagged"))
-        check_choice("difference", difference, ("central", "forward"))
-        check_choice("normalize", normalize, ("none", "mean"))
         if normalize == "mean" and nonnegative and init <= 0:
             raise ValueError(
                 f"normalize='mean' with nonnegative=True keeps λ ≥ 0 at mean init: init must be > 0, got {init}"
             )
-        if isinstance(meta_optimizer, str):
-            check_choice("meta_optimizer", meta_optimizer, tuple(META_OPTIMIZERS))
         if hypergradient == "exact" and order == "lagged":
             raise ValueError("the exact hypergradient differentiates through the virtual step: use order='lookahead'")
         self.primary_names = None if primary is None else name_list(primary, "primary")
@@ -180,6 +190,8 @@ class AutoLambda(OwnOptimizer, Weighting):
         self.primary: tuple[int, ...] = ()
         self._pending: _Pending | None = None
         self.last_hypergradient: Tensor | None = None
+        self._below_zero: dict[int, tuple[int, float]] = {}  # task -> (step λ went < 0, its loss then)
+        self._warned: set[int] = set()
 
     def _on_bind(self) -> None:
         names = self.task_names or ()
@@ -197,7 +209,34 @@ class AutoLambda(OwnOptimizer, Weighting):
             pending, self._pending = self._pending, None
             theta_next = ctx.current_params()
             self._update(self._finite_difference(ctx.objective, pending, theta_next, ctx.meta_batch), ctx)
+        self._watch_ascent(ctx)
         return self.lambdas.detach().clone()
+
+    def _watch_ascent(self, ctx: StepContext) -> None:
+        """Warn (:class:`NegativeLambdaWarning`, once per task) when a task with λᵢ < 0 has
+        a training loss :data:`ASCENT_FACTOR` times the one it had when λᵢ went below 0."""
+        negative = (self.lambdas.detach() < 0).tolist()
+        if not any(negative) and not self._below_zero:
+            return
+        losses = ctx.losses.detach().tolist() if any(negative) else []
+        names = self.task_names or ()
+        for i, below in enumerate(negative):
+            if not below:
+                self._below_zero.pop(i, None)
+                continue
+            start, reference = self._below_zero.setdefault(i, (ctx.step + 1, losses[i]))
+            if i in self._warned or not losses[i] > ASCENT_FACTOR * reference > 0:
+                continue
+            self._warned.add(i)
+            warnings.warn(
+                f"Auto-Lambda: task {names[i]!r} has λ = {float(self.lambdas[i]):.3g} < 0 since step {start} "
+                f"(1-based), and its training loss grew from {reference:.3g} to {losses[i]:.3g} by step "
+                f"{ctx.step + 1}: a negative λ ascends its task's loss, which for a cross-entropy has no upper "
+                "bound and wrecks the shared layers; keep λ ≥ 0 with nonnegative=True (with normalize=mean: λ on "
+                "the simplex), or lower the λ learning rate (option lr)",
+                NegativeLambdaWarning,
+                stacklevel=2,
+            )
 
     def after_backward(self, ctx: StepContext) -> None:
         if self.order != "lagged" or ctx.step % self.interval != 0:
@@ -310,12 +349,20 @@ class AutoLambda(OwnOptimizer, Weighting):
                 self.lambdas.clamp_(min=0.0)
 
     def explain_failure(self) -> str:
-        """Names λ when it grew (a λ above max(1, 2·init) in absolute value): an unbounded
-        λ multiplies the learning rate of its task."""
+        """Names λ when a λ is negative (it ascends its task's loss) or grew (a λ above
+        max(1, 2·init) in absolute value: an unbounded λ multiplies the learning rate of its
+        task)."""
         lam = self.lambdas.detach()
+        values = ", ".join(f"{n}={float(v):.3g}" for n, v in zip(self.task_names or (), lam))
+        negative = [n for n, v in zip(self.task_names or (), lam.tolist()) if v < 0]
+        if negative:
+            return (
+                f"Auto-Lambda's λ is negative for {negative} (λ: {values}; from {self.init}): a negative λ ascends "
+                "its task's loss, which may have no upper bound: keep λ ≥ 0 with nonnegative=True (with "
+                "normalize=mean: λ on the simplex), or lower the λ learning rate (option lr)"
+            )
         if lam.numel() == 0 or float(lam.abs().max()) <= max(1.0, 2.0 * abs(self.init)):
             return ""
-        values = ", ".join(f"{n}={float(v):.3g}" for n, v in zip(self.task_names or (), lam))
         return (
             f"Auto-Lambda's λ grew without bound to ({values}) from {self.init} (λ multiplies its task's "
             "learning rate): lower the λ learning rate (option lr), or fix λ's mean with normalize=mean"

@@ -49,15 +49,32 @@ class ExcessMTL(Weighting):
             for every task, p takes no step then; 0 and 1 are the same, the official code's
             behaviour; the paper's appendix collects three epochs).
 
-    The scaled risks r̃ are scale-free (about 1 for a task whose excess risk has not moved
-    since its baseline): η is a step on numbers of order 1, and p moves by factors e^{η r̃}
-    per step. A raw, unscaled risk rᵢ = Σ_d |g_d| on a task's first step (what TorchJD's
+    The scaled risks r̃ are about 1 for a task whose excess risk has not moved since its
+    baseline: η is a step on numbers of order 1, and p moves by factors e^{η r̃} per step.
+    They are scale-free (unchanged when a task's gradients are multiplied by a constant) only
+    while the accumulated squares dominate the absolute 10⁻⁷: Sᵢ,d ≫ 10⁻⁷, i.e. gradient
+    entries well above about 3·10⁻⁴, where rᵢ grows like |gᵢ|. Below that rᵢ ≈ Σ_d g²/√10⁻⁷
+    grows like |gᵢ|², so a task with small gradients has r̃ moving with the square of their
+    change, and the 10⁻⁷ in r⁽⁰⁾ + 10⁻⁷ shrinks r̃ once r⁽⁰⁾ is not well above 10⁻⁷ (a task
+    whose gradients alone are 10⁴ times smaller takes a very different share of p; large
+    models, whose per-entry gradients are often that small, are in this regime). The official
+    code has the same √(S + 10⁻⁷); it divides by r⁽⁰⁾ with no ε (a zero baseline gives
+    infinity there; here it is no baseline yet, see below).
+
+    A raw, unscaled risk rᵢ = Σ_d |g_d| on a task's first step (what TorchJD's
     ``n_warmup_steps=0`` takes) is of the order of the number of shared parameters times
     the gradient's size; one such step with η = 1 puts all of p on one task, which later
     O(η) steps cannot undo; no step is taken on the risks before they are scaled.
     A small η (0.01, the default) keeps the weights near uniform over a few hundred steps;
     η = 1 lets a task whose relative excess risk stays above the others' take most of p
     within tens of steps.
+
+    A task whose risk is still exactly 0 when its baseline would be taken (its first present
+    steps had a zero gradient, e.g. an unlabelled batch under a masked-mean loss, or a zero
+    mean over the warm-up) has no baseline yet: it keeps its p, like an absent task, and
+    takes its baseline on its first step with a non-zero risk (r/r⁰ = 1 then, no step).
+    p never reaches exactly 0 (it is kept at or above the smallest positive float64), so
+    a task that has fallen far behind can still recover and p never becomes NaN.
 
     A task without a graph in this step (no labelled sample) keeps its p, statistics and
     baseline; the present tasks share their mass of p, and their λ are T' p / Σ p over the T'
@@ -124,15 +141,21 @@ class ExcessMTL(Weighting):
             return self.probabilities.clone()
         if self.baseline is None:
             self.baseline = torch.full_like(risks, torch.nan)
-        new = here & self.baseline.isnan()
+        starting = here & self.baseline.isnan()  # present tasks without a baseline yet
+        from_warmup = torch.zeros_like(risks)
         if self.warmup > 0 and self._warmup_sum is not None:
-            self.baseline[new] = self._warmup_sum[new] / self.warmup
-            scaled = risks / (self.baseline + 1e-7)
-        else:  # a task's first step is its baseline: r/r⁰ = 1, so p takes no step (the official code)
-            self.baseline[new] = risks[new]
-            scaled = torch.where(new, torch.ones_like(risks), risks / (self.baseline + 1e-7))
+            from_warmup = self._warmup_sum / self.warmup
+        by_warmup = starting & (from_warmup > 0)
+        by_now = starting & ~by_warmup & (risks > 0)  # a zero risk is no baseline: wait for a non-zero one
+        self.baseline[by_warmup] = from_warmup[by_warmup]
+        self.baseline[by_now] = risks[by_now]
+        # a task's first step with a baseline of its own risks has r/r⁰ = 1: p takes no step (the official code)
+        scaled = torch.where(by_now, torch.ones_like(risks), risks / (self.baseline + 1e-7))
+        moving = here & ~self.baseline.isnan()  # a task still without a baseline keeps its p, like an absent one
         p = self.probabilities.clone()
-        p[here] = p[here].sum() * torch.softmax(p[here].log() + self.step_size * scaled[here], dim=0)
+        if moving.any():
+            step = torch.softmax(p[moving].log() + self.step_size * scaled[moving], dim=0)
+            p[moving] = p[moving].sum() * step.clamp_min(torch.finfo(step.dtype).tiny)
         self.probabilities = p
         return p.clone()
 

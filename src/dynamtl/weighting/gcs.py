@@ -8,7 +8,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice
 from dynamtl.aggregation.base import shared_parameters
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
 from dynamtl.facts import Facts
@@ -54,7 +53,6 @@ class GCS(Weighting):
 
     def __init__(self, main: Sequence[str] | str, *, variant: Literal["unweighted", "weighted"] = "unweighted") -> None:
         super().__init__()
-        check_choice("variant", variant, ("unweighted", "weighted"))
         self.main_names = name_list(main, "main")
         self.variant = variant
         self.main: tuple[int, ...] = ()

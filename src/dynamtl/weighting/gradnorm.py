@@ -78,6 +78,7 @@ class GradNorm(OwnOptimizer, Weighting):
     started: Tensor
 
     option_ranges = intervals(alpha="[0, inf)", lr="(0, inf)")
+    parameter_options = ("layer",)
 
     def __init__(
         self,
@@ -91,7 +92,11 @@ class GradNorm(OwnOptimizer, Weighting):
         if isinstance(layer, str):
             layer = [layer]
         if layer is not None and not layer:
-            raise ValueError("layer is empty: name at least one shared parameter, or pass None for the default")
+            raise ValueError("GradNorm's option layer is empty: name at least one shared parameter, or pass None "
+                             "for the default")
+        if layer is not None and not all(isinstance(n, str) and n for n in layer):
+            raise ValueError(f"GradNorm's option layer holds an empty or non-string name: {list(layer)!r}; name "
+                             "shared parameters as model.named_parameters() does, e.g. 'trunk.0.weight'")
         self.alpha, self.lr, self.factory = alpha, lr, meta_optimizer
         self.layer = None if layer is None else tuple(layer)
         self.task_weights = nn.Parameter(torch.zeros(0))

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dynamtl._helpers import check_choice, intervals
+from dynamtl._helpers import intervals
 from dynamtl.context import Gradients, StepContext, combine_gradients, widened
 from dynamtl.facts import Facts
 from dynamtl.lookahead import learning_rates
@@ -93,9 +93,6 @@ class HydaLearn(Weighting):
         smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        check_choice("gain", gain, ("lookahead", "first_order"))
-        check_choice("gain_batch", gain_batch, ("current", "meta"))
-        check_choice("normalize", normalize, ("sum", "main"))
         self.main_names = name_list(main, "main")
         self.gain, self.gain_batch, self.step_size = gain, gain_batch, step_size
         self.floor, self.normalize, self.total, self.smoothing = floor, normalize, total, smoothing

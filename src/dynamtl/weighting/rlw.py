@@ -37,7 +37,7 @@ class RLW(LossWeighting):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(int(seed))
 
     def loss_weights(self, losses: Tensor) -> Tensor:
         z = torch.randn(self.num_tasks, generator=self.generator, dtype=torch.float64)

@@ -60,21 +60,16 @@ class STCH(LossWeighting):
         options=("mu", "preference", "ideal"),
     )
 
-    option_ranges = intervals(mu="(0, inf)")
+    option_ranges = intervals(mu="(0, inf)", preference="[0, inf)")
+    weight_options = ("preference",)
 
     def __init__(
         self, mu: float = 1.0, preference: Mapping[str, float] | None = None, ideal: Mapping[str, float] | None = None
     ) -> None:
         super().__init__()
-        if preference is not None and any(not v >= 0 for v in preference.values()):
-            raise ValueError(f"STCH's preference values must be >= 0, got {dict(preference)}")
         self.mu = float(mu)
         self.preference = None if preference is None else dict(preference)
         self.ideal = None if ideal is None else dict(ideal)
-
-    def _on_bind(self) -> None:
-        if self.preference is not None and sum(self.preference.values()) <= 0:
-            raise ValueError(f"STCH's preference gives every task 0: {self.preference}")
 
     def weights(self, ctx: StepContext) -> Tensor:
         return self.loss_weights(ctx.losses.detach(), torch.tensor(ctx.present))
