@@ -236,3 +236,13 @@ def test_a_config_refuses_option_values_no_option_takes(tmp_path):
     config.write_text('benchmark = "drift"\nmethod = "upgrad"\n[options]\npref = [[1.0], [2.0]]\n')
     code, output = invoke("train", "--config", str(config), "--out", str(tmp_path / "run"))
     assert code == 2 and "pref" in output and not (tmp_path / "run").exists(), output
+
+
+@pytest.mark.parametrize("options", ["c = 1" + "0" * 400, "pref = [1" + "0" * 400 + ", 1]"])
+def test_a_config_with_a_huge_integer_for_a_float_option_exits_2(options, tmp_path):
+    method = "cagrad" if options.startswith("c ") else "upgrad"
+    config = tmp_path / "huge.toml"
+    config.write_text(f'benchmark = "drift"\nmethod = "{method}"\n[options]\n{options}\n')
+    code, output = invoke("train", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert code == 2 and "too large for a float" in output and "Traceback" not in output, output
+    assert not (tmp_path / "run").exists()

@@ -754,7 +754,7 @@ def test_a_string_option_says_to_drop_the_quotes():
     integer = r"AutoLambda's option interval must be an integer, got 2.0 \(float\): write AutoLambda\(interval=2\)"
     with pytest.raises(TypeError, match=integer):
         dm.AutoLambda(interval=2.0)
-    assert dm.AutoLambda(lr=torch.tensor(1e-3)).lr == torch.tensor(1e-3)  # a one-element tensor is a number
+    assert dm.AutoLambda(lr=torch.tensor(1e-3)).lr == torch.tensor(1e-3)  # a 0-d tensor is a number
     assert dm.AutoLambda(lr=np.float32(1e-3)).lr == np.float32(1e-3)
 
 
@@ -1099,6 +1099,39 @@ def test_the_command_line_refuses_a_huge_integer_with_exit_2(arguments, tmp_path
     assert result.exit_code == 2, result.output
     assert re.search(r"(max_iters|option c|seed) must be", result.output), result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_LISTS + PER_TASK_MAPS)
+@pytest.mark.parametrize("huge", [10**400, -(10**400)])
+def test_a_huge_integer_inside_a_per_task_option_is_refused_naming_method_and_option(kind, name, option, huge):
+    """No OverflowError from a list, a mapping, or a per-task option given one number."""
+    cls = method_of(kind, name).factory.__name__
+    mapping = (kind, name, option) in PER_TASK_MAPS
+    given = [dict(zip(TASKS, [huge, 0.5, 0.5]))] if mapping else [[huge, 0.5, 0.5], (0.5, huge, 0.5)]
+    if not mapping and "float" in alternatives(parameters(method_of(kind, name))[option]):
+        given.append(huge)
+    for value in given:
+        with pytest.raises(ValueError, match=rf"{cls}'s option {option} must hold finite numbers, got an integer "
+                                             r"of 401 digits .*too large for a float"):
+            make(method_of(kind, name), **{option: value})
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), FLOATS)
+def test_a_one_element_1d_tensor_is_not_a_number_for_a_float_option(kind, name, option):
+    """``torch.tensor([0.5])`` has a dimension: refused, naming the class, the option and the fix
+    (a 0-d tensor or a Python number), as a list ``[0.5]`` is."""
+    cls = method_of(kind, name).factory.__name__
+    with pytest.raises(TypeError, match=rf"{cls}'s option {option} must be a number.*shape \[1\] is a list"):
+        make(method_of(kind, name), **{option: torch.tensor([0.5], dtype=torch.float64)})
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_LISTS + PER_TASK_MAPS)
+def test_a_one_element_1d_tensor_inside_a_per_task_option_is_refused(kind, name, option):
+    cls = method_of(kind, name).factory.__name__
+    values = [torch.tensor([0.25]), 0.5, 0.75]
+    given = dict(zip(TASKS, values)) if (kind, name, option) in PER_TASK_MAPS else values
+    with pytest.raises(TypeError, match=rf"{cls}'s option {option} "):
+        make(method_of(kind, name), **{option: given})
 
 
 # ------------------------------------------------------------ relative task weights (pref)

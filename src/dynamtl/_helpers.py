@@ -50,15 +50,30 @@ _BOOLEAN_WORDS = {
 
 
 def _is_real(value: object) -> bool:
-    """A real number (a one-element tensor included), not a bool or a string."""
+    """One real number: a Python or NumPy number, or a 0-d tensor; not a bool, a string, or a
+    tensor with a dimension (``torch.tensor([0.5])`` has shape ``[1]``: it is a list)."""
     if isinstance(value, Tensor):
-        return value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool
+        return value.dim() == 0 and not value.dtype.is_complex and value.dtype != torch.bool
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def is_scalar(value: object) -> bool:
     """One real number: a Python or NumPy number, or a 0-d tensor (not a list or a 1-D tensor)."""
-    return _is_real(value) and not (isinstance(value, Tensor) and value.dim() > 0)
+    return _is_real(value)
+
+
+def _finite(cls: type, name: str, value: Any, number: Any) -> float:
+    """``float(number)`` for an element of option ``name``'s ``value``; ``ValueError`` naming
+    the class and the option for NaN, ±∞ or an integer too large for a float (never a bare
+    ``OverflowError``)."""
+    try:
+        result = float(number)
+    except OverflowError:
+        raise ValueError(f"{cls.__name__}'s option {name} must hold finite numbers, got "
+                         f"{_short(number)} (an integer too large for a float)") from None
+    if not math.isfinite(result):
+        raise ValueError(f"{cls.__name__}'s option {name} must hold finite numbers, got {value!r}")
+    return result
 
 
 @dataclass(frozen=True)
@@ -102,13 +117,16 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
       another kind (the string ``"0.4"`` read from a config file, ``"False"``, which Python
       would take as true, a float for an integer); ``ValueError`` for a number outside the
       interval the class declares in ``option_ranges`` (:class:`Interval`), and for a float
-      option without one, for NaN or ±∞.
+      option without one, for NaN or ±∞. A number is a Python or NumPy number or a 0-d
+      tensor; a tensor of shape ``[1]`` is a list (refused, with the fix).
     * ``Sequence[float]`` (a value per task): a list, tuple or 1-D tensor of finite numbers
       (or one number where ``float`` is an alternative); a string or mapping is refused.
     * ``Sequence[str]``/``list[str]`` (task names): a list or tuple of strings; a single
       string only where ``str`` is an alternative (``IMTLL(tasks="t0")`` is refused, not
       split into characters).
     * ``Mapping[str, float]`` (task name -> number): a mapping of names to finite numbers.
+
+    An integer too large for a float, anywhere, is a ``ValueError`` (never ``OverflowError``).
 
     The lengths and names, which need the tasks, are checked by :func:`check_task_arguments`.
     """
@@ -141,14 +159,16 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
                 raise TypeError(f"{cls.__name__}'s option {name} is {what}, got "
                                 f"{type(value).__name__} {value!r}: write {cls.__name__}({name}={example})")
         elif parts & _NUMBER_MAPS and not (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
-                and all(_is_real(v) and math.isfinite(float(v)) for v in value.values())):
+                and all(_is_real(v) and (isinstance(v, numbers.Integral) or math.isfinite(float(v)))
+                        for v in value.values())):
             raise TypeError(
                 f"{cls.__name__}'s option {name} maps task names to finite numbers, e.g. "
                 f"{cls.__name__}({name}={{'a': 1.0, 'b': 0.5}}) (on the command line {name}=a:1,b:0.5), "
                 f"got {type(value).__name__} {value!r}"
             )
         elif parts & _NUMBER_MAPS:
-            _check_values(cls, name, value, [float(v) for v in value.values()], ranges.get(name))
+            values = [_finite(cls, name, value, v) for v in value.values()]
+            _check_values(cls, name, value, values, ranges.get(name))
 
 
 def _check_values(cls: type, name: str, value: Any, values: list[float], interval: Interval | None) -> None:
@@ -245,20 +265,18 @@ def _annotation_parts(annotation: Any) -> tuple[set[str], bool]:
 def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> list[float]:
     """A list, tuple or 1-D tensor of finite numbers (or, with ``scalar``, one number)."""
     if scalar and is_scalar(value):
-        values = [float(value)]
+        values = [value]
     elif isinstance(value, Tensor) and value.dim() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
         values = value.tolist()
     elif isinstance(value, (list, tuple)) and all(_is_real(v) for v in value):
-        values = [float(v) for v in value]
+        values = list(value)
     else:
         one = "one number or " if scalar else ""
         raise TypeError(
             f"{cls.__name__}'s option {name} is {one}a list of numbers in task order (a list, tuple or 1-D tensor), "
             f"got {type(value).__name__} {value!r}: write e.g. {cls.__name__}({name}=[1.0, 0.5])"
         )
-    if not all(math.isfinite(float(v)) for v in values):
-        raise ValueError(f"{cls.__name__}'s option {name} must hold finite numbers, got {value!r}")
-    return [float(v) for v in values]
+    return [_finite(cls, name, value, v) for v in values]
 
 
 def check_task_arguments(module: Any, names: Sequence[str]) -> None:
@@ -328,6 +346,9 @@ def _fix(cls: type, name: str, kind: str, value: Any) -> str:
     if kind == "int" and isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_floating_point \
             and not value.dtype.is_complex and value.dtype != torch.bool:
         return f": write {cls.__name__}({name}={int(value)}), a Python int (an int option is used as a count or seed)"
+    if kind == "float" and isinstance(value, Tensor) and value.numel() == 1 and _is_real(value.reshape(())):
+        return (f": a tensor of shape {list(value.shape)} is a list, not a number; write "
+                f"{cls.__name__}({name}={value.item()!r}) or a 0-d tensor")
     return ""
 
 

@@ -417,6 +417,9 @@ def _number(value: Any, kind: type, what: str) -> int | float:
         raise RegistryError(f"{what} expects {'an integer' if kind is int else 'a number'}, got {value!r}")
     try:
         number = kind(value) if isinstance(value, str) or kind is float else value
+    except OverflowError:  # an integer of hundreds of digits from a config file, for a float option
+        raise RegistryError(f"{what} expects a finite number, got an integer of {len(str(abs(value)))} digits "
+                            "(too large for a float)") from None
     except (TypeError, ValueError):
         number = None
     if not isinstance(number, (int, float)) or (kind is int and not isinstance(number, int)):
