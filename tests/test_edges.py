@@ -1159,9 +1159,43 @@ def test_relative_task_weights_are_non_negative_and_not_all_zero(kind, name, opt
     with pytest.raises(ValueError, match=rf"{cls}'s option {option} must hold numbers >= 0"):
         make(method, **{option: given([-1.0, 1.0])})
     for values in ([0.0, 0.0], []):
-        with pytest.raises(ValueError, match=rf"{cls}'s option {option} holds relative task weights: .*not all 0"):
+        with pytest.raises(ValueError, match=rf"{cls}'s option {option} holds .*task weights.*: .*not all 0"):
             make(method, **{option: given(values)})
     make(method, **{option: given([0.0, 1.0, 2.0])})
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), WEIGHT_OPTIONS)
+@pytest.mark.parametrize("scale", [1e-320, 1e-200, 1e200, 1e308])
+def test_task_weights_of_any_scale_are_refused_or_taken_as_their_ratios(kind, name, option, scale):
+    """Where only the ratios of the weights matter (``relative_weight_options``) a scale that
+    would under- or overflow is removed: the step is the one at ``[1, 1, 1]``; where the
+    scale enters the update it is refused, the message saying the scale matters. Never a
+    frozen trunk, an overflow or a solver crash."""
+    method, cls = method_of(kind, name), method_of(kind, name).factory.__name__
+    mapping = (kind, name, option) in PER_TASK_MAPS
+
+    def given(values):
+        return dict(zip(TASKS, values)) if mapping else values
+
+    def grads(values):
+        built = make(method, **{option: given(values)})
+        roles = (None, built) if isinstance(built, dm.Aggregation) else (built, None)
+        return grads_after_backward(*roles, TASKS, batch(0), None)[0]
+
+    if option in getattr(method.factory, "relative_weight_options", ()):
+        reference = grads([1.0, 1.0, 1.0])
+        for values in ([scale] * 3, [scale, 0.0, scale]):
+            got = grads(values)
+            if values[1] == 0.0:
+                shared = got["trunk.0.weight"]
+                assert torch.isfinite(shared).all() and shared.abs().sum() > 0
+            else:
+                assert_same_gradients(got, reference)
+        return
+    truthful = rf"{cls}'s option {option} holds task weights that scale each task's share of the update"
+    for values in ([scale] * 3, [scale, 0.0, 1.0]):
+        with pytest.raises(ValueError, match=truthful + r".*0 or between 1e-30 and 1e\+30"):
+            make(method, **{option: given(values)})
 
 
 @pytest.mark.parametrize("kind", ["train", "compare"])

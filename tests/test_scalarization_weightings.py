@@ -49,7 +49,7 @@ def test_stch_refuses_bad_options():
         dm.STCH(preference={"a": -1.0})
     with pytest.raises(ValueError, match=r"STCH's option ideal names task\(s\) \['z'\] that are not among the tasks"):
         dm.STCH(ideal={"z": 0.0}).bind(NAMES)
-    with pytest.raises(ValueError, match=r"option preference holds relative task weights: .*not all 0"):
+    with pytest.raises(ValueError, match=r"option preference holds task weights that scale .*not all 0"):
         dm.STCH(preference={"a": 0.0})
 
 

@@ -173,16 +173,29 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
 
 def _check_values(cls: type, name: str, value: Any, values: list[float], interval: Interval | None) -> None:
     """The values of a per-task option (a list or a mapping): each in the option's declared
-    ``interval``, and, for the relative weights a class names in ``weight_options``, not
-    empty and not all 0."""
+    ``interval``, and, for the task weights a class names in ``weight_options``, not empty,
+    not all 0, and (unless only their ratios matter) each 0 or in :data:`WEIGHT_SCALE`."""
     if interval is not None and not all(v in interval for v in values):
         raise ValueError(f"{cls.__name__}'s option {name} must hold numbers {interval.words()}, got {value!r}")
-    if name in getattr(cls, "weight_options", ()) and not sum(values) > 0:
-        example = "{'a': 1.0, 'b': 2.0}" if isinstance(value, Mapping) else "[1.0, 2.0]"
-        raise ValueError(
-            f"{cls.__name__}'s option {name} holds relative task weights: give at least one, not all 0 "
-            f"(e.g. {cls.__name__}({name}={example})), got {value!r}"
-        )
+    if name not in getattr(cls, "weight_options", ()):
+        return
+    relative = name in getattr(cls, "relative_weight_options", ())
+    what = ("relative task weights (only their ratios matter)" if relative else
+            "task weights that scale each task's share of the update ([2, 2] is twice [1, 1])")
+    example = "{'a': 1.0, 'b': 2.0}" if isinstance(value, Mapping) else "[1.0, 2.0]"
+    if not sum(values) > 0:
+        raise ValueError(f"{cls.__name__}'s option {name} holds {what}: give at least one, not all 0 "
+                         f"(e.g. {cls.__name__}({name}={example})), got {value!r}")
+    low, high = WEIGHT_SCALE
+    if not relative and not all(v == 0 or low <= v <= high for v in values):
+        raise ValueError(f"{cls.__name__}'s option {name} holds {what}: each must be 0 or between {low:g} and "
+                         f"{high:g} (beyond, the update under- or overflows), got {value!r}")
+
+
+WEIGHT_SCALE = (1e-30, 1e30)
+"""The non-zero values a per-task weight option that scales the update (``weight_options``
+not in ``relative_weight_options``) takes: inside float32's normal range with room for the
+products the methods form."""
 
 
 INT64 = 2**63
@@ -363,13 +376,16 @@ class ArgumentsRepr:
     ``option_ranges`` declares, next to each method, the interval of each numeric option;
     ``parameter_options`` the options that name parameters of the model
     (:func:`check_model_arguments`); ``weight_options`` the per-task options that are
-    relative task weights (not empty, not all 0). A declared range applies to every value
-    of a per-task list or mapping.
+    task weights (not empty, not all 0; each 0 or in :data:`WEIGHT_SCALE`, as they scale the
+    update), except those also in ``relative_weight_options``, whose scale the method
+    removes (only the ratios matter; any positive scale is taken). A declared range applies
+    to every value of a per-task list or mapping.
     """
 
     option_ranges: ClassVar[Mapping[str, Interval]] = {}
     parameter_options: ClassVar[tuple[str, ...]] = ()
     weight_options: ClassVar[tuple[str, ...]] = ()
+    relative_weight_options: ClassVar[tuple[str, ...]] = ()
     _arguments: dict[str, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:

@@ -9,8 +9,9 @@ facts), its tests, its export in ``dynamtl.weighting``/``dynamtl.aggregation`` a
 ``dynamtl``, and its entry in ``docs/methods.md``. Beside the facts, the class declares the
 interval of each number option (``option_ranges = intervals(beta="[0, 1]")``, see
 :func:`dynamtl._helpers.check_arguments`; for a per-task list or mapping it bounds each
-value), its per-task options that are relative task weights (``weight_options = ("pref",)``:
-not empty, not all 0) and its options that name parameters of the model
+value), its per-task options that are task weights (``weight_options = ("pref",)``: not
+empty, not all 0, each 0 or in 1e-30..1e30 unless also in ``relative_weight_options``, whose
+scale the method removes) and its options that name parameters of the model
 (``parameter_options = ("layer",)``: checked against the model before training); the kinds
 of its options (numbers, flags, per-task lists ``Sequence[float]``, task names,
 ``Mapping[str, float]`` by task, ``Literal`` choices, callables) are checked from its type

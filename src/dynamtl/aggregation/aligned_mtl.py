@@ -56,7 +56,8 @@ class AlignedMTL(GradientAggregation):
         scale: ``"min"`` (default, the paper), ``"median"`` or ``"mean"`` of the positive
             eigenvalues of G for σ². TorchJD calls ``"mean"`` ``"rmse"``; its ``"median"``
             takes the lower middle value for an even rank, this one the average of the two.
-        pref: the task weights w, one per task (default 1/T each).
+        pref: the task weights w, one per task (default 1/T each). Their scale matters
+            (the update grows with it), so each is 0 or between 1e-30 and 1e30.
 
     >>> import torch
     >>> AlignedMTL().combine(torch.tensor([[2.0, 0.0], [0.0, 1.0]]))

@@ -39,7 +39,9 @@ class ConFIG(GradientAggregation):
     direction and are left out (α = 0).
 
     Args:
-        pref: the preference p, one non-negative value per task (default 1 each).
+        pref: the preference p, one non-negative value per task (default 1 each). Only
+            the ratios matter (``[2, 2]`` is ``[1, 1]``): p is divided by its largest value
+            (float64) first, so any positive scale is taken.
 
     Differences to the official code: the same maths on the Gram matrix instead of the
     pseudo-inverse of the D-dimensional matrix of unit gradients (equal up to rounding);
@@ -57,6 +59,7 @@ class ConFIG(GradientAggregation):
 
     option_ranges = intervals(pref="[0, inf)")
     weight_options = ("pref",)
+    relative_weight_options = ("pref",)
 
     def __init__(self, pref: Sequence[float] | None = None) -> None:
         super().__init__()
@@ -67,6 +70,7 @@ class ConFIG(GradientAggregation):
         gram = gramian(jacobian)
         num = len(gram)
         pref = preference("ConFIG", self.pref, num, 1.0)
+        pref = pref / pref.max()  # α does not depend on p's scale: [1e-320, 1e-320] and [1e308, 1e308] are [1, 1]
         active = nonzero_rows(gram)
         alpha = torch.zeros(num, dtype=torch.float64)
         if not active.any():

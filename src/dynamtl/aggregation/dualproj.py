@@ -27,7 +27,9 @@ class DualProj(DualConeAggregation):
     are left out (α = 0; the default preference is 1/T over the other rows).
 
     Args:
-        pref: the preference p, one non-negative value per task (default 1/T each).
+        pref: the preference p, one non-negative value per task (default 1/T each). Its
+            scale matters (α grows with it: ``[1, 1]`` gives twice the default step), so
+            each value is 0 or between 1e-30 and 1e30.
         reg_eps: ε added to the diagonal of the trace-normalised Gram matrix (TorchJD's
             default 1e-4); 0 solves the exact problem.
         max_iters: active-set iterations (default 100). Without convergence a warning is

@@ -35,7 +35,9 @@ class UPGrad(DualConeAggregation):
     other rows), so the step is the step on the other tasks.
 
     Args:
-        pref: the preference p, one non-negative value per task (default 1/T each).
+        pref: the preference p, one non-negative value per task (default 1/T each). Its
+            scale matters (α grows with it: ``[1, 1]`` gives twice the default step), so
+            each value is 0 or between 1e-30 and 1e30.
         reg_eps: ε added to the diagonal of the trace-normalised Gram matrix G/tr(G) before
             the solve (TorchJD's default 1e-4), which keeps the problem strictly convex when
             the gradients are linearly dependent; 0 solves the exact problem.

@@ -40,7 +40,8 @@ class STCH(LossWeighting):
         mu: the smoothing μ > 0 (default 1; the paper tries 0.01 to 1 and finds no value
             best everywhere).
         preference: task name -> pᵢ ≥ 0 (tasks not named: 0); default 1/T for every task,
-            the paper's uniform preference on the simplex.
+            the paper's uniform preference on the simplex. Its scale matters (the weights
+            grow with it), so each value is 0 or between 1e-30 and 1e30.
         ideal: task name -> zᵢ, the ideal (lowest reachable) value of the loss; default 0
             for every task (losses ≥ 0).
 
