@@ -645,6 +645,51 @@ def test_one_method_object_for_two_multitasks_is_refused(kind, name):
     dm.MultiTask(second, tasks, torch.optim.SGD(second.parameters(), lr=0.1), **{kind: method})
 
 
+@pytest.mark.parametrize(
+    ("kind", "name"), [("weighting", n) for n in WEIGHTINGS] + [("aggregation", n) for n in AGGREGATIONS]
+)
+def test_one_method_object_for_a_lightning_module_and_another_run_is_refused(kind, name):
+    """The rule holds for MultiTaskModule too: a second module, or a MultiTask, given the
+    object a live module holds is refused (same tasks: the bind check does not catch it)."""
+    from dynamtl.lightning import MultiTaskModule
+
+    method = build(kind, name)
+    tasks = dm.Tasks(dict.fromkeys(TASKS, masked_mse))
+
+    def module():
+        return MultiTaskModule(net(0), tasks, lambda p: torch.optim.SGD(p, lr=0.1), **{kind: method})
+
+    held = module()
+    cls = type(method).__name__
+    with pytest.raises(ValueError, match=f"already belongs to another MultiTaskModule.*its own {cls}"):
+        module()
+    with pytest.raises(ValueError, match=f"already belongs to another MultiTaskModule.*its own {cls}"):
+        dm.MultiTask(net(1), tasks, **{kind: method})
+    del held
+    module()
+
+
+WRAPPED = [n for n in GRADIENT_AGGREGATIONS if not registry.AGGREGATIONS[n].factory.rows_across_batches]
+
+
+@pytest.mark.parametrize("name", WRAPPED)
+@pytest.mark.parametrize("wrapper", ["CRMOGM", "OnRepresentation"])
+def test_an_inner_aggregation_belongs_to_one_run_only(name, wrapper):
+    """The aggregation inside CR-MOGM or OnRepresentation is one run's too: the same object
+    in two wrappers of two runs, or wrapped in one run and direct in another, is refused."""
+    inner = build("aggregation", name)
+    tasks = dm.Tasks(dict.fromkeys(TASKS, masked_mse))
+    wrap = getattr(dm, wrapper)
+    first = dm.MultiTask(net(0), tasks, representation="trunk", aggregation=wrap(inner))
+    match = rf"this {type(inner).__name__} object( \(inside {wrapper}\))? already belongs to another MultiTask"
+    with pytest.raises(ValueError, match=match):
+        dm.MultiTask(net(1), tasks, representation="trunk", aggregation=wrap(inner))
+    with pytest.raises(ValueError, match=match):
+        dm.MultiTask(net(1), tasks, representation="trunk", aggregation=inner)
+    del first
+    dm.MultiTask(net(1), tasks, representation="trunk", aggregation=wrap(inner))
+
+
 SCHEDULERS = {
     "step": lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1),
     "one-cycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10),

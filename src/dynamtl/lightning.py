@@ -47,7 +47,7 @@ from dynamtl._helpers import check_model_arguments
 from dynamtl.aggregation.base import Aggregation
 from dynamtl.distributed import Replicas
 from dynamtl.objective import Objective
-from dynamtl.step import MultiTask, StepInfo
+from dynamtl.step import MultiTask, StepInfo, _claim, _release
 from dynamtl.tasks import Tasks
 from dynamtl.weighting.base import Weighting
 from dynamtl.weighting.equal import Equal
@@ -101,7 +101,9 @@ class MultiTaskModule(pl.LightningModule):
         # a tuple, so that nn.Module does not register them as submodules (see the module doc)
         if isinstance(aggregation, Aggregation):  # a per-task option of the wrong length is refused now
             aggregation.bind(tasks)
-        self._method = ((weighting or Equal()).bind(tasks), aggregation, representation, check_finite)
+        # one method object per run: refused if another MultiTask(Module) holds it (see _build)
+        self._method = (_claim(weighting or Equal(), self).bind(tasks),
+                        None if aggregation is None else _claim(aggregation, self), representation, check_finite)
         trainable = tuple(name for name, p in model.named_parameters() if p.requires_grad)
         for method in self._method[:2]:
             if method is not None:  # an option naming a parameter the model lacks is refused now
@@ -129,6 +131,9 @@ class MultiTaskModule(pl.LightningModule):
         weighting, aggregation, representation, check_finite = self._method
         raw = self._optimizer().optimizer
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        for method in (weighting, aggregation):
+            if method is not None:  # handed on to this module's own MultiTask
+                _release(method, self)
         mtl = MultiTask(
             self.model, self.tasks, raw, weighting=weighting, aggregation=aggregation,
             representation=representation, check_finite=check_finite, scaler=scaler,

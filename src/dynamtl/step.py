@@ -412,22 +412,40 @@ def _check_kind(value: Any, kind: type, what: str, expected: str) -> None:
     raise TypeError(f"MultiTask's {what} must be {expected}, got {given}")
 
 
-_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[MultiTask]] = weakref.WeakKeyDictionary()
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[nn.Module]] = weakref.WeakKeyDictionary()
 
 
-def _claim(method: nn.Module, mtl: MultiTask) -> Any:
-    """``method``, recorded as belonging to ``mtl``; ``ValueError`` if another live MultiTask has it."""
-    owner = _OWNERS.get(method)
-    if owner is not None and owner() is not None and owner() is not mtl:
-        gc.collect()  # a MultiTask nobody holds any more may only wait for the cycle collector
-    if owner is not None and owner() is not None and owner() is not mtl:
-        kind = type(method).__name__
-        raise ValueError(
-            f"this {kind} object already belongs to another MultiTask, which would share its state "
-            f"(λ, histories, random streams) with this one: give each MultiTask its own {kind}(...)"
-        )
-    _OWNERS[method] = weakref.ref(mtl)
+def _claim(method: nn.Module, owner: nn.Module) -> Any:
+    """``method``, and every weighting or aggregation inside it (the inner aggregation of
+    CR-MOGM or OnRepresentation), recorded as belonging to ``owner`` (a MultiTask or a
+    MultiTaskModule); ``ValueError`` if another live owner has one of them: a method object
+    holds the state (λ, histories, tracked gradients, random streams) of one run."""
+    parts = [m for m in method.modules() if isinstance(m, (Weighting, Aggregation))]
+    for part in parts:
+        held = _OWNERS.get(part)
+        if held is not None and held() is not None and held() is not owner:
+            gc.collect()  # an owner nobody holds any more may only wait for the cycle collector
+        other = None if held is None else held()
+        if other is not None and other is not owner:
+            kind = type(part).__name__
+            inside = "" if part is method else f" (inside {type(method).__name__})"
+            raise ValueError(
+                f"this {kind} object{inside} already belongs to another {type(other).__name__}, which would share "
+                f"its state (λ, histories, random streams) with this {type(owner).__name__}: give each its own "
+                f"{kind}(...)"
+            )
+    for part in parts:
+        _OWNERS[part] = weakref.ref(owner)
     return method
+
+
+def _release(method: nn.Module, owner: nn.Module) -> None:
+    """Undo :func:`_claim` of ``method`` (and its inner methods) by ``owner``, so that the
+    MultiTask ``owner`` builds can claim it."""
+    for part in method.modules():
+        held = _OWNERS.get(part)
+        if held is not None and held() is owner:
+            del _OWNERS[part]
 
 
 def _check_ownership(optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter]) -> None:
