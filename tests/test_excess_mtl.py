@@ -138,3 +138,34 @@ def test_in_training_an_unlabelled_first_batch_does_not_hand_all_weight_to_that_
             ys["b"] = torch.full_like(ys["b"], float("nan"))
         info = mtl.step((x, ys))
         assert all(0.5 < v < 1.5 for v in info.weights.tolist()), (k, info.weights)
+
+
+def test_bad_rows_or_mask_are_refused_naming_the_class_and_argument():
+    """A NaN row would leave that task's statistics and baseline NaN (its p frozen for good);
+    a mask of the wrong length or kind would give a raw torch error."""
+    w = dm.ExcessMTL()
+    bad = rows(0)
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"ExcessMTL.update got non-finite gradient rows \[1\]"):
+        w.update(bad)
+    assert w.squares is None and w.steps == 0  # nothing recorded
+    for mask in (torch.tensor([True, False]), torch.tensor([1, 0, 1]), torch.tensor([[True, True, True]])):
+        with pytest.raises(ValueError, match=r"ExcessMTL.update's present must be a boolean tensor of shape \[3\]"):
+            w.update(rows(0), mask)
+    with pytest.raises(ValueError, match=r"ExcessMTL.update takes rows \[T, D\]"):
+        w.update(rows(0)[0])
+
+
+def test_a_small_first_risk_is_a_baseline_and_warmup_is_the_documented_remedy():
+    """Documented behaviour (the paper's r⁰): a tiny but non-zero first risk hands p to that
+    task; a warm-up whose mean is not tiny keeps p spread."""
+    w = dm.ExcessMTL()
+    w.update(rows(0, scale=(1.0, 1e-4, 1.0)))
+    p = w.update(rows(1))
+    assert p[1] > 0.99, p
+    w = dm.ExcessMTL(warmup=3)
+    w.update(rows(0, scale=(1.0, 1e-4, 1.0)))
+    for seed in range(1, 5):
+        p = w.update(rows(seed))
+    assert torch.all(p > 0.2), p
+    assert "warmup" in dm.ExcessMTL.__doc__.split("small but")[1]

@@ -76,6 +76,14 @@ class ExcessMTL(Weighting):
     p never reaches exactly 0 (it is kept at or above the smallest positive float64), so
     a task that has fallen far behind can still recover and p never becomes NaN.
 
+    A *small but non-zero* first risk is a baseline all the same (as in the paper and the
+    official code, which divides by it): a task whose first batch happens to give it a tiny
+    gradient (one labelled sample with a small error, an auxiliary task near its optimum)
+    has r̃ = r/r⁽⁰⁾ huge from then on, and p goes to it for good (a first risk 10⁻⁴ of the
+    others' gives p ≈ [10⁻¹²⁵, 1, 10⁻¹²⁵] after one step at η = 0.01). Where first batches
+    can be that unrepresentative, give ``warmup`` (the baseline is then a mean over several
+    steps at uniform weights).
+
     A task without a graph in this step (no labelled sample) keeps its p, statistics and
     baseline; the present tasks share their mass of p, and their λ are T' p / Σ p over the T'
     present tasks (the weights of the step on those tasks alone).
@@ -124,8 +132,24 @@ class ExcessMTL(Weighting):
         """One step of the weights p (returned, on the simplex) from the task gradients
         ``rows`` ([T, D], float64 here). ``present``: the tasks with a graph in this step (all
         by default); the others keep their p, their statistics and their baseline, and the
-        present ones share their mass."""
+        present ones share their mass.
+
+        Raises:
+            ValueError: ``rows`` is not 2-D or holds NaN/±∞ (a task's statistics and baseline
+                would be NaN for good), or ``present`` is not a boolean vector of one entry
+                per row.
+        """
+        name = type(self).__name__
+        if rows.dim() != 2:
+            raise ValueError(f"{name}.update takes rows [T, D] (one gradient per task), got shape {list(rows.shape)}")
         rows = rows.detach().double().cpu()
+        bad = [i for i, finite in enumerate(rows.isfinite().all(dim=1).tolist()) if not finite]
+        if bad:
+            raise ValueError(f"{name}.update got non-finite gradient rows {bad} (task indices): their squares and "
+                             "baseline would stay NaN and their p frozen; skip the step or fix the loss")
+        if present is not None and (present.dtype != torch.bool or present.shape != (len(rows),)):
+            raise ValueError(f"{name}.update's present must be a boolean tensor of shape [{len(rows)}] (one per "
+                             f"task row), got {present.dtype} of shape {list(present.shape)}")
         here = torch.ones(len(rows), dtype=torch.bool) if present is None else present.cpu()
         if self.squares is None or self.squares.shape != rows.shape:
             self.squares = torch.zeros_like(rows)
