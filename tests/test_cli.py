@@ -246,3 +246,22 @@ def test_a_config_with_a_huge_integer_for_a_float_option_exits_2(options, tmp_pa
     code, output = invoke("train", "--config", str(config), "--out", str(tmp_path / "run"))
     assert code == 2 and "too large for a float" in output and "Traceback" not in output, output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("weights", ["main:1,aux:2,main:3", "main:1,main:2"])
+def test_a_task_given_twice_in_a_mapping_option_is_refused(weights, tmp_path):
+    code, output = invoke("train", "--benchmark", "drift", "--method", "static", "--option", f"weights={weights}",
+                          "--out", str(tmp_path / "run"))
+    assert code == 2 and "task 'main' is given twice" in output and "has no weight" not in output, output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("options", ['pref = [1, [2]]\n[options.weights]\nmain = 1.0\naux = 0.5\n',
+                                     'pref = [1, 2]\n[options.weights]\nmain = [1.0]\naux = 0.5\n'])
+def test_a_bad_option_in_a_config_does_not_make_another_look_missing(options, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text(f'benchmark = "drift"\nmethod = "static+upgrad"\n[options]\n{options}')
+    code, output = invoke("train", "--config", str(config), "--out", str(tmp_path / "run"))
+    bad = "pref" if "[2]" in options else "weights"
+    assert code == 2 and f"'{bad}'" in output and "needs the option" not in output, output
+    assert not (tmp_path / "run").exists()

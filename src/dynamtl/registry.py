@@ -433,5 +433,7 @@ def _split_pairs(text: str, what: str) -> dict[str, str]:
         key, colon, value = item.partition(":")
         if not colon or not key.strip():
             raise RegistryError(f"{what} expects key:value pairs like 'a:1,b:0.5', got {text!r}")
+        if key.strip() in pairs:
+            raise RegistryError(f"{what}: task {key.strip()!r} is given twice in {text!r}; give each task once")
         pairs[key.strip()] = value.strip()
     return pairs

@@ -198,8 +198,10 @@ def _parsed_fields(values: Mapping[str, Any], source: str) -> tuple[dict[str, An
         try:
             if key in ("options", "benchmark_options") and isinstance(value, Mapping):
                 # a run's config.json records the options' None defaults as null
-                # each value is parsed later by the type its method or benchmark declares
-                parsed[key] = _option_values(value, key)
+                # each value is parsed later by the type its method or benchmark declares;
+                # a bad one is kept too, so that it is not also reported as missing
+                parsed[key] = {str(name): v for name, v in value.items()}
+                _check_option_values(value, key)
             else:
                 parsed[key] = parse_value(value, hints[key], f"{key}")
         except RegistryError as error:
@@ -210,17 +212,16 @@ def _parsed_fields(values: Mapping[str, Any], source: str) -> tuple[dict[str, An
     return parsed, problems
 
 
-def _option_values(values: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """``values`` (a config's ``options`` or ``benchmark_options`` table) as given, after
-    checking that each is a value an option may take: a string, number or boolean, a list of
-    them, or a table of them (``pref = [1.0, 2.0]``, ``[options.weights]``); ``None`` (a
-    run's ``config.json`` records unset defaults as ``null``) is kept. Which of these an
+def _check_option_values(values: Mapping[str, Any], key: str) -> None:
+    """``RegistryError`` unless each of ``values`` (a config's ``options`` or
+    ``benchmark_options`` table) is a value an option may take: a string, number or boolean,
+    a list of them, or a table of them (``pref = [1.0, 2.0]``, ``[options.weights]``); ``None``
+    (a run's ``config.json`` records unset defaults as ``null``) is taken. Which of these an
     option accepts is checked against its declared type when the method is parsed."""
     problems = [f"{key} {name!r} must be a string, number, true/false, a list or a table, got {value!r}"
                 for name, value in values.items() if value is not None and not _is_option_value(value)]
     if problems:
         raise RegistryError("; ".join(problems))
-    return {str(name): value for name, value in values.items()}
 
 
 def _is_option_value(value: Any, depth: int = 0) -> bool:
