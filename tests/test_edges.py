@@ -1115,6 +1115,27 @@ def test_the_command_line_refuses_an_option_naming_no_parameter_before_training(
         assert not out.exists()
 
 
+@pytest.mark.parametrize(("kind", "name", "option"), MODEL_OPTIONS)
+def test_the_command_line_refuses_a_head_parameter_before_training_listing_only_shared_ones(kind, name, option,
+                                                                                          tmp_path):
+    """A head parameter (one task's) is no shared layer: exit 2 before any folder, and the
+    choices offered are the shared parameters only."""
+    from click.testing import CliRunner
+
+    from dynamtl.cli.main import main
+
+    out = tmp_path / "run"
+    for value in ("heads.main.weight", "trunk.0.weight,heads.aux.bias", "zz"):
+        result = CliRunner().invoke(main, ["train", "--benchmark", "drift", "--method", name, "--option",
+                                           f"{option}={value}", "--epochs", "1", "--limit", "64", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output and "trunk.0.weight" in result.output, result.output
+        assert "heads." not in result.output.split("choose among")[1], result.output
+        if value != "zz":
+            assert "belong to one task's head" in result.output, result.output
+        assert not out.exists()
+
+
 # ------------------------------------------------------------------------- huge integers
 
 @pytest.mark.parametrize(("kind", "name", "option"), NUMERIC)

@@ -316,14 +316,20 @@ def check_task_arguments(module: Any, names: Sequence[str]) -> None:
                                  f"tasks {list(names)}")
 
 
-def check_model_arguments(module: Any, parameters: Sequence[str]) -> None:
+def check_model_arguments(module: Any, parameters: Sequence[str], per_task: Sequence[str] = ()) -> None:
     """``ValueError`` naming the class, the option and the model's trainable parameters when
     an option that names parameters of the model (declared in the class's
     ``parameter_options``, e.g. GradNorm's ``layer``) names one the model lacks (or no
-    trainable one). Called when a :class:`~dynamtl.MultiTask` or a Lightning module is
-    built, and by ``dynamtl train``/``compare`` when they plan a run, before any training:
-    which of them every task's loss depends on is known only at the first step."""
+    trainable one), or one of ``per_task``: parameters known to belong to one task (a
+    benchmark model's heads, in modules keyed by task name), which no other task's loss
+    depends on. Called when a :class:`~dynamtl.MultiTask` or a Lightning module is built
+    (``per_task`` empty: which parameters every task's loss depends on is known there only
+    at the first step), and by ``dynamtl train``/``compare`` when they plan a run, before any
+    training."""
     cls = type(module)
+    candidates = [name for name in parameters if name not in set(per_task)]
+    listed = f"{candidates[:40]}{' …' if len(candidates) > 40 else ''}"
+    among = f"among its {'shared ' if per_task else ''}trainable parameters {listed}"
     for option in getattr(cls, "parameter_options", ()):
         value = getattr(module, "_arguments", {}).get(option)
         if value is None:
@@ -331,11 +337,15 @@ def check_model_arguments(module: Any, parameters: Sequence[str]) -> None:
         given = [value] if isinstance(value, str) else list(value)
         unknown = [name for name in given if name not in parameters]
         if unknown:
-            shown = list(parameters)
-            listed = f"{shown[:40]}{' …' if len(shown) > 40 else ''}"
             raise ValueError(
                 f"{cls.__name__}'s option {option} names {unknown}, which the model has no trainable parameter "
-                f"called: choose among its trainable parameters {listed}"
+                f"called: choose {among}"
+            )
+        heads = [name for name in given if name in set(per_task)]
+        if heads:
+            raise ValueError(
+                f"{cls.__name__}'s option {option} names {heads}, which belong to one task's head (no other "
+                f"task's loss depends on them): choose {among}"
             )
 
 

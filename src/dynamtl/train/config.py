@@ -330,8 +330,10 @@ def _check_model_options(methods: Sequence[Any], bench: Benchmark, tasks: Sequen
         return
     model = bench.model({task: bench.specs[task].out_features for task in tasks})
     trainable = tuple(name for name, p in model.named_parameters() if p.requires_grad)
+    # a benchmark keeps each task's own modules in modules keyed by the task's name (heads.main)
+    per_task = tuple(name for name in trainable if set(name.split(".")) & set(tasks))
     for method in methods:
-        check_model_arguments(method, trainable)
+        check_model_arguments(method, trainable, per_task)
 
 
 def _method_named(spec: str) -> MethodSpec | None:
