@@ -265,3 +265,11 @@ def test_a_bad_option_in_a_config_does_not_make_another_look_missing(options, tm
     bad = "pref" if "[2]" in options else "weights"
     assert code == 2 and f"'{bad}'" in output and "needs the option" not in output, output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_list_option_may_be_written_as_config_json_writes_it(tmp_path):
+    """``--option pref=[1, 2]`` (the form a run's config.json shows) is ``pref=1,2``."""
+    from dynamtl.registry import parse_method
+
+    assert parse_method("upgrad", {"pref": "[1, 2]"}).aggregation_options["pref"] == [1.0, 2.0]
+    assert parse_method("upgrad", {"pref": " [0.5,1.5] "}).aggregation_options["pref"] == [0.5, 1.5]

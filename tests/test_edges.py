@@ -1369,6 +1369,31 @@ def test_numbers_inside_per_task_options_are_shown_as_python_numbers(kind, name,
     assert "0.123456" in repr(method)  # not rounded to 4 decimals
 
 
+@pytest.mark.parametrize(("kind", "name", "option"), PER_TASK_LISTS)
+def test_a_per_task_list_may_be_a_numpy_array_as_it_may_be_a_1d_tensor(kind, name, option):
+    """Taken, shown as a list, and giving the step the list gives."""
+    values = [0.25, 0.5]
+    built = make(method_of(kind, name), **{option: np.array(values)})
+    assert f"{option}={values!r}" in repr(built)
+    assert_exact_repr(built)
+    listed = make(method_of(kind, name), **{option: values})
+    step = [grads_after_backward(*((None, m) if isinstance(m, dm.Aggregation) else (m, None)), ("a", "b"),
+                                 batch(0, names=("a", "b")), None)[0] for m in (built, listed)]
+    assert_same_gradients(*step)
+
+
+@pytest.mark.parametrize(("kind", "name", "option"), FLOATS)
+def test_a_fraction_for_a_float_option_has_a_repr_that_evaluates(kind, name, option):
+    import fractions
+
+    default = method_of(kind, name).option_defaults()[option]
+    if not isinstance(default, float) or not 0 < default < 1:
+        pytest.skip("a fraction of (0, 1) is not in every option's range")
+    built = make(method_of(kind, name), **{option: fractions.Fraction(1, 3)})
+    assert "Fraction" not in repr(built)
+    assert_exact_repr(built)
+
+
 @pytest.mark.parametrize("wrap", list(WRAPPERS))
 @pytest.mark.parametrize(("kind", "name", "option"), FLOATS)
 def test_a_float_option_given_as_numpy_or_tensor_has_an_exact_repr(kind, name, option, wrap):

@@ -276,11 +276,14 @@ def _annotation_parts(annotation: Any) -> tuple[set[str], bool]:
 
 
 def _check_number_list(cls: type, name: str, value: Any, scalar: bool) -> list[float]:
-    """A list, tuple or 1-D tensor of finite numbers (or, with ``scalar``, one number)."""
+    """A list, tuple, 1-D tensor or 1-D NumPy array of finite numbers (or, with ``scalar``,
+    one number)."""
     if scalar and is_scalar(value):
         values = [value]
     elif isinstance(value, Tensor) and value.dim() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
         values = value.tolist()
+    elif type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 1 and value.dtype.kind in "iuf":
+        values = value.tolist()  # a NumPy array of numbers, as a 1-D tensor
     elif isinstance(value, (list, tuple)) and all(_is_real(v) for v in value):
         values = list(value)
     else:
@@ -435,6 +438,8 @@ def _plain(value: Any) -> Any:
     every depth of lists, tuples and dicts (so that a ``repr`` is exact and evaluates)."""
     if isinstance(value, Tensor) or (type(value).__module__ == "numpy" and hasattr(value, "tolist")):
         return value.tolist()
+    if isinstance(value, numbers.Rational) and not isinstance(value, numbers.Integral):
+        return float(value)  # a Fraction: its repr would need an import
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     if isinstance(value, dict):

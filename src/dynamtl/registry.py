@@ -393,6 +393,8 @@ def parse_value(value: Any, hint: Any, what: str) -> Any:
             raise RegistryError(f"{what} expects key:value pairs like 'a:1,b:0.5', got {value!r}")
         return {str(k): parse_value(v, arguments[1], what) for k, v in items.items()}
     if origin in _SEQUENCES:
+        if isinstance(value, str) and value.strip()[:1] == "[" and value.strip()[-1:] == "]":
+            value = value.strip()[1:-1]  # "[1, 2]", as config.json writes a list, is "1,2"
         items = [p.strip() for p in value.split(",")] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise RegistryError(f"{what} expects a comma-separated list, got {value!r}")

@@ -184,9 +184,12 @@ def nonzero_rows(gram: Tensor) -> Tensor:
 
 def numbers(value: float | Sequence[float] | Tensor) -> list[float]:
     """``value`` (its kind checked on construction: :func:`dynamtl._helpers.check_arguments`)
-    as a list of floats: one number, or a list, tuple or 1-D tensor of them in task order."""
+    as a list of floats: one number, or a list, tuple, 1-D tensor or 1-D NumPy array of them in
+    task order."""
     if isinstance(value, Tensor):
         return [float(v) for v in value.reshape(-1).tolist()]
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", 0) == 1:  # a NumPy array
+        return [float(v) for v in value.tolist()]
     if isinstance(value, Sequence):
         return [float(v) for v in value]
     return [float(value)]  # one number: a Python or NumPy number
