@@ -412,10 +412,10 @@ def _check_kind(value: Any, kind: type, what: str, expected: str) -> None:
     raise TypeError(f"MultiTask's {what} must be {expected}, got {given}")
 
 
-_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[nn.Module]] = weakref.WeakKeyDictionary()
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[Any]] = weakref.WeakKeyDictionary()
 
 
-def _claim(method: nn.Module, owner: nn.Module) -> Any:
+def _claim(method: nn.Module, owner: object) -> Any:
     """``method``, and every weighting or aggregation inside it (the inner aggregation of
     CR-MOGM or OnRepresentation), recorded as belonging to ``owner`` (a MultiTask or a
     MultiTaskModule); ``ValueError`` if another live owner has one of them: a method object
@@ -439,7 +439,7 @@ def _claim(method: nn.Module, owner: nn.Module) -> Any:
     return method
 
 
-def _release(method: nn.Module, owner: nn.Module) -> None:
+def _release(method: nn.Module, owner: object) -> None:
     """Undo :func:`_claim` of ``method`` (and its inner methods) by ``owner``, so that the
     MultiTask ``owner`` builds can claim it."""
     for part in method.modules():

@@ -189,7 +189,7 @@ def numbers(value: float | Sequence[float] | Tensor) -> list[float]:
     if isinstance(value, Tensor):
         return [float(v) for v in value.reshape(-1).tolist()]
     if type(value).__module__ == "numpy" and getattr(value, "ndim", 0) == 1:  # a NumPy array
-        return [float(v) for v in value.tolist()]
+        return [float(v) for v in value.tolist()]  # type: ignore[union-attr]
     if isinstance(value, Sequence):
         return [float(v) for v in value]
     return [float(value)]  # one number: a Python or NumPy number
