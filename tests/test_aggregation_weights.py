@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dynamtl as dm
+from dynamtl.aggregation._solvers import combine_rows
 from dynamtl.aggregation.base import GradientAggregation, fitted_row_weights
 from dynamtl.registry import AGGREGATIONS, WEIGHTINGS, MethodContext, parse_method
 
@@ -85,6 +86,29 @@ def test_the_fit_is_exact_for_a_combination_and_minimum_norm_for_dependent_rows(
     torch.testing.assert_close(fitted_row_weights(rows, alpha @ rows), alpha)
     twice = torch.cat([rows[:1], rows[:1]])  # the same row twice: split evenly
     torch.testing.assert_close(fitted_row_weights(twice, rows[0]), torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_the_fit_neither_overflows_nor_underflows_on_huge_or_tiny_rows(scale, dtype):
+    """Jd of rows of size 1e30 is ~1e60, beyond float32: the fit must still give finite
+    weights that reproduce d (it crashed LAPACK or gave NaN weights to GradVac)."""
+    rows = torch.randn(3, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alpha = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    scaled = (scale * rows).to(dtype)
+    fitted = fitted_row_weights(scaled, combine_rows(alpha, scaled))
+    tolerance = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(fitted, alpha, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("name", ["gradvac", "graddrop"])
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_combine_only_aggregations_report_finite_weights_for_huge_or_tiny_rows(name, scale):
+    rows = torch.tensor([[1.0, 0.0, 0.0], [-0.9, 0.5, 0.0], [0.2, -1.0, 0.3]]) * scale
+    aggregation = parse_method(name).build(CONTEXT)[1]
+    alpha, update = aggregation.weights_and_update(rows)
+    assert torch.isfinite(alpha).all() and torch.isfinite(update).all()
+    torch.testing.assert_close(combine_rows(alpha, rows), update, rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_mgda_upper_bound_reports_its_weights():

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dynamtl._helpers import ArgumentsRepr, check_task_arguments
-from dynamtl.aggregation._solvers import combine_rows, compute_dtype, gramian, rank_tolerance
+from dynamtl.aggregation._solvers import combine_rows, cross_gramian, gramian, rank_tolerance
 from dynamtl.context import Gradients, StepContext, combine_gradients
 from dynamtl.facts import Facts
 from dynamtl.tasks import Tasks
@@ -149,9 +149,12 @@ class GradientAggregation(Aggregation):
 
 
 def fitted_row_weights(jacobian: Tensor, update: Tensor) -> Tensor:
-    """α = argmin ‖Jᵀα − d‖ (float64, CPU; minimum norm), from the Gram matrix: Gα = Jd."""
+    """α = argmin ‖Jᵀα − d‖ (float64, CPU; minimum norm), from the Gram matrix: Gα = Jd.
+
+    Jd is formed as G is, on rows divided by their largest entry (:func:`cross_gramian`): rows
+    of size 1e30 (Jd ~ 1e60, beyond float32) or 1e-30 neither overflow nor underflow."""
     j = jacobian.detach()
-    target = (j.to(compute_dtype(j)) @ update.detach().to(compute_dtype(j))).double().cpu()
+    target = cross_gramian(j, update.detach().reshape(1, -1).to(j.dtype))[:, 0]
     return torch.linalg.lstsq(gramian(j), target, rcond=rank_tolerance(j), driver="gelsd").solution
 
 
