@@ -97,3 +97,38 @@ def test_imtl_l_trains_its_scales_with_the_models_optimizer_and_composes_with_im
     assert any(weighting.log_scales is p for g in optimizer.param_groups for p in g["params"])
     # one SGD step on s from 0: s ← −0.1 (Lᵢ − 1)
     torch.testing.assert_close(weighting.log_scales.detach(), -0.1 * (info.losses - 1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_stch_never_overflows_into_nan_weights(dtype):
+    """Scores p(L − z)/μ beyond the dtype's range (float16: 65504) must give the limit, the
+    weight on the largest score, not NaN; half-precision losses give float32 weights."""
+    losses = torch.tensor([5.0, 2000.0, 1.0], dtype=dtype)
+    weights = dm.STCH(mu=0.01).bind(NAMES).loss_weights(losses)
+    assert weights.dtype == (torch.float64 if dtype == F64 else torch.float32)
+    torch.testing.assert_close(weights, torch.tensor([0.0, 1 / 3, 0.0]), rtol=0, atol=1e-6)
+    total = dm.STCH(mu=0.01).bind(NAMES)(losses.clone().requires_grad_(True))
+    assert torch.isfinite(total)
+    extreme = dm.STCH(mu=1e-30, preference={"a": 1e30, "b": 1.0, "c": 1e-30}).bind(NAMES)
+    weights = extreme.loss_weights(torch.tensor([1e30, 3e38, 1.0], dtype=torch.float32))
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(weights, torch.tensor([1e30, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_stch_names_the_task_with_a_non_finite_loss(bad):
+    with pytest.raises(ValueError, match=r"needs every loss finite; got \{'b': "):
+        dm.STCH().bind(NAMES).loss_weights(torch.tensor([1.0, bad, 2.0]))
+    with pytest.raises(ValueError, match=r"got \{'b': "):
+        dm.STCH().bind(NAMES)({"a": torch.tensor(1.0), "b": torch.tensor(bad), "c": torch.tensor(2.0)})
+    absent = torch.tensor([True, False, True])  # an absent task's value is not used
+    assert dm.STCH().bind(NAMES).loss_weights(torch.tensor([1.0, bad, 2.0]), absent)[1] == 0
+
+
+def test_loss_weightings_called_on_half_precision_losses_weigh_in_float32():
+    """GLS's S/(T·Lᵢ) of a small float16 loss is beyond 65504: ``w(losses)`` computes λ in
+    float32 (as a MultiTask step does), so the total is finite."""
+    losses = torch.tensor([1e-7, 6e4], dtype=torch.float16)
+    total = dm.GLS().bind(["a", "b"])(losses)
+    assert torch.isfinite(total)
+    torch.testing.assert_close(total.float(), (losses.float().prod()) ** 0.5, rtol=2e-3, atol=0)

@@ -128,7 +128,9 @@ class LossWeighting(Weighting):
                     f"{type(self).__name__} expects {self.num_tasks} losses in task order, "
                     f"got shape {list(vector.shape)}"
                 )
-        total = (self.loss_weights(vector.detach()) * vector).sum()
+        # λ from float32 copies of half-precision losses, as in a MultiTask step (1/L or a
+        # softmax of L/μ overflow float16's 65504 long before float32's range)
+        total = (self.loss_weights(widened(vector.detach())) * vector).sum()
         reg = self.regularizer()
         return total if reg is None else total + reg
 

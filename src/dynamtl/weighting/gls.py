@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dynamtl.context import StepContext
+from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
@@ -42,7 +42,7 @@ class GLS(LossWeighting):
     )
 
     def weights(self, ctx: StepContext) -> Tensor:
-        return self.loss_weights(ctx.losses.detach(), torch.tensor(ctx.present))
+        return self.loss_weights(widened(ctx.losses.detach()), torch.tensor(ctx.present))
 
     def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         """λ from the losses; ``present``: which tasks have a loss with a graph in this step

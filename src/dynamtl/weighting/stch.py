@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dynamtl._helpers import intervals
-from dynamtl.context import StepContext
+from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import LossWeighting
 
@@ -26,8 +26,10 @@ class STCH(LossWeighting):
     S, a smooth approximation of maxᵢ pᵢ(Lᵢ − zᵢ) that is within μ log T of it and tends
     to it as μ → 0. The task that is worst off (relative to its ideal value zᵢ) gets most
     of the weight. From *Smooth Tchebycheff Scalarization for Multi-Objective Optimization*
-    (Lin, Zhang, Liu, Zhang, Kwong, ICML 2024), Equation 7. Computed as a softmax, so
-    large losses and small μ do not overflow.
+    (Lin, Zhang, Liu, Zhang, Kwong, ICML 2024), Equation 7. Computed in float64 as a softmax
+    of the scores minus their maximum, so large losses, preferences up to 1e30, small μ and
+    half-precision losses do not overflow into NaN weights; a NaN or infinite loss raises
+    ``ValueError`` naming the task.
 
     A task without a graph in this step (no labelled sample) is left out: λ = 0, the
     maximum is over the others, and the default preference is 1/T over them.
@@ -73,18 +75,36 @@ class STCH(LossWeighting):
         self.ideal = None if ideal is None else dict(ideal)
 
     def weights(self, ctx: StepContext) -> Tensor:
-        return self.loss_weights(ctx.losses.detach(), torch.tensor(ctx.present))
+        return self.loss_weights(widened(ctx.losses.detach()), torch.tensor(ctx.present))
 
     def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         """λ from the losses; ``present``: which tasks have a loss with a graph in this step
-        (all by default). Absent tasks get λ = 0; the smooth maximum is over the others."""
+        (all by default). Absent tasks get λ = 0; the smooth maximum is over the others.
+        ``ValueError`` naming the task for a NaN or infinite loss of a present task.
+
+        Computed in float64 as p·softmax((s − max s)/μ), s = p ⊙ (L − z): a preference of 1e30,
+        a loss near float32's largest value or μ = 1e-30 neither overflows nor gives NaN; the
+        weights are returned in the losses' dtype (float32 for half-precision losses)."""
         names = self.task_names or ()
-        dtype, device = losses.dtype, losses.device
-        here = torch.ones_like(losses, dtype=torch.bool) if present is None else present.to(device)
+        dtype, device = widened(losses).dtype, losses.device
+        values = losses.detach().double().cpu()
+        here = torch.ones(len(values), dtype=torch.bool) if present is None else present.cpu().bool()
+        bad = here & ~torch.isfinite(values)
+        if bool(bad.any()):
+            found = {names[i] if i < len(names) else i: float(values[i]) for i in bad.nonzero().squeeze(1).tolist()}
+            raise ValueError(
+                f"STCH takes a smooth maximum of the losses, which needs every loss finite; got {found}: check that "
+                "task's inputs and targets, or lower the learning rate"
+            )
         if self.preference is None:
-            p = torch.full((len(names),), 1.0 / max(int(here.sum()), 1), dtype=dtype, device=device)
+            p = torch.full((len(names),), 1.0 / max(int(here.sum()), 1), dtype=torch.float64)
         else:
-            p = torch.tensor([float(self.preference.get(n, 0.0)) for n in names], dtype=dtype, device=device)
-        z = torch.tensor([float((self.ideal or {}).get(n, 0.0)) for n in names], dtype=dtype, device=device)
-        scores = torch.where(here, p * (losses - z) / self.mu, torch.full_like(losses, -torch.inf))
-        return torch.where(here, p * torch.softmax(scores, dim=0), torch.zeros_like(losses))
+            p = torch.tensor([float(self.preference.get(n, 0.0)) for n in names], dtype=torch.float64)
+        z = torch.tensor([float((self.ideal or {}).get(n, 0.0)) for n in names], dtype=torch.float64)
+        scores = torch.where(here, p * (values - z), torch.full_like(values, -torch.inf))
+        weights = torch.zeros_like(values)
+        if bool(here.any()):
+            # shifted by the maximum before dividing by μ: the largest score is exactly 0
+            shifted = torch.where(here, (scores - scores[here].max()) / self.mu, scores)
+            weights = torch.where(here, p * torch.softmax(shifted, dim=0), weights)
+        return weights.to(dtype=dtype, device=device)
