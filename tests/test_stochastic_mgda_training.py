@@ -25,17 +25,30 @@ def interrupted_copy(run: Path, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("method", ["auto-lambda+sdmgrad", "moco"])
-def test_a_resumed_run_ends_bit_for_bit_like_the_uninterrupted_one(tmp_path, method):
-    config = RunConfig(benchmark="drift", limit=256, batch_size=64, epochs=2, method=method, checkpoint_every=3)
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("auto-lambda+sdmgrad", {}),
+        ("moco", {}),
+        # the other methods with state over steps, composed so that each half carries some
+        ("excess-mtl+modo", {}),
+        ("db-mtl+cr-mogm", {}),
+        ("imtl-l+gradvac", {"granularity": "layer"}),
+    ],
+)
+def test_a_resumed_run_ends_bit_for_bit_like_the_uninterrupted_one(tmp_path, method, options):
+    config = RunConfig(benchmark="drift", limit=256, batch_size=64, epochs=2, method=method, options=options,
+                       checkpoint_every=3)
     reference = tmp_path / "reference"
     results = train(config, reference, progress=False)
     saved = load(reference / "checkpoints" / "previous.pt")
     assert saved["position"]["epoch"] == 1 and saved["position"]["batch"] > 0  # mid-epoch
-    extra = 2 if "sdmgrad" in method else 0
+    extra = 2 if "sdmgrad" in method or "modo" in method else 0
     assert saved["extra_stream"] == extra * saved["position"]["step"]
     steps = records(reference / "steps.jsonl")
     assert len({s["aggregation_weight/main"] for s in steps}) > 1  # the weights moved
+    if "+" in method:
+        assert len({s["weight/main"] for s in steps}) > 1
 
     killed = interrupted_copy(reference, tmp_path / "killed")
     resumed = resume(killed, progress=False)
