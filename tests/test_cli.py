@@ -273,3 +273,29 @@ def test_a_list_option_may_be_written_as_config_json_writes_it(tmp_path):
 
     assert parse_method("upgrad", {"pref": "[1, 2]"}).aggregation_options["pref"] == [1.0, 2.0]
     assert parse_method("upgrad", {"pref": " [0.5,1.5] "}).aggregation_options["pref"] == [0.5, 1.5]
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "expected"),
+    [
+        # a value that does not parse, one out of range, a per-task list of the wrong length
+        ("upgrad", ["max_iters=0.5", "reg_eps=-1", "pref=1,2,3"],
+         ["'max_iters' of 'upgrad' expects an integer", "reg_eps must be >= 0", "pref has 3 value(s)"]),
+        # both halves, and a task name the weighting that cannot be built does not know
+        ("stch+config", ["mu=nan", "preference=main:1,foo:2", "pref=0,0"],
+         ["mu must be > 0", "preference names task(s) ['foo']", "ConFIG's option pref holds relative task weights"]),
+        # an option no half takes beside the values of those it does
+        ("moco", ["beta=0", "radius=0", "gamma=inf", "eta=1"],
+         ["no part of the method takes option 'eta'", "beta must be in (0, 1]", "gamma must be > 0",
+          "radius must be > 0"]),
+        ("db-mtl+sdmgrad", ["beta=2", "sigma=-1", "momentum=1", "iterations=0"],
+         ["DBMTL's option beta", "DBMTL's option sigma", "SDMGrad's option momentum", "SDMGrad's option iterations"]),
+    ],
+)
+def test_every_wrong_option_of_a_method_is_reported_at_once(method, options, expected, tmp_path):
+    arguments = [part for option in options for part in ("--option", option)]
+    code, output = invoke("train", "--benchmark", "drift", "--method", method, *arguments, "--out", str(tmp_path / "r"))
+    assert code == 2 and f"Error: {len(expected)} problems:" in output, output
+    for text in expected:
+        assert text in output, (text, output)
+    assert "Traceback" not in output and not (tmp_path / "r").exists()

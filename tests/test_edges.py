@@ -1442,3 +1442,20 @@ def test_an_int_option_given_a_tensor_says_to_write_a_python_int(kind, name, opt
     with pytest.raises(TypeError, match=expected):
         make(method, **{option: torch.tensor(value)})
     make(method, **{option: np.int64(value)})
+
+
+def test_every_wrong_option_of_a_constructor_is_named_at_once():
+    """One error lists every wrong option (a ``TypeError`` and a ``ValueError``, as each
+    problem is one or the other); a single wrong option keeps its own exception."""
+    with pytest.raises(dm.OptionsError) as caught:
+        dm.UPGrad(pref=[1.0, -1.0], reg_eps=float("nan"), max_iters="3")
+    assert isinstance(caught.value, TypeError) and isinstance(caught.value, ValueError)
+    assert len(caught.value.problems) == 3
+    for text in ("option pref must hold numbers >= 0", "option reg_eps must be", "option max_iters must be"):
+        assert text in str(caught.value)
+    with pytest.raises(ValueError) as single:
+        dm.UPGrad(reg_eps=-1.0)
+    assert type(single.value) is ValueError
+    with pytest.raises(ValueError) as bound:
+        dm.STCH(preference={"a": 1.0, "z": 1.0}, ideal={"y": 0.0}).bind(TASKS)
+    assert "preference names task(s) ['z']" in str(bound.value) and "ideal names task(s) ['y']" in str(bound.value)

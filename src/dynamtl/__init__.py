@@ -22,6 +22,7 @@ from dynamtl.aggregation import (
     Sum,
     UPGrad,
 )
+from dynamtl._helpers import OptionsError
 from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
 from dynamtl.objective import Objective
@@ -86,6 +87,7 @@ __all__ = [
     "OLAux",
     "Objective",
     "OnRepresentation",
+    "OptionsError",
     "PCGrad",
     "SDMGrad",
     "Static",

@@ -130,45 +130,74 @@ def check_arguments(cls: type, arguments: dict[str, Any], annotations: dict[str,
 
     The lengths and names, which need the tasks, are checked by :func:`check_task_arguments`.
     """
+    errors: list[Exception] = []
+    for name, value in arguments.items():
+        try:
+            _check_argument(cls, name, value, annotations)
+        except (TypeError, ValueError) as error:
+            errors.append(error)
+    raise_all(errors)
+
+
+class OptionsError(TypeError, ValueError):
+    """Several options of one method are wrong: ``problems`` holds one message per option
+    (each naming the class, the option, the value and the fix), and the message is those
+    lines. A ``TypeError`` and a ``ValueError``, as each of its problems is one or the other."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def raise_all(errors: Sequence[Exception]) -> None:
+    """Raise the one error of ``errors`` as it is, several as one :class:`OptionsError`, so
+    that every wrong option of a method is reported at once; nothing when there is none."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise OptionsError([line for error in errors for line in str(error).splitlines()])
+
+
+def _check_argument(cls: type, name: str, value: Any, annotations: dict[str, Any]) -> None:
+    """One constructor argument against its annotation and declared range (see :func:`check_arguments`)."""
     ranges: Mapping[str, Interval] = getattr(cls, "option_ranges", {})
     hints = _resolved_hints(cls)
-    for name, value in arguments.items():
-        parts, optional = _annotation_parts(annotations.get(name, inspect.Parameter.empty))
-        if value is None and optional:
-            continue
-        if name in hints:
-            _check_choice_or_callable(cls, name, value, hints[name])
-        if len(parts) == 1 and (kind := next(iter(parts))) in _SCALARS:
-            what, test = _SCALARS[kind]
-            if not test(value):
-                raise TypeError(
-                    f"{cls.__name__}'s option {name} must be {what}{' or None' if optional else ''}, "
-                    f"got {value!r} ({type(value).__name__}){_fix(cls, name, kind, value)}"
-                )
-            if kind != "bool":
-                _check_range(cls, name, value, kind, ranges.get(name, FINITE if kind == "float" else None))
-        elif parts & _NUMBER_LISTS:
-            values = _check_number_list(cls, name, value, scalar="float" in parts)
-            _check_values(cls, name, value, values, ranges.get(name))
-        elif parts & _NAME_LISTS:
-            if not (isinstance(value, str) and "str" in parts) and not (
-                isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-            ):
-                example = f"[{value!r}]" if isinstance(value, str) else "['a', 'b']"
-                what = "a task name or a list of task names" if "str" in parts else "a list of task names"
-                raise TypeError(f"{cls.__name__}'s option {name} is {what}, got "
-                                f"{type(value).__name__} {value!r}: write {cls.__name__}({name}={example})")
-        elif parts & _NUMBER_MAPS and not (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
-                and all(_is_real(v) and (isinstance(v, numbers.Integral) or math.isfinite(float(v)))
-                        for v in value.values())):
+    parts, optional = _annotation_parts(annotations.get(name, inspect.Parameter.empty))
+    if value is None and optional:
+        return
+    if name in hints:
+        _check_choice_or_callable(cls, name, value, hints[name])
+    if len(parts) == 1 and (kind := next(iter(parts))) in _SCALARS:
+        what, test = _SCALARS[kind]
+        if not test(value):
             raise TypeError(
-                f"{cls.__name__}'s option {name} maps task names to finite numbers, e.g. "
-                f"{cls.__name__}({name}={{'a': 1.0, 'b': 0.5}}) (on the command line {name}=a:1,b:0.5), "
-                f"got {type(value).__name__} {value!r}"
+                f"{cls.__name__}'s option {name} must be {what}{' or None' if optional else ''}, "
+                f"got {value!r} ({type(value).__name__}){_fix(cls, name, kind, value)}"
             )
-        elif parts & _NUMBER_MAPS:
-            values = [_finite(cls, name, value, v) for v in value.values()]
-            _check_values(cls, name, value, values, ranges.get(name))
+        if kind != "bool":
+            _check_range(cls, name, value, kind, ranges.get(name, FINITE if kind == "float" else None))
+    elif parts & _NUMBER_LISTS:
+        values = _check_number_list(cls, name, value, scalar="float" in parts)
+        _check_values(cls, name, value, values, ranges.get(name))
+    elif parts & _NAME_LISTS:
+        if not (isinstance(value, str) and "str" in parts) and not (
+            isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        ):
+            example = f"[{value!r}]" if isinstance(value, str) else "['a', 'b']"
+            what = "a task name or a list of task names" if "str" in parts else "a list of task names"
+            raise TypeError(f"{cls.__name__}'s option {name} is {what}, got "
+                            f"{type(value).__name__} {value!r}: write {cls.__name__}({name}={example})")
+    elif parts & _NUMBER_MAPS and not (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+            and all(_is_real(v) and (isinstance(v, numbers.Integral) or math.isfinite(float(v)))
+                    for v in value.values())):
+        raise TypeError(
+            f"{cls.__name__}'s option {name} maps task names to finite numbers, e.g. "
+            f"{cls.__name__}({name}={{'a': 1.0, 'b': 0.5}}) (on the command line {name}=a:1,b:0.5), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    elif parts & _NUMBER_MAPS:
+        values = [_finite(cls, name, value, v) for v in value.values()]
+        _check_values(cls, name, value, values, ranges.get(name))
 
 
 def _check_values(cls: type, name: str, value: Any, values: list[float], interval: Interval | None) -> None:
@@ -299,24 +328,33 @@ def check_task_arguments(module: Any, names: Sequence[str]) -> None:
     """``ValueError`` naming the option, the class, the expected length and the tasks when an
     option with a value per task (``Sequence[float]``) does not have one per task, or an
     option keyed by task name (``Mapping[str, float]``) names a task that is not among
-    ``names``. Called when a weighting or an aggregation is bound to its tasks."""
-    cls = type(module)
+    ``names`` (every such option at once, see :func:`raise_all`). Called when a weighting or
+    an aggregation is bound to its tasks."""
+    raise_all(task_argument_errors(type(module), getattr(module, "_arguments", {}), names))
+
+
+def task_argument_errors(cls: type, arguments: Mapping[str, Any], names: Sequence[str]) -> list[ValueError]:
+    """The problems :func:`check_task_arguments` raises, for the constructor ``arguments`` of
+    ``cls`` (also when ``cls`` cannot be built from them: the command line reports these with
+    the others)."""
     annotations = _annotations(cls)
-    for option, value in getattr(module, "_arguments", {}).items():
+    errors: list[ValueError] = []
+    for option, value in arguments.items():
         parts, _ = _annotation_parts(annotations.get(option, inspect.Parameter.empty))
         if value is None:
             continue
-        if parts & _NUMBER_LISTS and not is_scalar(value):
+        if parts & _NUMBER_LISTS and not is_scalar(value) and hasattr(value, "__len__"):
             if len(value) != len(names):
-                raise ValueError(
+                errors.append(ValueError(
                     f"{cls.__name__}'s option {option} has {len(value)} value(s) but there are {len(names)} tasks "
                     f"{list(names)}: give {len(names)} values, one per task in this order"
-                )
+                ))
         elif parts & _NUMBER_MAPS and isinstance(value, Mapping):
             unknown = [k for k in value if k not in names]
             if unknown:
-                raise ValueError(f"{cls.__name__}'s option {option} names task(s) {unknown} that are not among the "
-                                 f"tasks {list(names)}")
+                errors.append(ValueError(f"{cls.__name__}'s option {option} names task(s) {unknown} that are not "
+                                         f"among the tasks {list(names)}"))
+    return errors
 
 
 def check_model_arguments(module: Any, parameters: Sequence[str], per_task: Sequence[str] = ()) -> None:

@@ -113,8 +113,17 @@ class Method:
         return {name: parameters[name].default for name in self.options}
 
     def parse_options(self, given: Mapping[str, OptionValue]) -> dict[str, Any]:
-        """``given`` parsed by the type hints of the factory; ``RegistryError`` naming an
-        unknown option or a value that does not parse."""
+        """``given`` parsed by the type hints of the factory; ``RegistryError`` naming every
+        unknown option and every value that does not parse."""
+        parsed, problems = self.parse_what_parses(given)
+        if problems:
+            raise RegistryError("\n".join(problems))
+        return parsed
+
+    def parse_what_parses(self, given: Mapping[str, OptionValue]) -> tuple[dict[str, Any] | None, list[str]]:
+        """``(parsed, problems)``: the options of ``given`` that parse, and a message for each
+        that does not (unknown, or a value of the wrong kind); ``parsed`` is ``None`` when an
+        option the factory cannot do without is missing (nothing can be built)."""
         types_ = self.option_types()
         parsed, problems = {}, []
         for name, value in given.items():
@@ -129,9 +138,7 @@ class Method:
         missing = [n for n, d in self.option_defaults().items() if d is inspect.Parameter.empty and n not in given]
         if missing:
             problems.append(f"method {self.name!r} needs the option(s) {missing}: give --option {missing[0]}=VALUE")
-        if problems:
-            raise RegistryError("\n".join(problems))
-        return parsed
+        return (None if missing else parsed), problems
 
     def build(self, context: MethodContext, options: Mapping[str, Any]) -> nn.Module:
         """The weighting or aggregation, from the context and already parsed ``options``."""
@@ -143,8 +150,9 @@ class Method:
         arguments = {name: fill(context) for name, fill in self.context.items()}
         try:
             return self.factory(**arguments, **options)
-        except (TypeError, ValueError, OverflowError) as error:
-            raise RegistryError(f"cannot build {self.name!r}: {error}") from error
+        except (TypeError, ValueError, OverflowError) as error:  # every wrong option, one line each
+            lines = str(error).splitlines() or [type(error).__name__]
+            raise RegistryError("\n".join(f"cannot build {self.name!r}: {line}" for line in lines)) from error
 
 
 _CONTEXT: dict[str, Callable[[MethodContext], Any]] = {"primary": _primary, "seed": _seed}
@@ -279,17 +287,52 @@ class MethodSpec:
         return any((not dot or owner == half.name) and name in half.options for half in halves)
 
     def build(self, context: MethodContext) -> tuple[Weighting, Aggregation]:
-        """The weighting and aggregation objects for one run."""
-        weighting = self.weighting.build(context, self.weighting_options)
-        aggregation = self.aggregation.build(context, self.aggregation_options)
-        assert isinstance(weighting, Weighting) and isinstance(aggregation, Aggregation)
+        """The weighting and aggregation objects for one run; ``RegistryError`` listing the
+        problems of both halves."""
+        weighting, aggregation, problems = self.build_halves(context)
+        if problems:
+            raise RegistryError("\n".join(problems))
+        assert weighting is not None and aggregation is not None
         return weighting, aggregation
+
+    def build_halves(self, context: MethodContext) -> tuple[Weighting | None, Aggregation | None, list[str]]:
+        """``(weighting, aggregation, problems)``: each half built, or ``None`` with its
+        problems (one line each) when it cannot be, so that both halves are checked."""
+        problems: list[str] = []
+
+        def attempt(half: Method, options: Mapping[str, Any]) -> nn.Module | None:
+            try:
+                return half.build(context, options)
+            except RegistryError as error:
+                problems.extend(str(error).splitlines())
+                return None
+
+        weighting = attempt(self.weighting, self.weighting_options)
+        aggregation = attempt(self.aggregation, self.aggregation_options)
+        assert weighting is None or isinstance(weighting, Weighting)
+        assert aggregation is None or isinstance(aggregation, Aggregation)
+        return weighting, aggregation, problems
 
 
 def parse_method(spec: str, options: Mapping[str, OptionValue] | None = None) -> MethodSpec:
     """Parse ``"weighting"``, ``"aggregation"`` or ``"weighting+aggregation"`` and route
     ``options`` to the half that takes each; ``RegistryError`` listing the valid names or
     options."""
+    method, problems = parse_what_parses(spec, options)
+    if problems:
+        raise RegistryError("\n".join(problems))
+    assert method is not None
+    return method
+
+
+def parse_what_parses(
+    spec: str, options: Mapping[str, OptionValue] | None = None
+) -> tuple[MethodSpec | None, list[str]]:
+    """``(method, problems)``: :func:`parse_method` with the options that parse, and a message
+    for each problem (an option that goes nowhere or does not parse), so that a caller can
+    go on to check the values of the others (:meth:`MethodSpec.build_halves`). ``method`` is
+    ``None`` when a required option is missing; a wrong spec (an unknown name) raises
+    ``RegistryError``."""
     parts = [p.strip() for p in spec.split("+")]
     if len(parts) > 2 or not all(parts):
         raise RegistryError(
@@ -306,15 +349,14 @@ def parse_method(spec: str, options: Mapping[str, OptionValue] | None = None) ->
         raise RegistryError(f"{weighting.name!r} trains one model per task and takes no aggregation: drop "
                             f"'+{aggregation.name}'")
     routed, problems = _route(options or {}, weighting, aggregation)
-    parsed = {}
+    parsed: dict[str, dict[str, Any] | None] = {}
     for half in (weighting, aggregation):
-        try:
-            parsed[half.name] = half.parse_options(routed[half.name])
-        except RegistryError as error:
-            problems.append(str(error))
-    if problems:
-        raise RegistryError("\n".join(problems))
-    return MethodSpec(weighting, aggregation, parsed[weighting.name], parsed[aggregation.name])
+        parsed[half.name], found = half.parse_what_parses(routed[half.name])
+        problems += found
+    first, second = parsed[weighting.name], parsed[aggregation.name]
+    if first is None or second is None:
+        return None, problems
+    return MethodSpec(weighting, aggregation, first, second), problems
 
 
 def method_names() -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 import dynamtl
-from dynamtl._helpers import check_model_arguments
+from dynamtl._helpers import check_model_arguments, task_argument_errors
 from dynamtl.benchmarks.base import Benchmark, default_root
 from dynamtl.benchmarks.noise import NOISE, WithNoiseTask
 from dynamtl.registry import (
@@ -37,6 +37,7 @@ from dynamtl.registry import (
     benchmark_parameters,
     parse_method,
     parse_value,
+    parse_what_parses,
 )
 from dynamtl.tasks import task_indices
 
@@ -284,11 +285,11 @@ def plan(config: RunConfig) -> RunPlan:
         config = _resolve_defaults(config, bench)
     problems += _check_ranges(config)
     tasks, primary = _check_tasks(config, bench, problems) if bench is not None else ((), ())
-    try:
-        method = parse_method(config.method, _with_benchmark_options(config, bench))
+    try:  # the options that parse are built below even when others do not: every problem at once
+        method, found = parse_what_parses(config.method, _with_benchmark_options(config, bench))
     except RegistryError as error:
-        problems += str(error).splitlines()
-        method = None
+        method, found = None, str(error).splitlines()
+    problems += found
     named = method or _method_named(config.method)
     if named is not None and named.single_task and config.noise_task:
         problems.append("stl trains each primary task alone: --noise-task does not apply to it")
@@ -300,18 +301,26 @@ def plan(config: RunConfig) -> RunPlan:
     trained = (*tasks, NOISE) if config.noise_task else tasks
     context = MethodContext(trained, primary, config.mode == "auxiliary", config.seed)
     if method is not None and bench is not None and tasks and primary and not wrong_mode:
+        weighting, aggregation, found = method.build_halves(context)
+        halves = ((weighting, method.weighting, method.weighting_options),
+                  (aggregation, method.aggregation, method.aggregation_options))
+        for built, half, options in halves:  # the per-task options, also of a half that could not be built
+            try:
+                if built is not None:
+                    built.bind(trained)
+            except ValueError as error:
+                found += str(error).splitlines()
+            if built is None:
+                found += [str(error) for error in task_argument_errors(half.factory, options, trained)]
         try:
-            weighting, aggregation = method.build(context)
-            weighting.bind(trained)
-            aggregation.bind(trained)
-            _check_model_options((weighting, aggregation), bench, trained)
-        except (RegistryError, ValueError) as error:
-            problems.append(str(error))
-        else:
-            if aggregation.needs_representation and bench.representation is None:
-                problems.append(f"{method.name} needs a shared representation that every head reads, and the model "
-                                f"of {bench.name!r} has none: drop upper_bound, or use a network with one "
-                                f"(network=split on NYUv2 and CityScapes)")
+            _check_model_options([half for half in (weighting, aggregation) if half is not None], bench, trained)
+        except ValueError as error:
+            found += str(error).splitlines()
+        problems += found
+        if aggregation is not None and aggregation.needs_representation and bench.representation is None:
+            problems.append(f"{method.name} needs a shared representation that every head reads, and the model "
+                            f"of {bench.name!r} has none: drop upper_bound, or use a network with one "
+                            f"(network=split on NYUv2 and CityScapes)")
     if problems:
         raise ConfigError(*problems)
     assert method is not None and bench is not None
