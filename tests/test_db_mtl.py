@@ -76,3 +76,19 @@ def test_bad_options_and_losses_are_refused():
                        weighting=dm.DBMTL())
     with pytest.raises(ValueError, match=r"needs every loss > -epsilon; got \{'a': "):
         mtl.backward(_batch(0))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20])
+def test_a_task_whose_loss_is_far_below_epsilon_is_balanced_in_float32_as_in_float64(scale):
+    """Its log-loss gradient ∇L/(L + ε) is ~1e-22: the squared norm underflows float32, which
+    read as a zero average (factor 1, λL ≈ 1e-22) instead of the float64 balance."""
+    scaled = {}
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        model = Net().to(dtype)
+        tasks = dm.Tasks({"a": F.mse_loss, "b": lambda p, y: scale * F.mse_loss(p, y / 30)})
+        mtl = dm.MultiTask(model, tasks, None, weighting=dm.DBMTL())
+        x, y = _batch(1)
+        info = mtl.backward((x.to(dtype), {k: v.to(dtype) for k, v in y.items()}))
+        scaled[dtype] = (info.weights.double() * info.losses.double())
+    torch.testing.assert_close(scaled[torch.float32], scaled[torch.float64], rtol=1e-4, atol=0)

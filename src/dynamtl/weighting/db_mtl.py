@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from dynamtl._helpers import intervals
+from dynamtl.aggregation._solvers import row_norms
 from dynamtl.aggregation.base import shared_parameters, shared_rows
 from dynamtl.context import StepContext
 from dynamtl.facts import Facts
@@ -89,10 +90,11 @@ class DBMTL(Weighting):
             self.average = (1.0 - rate) * rows
         else:
             self.average = rate * self.average.to(rows) + (1.0 - rate) * rows
-        norms = self.average.norm(dim=1).to(losses)
-        tiny = torch.finfo(norms.dtype).tiny
-        scale = torch.where(norms > 0, norms.max() / norms.clamp_min(tiny), torch.ones_like(norms))
-        return inverse * scale
+        # norms of the rows divided by their largest entry: a row of 1e-22 (a loss far below ε)
+        # has a squared norm below float32's range, and its norm must not read as 0
+        norms = row_norms(self.average)
+        scale = torch.where(norms > 0, norms.max() / torch.where(norms > 0, norms, 1.0), torch.ones_like(norms))
+        return inverse * scale.to(inverse)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"average": self.average, "steps": self.steps}
