@@ -63,3 +63,16 @@ def test_no_solution_falls_back_with_a_warning(caplog):
     d = dm.FairGrad(max_iters=20).combine(j)
     assert torch.isfinite(d).all()
     assert "did not solve" in caplog.text
+
+
+@pytest.mark.parametrize("alpha", [0.5, 5.0, 1e3, 1e6])
+def test_a_tolerance_below_rounding_is_met_at_the_solution_not_given_up(alpha, caplog):
+    """maxᵢ |wᵢ^(1/α)(Gw)ᵢ − 1| cannot fall below float64 rounding: tol=1e-300 ended unconverged
+    and fell back to the orthogonal solution (far from the answer) with a warning about the
+    convex hull."""
+    j = torch.tensor([[1.0, 0.2, 0.0], [-0.3, 1.0, 0.5], [0.1, -0.2, 2.0]], dtype=F64)
+    strict = dm.FairGrad(alpha=alpha, tol=1e-300).row_weights(j)
+    torch.testing.assert_close(strict, dm.FairGrad(alpha=alpha, tol=1e-12).row_weights(j), rtol=1e-9, atol=0)
+    rates = j @ (strict @ j)
+    torch.testing.assert_close(rates, strict ** (-1.0 / alpha), rtol=1e-9, atol=0)
+    assert "did not solve" not in caplog.text

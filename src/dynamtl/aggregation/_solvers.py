@@ -455,11 +455,13 @@ def bargaining_weights(
     with h' = α^(−1/a) (h = log α for a = 1, α^(1−1/a)/(1−1/a) otherwise), found by damped
     Newton steps (Hessian G + diag(α^(−1/a−1)/a)) that stay inside α > 0, with Armijo
     backtracking, from ``start``. It exists unless 0 is in the convex hull of the gradients
-    (then f is unbounded below). Stops when maxᵢ |αᵢ^(1/a)(Gα)ᵢ − 1| ≤ ``tol``. Returns
-    ``(α, converged)``.
+    (then f is unbounded below). Stops when maxᵢ |αᵢ^(1/a)(Gα)ᵢ − 1| ≤ ``tol``, or below the
+    rounding floor of that residual in float64, 100 ε·max(1, 1/a) (a ``tol`` under it cannot
+    be met: the solve would end unconverged at the solution). Returns ``(α, converged)``.
     """
     alpha = start.clone()
     power = 1.0 / fairness
+    tol = max(tol, 100.0 * float(torch.finfo(torch.float64).eps) * max(1.0, power))
 
     def f(a: Tensor) -> float:
         h = a.log() if fairness == 1.0 else a ** (1.0 - power) / (1.0 - power)

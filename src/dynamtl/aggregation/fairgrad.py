@@ -51,7 +51,8 @@ class FairGrad(GradientAggregation):
         alpha: the fairness a ≥ 0 (the paper's α; default 2, our choice: TorchJD requires
             it, the paper compares several values); a = 0 is linear scalarisation with uniform weights, taken
             as the mean of the rows (the paper's and TorchJD's 1/T).
-        tol: tolerance on maxᵢ |wᵢ^{1/a}(Gw)ᵢ − 1| (default 1e-8).
+        tol: tolerance on maxᵢ |wᵢ^{1/a}(Gw)ᵢ − 1| (default 1e-8); one below that residual's
+            float64 rounding floor, 100 ε·max(1, 1/a), is taken as the floor.
         max_iters: Newton iterations (default 100).
 
     Differences to the official code: it solves the equation with SciPy's ``least_squares``

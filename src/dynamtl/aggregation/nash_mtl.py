@@ -54,7 +54,8 @@ class NashMTL(GradientAggregation):
         max_norm: if given, d is scaled down to this norm when longer. The paper's
             algorithm does not clip (default ``None``); TorchJD's adaptation of the official
             code clips at 1 by default.
-        tol: tolerance on maxᵢ |αᵢ(Gα)ᵢ − 1| (default 1e-6).
+        tol: tolerance on maxᵢ |αᵢ(Gα)ᵢ − 1| (default 1e-6; one below 100 float64 ε is taken
+            as 100 ε, the rounding floor of that residual).
         max_iters: Newton iterations (default 100).
 
     Differences to the official code: it solves a sequence of convex programs with cvxpy
