@@ -45,6 +45,35 @@ def test_the_simplex_projection_satisfies_its_optimality_conditions(seed):
     torch.testing.assert_close(project_simplex(inside), inside)
 
 
+def test_the_simplex_projection_of_huge_or_infinite_steps_is_their_limit():
+    """Shifting by a constant does not move the projection: v of size 1e59 (a raw step on
+    gradients of size 1e30) lost the 1 of Σw = 1 in rounding and gave inf/NaN weights."""
+    v = torch.tensor([-1e59, -3e59, -1e59 + 1e44], dtype=F64)
+    torch.testing.assert_close(project_simplex(v), torch.tensor([0.0, 0.0, 1.0], dtype=F64))
+    torch.testing.assert_close(project_simplex(torch.tensor([-1e300, -1e300], dtype=F64)),
+                               torch.tensor([0.5, 0.5], dtype=F64))
+    inf = torch.inf
+    torch.testing.assert_close(project_simplex(torch.tensor([inf, 0.0, inf], dtype=F64)),
+                               torch.tensor([0.5, 0.0, 0.5], dtype=F64))
+    torch.testing.assert_close(project_simplex(torch.tensor([-inf, 0.3, 0.1], dtype=F64)),
+                               torch.tensor([0.0, 0.6, 0.4], dtype=F64))
+    with pytest.raises(ValueError, match="NaN"):
+        project_simplex(torch.tensor([torch.nan, 0.0], dtype=F64))
+
+
+@pytest.mark.parametrize("make", [lambda: dm.MoDo(normalize=False, double_sampling=False),
+                                  lambda: dm.SDMGrad(normalize=False, double_sampling=False),
+                                  lambda: dm.MoCo(normalize=False)])
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+def test_raw_steps_on_huge_gradients_keep_the_weights_on_the_simplex(make, dtype):
+    rows = (1e30 * torch.tensor([[1.0, 2.0, 0.5], [1.0, 2.0, 0.5], [-0.9, 0.5, 0.0]], dtype=F64)).to(dtype)
+    aggregation = make()
+    for _ in range(3):
+        weights, update = aggregation.weights_and_update(rows)
+        assert torch.isfinite(weights).all() and torch.isfinite(update).all()
+        assert float(weights.min()) >= 0 and float(weights.sum()) == pytest.approx(1.0)
+
+
 def test_the_cross_gramian_of_independent_batches_averages_to_the_gramian_of_the_mean():
     """The unbiasedness double sampling rests on: over independent draws (all ordered pairs
     of a population of batches, with replacement), E[G₁G₂ᵀ] = ḠḠᵀ, which E[GGᵀ] is not."""

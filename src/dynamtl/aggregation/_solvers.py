@@ -117,7 +117,25 @@ def double_sampled_gramian(
 def project_simplex(values: Tensor) -> Tensor:
     """The Euclidean projection of ``values`` (a vector) onto the probability simplex
     {w ≥ 0, Σw = 1}, by the sorting rule of Held, Wolfe & Crowder (1974): w = max(v − τ, 0)
-    with the threshold τ that makes the entries sum to 1."""
+    with the threshold τ that makes the entries sum to 1.
+
+    The projection does not change when a constant is added to every entry, so v is first
+    shifted by its maximum: a step of size 1e59 (raw steps on gradients of size 1e30) would
+    otherwise lose the 1 of Σw = 1 in rounding and divide by zero. Infinite entries are the
+    limit of an unbounded step: the entries at +∞ share the mass (else those at −∞ get none)."""
+    if not bool(values.isfinite().all()):
+        if bool(values.isnan().any()):
+            raise ValueError(f"project_simplex got NaN in {values.tolist()}: the step that gave them overflowed")
+        top = values == torch.inf
+        if bool(top.any()):
+            return top.to(values.dtype) / int(top.sum())
+        finite = values.isfinite()
+        if not bool(finite.any()):  # every entry at −∞: none is preferred
+            return torch.full_like(values, 1.0 / len(values))
+        out = torch.zeros_like(values)
+        out[finite] = project_simplex(values[finite])
+        return out
+    values = values - values.max()
     ordered = values.sort(descending=True).values
     cumulative = ordered.cumsum(0) - 1.0
     ranks = torch.arange(1, len(values) + 1, dtype=values.dtype)
