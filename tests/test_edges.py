@@ -1459,3 +1459,14 @@ def test_every_wrong_option_of_a_constructor_is_named_at_once():
     with pytest.raises(ValueError) as bound:
         dm.STCH(preference={"a": 1.0, "z": 1.0}, ideal={"y": 0.0}).bind(TASKS)
     assert "preference names task(s) ['z']" in str(bound.value) and "ideal names task(s) ['y']" in str(bound.value)
+
+
+def test_an_option_a_method_does_not_take_is_named_with_the_class_and_its_options():
+    with pytest.raises(TypeError, match=r"ConFIG: got an unexpected keyword argument 'reg_eps'; its options are "
+                                        r"\['pref'\]"):
+        dm.ConFIG(reg_eps=1.0)
+    # UPGrad's __init__ is its base's: the message names the class called, not DualConeAggregation
+    with pytest.raises(TypeError, match=r"^UPGrad: too many positional arguments; its options are \['pref', "):
+        dm.UPGrad([1.0], 0.1, 10, 4)
+    with pytest.raises(TypeError, match=r"GLS: got an unexpected keyword argument 'mu'; it takes no options: GLS\(\)"):
+        dm.GLS(mu=1.0)

@@ -441,10 +441,16 @@ class ArgumentsRepr:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         obj = super().__new__(cls)
+        signature = inspect.signature(cls.__init__)
         try:
-            bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
-        except TypeError:  # the constructor will raise its own, clearer error
-            arguments: dict[str, Any] = {}
+            bound = signature.bind(obj, *args, **kwargs)
+        except TypeError as error:  # named by the class the user called, not the base that defines __init__
+            options = [name for name in list(signature.parameters)[1:]
+                       if signature.parameters[name].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                   inspect.Parameter.VAR_KEYWORD)]
+            fix = (f"its options are {options} (give them by name: {cls.__name__}({options[0]}=...))" if options
+                   else f"it takes no options: {cls.__name__}()")
+            raise TypeError(f"{cls.__name__}: {error}; {fix}") from None
         else:
             bound.apply_defaults()
             arguments = {}
