@@ -156,3 +156,18 @@ def test_config_direction_does_not_depend_on_the_task_weights():
     scaled = torch.tensor([[0.5], [2.0], [1.0]], dtype=F64) * j
     a, b = dm.ConFIG().combine(j), dm.ConFIG().combine(scaled)
     torch.testing.assert_close(a / a.norm(), b / b.norm())
+
+
+@pytest.mark.parametrize("cls", [dm.UPGrad, dm.DualProj])
+@pytest.mark.parametrize("seed", range(20))
+def test_with_the_default_regularisation_any_conflict_is_within_its_bound(cls, seed):
+    """KKT of min vᵀ(G/tr G + εI)v, v ≥ u: (G/tr G + εI)v ≥ 0, so (Jd)ᵢ = (Gα)ᵢ ≥ −ε·tr(G)·αᵢ.
+    Nearly opposite gradients make the bound active (a small conflict remains, as in TorchJD)."""
+    j = jacobian(4, 6, seed, shift=-0.3)
+    j[1] = -0.999 * j[0] + 1e-3 * j[1]
+    aggregation = cls()
+    alpha = aggregation.row_weights(j)
+    products = j @ (alpha @ j)
+    bound = -aggregation.reg_eps * float((j @ j.T).trace()) * alpha
+    assert bool((products >= bound - 1e-12 * float(j.norm()) ** 2).all()), (products, bound)
+    assert bool((j @ cls(reg_eps=0.0).combine(j) >= -1e-10 * float(j.norm() ** 2)).all())

@@ -31,7 +31,8 @@ class DualProj(DualConeAggregation):
             scale matters (α grows with it: ``[1, 1]`` gives twice the default step), so
             each value is 0 or between 1e-30 and 1e30.
         reg_eps: ε added to the diagonal of the trace-normalised Gram matrix (TorchJD's
-            default 1e-4); 0 solves the exact problem.
+            default 1e-4); 0 solves the exact problem. With ε > 0 the update is
+            conflict-free only up to the regularisation, (Jd)ᵢ ≥ −ε·tr(G)·αᵢ; 0 gives Jd ≥ 0.
         max_iters: active-set iterations (default 100). Without convergence a warning is
             logged once and the last feasible iterate is used.
 

@@ -40,7 +40,9 @@ class UPGrad(DualConeAggregation):
             each value is 0 or between 1e-30 and 1e30.
         reg_eps: ε added to the diagonal of the trace-normalised Gram matrix G/tr(G) before
             the solve (TorchJD's default 1e-4), which keeps the problem strictly convex when
-            the gradients are linearly dependent; 0 solves the exact problem.
+            the gradients are linearly dependent; 0 solves the exact problem. With ε > 0 the
+            update is conflict-free only up to the regularisation: (Jd)ᵢ ≥ −ε·tr(G)·αᵢ
+            (cosines down to about −0.005 for nearly opposite gradients); 0 gives Jd ≥ 0.
         max_iters: active-set iterations per projection (default 100; T + 1 suffice in
             exact arithmetic). Without convergence a warning is logged once and the last
             feasible iterate is used.
