@@ -1,5 +1,6 @@
 """dynamtl: dynamic task weighting for multi-task and auxiliary learning in PyTorch."""
 
+from dynamtl._helpers import OptionsError
 from dynamtl.aggregation import (
     CRMOGM,
     IMTLG,
@@ -22,7 +23,6 @@ from dynamtl.aggregation import (
     Sum,
     UPGrad,
 )
-from dynamtl._helpers import OptionsError
 from dynamtl.context import StepContext
 from dynamtl.lookahead import LookAhead
 from dynamtl.objective import Objective

@@ -116,7 +116,7 @@ class Method:
         """``given`` parsed by the type hints of the factory; ``RegistryError`` naming every
         unknown option and every value that does not parse."""
         parsed, problems = self.parse_what_parses(given)
-        if problems:
+        if problems or parsed is None:
             raise RegistryError("\n".join(problems))
         return parsed
 
