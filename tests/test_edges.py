@@ -1470,3 +1470,20 @@ def test_an_option_a_method_does_not_take_is_named_with_the_class_and_its_option
         dm.UPGrad([1.0], 0.1, 10, 4)
     with pytest.raises(TypeError, match=r"GLS: got an unexpected keyword argument 'mu'; it takes no options: GLS\(\)"):
         dm.GLS(mu=1.0)
+
+
+@pytest.mark.parametrize("aggregation", [lambda: dm.UPGrad(pref=[1e30] * 3), lambda: dm.DualProj(pref=[1e30] * 3),
+                                         lambda: dm.AlignedMTL(pref=[1e30] * 3)])
+def test_an_update_that_overflows_the_dtype_is_named_as_such_and_the_step_undone(aggregation):
+    """Each task's gradient is finite but 1e30 × 1e10 is beyond float32: the error says the
+    combination overflowed (not that the tasks' values are NaN), and nothing is changed
+    (Aligned-MTL's least-squares fit of the infinite update crashed LAPACK before)."""
+    model = net(0, torch.float32)
+    before = copy.deepcopy(model.state_dict())
+    tasks = dm.Tasks({"a": lambda p, y: 1e10 * F.mse_loss(p, y), "b": F.mse_loss, "c": F.mse_loss})
+    mtl = dm.MultiTask(model, tasks, torch.optim.SGD(model.parameters(), lr=0.01), aggregation=aggregation())
+    with pytest.raises(dm.NonFiniteLossError, match=r"non-finite combined gradient in step 1 \(1-based\), in the "
+                                                    r"\w+ aggregation pass; .*combination overflowed float32"):
+        mtl.step(batch(0, dtype=torch.float32))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name

@@ -139,7 +139,13 @@ class StepContext:
         if bool(torch.stack([g.isfinite().all() for g in present]).all()):
             return
         self.task_gradients()  # raises, naming the tasks, if one of theirs is not finite
-        raise NonFiniteLossError("gradient", pass_name, dict.fromkeys(self.objective.tasks.names, float("nan")))
+        dtypes = sorted({str(g.dtype).removeprefix("torch.") for g in present})
+        error = NonFiniteLossError("combined gradient", pass_name, {})
+        error.cause = (
+            f"every task's own gradient is finite, so their combination overflowed {'/'.join(dtypes)}: a preference, "
+            "task weight or λ too large for the scale of the gradients (lower it, or scale the loss down)"
+        )
+        raise error
 
     @property
     def present(self) -> list[bool]:

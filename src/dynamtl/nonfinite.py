@@ -37,8 +37,9 @@ class NonFiniteLossError(FloatingPointError):
 
     def __str__(self) -> str:
         where = f"in step {self.step} (1-based)" if self.step is not None else "in this step"
+        tasks = f" for task(s) {self.values}" if self.values else ""
         return (
-            f"non-finite {self.quantity} {where} for task(s) {self.values}, in the {self.pass_name} pass; "
+            f"non-finite {self.quantity} {where}{tasks}, in the {self.pass_name} pass; "
             "the model, the optimizer and the weighting are left as they were before the step: "
             + (f"{self.cause}; or " if self.cause else "")
             + "lower the learning rate, check the inputs and targets of that task (and of the meta batch for a meta "

@@ -229,7 +229,8 @@ class MultiTask:
             try:
                 info = self._backward(batch, meta_batch, tuple(extra_batches))
             except NonFiniteLossError as error:
-                error.step, error.cause = self.steps + 1, self.weighting.explain_failure()
+                error.step = self.steps + 1
+                error.cause = "; ".join(c for c in (error.cause, self.weighting.explain_failure()) if c)
                 if guard is not None:
                     guard.restore()
                 raise

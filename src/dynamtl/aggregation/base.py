@@ -152,8 +152,12 @@ def fitted_row_weights(jacobian: Tensor, update: Tensor) -> Tensor:
     """α = argmin ‖Jᵀα − d‖ (float64, CPU; minimum norm), from the Gram matrix: Gα = Jd.
 
     Jd is formed as G is, on rows divided by their largest entry (:func:`cross_gramian`): rows
-    of size 1e30 (Jd ~ 1e60, beyond float32) or 1e-30 neither overflow nor underflow."""
+    of size 1e30 (Jd ~ 1e60, beyond float32) or 1e-30 neither overflow nor underflow. NaN
+    weights for an update that is not finite itself (an overflow, which a
+    :class:`~dynamtl.MultiTask` step reports as :class:`~dynamtl.NonFiniteLossError`)."""
     j = jacobian.detach()
+    if not bool(update.isfinite().all()):  # an overflow of the update: MultiTask's step reports it
+        return torch.full((len(j),), torch.nan, dtype=torch.float64)
     target = cross_gramian(j, update.detach().reshape(1, -1).to(j.dtype))[:, 0]
     return torch.linalg.lstsq(gramian(j), target, rcond=rank_tolerance(j), driver="gelsd").solution
 
