@@ -154,3 +154,14 @@ def test_benchmarks_are_built_by_name_with_their_constructor_options():
 def test_graddrop_leak_reaches_the_class():
     _, aggregation = parse_method("graddrop", {"leak": "0.25"}).build(MULTI_TASK)
     assert isinstance(aggregation, GradDrop) and aggregation.leak == 0.25
+
+
+@pytest.mark.parametrize(("option", "text", "reads"), [("mu", "1e-400", "0.0"), ("mu", "-2e999", "-inf"),
+                                                       ("ideal", "main:1e400", "inf")])
+def test_a_number_beyond_a_floats_range_is_refused_as_written_not_as_rounded(option, text, reads):
+    """'1e-400' read as 0.0 was refused as 'got 0.0' (which the user never wrote), '1e400' as inf."""
+    with pytest.raises(RegistryError, match=rf"option '{option}' of 'stch' expects a number within a float's range "
+                                            rf".*which would read as {reads}"):
+        parse_method("stch", {option: text})
+    assert parse_method("stch", {"mu": "0e5", "ideal": "main:-0.000"}).weighting_options["mu"] == 0.0
+    assert parse_method("stch", {"mu": "1e-310"}).weighting_options["mu"] == 1e-310  # subnormal, not zero

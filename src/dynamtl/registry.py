@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -468,7 +469,18 @@ def _number(value: Any, kind: type, what: str) -> int | float:
         number = None
     if not isinstance(number, (int, float)) or (kind is int and not isinstance(number, int)):
         raise RegistryError(f"{what} expects {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if isinstance(value, str) and isinstance(number, float) and _beyond_float(value, number):
+        raise RegistryError(f"{what} expects a number within a float's range (1e-308 to 1e308 in size, or 0), "
+                            f"got {value.strip()!r}, which would read as {number!r}")
     return number
+
+
+def _beyond_float(text: str, number: float) -> bool:
+    """Whether the decimal ``text`` names a non-zero finite number that reads as 0 or ±∞ (1e-400, 1e400)."""
+    mantissa = text.strip().lower().lstrip("+-").partition("e")[0]
+    if number == 0.0:
+        return any(c in "123456789" for c in mantissa)
+    return math.isinf(number) and "inf" not in text.lower()
 
 
 def _split_pairs(text: str, what: str) -> dict[str, str]:
