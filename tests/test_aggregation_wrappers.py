@@ -162,3 +162,25 @@ def test_gradvac_whole_model_is_unchanged_and_a_bad_granularity_refused():
     torch.testing.assert_close(dm.GradVac(seed=1).combine(j), dm.GradVac(seed=1, granularity="layer").combine(j))
     with pytest.raises(ValueError, match="granularity must be one of"):
         dm.GradVac(granularity="tensor")
+
+
+def test_cr_mogm_passes_the_layers_on_to_gradvac_per_layer():
+    """CR-MOGM asked its inner aggregation for whole-Jacobian weights: GradVac(granularity="layer")
+    silently ran its whole-model rule. With β = 0 the step must be GradVac per layer's own."""
+    def step(aggregation):
+        torch.manual_seed(0)
+        model = Net().double()
+        mtl = dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), None, weighting=dm.Static(WEIGHTS),
+                           aggregation=aggregation)
+        return mtl.backward(_batch()).aggregation_weights
+
+    inner = dm.GradVac(beta=0.5, seed=4, granularity="layer")
+    smoothed = step(dm.CRMOGM(inner, beta=0.0))
+    assert set(inner.layer_targets) == {"trunk.0", "trunk.2"} and inner.targets is None
+    alone = step(dm.GradVac(beta=0.5, seed=4, granularity="layer"))
+    torch.testing.assert_close(smoothed, alone)
+    assert not torch.allclose(alone, step(dm.GradVac(beta=0.5, seed=4)))  # the layers make a difference here
+    refused = r"OnRepresentation cannot run CRMOGM\(aggregation=GradVac\(.*granularity='layer'\).*no layers"
+    with pytest.raises(ValueError, match=refused):
+        dm.OnRepresentation(dm.CRMOGM(dm.GradVac(granularity="layer")))
+    dm.OnRepresentation(dm.CRMOGM(dm.GradVac()))  # the whole-model rule has a meaning on the representation

@@ -115,8 +115,16 @@ class GradientAggregation(Aggregation):
     def combine_shared(self, jacobian: Tensor, blocks: Sequence[tuple[str, int]]) -> tuple[Tensor, Tensor]:
         """``(α, d)`` for the step's rows ``jacobian``, whose columns are the shared parameters
         ``blocks`` (name, number of elements) in order: :meth:`weights_and_update` by default;
-        an aggregation that treats parameters by layer overrides it (GradVac)."""
+        an aggregation that treats parameters by layer overrides it (GradVac) and says so in
+        :attr:`by_layer`, and one that wraps another passes the blocks on (CR-MOGM)."""
         return self.weights_and_update(jacobian)
+
+    @property
+    def by_layer(self) -> bool:
+        """Whether the update depends on the layer each column belongs to (GradVac with
+        ``granularity="layer"``): it needs the parameters' blocks, which the gradients of a
+        representation do not have (:class:`OnRepresentation` refuses it)."""
+        return False
 
     def weights_and_update(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
         """``(α, d)``: the row weights and the update of ``jacobian`` (one call of the

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
 from dynamtl._helpers import intervals
-from dynamtl.aggregation._solvers import check_jacobian
+from dynamtl.aggregation._solvers import check_jacobian, combine_rows
 from dynamtl.aggregation.base import GradientAggregation
 from dynamtl.aggregation.mgda import MGDA
 from dynamtl.facts import aggregation_facts
@@ -35,7 +36,9 @@ class CRMOGM(GradientAggregation):
     Args:
         aggregation: the wrapped gradient aggregation (default :class:`MGDA`, the paper's
             main case). Its weights are its :meth:`row_weights` where it has them, otherwise
-            the least-squares weights of its update (see :class:`GradientAggregation`).
+            the least-squares weights of its update (see :class:`GradientAggregation`); in a
+            step, of its update on the shared parameters layer by layer where it works by
+            layer (``GradVac(granularity="layer")``).
         beta: β ∈ [0, 1], the weight of the past (default 0.9, TorchJD's); 0 is the wrapped
             aggregation, 1 freezes the first weights.
 
@@ -77,9 +80,24 @@ class CRMOGM(GradientAggregation):
         self.beta = float(beta)
         self.average: Tensor | None = None
 
+    @property
+    def by_layer(self) -> bool:
+        return self.aggregation.by_layer
+
     def row_weights(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
-        current = self.aggregation.weights_and_update(jacobian)[0].double().cpu()
+        return self._smoothed(self.aggregation.weights_and_update(jacobian)[0])
+
+    def combine_shared(self, jacobian: Tensor, blocks: Sequence[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+        """The wrapped aggregation's weights on the shared parameters' ``blocks`` (GradVac per
+        layer treats each layer apart), smoothed."""
+        check_jacobian(type(self).__name__, jacobian)
+        alpha = self._smoothed(self.aggregation.combine_shared(jacobian, blocks)[0])
+        return alpha, combine_rows(alpha, jacobian)
+
+    def _smoothed(self, weights: Tensor) -> Tensor:
+        """The moving average after this step's weights ``weights`` (updated in place)."""
+        current = weights.double().cpu()
         if self.average is None or self.average.shape != current.shape:
             self.average = current
         else:

@@ -80,6 +80,10 @@ class GradVac(GradientAggregation):
         self.targets: list[list[float]] | None = None
         self.layer_targets: dict[str, list[list[float]]] = {}
 
+    @property
+    def by_layer(self) -> bool:
+        return self.granularity == "layer"
+
     def combine(self, jacobian: Tensor) -> Tensor:
         check_jacobian(type(self).__name__, jacobian)
         orders = random_orders(self.generator, len(jacobian))

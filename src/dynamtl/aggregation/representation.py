@@ -59,6 +59,12 @@ class OnRepresentation(Aggregation):
                 "batches or steps, and the representation's gradients belong to one batch's samples; use "
                 f"{type(aggregation).__name__} on the shared parameters"
             )
+        if aggregation.by_layer:
+            raise ValueError(
+                f"OnRepresentation cannot run {aggregation!r}: it treats the shared parameters layer by layer, and "
+                "the representation's gradients have no layers; give it its whole-model granularity, or run it on "
+                "the shared parameters"
+            )
         self.aggregation = aggregation
 
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
