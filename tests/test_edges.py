@@ -510,6 +510,17 @@ def test_auto_lambda_in_float16_keeps_finite_float32_weights(seed):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def floating_tensors(values):
+    """The floating-point tensors in ``values``, at any depth of dicts, lists and tuples."""
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            yield value
+        elif isinstance(value, dict):
+            yield from floating_tensors(value.values())
+        elif isinstance(value, (list, tuple)):
+            yield from floating_tensors(value)
+
+
 def cast(b, dtype):
     return b[0].to(dtype), {t: y.to(dtype) for t, y in b[1].items()}
 
@@ -526,9 +537,9 @@ def test_half_precision_step_matches_float32(weighting_name, aggregation_name, d
                            aggregation=build("aggregation", aggregation_name))
         b, meta = batch(1, dtype=dtype), batch(2, dtype=dtype)
         info = mtl.backward(cast(b, run_dtype), cast(meta, run_dtype))
-        for state in mtl.weighting.state_dict().values():
-            if isinstance(state, torch.Tensor) and state.is_floating_point():
-                assert state.dtype == torch.float32
+        for state in floating_tensors([*mtl.weighting.state_dict().values(),
+                                       *mtl.aggregation.state_dict().values()]):  # extra state too
+            assert state.dtype in (torch.float32, torch.float64)  # never the model's half precision
         assert info.weights.dtype == torch.float32  # λ is never rounded to the model's half precision
         grad = torch.cat([p.grad.float().reshape(-1) for p in model.parameters() if p.grad is not None])
         assert torch.isfinite(info.weights).all() and torch.isfinite(grad).all()

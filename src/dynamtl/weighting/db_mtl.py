@@ -10,7 +10,7 @@ from torch import Tensor
 from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import row_norms
 from dynamtl.aggregation.base import shared_parameters, shared_rows
-from dynamtl.context import StepContext
+from dynamtl.context import StepContext, widened
 from dynamtl.facts import Facts
 from dynamtl.weighting.base import Weighting
 
@@ -82,7 +82,7 @@ class DBMTL(Weighting):
         shared = shared_parameters(grads)
         if not shared:
             return inverse
-        rows = shared_rows(ctx, grads, shared)
+        rows = widened(shared_rows(ctx, grads, shared))  # a half-precision model's average is kept in float32
         rows = rows * inverse.to(rows)[:, None]
         self.steps += 1
         rate = self.beta / self.steps**self.sigma
