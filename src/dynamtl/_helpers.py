@@ -198,6 +198,9 @@ def _check_argument(cls: type, name: str, value: Any, annotations: dict[str, Any
     elif parts & _NUMBER_MAPS:
         values = [_finite(cls, name, value, v) for v in value.values()]
         _check_values(cls, name, value, values, ranges.get(name))
+    check = getattr(cls, "option_checks", {}).get(name)
+    if check is not None:  # what the annotation cannot say (CRMOGM's aggregation by registry name)
+        check(value)
 
 
 def _check_values(cls: type, name: str, value: Any, values: list[float], interval: Interval | None) -> None:
@@ -430,13 +433,18 @@ class ArgumentsRepr:
     task weights (not empty, not all 0; each 0 or in :data:`WEIGHT_SCALE`, as they scale the
     update), except those also in ``relative_weight_options``, whose scale the method
     removes (only the ratios matter; any positive scale is taken). A declared range applies
-    to every value of a per-task list or mapping.
+    to every value of a per-task list or mapping. ``option_checks`` maps an option to a
+    function of its value that raises ``TypeError``/``ValueError`` (naming the class, the
+    option and the fix) for what its annotation cannot say, such as a registry name that
+    must be of some kind; it runs with the other checks, so every wrong option is reported
+    at once.
     """
 
     option_ranges: ClassVar[Mapping[str, Interval]] = {}
     parameter_options: ClassVar[tuple[str, ...]] = ()
     weight_options: ClassVar[tuple[str, ...]] = ()
     relative_weight_options: ClassVar[tuple[str, ...]] = ()
+    option_checks: ClassVar[Mapping[str, CallableABC[[Any], None]]] = {}
     _arguments: dict[str, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 from torch import Tensor
@@ -10,7 +11,6 @@ from torch import Tensor
 from dynamtl._helpers import intervals
 from dynamtl.aggregation._solvers import check_jacobian, combine_rows
 from dynamtl.aggregation.base import GradientAggregation
-from dynamtl.aggregation.mgda import MGDA
 from dynamtl.facts import aggregation_facts
 
 
@@ -34,8 +34,14 @@ class CRMOGM(GradientAggregation):
     ``beta`` between steps for such a schedule).
 
     Args:
-        aggregation: the wrapped gradient aggregation (default :class:`MGDA`, the paper's
-            main case). Its weights are its :meth:`row_weights` where it has them, otherwise
+        aggregation: the wrapped gradient aggregation, or its registry name (``"upgrad"``;
+            built with its default options), the default ``"mgda"`` (:class:`MGDA`, the
+            paper's main case). A name must be one of :func:`wrappable_names`: the gradient
+            aggregations that weigh one batch's rows (not Sum, nothing to smooth; not MoCo,
+            SDMGrad or MoDo, which carry their weights across batches themselves; not
+            CR-MOGM). From the command line: ``--option aggregation=upgrad`` (the wrapped
+            aggregation takes its default options there; compose it in Python for others).
+            Its weights are its :meth:`row_weights` where it has them, otherwise
             the least-squares weights of its update (see :class:`GradientAggregation`); in a
             step, of its update on the shared parameters layer by layer where it works by
             layer (``GradVac(granularity="layer")``).
@@ -57,26 +63,19 @@ class CRMOGM(GradientAggregation):
     """
 
     facts = aggregation_facts(
-        "cr-mogm", "CR-MOGM (MGDA)",
+        "cr-mogm", "CR-MOGM",
         "Zhou et al., On the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond, NeurIPS 2022",
-        options=("beta",),
+        options=("aggregation", "beta"),
     )
 
     option_ranges = intervals(beta="[0, 1]")
+    # a name must be of the per-batch gradient aggregations (checked with beta, in __new__)
+    option_checks = MappingProxyType({"aggregation": lambda value: _check_aggregation(value)})
 
-    def __init__(self, aggregation: GradientAggregation | None = None, beta: float = 0.9) -> None:
+    def __init__(self, aggregation: str | GradientAggregation = "mgda", beta: float = 0.9) -> None:
         super().__init__()
-        if aggregation is not None and not isinstance(aggregation, GradientAggregation):
-            raise TypeError(
-                f"CRMOGM smooths the weights of a gradient aggregation (PCGrad, MGDA, UPGrad...), "
-                f"not of {type(aggregation).__name__}"
-            )
-        if aggregation is not None and aggregation.rows_across_batches:
-            raise ValueError(
-                f"CRMOGM smooths the weights an aggregation gives one batch's rows; {type(aggregation).__name__} "
-                "already carries its weights (or gradients) over steps and batches: use it alone"
-            )
-        self.aggregation = aggregation if aggregation is not None else MGDA()
+        self.aggregation = _wrappable()[aggregation]() if isinstance(aggregation, str) else aggregation
+        self._arguments["aggregation"] = self.aggregation  # the repr shows what is smoothed
         self.beta = float(beta)
         self.average: Tensor | None = None
 
@@ -109,3 +108,58 @@ class CRMOGM(GradientAggregation):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.average = state["average"]
+
+
+def wrappable_names() -> list[str]:
+    """The registry names :class:`CRMOGM` takes as its ``aggregation``: every registered
+    gradient aggregation that weighs one batch's rows (not Sum, nothing to smooth; not those
+    that carry rows or weights across batches, MoCo, SDMGrad, MoDo; not CR-MOGM itself)."""
+    return list(_wrappable())
+
+
+def _wrappable() -> dict[str, type[GradientAggregation]]:
+    from dynamtl.registry import AGGREGATIONS  # the registry imports this module's package
+
+    return {
+        name: method.factory for name, method in AGGREGATIONS.items()
+        if issubclass(method.factory, GradientAggregation) and not method.factory.rows_across_batches
+        and not issubclass(method.factory, CRMOGM)
+    }
+
+
+def _check_aggregation(value: Any) -> None:
+    """``CRMOGM``'s ``aggregation``: a per-batch gradient aggregation, or the registry name
+    of one; ``TypeError``/``ValueError`` naming the option, the allowed names and the fix."""
+    if isinstance(value, str):
+        from dynamtl.registry import AGGREGATIONS, WEIGHTINGS
+
+        allowed = _wrappable()
+        if value in allowed:
+            return
+        method = AGGREGATIONS.get(value)
+        if method is not None and issubclass(method.factory, CRMOGM):
+            why = "which is CR-MOGM itself"
+        elif method is not None and issubclass(method.factory, GradientAggregation):
+            why = f"which carries its weights (or gradients) across batches itself: run it alone (--method {value})"
+        elif method is not None:
+            why = "which adds the task gradients with fixed weights: there is nothing to smooth"
+        elif value in WEIGHTINGS:
+            why = (f"which is a weighting, not a gradient aggregation: combine them as "
+                   f"--method {value}+cr-mogm")
+        else:
+            why = "which is not the name of an aggregation"
+        raise ValueError(
+            f"CRMOGM's option aggregation names the gradient aggregation whose weights it smooths, one of "
+            f"{', '.join(allowed)}; got {value!r}, {why}. Give e.g. --option aggregation=upgrad "
+            f"(CRMOGM(aggregation='upgrad') in Python)"
+        )
+    if not isinstance(value, GradientAggregation):
+        raise TypeError(
+            f"CRMOGM smooths the weights of a gradient aggregation (PCGrad, MGDA, UPGrad...), "
+            f"not of {type(value).__name__}: give one, or its name (CRMOGM(aggregation='upgrad'))"
+        )
+    if value.rows_across_batches:
+        raise ValueError(
+            f"CRMOGM smooths the weights an aggregation gives one batch's rows; {type(value).__name__} "
+            "already carries its weights (or gradients) over steps and batches: use it alone"
+        )
