@@ -112,6 +112,26 @@ class LossWeighting(Weighting):
     def weights(self, ctx: StepContext) -> Tensor:
         return self.loss_weights(widened(ctx.losses.detach()))
 
+    def refuse_bad_losses(
+        self, losses: Tensor, present: Tensor | None, uses: str, fix: str, *, positive: bool = False
+    ) -> None:
+        """``ValueError`` naming every task present in the step (``present``, all by default)
+        whose loss is NaN or infinite (with ``positive``, also ≤ 0), before the weighting
+        uses the losses or changes its state: ``"{Class} {uses}, which needs every loss
+        finite; got {task: value}: {fix}"``. For the weightings whose weights or state a bad
+        loss would make NaN (GLS, STCH, FAMO), in a :class:`~dynamtl.MultiTask` step and in a
+        plain ``w(losses)`` call alike (a step also stops on it itself, see ``check_finite``)."""
+        values = losses.detach().double().cpu()
+        here = torch.ones(len(values), dtype=torch.bool) if present is None else present.cpu().bool()
+        bad = here & (~torch.isfinite(values) | (~(values > 0) if positive else torch.zeros_like(here)))
+        if bool(bad.any()):
+            names = self.task_names or ()
+            found = {names[i] if i < len(names) else i: float(values[i]) for i in bad.nonzero().squeeze(1).tolist()}
+            raise ValueError(
+                f"{type(self).__name__} {uses}, which needs every loss {'> 0 and ' if positive else ''}finite; "
+                f"got {found}: {fix}"
+            )
+
     def forward(self, losses: Mapping[str, Tensor] | Tensor) -> Tensor:
         if isinstance(losses, Mapping):
             if self.task_names is None:

@@ -115,9 +115,13 @@ class FAMO(OwnOptimizer, LossWeighting):
 
     def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         """λ from the losses; ``present``: which tasks have a gradient in this step (all by
-        default). Absent tasks get λ = 0, the others share the weight among themselves."""
+        default). Absent tasks get λ = 0, the others share the weight among themselves.
+        ``ValueError`` naming the task for a NaN or infinite loss of a present task, before
+        ξ or the previous losses change (a NaN there would make every later weight NaN)."""
         current = losses.detach().to(self.logits)
         here = torch.ones_like(current, dtype=torch.bool) if present is None else present.to(current.device)
+        self.refuse_bad_losses(current, here, "takes the log of each loss and of its fall from step to step",
+                               "check that task's inputs and targets, or lower the learning rate")
         shifted = torch.where(here, self._shifted(torch.where(here, current, self.min_losses + 1.0)), 1.0)
         if bool(self.has_previous):
             both = here & self.previous_present

@@ -48,14 +48,8 @@ class GLS(LossWeighting):
         """λ from the losses; ``present``: which tasks have a loss with a graph in this step
         (all by default). Absent tasks get λ = 0 and the mean is over the others."""
         here = torch.ones_like(losses, dtype=torch.bool) if present is None else present.to(losses.device)
-        bad = here & (~(losses > 0) | ~torch.isfinite(losses))
-        if bool(bad.any()):
-            names = self.task_names or ()
-            values = {names[i]: float(losses[i]) for i in bad.nonzero().squeeze(1).tolist()}
-            raise ValueError(
-                f"GLS takes the geometric mean of the losses, which needs every loss > 0 and finite; got {values}: "
-                "add a small constant to a loss that can reach 0"
-            )
+        self.refuse_bad_losses(losses, here, "takes the geometric mean of the losses",
+                               "add a small constant to a loss that can reach 0", positive=True)
         weights = torch.zeros_like(losses)
         if bool(here.any()):
             kept = losses[here]

@@ -89,13 +89,8 @@ class STCH(LossWeighting):
         dtype, device = widened(losses).dtype, losses.device
         values = losses.detach().double().cpu()
         here = torch.ones(len(values), dtype=torch.bool) if present is None else present.cpu().bool()
-        bad = here & ~torch.isfinite(values)
-        if bool(bad.any()):
-            found = {names[i] if i < len(names) else i: float(values[i]) for i in bad.nonzero().squeeze(1).tolist()}
-            raise ValueError(
-                f"STCH takes a smooth maximum of the losses, which needs every loss finite; got {found}: check that "
-                "task's inputs and targets, or lower the learning rate"
-            )
+        self.refuse_bad_losses(values, here, "takes a smooth maximum of the losses",
+                               "check that task's inputs and targets, or lower the learning rate")
         if self.preference is None:
             p = torch.full((len(names),), 1.0 / max(int(here.sum()), 1), dtype=torch.float64)
         else:
