@@ -40,7 +40,7 @@ def weights_of_a_call(weighting: LossWeighting, values: list[float]) -> torch.Te
 
 
 def test_the_loss_weightings_are_all_checked():
-    assert REFUSING <= set(LOSS_WEIGHTINGS) and {"equal", "dwa", "uncertainty", "rlw"} <= set(LOSS_WEIGHTINGS)
+    assert set(LOSS_WEIGHTINGS) >= REFUSING and {"equal", "dwa", "uncertainty", "rlw"} <= set(LOSS_WEIGHTINGS)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
