@@ -38,6 +38,7 @@ from dynamtl.train.compare import compare as run_comparison
 from dynamtl.train.config import ConfigError, RunConfig, plan, read_config_file
 from dynamtl.train.folder import FolderWriteError, RunFolder, RunFolderError
 from dynamtl.train.grid import Engine, LocalEngine, SubmititEngine
+from dynamtl.train.interrupts import interruptible
 from dynamtl.train.processes import launched_as_main
 from dynamtl.train.runs import resume as resume_run
 from dynamtl.train.runs import train as train_run
@@ -88,7 +89,8 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with interruptible():  # Ctrl-C works even where SIGINT was inherited ignored (`cmd &` in a script)
+                return super().invoke(ctx)
         except FolderWriteError as error:  # (a run's own says its next step: its remedy is "")
             raise click.ClickException(f"{error}; {error.remedy}, then run the same command again"
                                        if error.remedy else str(error)) from error
