@@ -235,6 +235,84 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, tmp_path
     assert not marker.exists()
 
 
+# --- a checkpoint that is not complete ------------------------------------------------------
+
+
+def _without(state: dict, *path: str) -> dict:
+    parent = state
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    return state
+
+
+INCOMPLETE = {  # what is done to a loaded checkpoint before it is saved and recorded again: (edit, named)
+    "a part missing": (lambda s: _without(s, "selection"), "lacks the part(s) 'selection'"),
+    "two parts missing": (lambda s: _without(_without(s, "totals"), "seconds"), "lacks the part(s) 'totals', 'seconds'"),
+    "an entry of a part missing": (lambda s: _without(s, "totals", "sums"), "part 'totals' is not a table with sums"),
+    "a part of the wrong type": (lambda s: {**s, "rng": [1, 2]}, "part 'rng' is not a table of the torch"),
+    "a position that is text": (lambda s: {**s, "position": {**s["position"], "step": "70"}},
+                                "part 'position' is not a table of whole numbers"),
+    "a part no checkpoint has": (lambda s: {**s, "surprise": 1}, "holds part(s) no dynamtl checkpoint has: 'surprise'"),
+    "not a table at all": (lambda s: [s["model"]], "it holds a list, not a table of parts"),
+    "a random state that cannot be put back": (lambda s: {**s, "rng": {**s["rng"], "numpy": ("MT19937", "x", 0, 0, 0.0)}},
+                                               "its content cannot be put back (AttributeError"),
+    "a model without one of its weights": (lambda s: _without(s, "model", "trunk.0.weight"),
+                                           "does not fit this run's model or method"),
+}  # fmt: skip
+
+
+def save_recorded(path: Path, state: object) -> None:
+    """Save ``state`` as the checkpoint ``path`` and record its checksum, as dynamtl would
+    have: a valid, checksummed file whose content is not a complete checkpoint."""
+    torch.save(state, path)
+    checksums = path.parent / "checksums.json"
+    recorded = json.loads(checksums.read_text())
+    recorded["sha256"].append(hashlib.sha256(path.read_bytes()).hexdigest())
+    checksums.write_text(json.dumps(recorded))
+
+
+@pytest.mark.parametrize("damage", list(INCOMPLETE))
+def test_an_incomplete_or_wrongly_typed_checkpoint_is_refused_in_one_line_naming_what_is_wrong(run, damage):
+    edit, named = INCOMPLETE[damage]
+    last = run / "checkpoints" / "last.pt"
+    save_recorded(last, edit(torch.load(last, weights_only=True)))
+    written = last.read_bytes()
+    for trust in ((), ("--trust-checkpoint",)):
+        result = cli("resume", str(run), "--quiet", *trust)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert str(last) in result.stderr and named in result.stderr, result.stderr
+        if "does not fit" in named:
+            assert "start a new run" in result.stderr
+        else:
+            assert f"`{DYNAMTL} resume {run} --checkpoint previous{' --trust-checkpoint' if trust else ''}`" \
+                in result.stderr
+    assert last.read_bytes() == written  # left as it is
+    with pytest.raises(CheckpointError, match=re.escape(named)):  # compare's reuse resumes the same way
+        train_or_reuse(CONFIG, run, progress=False)
+
+
+def test_the_way_on_from_an_incomplete_checkpoint_finishes_the_run_and_an_incomplete_previous_one_says_train_anew(
+        run, reference):
+    checkpoints = run / "checkpoints"
+    last, previous = checkpoints / "last.pt", checkpoints / "previous.pt"
+    save_recorded(last, _without(torch.load(last, weights_only=True), "scheduler"))
+    result = cli("resume", str(run), "--quiet")
+    command = quoted_command(result.stderr, "--checkpoint previous")
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+    (run / "results.json").unlink()
+    save_recorded(previous, {**torch.load(previous, weights_only=True), "multitask": "none"})
+    result = cli("resume", str(run), "--checkpoint", "previous", "--quiet")
+    assert result.returncode == 1 and "part 'multitask' is not a table" in result.stderr, result.stderr
+    assert f"No intact checkpoint is left: delete {run} and train it anew" in result.stderr
+    assert "--trust-checkpoint" not in result.stderr  # reading it on trust would not help
+
+
 # --- silent damage ----------------------------------------------------------------------
 
 

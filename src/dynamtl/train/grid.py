@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynamtl._helpers import describe
 from dynamtl.train.checkpoint import CheckpointError
 from dynamtl.train.config import ConfigError, RunConfig
 from dynamtl.train.folder import RunFolder, RunFolderError
@@ -91,12 +92,6 @@ def train_grid_run(spec: GridRun) -> dict[str, Any]:
     """Train (or read back, or resume) the run of ``spec``, without progress bars: what a
     worker process or a cluster job executes."""
     return train_or_reuse(spec.config, spec.folder, progress=False)
-
-
-def describe(error: BaseException) -> str:
-    """``"Type: message"`` of the exception that failed a run."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Engine(abc.ABC):
