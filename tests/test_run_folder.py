@@ -248,15 +248,17 @@ def _without(state: dict, *path: str) -> dict:
 
 INCOMPLETE = {  # what is done to a loaded checkpoint before it is saved and recorded again: (edit, named)
     "a part missing": (lambda s: _without(s, "selection"), "lacks the part(s) 'selection'"),
-    "two parts missing": (lambda s: _without(_without(s, "totals"), "seconds"), "lacks the part(s) 'totals', 'seconds'"),
+    "two parts missing": (lambda s: _without(_without(s, "totals"), "seconds"),
+                          "lacks the part(s) 'totals', 'seconds'"),
     "an entry of a part missing": (lambda s: _without(s, "totals", "sums"), "part 'totals' is not a table with sums"),
     "a part of the wrong type": (lambda s: {**s, "rng": [1, 2]}, "part 'rng' is not a table of the torch"),
     "a position that is text": (lambda s: {**s, "position": {**s["position"], "step": "70"}},
                                 "part 'position' is not a table of whole numbers"),
     "a part no checkpoint has": (lambda s: {**s, "surprise": 1}, "holds part(s) no dynamtl checkpoint has: 'surprise'"),
     "not a table at all": (lambda s: [s["model"]], "it holds a list, not a table of parts"),
-    "a random state that cannot be put back": (lambda s: {**s, "rng": {**s["rng"], "numpy": ("MT19937", "x", 0, 0, 0.0)}},
-                                               "its content cannot be put back (AttributeError"),
+    "a random state that cannot be put back": (
+        lambda s: {**s, "rng": {**s["rng"], "numpy": ("MT19937", "x", 0, 0, 0.0)}},
+        "its content cannot be put back (AttributeError"),
     "a model without one of its weights": (lambda s: _without(s, "model", "trunk.0.weight"),
                                            "does not fit this run's model or method"),
 }  # fmt: skip
