@@ -78,7 +78,7 @@ def resume(
                                folder.root, folder.results)
             if folder.checkpoint(which).is_file():
                 _recorded_config(folder, which, trust)  # rewrites a damaged config.json
-            return folder.read_json(folder.results)
+            return folder.read_results()
         recorded = _recorded_config(folder, which, trust)
         checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
         if which == "previous":
@@ -111,7 +111,7 @@ def train_or_reuse(config: RunConfig, out: Path, *, progress: bool = True, label
         if unrecorded and launched_as_main():
             logger.warning("%s", checkpoint.unrecorded_note(folder.config, unrecorded))
         if folder.finished:
-            return folder.read_json(folder.results, repair=f"delete {folder.root} to train the run again")
+            return folder.read_results()
         return _execute(checked, folder, display, _continue_from(folder, "last"))
 
 
