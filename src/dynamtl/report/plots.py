@@ -472,8 +472,7 @@ def _read_jsonl(path: Path, *, required: bool) -> list[dict[str, Any]]:
     still being written left out)."""
     if not path.exists():
         if required:
-            raise FileNotFoundError(
-                f"{path} is missing: {path.parent} is not a dynamtl run folder (made by `dynamtl train`)"
-            )
+            raise FileNotFoundError(f"{path} is missing" + ("" if (path.parent / "config.json").is_file() else
+                                    f": {path.parent} is not a dynamtl run folder (made by `dynamtl train`)"))
         return []
     return read_records(path)

@@ -198,7 +198,8 @@ def _texts(value: Any) -> bool:
 
 def fields_problems(data: dict[str, Any], kinds: dict[str, tuple[str, Callable[[Any], bool]]]) -> list[str]:
     """What is wrong with the fields ``kinds`` (name -> what it must be, its check) of ``data``."""
-    return [f"{name!r} is missing" if name not in data else f"{name!r} is {json.dumps(data[name])[:40]}, not {what}"
+    return [f"{name!r} is missing" if name not in data else f"{name!r} is not {what}"
+            if isinstance(data[name], (dict, list)) else f"{name!r} is {json.dumps(data[name])}, not {what}"
             for name, (what, check) in kinds.items() if name not in data or not check(data[name])]
 
 

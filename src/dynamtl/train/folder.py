@@ -121,8 +121,9 @@ class RunFolder:
         (:func:`~dynamtl.report.records.results_problems`); ``RunFolderError`` naming the
         file, what is wrong and how the results are made again."""
         last, previous = self.checkpoint("last"), self.checkpoint("previous")
-        how = ("finished again from its last checkpoint" if last.is_file() or previous.is_file()
-               else "gathered again from its per-task runs" if (self.root / "tasks").is_dir() else "trained again")
+        how = ("rebuilt from its last checkpoint" if last.is_file() or previous.is_file()
+               else "gathered again from its per-task runs" if (self.root / "tasks").is_dir()
+               else "made again by training it anew")
         return self.read_json(self.results, check=results_problems, repair=(
             f"delete {self.results} and run the same command again: the run's results are then {how}"))
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from dynamtl.command import is_cli, suggested, typed
 from dynamtl.train import checkpoint
-from dynamtl.train.config import ENVIRONMENT, RunConfig, RunPlan, plan, resolved_record
+from dynamtl.train.config import ENVIRONMENT, ConfigError, RunConfig, RunPlan, plan, resolved_record
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
     FolderWriteError,
@@ -131,7 +131,7 @@ def _recorded_config(folder: RunFolder, which: str, trust: bool = False) -> dict
     path = folder.checkpoint(which)
     repair = f"the run saved no checkpoint to rebuild it from: delete {folder.root} and train anew"
     try:
-        recorded = folder.read_json(folder.config, repair=repair)
+        recorded = folder.read_json(folder.config, repair=repair, check=_config_problems)
     except RunFolderError as error:
         if not path.is_file():
             raise
@@ -145,6 +145,20 @@ def _recorded_config(folder: RunFolder, which: str, trust: bool = False) -> dict
             logger.warning("%s; it was rewritten from the checkpoint %s", problem, path)
     recorded.pop(ENVIRONMENT, None)
     return recorded
+
+
+def _config_problems(recorded: dict[str, Any]) -> list[str]:
+    """What makes ``config.json`` not a run's config: a setting missing, unknown or of the
+    wrong type (as :meth:`RunConfig.from_mapping` reads it), an environment that is not a
+    table."""
+    problems = [] if isinstance(recorded.get(ENVIRONMENT, {}), dict) else [f"{ENVIRONMENT!r} is not a table"]
+    if "benchmark" not in recorded:
+        return [*problems, "'benchmark' is missing"]
+    try:
+        RunConfig.from_mapping({key: value for key, value in recorded.items() if key != ENVIRONMENT}, "config.json")
+    except ConfigError as error:
+        problems += error.problems
+    return problems
 
 
 def _set_aside_damaged_last(folder: RunFolder) -> None:
