@@ -34,6 +34,9 @@ REQUIRED = {"steps.jsonl": ("step",), "epochs.jsonl": ("epoch",), "events.jsonl"
 """The fields that every record of a log has and its readers rely on (by the log's file name)."""
 WEIGHT, AGGREGATION_WEIGHT = "weight/", "aggregation_weight/"
 
+SHOWN = 10
+"""Lines named in a warning (the count says how many more there are)."""
+
 _warned: set[tuple[str, tuple[int, ...]]] = set()
 
 
@@ -126,9 +129,9 @@ def _warn(path: Path, problems: dict[int, str], what: str) -> None:
     (once per process for the same lines)."""
     if problems and (key := (str(path.resolve()), what, tuple(problems))) not in _warned:
         _warned.add(key)
-        shown = "; ".join(f"line {n}: {why}" for n, why in list(problems.items())[:5])
+        shown = "; ".join(f"line {n}: {why}" for n, why in list(problems.items())[:SHOWN])
         logger.warning("%s: left out %d %s (%s%s)", path, len(problems), what, shown,
-                       " …" if len(problems) > 5 else "")
+                       " …" if len(problems) > SHOWN else "")
 
 
 def taken_steps(path: Path, prefixes: tuple[str, ...] = (WEIGHT,)) -> list[dict[str, Any]]:

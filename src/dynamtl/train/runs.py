@@ -73,12 +73,13 @@ def resume(
         raise RunFolderError(f"no folder {folder.root}: give the folder of a run (the --out of `dynamtl train`)")
     with _holding(folder):
         if folder.finished:
+            if folder.checkpoint(which).is_file():
+                _recorded_config(folder, which, trust)  # rewrites a damaged config.json
+            results = folder.read_results()
             if launched_as_main():
                 logger.warning("the run in %s has finished: nothing to resume (results in %s)",
                                folder.root, folder.results)
-            if folder.checkpoint(which).is_file():
-                _recorded_config(folder, which, trust)  # rewrites a damaged config.json
-            return folder.read_results()
+            return results
         recorded = _recorded_config(folder, which, trust)
         checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
         if which == "previous":
