@@ -694,6 +694,10 @@ STEP_LOG_DAMAGE = {  # what is done to steps.jsonl (0-based line = step - 1): (e
     "a step that is not a number": (lambda ls: [*ls[:9], ls[9].replace('"step": 10,', '"step": "10",'), *ls[10:]],
                                     [10], "had 1 damaged line(s)"),
     "cut mid-line while writing after the checkpoint": (lambda ls: [*ls[:-1], ls[-1][:15]], [], None),
+    "a record without its step": (lambda ls: [*ls[:9], json.dumps({k: v for k, v in json.loads(ls[9]).items()
+                                                                  if k != "step"}) + "\n", *ls[10:]],
+                                  [10], "had 1 damaged line(s)"),
+    "a list for a record": (lambda ls: [*ls[:9], "[1, 2]\n", *ls[9:]], [], "had 1 damaged line(s), dropped"),
 }
 
 
@@ -723,7 +727,8 @@ def test_a_damaged_step_log_is_rebuilt_by_parsing_keeping_every_intact_record_in
         assert f"steps {lost[0]} are lost" in log.repairs[0] if lost else True
 
 
-@pytest.mark.parametrize("damage", ["cut mid-line", "deleted", "a garbled line"])
+@pytest.mark.parametrize("damage", ["cut mid-line", "deleted", "a garbled line", "a record without its event",
+                                    "a list for a record"])
 def test_a_damaged_event_log_is_rebuilt_and_the_next_record_starts_on_a_fresh_line(run, damage):
     from dynamtl.train.folder import RunFolder
     from dynamtl.train.logs import RunLog
@@ -735,7 +740,9 @@ def test_a_damaged_event_log_is_rebuilt_and_the_next_record_starts_on_a_fresh_li
     elif damage == "deleted":
         events.unlink()
     else:
-        edit_lines(events, lambda ls: [*ls[:1], "{oops\n", *ls[1:]])
+        inserted = {"a garbled line": "{oops\n", "a record without its event": '{"time": "2026-12-01T10:00:00"}\n',
+                    "a list for a record": "[]\n"}[damage]
+        edit_lines(events, lambda ls: [*ls[:1], inserted, *ls[1:]])
     saved = load(run / "checkpoints" / "last.pt")["position"]
     log = RunLog(RunFolder(run), True, saved["step"], saved["epoch"])
     log.event("resume", step=saved["step"])
