@@ -315,6 +315,15 @@ def test_the_way_on_from_an_incomplete_checkpoint_finishes_the_run_and_an_incomp
     assert "--trust-checkpoint" not in result.stderr  # reading it on trust would not help
 
 
+def test_a_checkpoint_of_another_process_count_gives_the_command_that_resumes_it(run):
+    last = run / "checkpoints" / "last.pt"
+    save_recorded(last, {**torch.load(last, weights_only=True), "processes": 2})
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 1 and "was made by 2 process(es), this run has 1" in result.stderr, result.stderr
+    assert quoted_command(result.stderr, "resume") == ["torchrun", "--nproc_per_node=2", "-m", "dynamtl.cli",
+                                                       "resume", str(run)]
+
+
 # --- silent damage ----------------------------------------------------------------------
 
 
@@ -993,6 +1002,29 @@ def test_a_file_size_limit_is_named_as_such_with_its_remedy_and_the_next_step(ru
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the TensorBoard writer is not installed")
+def test_a_folder_in_the_way_of_previous_pt_is_named_and_leaves_no_staged_file_or_link(run, reference):
+    """The rotation of last.pt to previous.pt fails on a folder in its way: one line naming
+    that folder and the remedy, nothing staged left behind, the last checkpoint kept."""
+    checkpoints = run / "checkpoints"
+    (checkpoints / "previous.pt").unlink()
+    (checkpoints / "previous.pt").mkdir()
+    (checkpoints / "previous.pt" / "notes.txt").write_text("someone's folder")
+    kept = (checkpoints / "last.pt").read_bytes()
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result)
+    assert "a folder is in the way of the file" in line and f"move {checkpoints / 'previous.pt'} out of the way" in line
+    assert f"continue with `{DYNAMTL} resume {run}`" in line
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checksums.json", "last.pt", "previous.pt"]
+    assert (checkpoints / "last.pt").read_bytes() == kept
+    shutil.rmtree(checkpoints / "previous.pt")  # the remedy, then the command given
+    again = subprocess.run(quoted_command(line, "resume"), env=ENV, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+
 def test_a_tensorboard_writer_that_cannot_write_is_turned_off_in_one_line_without_thread_tracebacks(tmp_path):
     """A file-size limit that the TensorBoard event file (the largest log) reaches first:
     one warning and the run goes on, until steps.jsonl reaches it too (one error line)."""

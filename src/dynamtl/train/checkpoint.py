@@ -133,20 +133,23 @@ def save(folder: RunFolder, state: Mapping[str, Any]) -> None:
     the current checkpoints as they are and no staged file behind."""
     last, previous = folder.checkpoint("last"), folder.checkpoint("previous")
     data = serialized({"format": FORMAT, **state})
-    staged = last.with_name(".last.pt.staged")
+    staged, link = last.with_name(".last.pt.staged"), previous.with_name(".previous.pt.link")
     try:
         last.parent.mkdir(parents=True, exist_ok=True)
         _record_checksum(last.parent, hashlib.sha256(data).hexdigest())
         write_durably(staged, data)
         if last.exists():
-            link = previous.with_name(".previous.pt.link")
             link.unlink(missing_ok=True)
             os.link(last, link)
             os.replace(link, previous)
         os.replace(staged, last)
-    except OSError as error:
+    except BaseException as error:  # (a second Ctrl-C too): no staged file or link left behind
         remove_quietly(staged)
-        raise write_error(last, error, f"the last good checkpoint {last} is kept" if last.exists() else "") from error
+        remove_quietly(link)
+        if isinstance(error, OSError):
+            raise write_error(last, error, f"the last good checkpoint {last} is kept" if last.exists() else "") \
+                from error
+        raise
     sync_folder(last.parent)
 
 

@@ -39,7 +39,7 @@ from dynamtl.train.controls import (
     method_specs,
     weight_columns,
 )
-from dynamtl.train.folder import RunFolder, write_json_atomic
+from dynamtl.train.folder import RunFolder, write_atomic, write_json_atomic
 from dynamtl.train.grid import Engine, GridRun, LocalEngine, Outcome, Say
 from dynamtl.train.plots import draw_share_comparison, draw_weights_comparison
 from dynamtl.train.threads import ThreadChoice
@@ -143,8 +143,8 @@ def compare(
     if results:
         markdown, table = compare_table(results, metrics)
         files = [out / "table.md", out / "table.csv"]
-        files[0].write_text(markdown + "\n")
-        files[1].write_text(table)
+        write_atomic(files[0], (markdown + "\n").encode())  # a full disk: one line naming it (FolderWriteError)
+        write_atomic(files[1], table.encode())
     finished = {(o.spec.label, o.spec.config.seed): o.spec.folder for o in outcomes if o.results is not None}
     files += _draw_weight_plots(out, labels, seeds, finished)
     share_figure = _draw_share_plot(out, list(configs), seeds, finished)

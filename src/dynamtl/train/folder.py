@@ -197,7 +197,7 @@ def replace_durably(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_durably(temporary, data)
         os.replace(temporary, path)
-    except OSError:
+    except BaseException:  # (a second Ctrl-C too): no temporary file left behind
         remove_quietly(temporary)
         raise
     sync_folder(path.parent)
@@ -218,6 +218,9 @@ def write_error(path: Path, error: OSError, kept: str = "") -> FolderWriteError:
     cause, remedy = _CAUSES.get(number, (error.strerror or str(error), ""))
     if number in (errno.EEXIST, errno.ENOTDIR) and error.filename:
         path = Path(error.filename)  # the file in the way
+        remedy = f"move {path} out of the way"
+    elif number == errno.EISDIR and (error.filename2 or error.filename):
+        path = Path(error.filename2 or error.filename)  # the folder in the way (a rename's target)
         remedy = f"move {path} out of the way"
     return FolderWriteError(f"cannot write {path.name} in {path.parent}: {cause}" + (f"; {kept}" if kept else ""),
                             remedy)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shlex
 import signal
 import threading
 import time
@@ -37,7 +36,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the inst
 
 import dynamtl
 from dynamtl._helpers import describe
-from dynamtl.command import suggested
+from dynamtl.command import suggested, suggested_for
 from dynamtl.data import _progress as data_progress
 from dynamtl.step import MultiTask, NonFiniteLossError
 from dynamtl.train import checkpoint
@@ -236,8 +235,8 @@ class _Session:
         if saved != self.processes.size:
             raise checkpoint.CheckpointError(
                 f"the checkpoint {path} was made by {saved} process(es), this run has {self.processes.size}: the "
-                f"position in the data depends on it; resume with {saved} process(es) "
-                f"(torchrun --nproc_per_node={saved} -m dynamtl.cli resume {shlex.quote(str(self.folder.root))})"
+                f"position in the data depends on it; resume with {saved} process(es): "
+                f"`{suggested_for(saved, 'resume', self.folder.root)}`"
             )
         return state, [*differences, *(f"not recorded: {u}" for u in unrecorded)]
 
