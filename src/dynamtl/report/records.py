@@ -37,7 +37,7 @@ WEIGHT, AGGREGATION_WEIGHT = "weight/", "aggregation_weight/"
 SHOWN = 10
 """Lines named in a warning (the count says how many more there are)."""
 
-_warned: set[tuple[str, tuple[int, ...]]] = set()
+_warned: set[tuple[str, str, tuple[int, ...]]] = set()
 
 
 @dataclass
