@@ -37,14 +37,15 @@ from pathlib import Path
 import torch
 
 from dynamtl.registry import benchmark
-from dynamtl.report.records import read_records
+from dynamtl.report.records import taken_steps
 
 NOISE = "noise"
 
 
 def steps(run_dir: Path) -> list[dict]:
-    """The records of the steps taken (not skipped); damaged lines named and left out."""
-    return [record for record in read_records(run_dir / "steps.jsonl") if not record.get("skipped")]
+    """The records of the steps taken (not skipped), each with every task's weight; damaged
+    lines and incomplete records named and left out."""
+    return taken_steps(run_dir / "steps.jsonl")
 
 
 def weights(rows: list[dict]) -> dict[str, torch.Tensor]:

@@ -184,7 +184,7 @@ def test_list_names_every_benchmark_and_method():
             ["resume", "/nonexistent/run"],
             "no folder /nonexistent/run: give the folder of a run",
         ),
-        (["plot", "."], "no run folder (with a steps.jsonl) in ."),
+        (["plot", "."], "no run folder (with the config.json and logs that `dynamtl train` writes) in ."),
     ],
 )
 def test_bad_input_names_the_problem_and_the_valid_choices(args, expected, tmp_path, monkeypatch):

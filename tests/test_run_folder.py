@@ -235,6 +235,95 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, tmp_path
     assert not marker.exists()
 
 
+# --- a checkpoint that is not complete ------------------------------------------------------
+
+
+def _without(state: dict, *path: str) -> dict:
+    parent = state
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    return state
+
+
+INCOMPLETE = {  # what is done to a loaded checkpoint before it is saved and recorded again: (edit, named)
+    "a part missing": (lambda s: _without(s, "selection"), "lacks the part(s) 'selection'"),
+    "two parts missing": (lambda s: _without(_without(s, "totals"), "seconds"),
+                          "lacks the part(s) 'totals', 'seconds'"),
+    "an entry of a part missing": (lambda s: _without(s, "totals", "sums"), "part 'totals' is not a table with sums"),
+    "a part of the wrong type": (lambda s: {**s, "rng": [1, 2]}, "part 'rng' is not a table of the torch"),
+    "a position that is text": (lambda s: {**s, "position": {**s["position"], "step": "70"}},
+                                "part 'position' is not a table of whole numbers"),
+    "a part no checkpoint has": (lambda s: {**s, "surprise": 1}, "holds part(s) no dynamtl checkpoint has: 'surprise'"),
+    "not a table at all": (lambda s: [s["model"]], "it holds a list, not a table of parts"),
+    "a random state that cannot be put back": (
+        lambda s: {**s, "rng": {**s["rng"], "numpy": ("MT19937", "x", 0, 0, 0.0)}},
+        "its content cannot be put back (AttributeError"),
+    "a model without one of its weights": (lambda s: _without(s, "model", "trunk.0.weight"),
+                                           "does not fit this run's model or method"),
+}  # fmt: skip
+
+
+def save_recorded(path: Path, state: object) -> None:
+    """Save ``state`` as the checkpoint ``path`` and record its checksum, as dynamtl would
+    have: a valid, checksummed file whose content is not a complete checkpoint."""
+    torch.save(state, path)
+    checksums = path.parent / "checksums.json"
+    recorded = json.loads(checksums.read_text())
+    recorded["sha256"].append(hashlib.sha256(path.read_bytes()).hexdigest())
+    checksums.write_text(json.dumps(recorded))
+
+
+@pytest.mark.parametrize("damage", list(INCOMPLETE))
+def test_an_incomplete_or_wrongly_typed_checkpoint_is_refused_in_one_line_naming_what_is_wrong(run, damage):
+    edit, named = INCOMPLETE[damage]
+    last = run / "checkpoints" / "last.pt"
+    save_recorded(last, edit(torch.load(last, weights_only=True)))
+    written = last.read_bytes()
+    for trust in ((), ("--trust-checkpoint",)):
+        result = cli("resume", str(run), "--quiet", *trust)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert str(last) in result.stderr and named in result.stderr, result.stderr
+        if "does not fit" in named:
+            assert "start a new run" in result.stderr
+        else:
+            assert f"`{DYNAMTL} resume {run} --checkpoint previous{' --trust-checkpoint' if trust else ''}`" \
+                in result.stderr
+    assert last.read_bytes() == written  # left as it is
+    with pytest.raises(CheckpointError, match=re.escape(named)):  # compare's reuse resumes the same way
+        train_or_reuse(CONFIG, run, progress=False)
+
+
+def test_the_way_on_from_an_incomplete_checkpoint_finishes_the_run_and_an_incomplete_previous_one_says_train_anew(
+        run, reference):
+    checkpoints = run / "checkpoints"
+    last, previous = checkpoints / "last.pt", checkpoints / "previous.pt"
+    save_recorded(last, _without(torch.load(last, weights_only=True), "scheduler"))
+    result = cli("resume", str(run), "--quiet")
+    command = quoted_command(result.stderr, "--checkpoint previous")
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+    (run / "results.json").unlink()
+    save_recorded(previous, {**torch.load(previous, weights_only=True), "multitask": "none"})
+    result = cli("resume", str(run), "--checkpoint", "previous", "--quiet")
+    assert result.returncode == 1 and "part 'multitask' is not a table" in result.stderr, result.stderr
+    assert f"No intact checkpoint is left: delete {run} and train it anew" in result.stderr
+    assert "--trust-checkpoint" not in result.stderr  # reading it on trust would not help
+
+
+def test_a_checkpoint_of_another_process_count_gives_the_command_that_resumes_it(run):
+    last = run / "checkpoints" / "last.pt"
+    save_recorded(last, {**torch.load(last, weights_only=True), "processes": 2})
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 1 and "was made by 2 process(es), this run has 1" in result.stderr, result.stderr
+    assert quoted_command(result.stderr, "resume") == ["torchrun", "--nproc_per_node=2", "-m", "dynamtl.cli",
+                                                       "resume", str(run)]
+
+
 # --- silent damage ----------------------------------------------------------------------
 
 
@@ -614,6 +703,10 @@ STEP_LOG_DAMAGE = {  # what is done to steps.jsonl (0-based line = step - 1): (e
     "a step that is not a number": (lambda ls: [*ls[:9], ls[9].replace('"step": 10,', '"step": "10",'), *ls[10:]],
                                     [10], "had 1 damaged line(s)"),
     "cut mid-line while writing after the checkpoint": (lambda ls: [*ls[:-1], ls[-1][:15]], [], None),
+    "a record without its step": (lambda ls: [*ls[:9], json.dumps({k: v for k, v in json.loads(ls[9]).items()
+                                                                  if k != "step"}) + "\n", *ls[10:]],
+                                  [10], "had 1 damaged line(s)"),
+    "a list for a record": (lambda ls: [*ls[:9], "[1, 2]\n", *ls[9:]], [], "had 1 damaged line(s), dropped"),
 }
 
 
@@ -643,7 +736,8 @@ def test_a_damaged_step_log_is_rebuilt_by_parsing_keeping_every_intact_record_in
         assert f"steps {lost[0]} are lost" in log.repairs[0] if lost else True
 
 
-@pytest.mark.parametrize("damage", ["cut mid-line", "deleted", "a garbled line"])
+@pytest.mark.parametrize("damage", ["cut mid-line", "deleted", "a garbled line", "a record without its event",
+                                    "a list for a record"])
 def test_a_damaged_event_log_is_rebuilt_and_the_next_record_starts_on_a_fresh_line(run, damage):
     from dynamtl.train.folder import RunFolder
     from dynamtl.train.logs import RunLog
@@ -655,7 +749,9 @@ def test_a_damaged_event_log_is_rebuilt_and_the_next_record_starts_on_a_fresh_li
     elif damage == "deleted":
         events.unlink()
     else:
-        edit_lines(events, lambda ls: [*ls[:1], "{oops\n", *ls[1:]])
+        inserted = {"a garbled line": "{oops\n", "a record without its event": '{"time": "2026-12-01T10:00:00"}\n',
+                    "a list for a record": "[]\n"}[damage]
+        edit_lines(events, lambda ls: [*ls[:1], inserted, *ls[1:]])
     saved = load(run / "checkpoints" / "last.pt")["position"]
     log = RunLog(RunFolder(run), True, saved["step"], saved["epoch"])
     log.event("resume", step=saved["step"])
@@ -906,6 +1002,29 @@ def test_a_file_size_limit_is_named_as_such_with_its_remedy_and_the_next_step(ru
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the TensorBoard writer is not installed")
+def test_a_folder_in_the_way_of_previous_pt_is_named_and_leaves_no_staged_file_or_link(run, reference):
+    """The rotation of last.pt to previous.pt fails on a folder in its way: one line naming
+    that folder and the remedy, nothing staged left behind, the last checkpoint kept."""
+    checkpoints = run / "checkpoints"
+    (checkpoints / "previous.pt").unlink()
+    (checkpoints / "previous.pt").mkdir()
+    (checkpoints / "previous.pt" / "notes.txt").write_text("someone's folder")
+    kept = (checkpoints / "last.pt").read_bytes()
+    result = cli("resume", str(run), "--quiet")
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result)
+    assert "a folder is in the way of the file" in line and f"move {checkpoints / 'previous.pt'} out of the way" in line
+    assert f"continue with `{DYNAMTL} resume {run}`" in line
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checksums.json", "last.pt", "previous.pt"]
+    assert (checkpoints / "last.pt").read_bytes() == kept
+    shutil.rmtree(checkpoints / "previous.pt")  # the remedy, then the command given
+    again = subprocess.run(quoted_command(line, "resume"), env=ENV, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, reference))
+    assert without_seconds(ours) == without_seconds(theirs)
+
+
 def test_a_tensorboard_writer_that_cannot_write_is_turned_off_in_one_line_without_thread_tracebacks(tmp_path):
     """A file-size limit that the TensorBoard event file (the largest log) reaches first:
     one warning and the run goes on, until steps.jsonl reaches it too (one error line)."""

@@ -23,6 +23,13 @@ import torch
 from torch import Tensor
 
 
+def describe(error: BaseException) -> str:
+    """``"Type: message"`` of an exception (its type alone when it has no message), for a
+    one-line report."""
+    text = " ".join(str(error).split())  # torch's errors span lines
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:

@@ -50,6 +50,15 @@ def suggested(*words: object) -> str:
     return shlex.join([*prefix(), *(str(word) for word in words)])
 
 
+def suggested_for(processes: int, *words: object) -> str:
+    """:func:`suggested` for a run of ``processes`` processes, whatever this process is:
+    ``torchrun --nproc_per_node=N -m dynamtl.cli …`` for more than one, the plain form (as
+    this process was typed, without torchrun) for one."""
+    if processes > 1:
+        return shlex.join(["torchrun", f"--nproc_per_node={processes}", "-m", MODULE, *(str(w) for w in words)])
+    return shlex.join([*(_launched_as_module() or ["dynamtl"]), *(str(word) for word in words)])
+
+
 def typed() -> str:
     """This process's command line as the user typed it: ``dynamtl train …``, ``python -m
     dynamtl.cli train …``; a Python program's own command line otherwise."""

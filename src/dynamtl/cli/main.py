@@ -7,6 +7,7 @@ JSON file, and flags given on the command line override it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -38,6 +39,7 @@ from dynamtl.train.compare import compare as run_comparison
 from dynamtl.train.config import ConfigError, RunConfig, plan, read_config_file
 from dynamtl.train.folder import FolderWriteError, RunFolder, RunFolderError
 from dynamtl.train.grid import Engine, LocalEngine, SubmititEngine
+from dynamtl.train.interrupts import interruptible
 from dynamtl.train.processes import launched_as_main
 from dynamtl.train.runs import resume as resume_run
 from dynamtl.train.runs import train as train_run
@@ -88,7 +90,8 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with interruptible():  # Ctrl-C works even where SIGINT was inherited ignored (`cmd &` in a script)
+                return super().invoke(ctx)
         except FolderWriteError as error:  # (a run's own says its next step: its remedy is "")
             raise click.ClickException(f"{error}; {error.remedy}, then run the same command again"
                                        if error.remedy else str(error)) from error
@@ -315,18 +318,37 @@ def plot(run_dir: Path) -> None:
     """Draw the plots of a run folder, or of every run below a folder; a comparison's
     folder also gets its comparison figures redrawn."""
     with gathering() as problems:
-        runs = sorted({path.parent for path in run_dir.rglob("steps.jsonl")}) if run_dir is not None else []
+        runs = _run_folders(run_dir) if run_dir is not None else []
         if run_dir is not None and not runs:
-            problems.append(f"no run folder (with a steps.jsonl) in {run_dir}: give a run folder, a comparison's "
-                            "folder or any folder above runs")
-    try:
-        drawn = [path for run in runs for path in plot_run(run)]
-        if (run_dir / "comparison.json").is_file():
-            drawn += draw_comparison_plots(run_dir)
-    except (ModuleNotFoundError, FileNotFoundError, ValueError) as error:
-        raise click.ClickException(str(error)) from error
+            problems.append(f"no run folder (with the config.json and logs that `dynamtl train` writes) in {run_dir}: "
+                            "give a run folder, a comparison's folder or any folder above runs")
+    drawn: list[Path] = []
+    failed: list[str] = []
+    for draw in [*(functools.partial(plot_run, run) for run in runs),
+                 *([functools.partial(draw_comparison_plots, run_dir)] if (run_dir / "comparison.json").is_file()
+                   else [])]:
+        try:
+            drawn += draw()
+        except ModuleNotFoundError as error:
+            raise click.ClickException(str(error)) from error
+        except (FileNotFoundError, ValueError) as error:  # this run's; the others are drawn
+            failed.append(str(error))
     for path in drawn:
         click.echo(str(path))
+    if failed:
+        raise click.ClickException("\n".join(failed))
+
+
+LOGS = ("steps.jsonl", "epochs.jsonl", "events.jsonl", "results.json")
+
+
+def _run_folders(folder: Path) -> list[Path]:
+    """The run folders at or below ``folder``: those with a ``config.json`` and any of its
+    logs or ``results.json``, or with a ``steps.jsonl`` (whose ``config.json`` may be lost),
+    except the top folder of a single-task baseline (its per-task runs are run folders)."""
+    found = {path.parent for path in folder.rglob("config.json") if any((path.parent / log).is_file() for log in LOGS)}
+    found |= {path.parent for path in folder.rglob("steps.jsonl")}
+    return sorted(run for run in found if not ((run / "tasks").is_dir() and not (run / "steps.jsonl").is_file()))
 
 
 @main.command(name="list")

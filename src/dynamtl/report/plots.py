@@ -9,7 +9,7 @@ backend is touched, and nothing stays open after a plot is saved.
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import math
 import os
 import statistics
@@ -21,12 +21,22 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from dynamtl.command import suggested
-from dynamtl.report.records import read_records
+from dynamtl.report.records import (
+    RESULTS_FIELDS,
+    DamagedFile,
+    config_problems,
+    fields_problems,
+    read_records,
+    read_table,
+    taken_steps,
+)
 from dynamtl.report.shares import Share
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+logger = logging.getLogger("dynamtl")
 
 LOG_SCALE_RATIO = 100.0
 """Weights are drawn on a log scale when all are positive and the largest is at least this
@@ -49,17 +59,38 @@ def plot_run(run_dir: Path, *, smooth: int = 1) -> list[Path]:
     ``run_dir/plots/metrics.png`` (once an epoch has been logged) and, when the run's
     aggregation gave the task gradients weights that change, those as
     ``run_dir/plots/aggregation-weights.png``; return the paths. A run whose every step was
-    skipped (``--on-nonfinite skip``) has no weights to draw: only its metrics are drawn."""
+    skipped (``--on-nonfinite skip``) has no weights to draw: only its metrics are drawn.
+
+    A figure whose log is missing (``steps.jsonl``, ``epochs.jsonl``) or holds nothing to
+    draw is left out, and one warning names the file and what was drawn instead;
+    ``FileNotFoundError`` or ``ValueError`` saying why when nothing at all can be drawn, or
+    when ``config.json`` (the figures' titles) is missing or damaged."""
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
+    _describe(run_dir)  # config.json: refused first, naming the fix
+    figures: dict[str, Figure | None] = {}
+    lost: list[str] = []
     steps = run_dir / "steps.jsonl"
     every_step_skipped = steps.exists() and all(r.get("skipped") for r in _read_jsonl(steps, required=True))
-    several = not every_step_skipped and len(_read_weights(run_dir).weights) > 1
-    figures = {"weights.png": weights_figure(run_dir, smooth=smooth) if several else None,
-               "metrics.png": metrics_figure(run_dir)}
+    if not every_step_skipped:
+        try:
+            several = len(_read_weights(run_dir).weights) > 1
+        except (FileNotFoundError, ValueError) as error:
+            lost.append(f"weights.png not drawn: {error}")
+        else:
+            figures["weights.png"] = weights_figure(run_dir, smooth=smooth) if several else None
+    if (run_dir / "epochs.jsonl").exists() or not lost:
+        figures["metrics.png"] = metrics_figure(run_dir)
+    else:
+        lost.append(f"metrics.png not drawn: {run_dir / 'epochs.jsonl'} is missing")
     if _varying_aggregation_weights(run_dir):
         figures["aggregation-weights.png"] = weights_figure(run_dir, smooth=smooth, aggregation=True)
-    return [_save(figure, plots / name) for name, figure in figures.items() if figure is not None]
+    drawn = [_save(figure, plots / name) for name, figure in figures.items() if figure is not None]
+    if lost and not drawn:
+        raise FileNotFoundError(f"nothing to draw in {run_dir}: {'; '.join(lost)}")
+    if lost:
+        logger.warning("%s; drawn: %s", "; ".join(lost), ", ".join(path.name for path in drawn))
+    return drawn
 
 
 def plot_weights_comparison(run_dirs: Mapping[str, Path], out: Path, *, smooth: int = 1) -> Path:
@@ -146,8 +177,17 @@ def weights_comparison_figure(run_dirs: Mapping[str, Path], *, smooth: int = 1) 
     """
     if not run_dirs:
         raise ValueError("a comparison of weights needs at least one run folder")
-    every = {label: _read_weights(Path(run_dir)) for label, run_dir in run_dirs.items()}
-    configs = [_config(Path(run_dir)) for run_dir in run_dirs.values()]
+    every, lost = {}, []
+    for label, run_dir in run_dirs.items():
+        try:
+            every[label] = _read_weights(Path(run_dir))
+        except (FileNotFoundError, ValueError) as error:
+            lost.append(f"{label} ({error})")
+    if not every:
+        raise ValueError(f"no run has weights to draw: {'; '.join(lost)}")
+    if lost:
+        logger.warning("the comparison of weights leaves out %s", "; ".join(lost))
+    configs = [_config(Path(run_dirs[label])) for label in every]
     benchmarks = ", ".join(dict.fromkeys(str(config["benchmark"]) for config in configs))
     seeds = ", ".join(dict.fromkeys(str(config["seed"]) for config in configs))
     colours = _task_colours(list(dict.fromkeys(task for log in every.values() for task in log.weights)))
@@ -254,12 +294,13 @@ def _read_weights(run_dir: Path, prefix: str = "weight/") -> _WeightLog:
             f"{run_dir} is a single-task baseline with no weights of its own: plot its per-task runs under "
             f"{run_dir / 'tasks'}/<task>/"
         )
-    records = [r for r in _read_jsonl(path, required=True) if not r.get("skipped")]
+    _read_jsonl(path, required=True)  # a missing log named
+    records = taken_steps(path, (prefix,))  # each with every task's weight
     tasks = list(dict.fromkeys(key.removeprefix(prefix) for r in records for key in r if key.startswith(prefix)))
     if not tasks:
         raise ValueError(f"{path} logs no '{prefix}<task>' values: is the run still at its first step?")
-    weights = {task: [float(r[f"{prefix}{task}"]) for r in records if f"{prefix}{task}" in r] for task in tasks}
-    return _WeightLog([int(r["step"]) for r in records], weights)
+    weights = {task: [float(r[f"{prefix}{task}"]) for r in records] for task in tasks}
+    return _WeightLog([r["step"] for r in records], weights)
 
 
 def _check_smooth(smooth: int) -> None:
@@ -384,16 +425,21 @@ def _save(figure: Figure, path: Path) -> Path:
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
+    """``config.json`` of ``run_dir``, with the fields the figures read; ``FileNotFoundError``
+    or ``ValueError`` naming the file, what is wrong and the fix."""
     path = run_dir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a dynamtl run folder (made by `dynamtl train`)")
     try:
-        config = json.loads(path.read_text())
-    except ValueError as error:
+        return read_table(path, config_problems)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: {run_dir} is not a dynamtl run folder (made by `dynamtl train`)"
+            + (f"; `{suggested('resume', run_dir)}` rewrites it from the run's checkpoint"
+               if (run_dir / "checkpoints" / "last.pt").is_file() else "")
+        ) from None
+    except DamagedFile as error:
         repair = (f"`{suggested('resume', run_dir)}` rewrites it from the run's checkpoint"
                   if (run_dir / "checkpoints" / "last.pt").is_file() else "restore it from a backup")
-        raise ValueError(f"{path} is damaged (not valid JSON: {error}): {repair}") from error
-    return config
+        raise ValueError(f"{error}: {repair}") from error
 
 
 def _describe(run_dir: Path) -> str:
@@ -407,8 +453,17 @@ def _describe(run_dir: Path) -> str:
 
 
 def _best_epoch(run_dir: Path) -> int | None:
+    """The epoch selected for testing (``results.json``), ``None`` while the run has not
+    finished, or when its ``results.json`` is damaged (said in a warning)."""
     path = run_dir / "results.json"
-    best = json.loads(path.read_text()).get("best_epoch") if path.exists() else None
+    best_epoch = {"best_epoch": RESULTS_FIELDS["best_epoch"]}
+    try:
+        best = read_table(path, lambda results: fields_problems(results, best_epoch))["best_epoch"]
+    except FileNotFoundError:
+        return None
+    except DamagedFile as error:
+        logger.warning("%s: the selected epoch is not marked", error)
+        return None
     return None if best is None else int(best)
 
 
@@ -417,8 +472,7 @@ def _read_jsonl(path: Path, *, required: bool) -> list[dict[str, Any]]:
     still being written left out)."""
     if not path.exists():
         if required:
-            raise FileNotFoundError(
-                f"{path} is missing: {path.parent} is not a dynamtl run folder (made by `dynamtl train`)"
-            )
+            raise FileNotFoundError(f"{path} is missing" + ("" if (path.parent / "config.json").is_file() else
+                                    f": {path.parent} is not a dynamtl run folder (made by `dynamtl train`)"))
         return []
     return read_records(path)

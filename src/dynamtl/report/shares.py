@@ -21,14 +21,11 @@ method that finds a useless task gives it less.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynamtl.report.records import read_records
-
-WEIGHT, AGGREGATION_WEIGHT = "weight/", "aggregation_weight/"
+from dynamtl.report.records import AGGREGATION_WEIGHT, WEIGHT, config_problems, read_table, taken_steps
 
 
 @dataclass(frozen=True)
@@ -46,18 +43,18 @@ def helper_share(run_dir: Path, task: str) -> Share | None:
 
     ``None`` when the run logged no weights (a single-task baseline, no step taken yet) or
     ``task`` is not one of its helper tasks. ``ValueError`` when every helper's mean
-    effective weight is 0 (no share is defined) or a weight is not finite.
+    effective weight is 0 (no share is defined), or ``config.json`` is damaged
+    (:class:`~dynamtl.report.records.DamagedFile`, naming it). Step records without every
+    task's finite weight are named and left out (:func:`~dynamtl.report.records.taken_steps`).
     """
     run_dir = Path(run_dir)
     steps, config = run_dir / "steps.jsonl", run_dir / "config.json"
     if not steps.is_file() or not config.is_file():
         return None
-    primary = set(json.loads(config.read_text()).get("primary") or ())
+    primary = set(read_table(config, lambda c: config_problems(c, ("primary",))).get("primary") or ())  # named if bad
     totals: dict[str, float] = {}
     count = 0
-    for record in read_records(steps):
-        if record.get("skipped"):
-            continue
+    for record in taken_steps(steps):  # each with every task's weight; weights all finite
         weights = {k[len(WEIGHT):]: float(v) for k, v in record.items() if k.startswith(WEIGHT)}
         if not weights:
             continue

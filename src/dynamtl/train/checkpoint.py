@@ -32,7 +32,7 @@ import os
 import pickle
 import random
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ from dynamtl.train.folder import (
 )
 
 FORMAT = 2
-REQUIRED = ("format", "config", "position", "model", "optimizer", "scheduler", "multitask", "rng")
 IGNORED_FOR_COMPATIBILITY = ("root",)
 """Config fields that may differ between a checkpoint and the run resuming it (the data
 folder may move; the data it holds must not)."""
@@ -62,26 +61,95 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed: damaged, unsafe, or made by a different run."""
 
 
+def _table(*entries: str, **kinds: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A dict holding ``entries`` (any value) and ``kinds`` (values that pass their check)."""
+    return lambda value: (isinstance(value, dict) and all(e in value for e in (*entries, *kinds))
+                          and all(check(value[key]) for key, check in kinds.items()))
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def _sequence(length: int | None = None) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, (list, tuple)) and (length is None or len(value) == length)
+
+
+PARTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "format": ("a whole number", _whole),
+    "config": ("a table", _table()),
+    "environment": ("a table", _table()),
+    "processes": ("a whole number", _whole),
+    "position": ("a table of whole numbers epoch, batch, step", _table(epoch=_whole, batch=_whole, step=_whole)),
+    "model": ("a table of tensors", lambda v: isinstance(v, dict) and all(map(_tensor, v.values()))),
+    "optimizer": ("a table with state and param_groups", _table(state=_table(), param_groups=_sequence())),
+    "scheduler": ("a table", _table()),
+    "multitask": ("a table", _table()),
+    "scaler": ("a table or None", lambda v: v is None or isinstance(v, dict)),
+    "rng": ("a table of the torch, cuda, numpy and python random states",
+            _table(torch=_tensor, cuda=_sequence(), numpy=_sequence(5), python=_sequence())),
+    "meta_stream": ("a whole number", _whole),
+    "extra_stream": ("a whole number", _whole),
+    "totals": ("a table with sums, count, skipped, seconds",
+               _table(sums=_tensor, count=_whole, skipped=_whole, seconds=_number)),
+    "selection": ("a table with reference, best_epoch, best_score, best_model, best_metrics",
+                  _table("reference", "best_epoch", "best_score", "best_model", "best_metrics")),
+    "skipped": ("a whole number", _whole),
+    "last_weights": ("a tensor", _tensor),
+    "seconds": ("a table of numbers", lambda v: isinstance(v, dict) and all(map(_number, v.values()))),
+}
+"""Every part of a checkpoint: what it must be, and the check."""
+OPTIONAL = ("extra_stream",)
+"""Parts a format-2 checkpoint may lack (written before they existed; their default is used)."""
+
+
+def structure_problems(state: Any) -> list[str]:
+    """What makes ``state`` (a loaded checkpoint) not a complete dynamtl checkpoint: each
+    missing part, each part of the wrong type or shape, each part dynamtl does not write;
+    ``[]`` when it is one."""
+    if not isinstance(state, dict):
+        return [f"it holds a {type(state).__name__}, not a table of parts"]
+    missing = [part for part in PARTS if part not in state and part not in OPTIONAL]
+    problems = [f"it lacks the part(s) {', '.join(map(repr, missing))}"] if missing else []
+    problems += [f"its part {part!r} is not {what}" for part, (what, check) in PARTS.items()
+                 if part in state and not check(state[part])]
+    unknown = [str(part) for part in state if part not in PARTS]
+    if unknown:
+        problems.append(f"it holds part(s) no dynamtl checkpoint has: {', '.join(map(repr, unknown))}")
+    return problems
+
+
 def save(folder: RunFolder, state: Mapping[str, Any]) -> None:
     """Write ``state`` as the new ``last.pt``, keeping the current one as ``previous.pt``,
     its checksum recorded first. ``FolderWriteError`` (disk full, read-only folder) leaves
     the current checkpoints as they are and no staged file behind."""
     last, previous = folder.checkpoint("last"), folder.checkpoint("previous")
     data = serialized({"format": FORMAT, **state})
-    staged = last.with_name(".last.pt.staged")
+    staged, link = last.with_name(".last.pt.staged"), previous.with_name(".previous.pt.link")
     try:
         last.parent.mkdir(parents=True, exist_ok=True)
         _record_checksum(last.parent, hashlib.sha256(data).hexdigest())
         write_durably(staged, data)
         if last.exists():
-            link = previous.with_name(".previous.pt.link")
             link.unlink(missing_ok=True)
             os.link(last, link)
             os.replace(link, previous)
         os.replace(staged, last)
-    except OSError as error:
+    except BaseException as error:  # (a second Ctrl-C too): no staged file or link left behind
         remove_quietly(staged)
-        raise write_error(last, error, f"the last good checkpoint {last} is kept" if last.exists() else "") from error
+        remove_quietly(link)
+        if isinstance(error, OSError):
+            raise write_error(last, error, f"the last good checkpoint {last} is kept" if last.exists() else "") \
+                from error
+        raise
     sync_folder(last.parent)
 
 
@@ -142,18 +210,18 @@ def load(path: Path, *, trust: bool = False) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise CheckpointError(_damaged(path, f"it cannot be read ({error.strerror})")) from error
+        raise CheckpointError(damaged(path, f"it cannot be read ({error.strerror})", trust=trust)) from error
     recorded, problem = recorded_checksums(path.parent)
     if problem and not trust:
         raise CheckpointError(_unverifiable(path, problem))
     if not problem and not trust and hashlib.sha256(data).hexdigest() not in recorded:
-        raise CheckpointError(_damaged(path, f"its SHA-256 matches none recorded in {path.parent / CHECKSUMS} when "
+        raise CheckpointError(damaged(path, f"its SHA-256 matches none recorded in {path.parent / CHECKSUMS} when "
                                              "checkpoints were written: it was changed or damaged since", changed=True))
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
-            raise CheckpointError(_damaged(path, f"it cannot be read ({error})")) from error
+            raise CheckpointError(damaged(path, f"it cannot be read ({error})", trust=trust)) from error
         found = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "unknown objects")
         found = found.removeprefix("WeightsUnpickler error: ").split(" was not an allowed")[0]
         raise CheckpointError(
@@ -162,14 +230,16 @@ def load(path: Path, *, trust: bool = False) -> dict[str, Any]:
             "unless you know where it came from"
         ) from error
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(_damaged(path, f"it cannot be read ({error})")) from error
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED):
-        raise CheckpointError(_damaged(path, "it lacks parts of a dynamtl checkpoint"))
-    if state["format"] != FORMAT:
+        raise CheckpointError(damaged(path, f"it cannot be read ({error})", trust=trust)) from error
+    if isinstance(state, dict) and _whole(state.get("format")) and state["format"] != FORMAT:
         raise CheckpointError(
             f"{path} has checkpoint format {state['format']}, this dynamtl reads format {FORMAT}: "
             "resume it with the dynamtl version that wrote it"
         )
+    problems = structure_problems(state)
+    if problems:
+        raise CheckpointError(damaged(path, f"it is not a complete dynamtl checkpoint: {'; '.join(problems)}",
+                                       readable=False, trust=trust))
     return state
 
 
@@ -197,14 +267,23 @@ def _unverifiable(path: Path, problem: str) -> str:
     )
 
 
-def _damaged(path: Path, why: str, *, changed: bool = False) -> str:
+def damaged(path: Path, why: str, *, changed: bool = False, readable: bool = True, trust: bool = False) -> str:
+    """The message for the checkpoint ``path`` refused because of ``why``, with the way on:
+    the checkpoint before it, or training anew. ``changed``: it fails its checksum (reading
+    it on trust is offered); ``readable``: ``--trust-checkpoint`` could read it (not so for
+    one whose content is incomplete); ``trust``: it was asked for with ``--trust-checkpoint``
+    (which the command for the previous one keeps)."""
     message = f"the checkpoint {path} is damaged: {why}. It was left as it is."
     previous = path.with_name("previous.pt")
     if path.name == "last.pt" and previous.is_file():
-        message += f" The checkpoint before it is kept: resume from it with `{_resume_command(previous)}`."
+        flags = ("--trust-checkpoint",) if trust else ()
+        message += f" The checkpoint before it is kept: resume from it with `{_resume_command(previous, *flags)}`."
     elif path.name == "previous.pt":
         message += (f" No intact checkpoint is left: delete {path.parent.parent} and train it anew with the same "
-                    "settings (the same results), or read a checkpoint as it is with --trust-checkpoint.")
+                    "settings (the same results)"
+                    + (", or read a checkpoint as it is with --trust-checkpoint." if readable and not trust else "."))
+    else:
+        message += f" Delete {path.parent.parent} and train it anew with the same settings (the same results)."
     if changed:
         message += (f" If you changed it on purpose, `{_resume_command(path, '--trust-checkpoint')}` reads it as it is "
                     "(weights only: no code can run).")

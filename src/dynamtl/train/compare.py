@@ -21,13 +21,15 @@ run of the same seed.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dynamtl.benchmarks.noise import NOISE
 from dynamtl.metrics import delta_mtl
+from dynamtl.report.records import fields_problems, read_table
 from dynamtl.report.shares import helper_share
 from dynamtl.report.tables import compare_table
 from dynamtl.train.config import ConfigError, RunConfig, RunPlan, plan
@@ -37,12 +39,13 @@ from dynamtl.train.controls import (
     method_specs,
     weight_columns,
 )
-from dynamtl.train.folder import write_json_atomic
+from dynamtl.train.folder import RunFolder, write_atomic, write_json_atomic
 from dynamtl.train.grid import Engine, GridRun, LocalEngine, Outcome, Say
 from dynamtl.train.plots import draw_share_comparison, draw_weights_comparison
 from dynamtl.train.threads import ThreadChoice
 
 BASELINE = "stl"
+logger = logging.getLogger("dynamtl")
 
 
 @dataclass(frozen=True)
@@ -126,12 +129,13 @@ def compare(
         out / "comparison.json", {"benchmark": base.benchmark, "methods": list(configs), "seeds": list(seeds),
                                   "config": checked[BASELINE].config.to_dict()},
     )
-    outcomes = engine.run(grid(configs, seeds, out), out, progress=progress, say=say)
+    outcomes = [_with_logs(outcome) for outcome in engine.run(grid(configs, seeds, out), out, progress=progress,
+                                                              say=say)]
     if controls:
         matched = _controls(outcomes, configs, out)
         if matched:
             say(f"matched controls: {len(matched)} run(s)")
-            outcomes += engine.run(matched, out, progress=progress, say=say)
+            outcomes += [_with_logs(outcome) for outcome in engine.run(matched, out, progress=progress, say=say)]
     labels = list(dict.fromkeys([*configs, *(o.spec.label for o in outcomes)]))
     results = sorted(_with_delta_mtl(outcomes, metrics), key=lambda result: labels.index(result["method"]))
     files: list[Path] = []
@@ -139,8 +143,8 @@ def compare(
     if results:
         markdown, table = compare_table(results, metrics)
         files = [out / "table.md", out / "table.csv"]
-        files[0].write_text(markdown + "\n")
-        files[1].write_text(table)
+        write_atomic(files[0], (markdown + "\n").encode())  # a full disk: one line naming it (FolderWriteError)
+        write_atomic(files[1], table.encode())
     finished = {(o.spec.label, o.spec.config.seed): o.spec.folder for o in outcomes if o.results is not None}
     files += _draw_weight_plots(out, labels, seeds, finished)
     share_figure = _draw_share_plot(out, list(configs), seeds, finished)
@@ -197,13 +201,40 @@ def _configs(
     return rows
 
 
+def _with_logs(outcome: Outcome) -> Outcome:
+    """``outcome`` failed, naming the file and the fix, when its run finished but its
+    ``steps.jsonl`` is gone (the weights that its Σλ, matched controls and plots need are
+    lost; a single-task baseline has none); a warning when its ``epochs.jsonl`` or
+    ``events.jsonl`` is gone (history that the comparison does not read)."""
+    folder = RunFolder(outcome.spec.folder)
+    if outcome.results is None or outcome.results.get("single_task"):
+        return outcome
+    for log in (folder.epochs, folder.events):
+        if not log.is_file():
+            logger.warning("%s is missing: that history of %s is lost; its results are intact and used",
+                           log, outcome.spec.name)
+    if folder.steps.is_file():
+        return outcome
+    return replace(outcome, results=None, error=(
+        f"{folder.steps} is missing: the run finished, but its weights (for its Σλ, matched controls and weight plots) "
+        f"are lost; delete {folder.root} and run the same command again to train it anew"))
+
+
+def _listed_problems(listed: dict[str, Any]) -> list[str]:
+    return fields_problems(listed, {
+        "methods": ("a list of method labels", lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v)),
+        "seeds": ("a list of seeds", lambda v: isinstance(v, list) and all(type(seed) is int for seed in v)),
+    })
+
+
 def draw_comparison_plots(out: Path) -> list[Path]:
     """Redraw ``out/plots/weights_seed<k>.png`` (and ``noise-share.png``, with a noise
     task) of the comparison in ``out`` from its finished runs (the methods and seeds of
     ``comparison.json`` first, then any other row, such as matched controls, found in
-    ``out/runs``)."""
+    ``out/runs``). ``FileNotFoundError`` or ``ValueError`` naming a missing or damaged
+    ``comparison.json``."""
     out = Path(out)
-    listed = json.loads((out / "comparison.json").read_text())
+    listed = read_table(out / "comparison.json", _listed_problems)
     found = sorted(folder.name for folder in (out / "runs").iterdir() if folder.is_dir())
     labels = list(dict.fromkeys([*listed["methods"], *found]))
     finished = {(label, seed): _run_dir(out, label, seed) for label in labels for seed in listed["seeds"]

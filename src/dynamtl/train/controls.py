@@ -35,13 +35,12 @@ from typing import Any
 
 from dynamtl.benchmarks.noise import NOISE
 from dynamtl.registry import OptionValue, RegistryError, parse_method
-from dynamtl.report.records import read_records
+from dynamtl.report.records import WEIGHT, taken_steps
 from dynamtl.report.shares import helper_share
 from dynamtl.train.config import ConfigError, RunConfig, plan
 
 TOLERANCE = 0.05
 SCALE_INVARIANT = ("adam", "adamw")
-WEIGHT_PREFIX = "weight/"
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,8 @@ def read_weights(run_dir: Path) -> WeightSummary | None:
     if not path.is_file():
         return None
     rows = []
-    for record in read_records(path):  # damaged lines named and left out
-        weights = {k[len(WEIGHT_PREFIX):]: float(v) for k, v in record.items() if k.startswith(WEIGHT_PREFIX)}
+    for record in taken_steps(path):  # damaged lines and steps without every task's weight named and left out
+        weights = {k[len(WEIGHT):]: float(v) for k, v in record.items() if k.startswith(WEIGHT)}
         if weights:
             rows.append(weights)
     if not rows:

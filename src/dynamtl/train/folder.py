@@ -20,6 +20,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the inst
     raise ModuleNotFoundError("dynamtl.train needs filelock: pip install 'dynamtl[cli]'") from missing
 
 from dynamtl.command import typed
+from dynamtl.report.records import Check, DamagedFile, read_table, results_problems
 
 RESULTS_FORMAT = 1
 GATE_SECONDS = 30.0
@@ -99,25 +100,32 @@ class RunFolder:
     def holder_file(self) -> Path:
         return self.root / ".lock.holder"
 
-    def read_json(self, path: Path, *, repair: str = "") -> dict[str, Any]:
-        """A JSON file of the folder; ``RunFolderError`` saying what the folder lacks, or
-        which file is damaged and what to do (``repair``: how to get it back, when there
-        is a way)."""
-        if not path.is_file():
+    def read_json(self, path: Path, *, repair: str = "", check: Check | None = None) -> dict[str, Any]:
+        """A JSON file of the folder (:func:`~dynamtl.report.records.read_table`, its
+        fields checked by ``check``); ``RunFolderError`` saying what the folder lacks, or
+        which file is damaged, how, and what to do (``repair``: how to get it back, when
+        there is a way)."""
+        try:
+            return read_table(path, check)
+        except FileNotFoundError:
             raise RunFolderError(
                 f"{path} is missing: {self.root} is not a dynamtl run folder (made by `dynamtl train`)"
-            )
-        try:
-            data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
+            ) from None
+        except DamagedFile as error:
             raise RunFolderError(
-                f"{path} is damaged (not valid JSON: {error}): "
-                f"{repair or 'restore it from a backup, or delete the run folder and train anew'}"
+                f"{error}: {repair or 'restore it from a backup, or delete the run folder and train anew'}"
             ) from error
-        if not isinstance(data, dict):
-            raise RunFolderError(f"{path} is damaged (it holds a {type(data).__name__}, not a table): "
-                                 f"{repair or 'restore it from a backup, or delete the run folder and train anew'}")
-        return data
+
+    def read_results(self) -> dict[str, Any]:
+        """``results.json``, every field checked
+        (:func:`~dynamtl.report.records.results_problems`); ``RunFolderError`` naming the
+        file, what is wrong and how the results are made again."""
+        last, previous = self.checkpoint("last"), self.checkpoint("previous")
+        how = ("rebuilt from its last checkpoint" if last.is_file() or previous.is_file()
+               else "gathered again from its per-task runs" if (self.root / "tasks").is_dir()
+               else "made again by training it anew")
+        return self.read_json(self.results, check=results_problems, repair=(
+            f"delete {self.results} and run the same command again: the run's results are then {how}"))
 
 
 @contextlib.contextmanager
@@ -189,7 +197,7 @@ def replace_durably(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_durably(temporary, data)
         os.replace(temporary, path)
-    except OSError:
+    except BaseException:  # (a second Ctrl-C too): no temporary file left behind
         remove_quietly(temporary)
         raise
     sync_folder(path.parent)
@@ -210,6 +218,9 @@ def write_error(path: Path, error: OSError, kept: str = "") -> FolderWriteError:
     cause, remedy = _CAUSES.get(number, (error.strerror or str(error), ""))
     if number in (errno.EEXIST, errno.ENOTDIR) and error.filename:
         path = Path(error.filename)  # the file in the way
+        remedy = f"move {path} out of the way"
+    elif number == errno.EISDIR and (error.filename2 or error.filename):
+        path = Path(error.filename2 or error.filename)  # the folder in the way (a rename's target)
         remedy = f"move {path} out of the way"
     return FolderWriteError(f"cannot write {path.name} in {path.parent}: {cause}" + (f"; {kept}" if kept else ""),
                             remedy)

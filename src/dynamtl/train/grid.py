@@ -44,9 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynamtl._helpers import describe
 from dynamtl.train.checkpoint import CheckpointError
 from dynamtl.train.config import ConfigError, RunConfig
 from dynamtl.train.folder import RunFolder, RunFolderError
+from dynamtl.train.interrupts import interruptible
 from dynamtl.train.runs import train_or_reuse
 from dynamtl.train.session import DataError, RunStopped, TrainingStopped
 from dynamtl.train.threads import ThreadChoice, choose_threads, usable_cpus
@@ -90,12 +92,6 @@ def train_grid_run(spec: GridRun) -> dict[str, Any]:
     """Train (or read back, or resume) the run of ``spec``, without progress bars: what a
     worker process or a cluster job executes."""
     return train_or_reuse(spec.config, spec.folder, progress=False)
-
-
-def describe(error: BaseException) -> str:
-    """``"Type: message"`` of the exception that failed a run."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Engine(abc.ABC):
@@ -188,9 +184,11 @@ class LocalEngine(Engine):
 
 @contextlib.contextmanager
 def _grid_signals(pass_on_checkpoint: Callable[[], str]) -> Iterator[None]:
-    """While a grid trains (in the main thread): ``SIGTERM`` stops it as Ctrl-C does
-    (``RunStopped``; a run training in this process handles it itself), ``SIGUSR1`` is
-    given to ``pass_on_checkpoint``, which says what it did in one line on stderr."""
+    """While a grid trains (in the main thread): ``SIGINT`` raises ``KeyboardInterrupt``
+    (even if it was inherited ignored: :func:`~dynamtl.train.interrupts.interruptible`),
+    ``SIGTERM`` stops the grid as Ctrl-C does (``RunStopped``; a run training in this
+    process handles both itself), ``SIGUSR1`` is given to ``pass_on_checkpoint``, which
+    says what it did in one line on stderr."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -205,7 +203,8 @@ def _grid_signals(pass_on_checkpoint: Callable[[], str]) -> Iterator[None]:
     if hasattr(signal, "SIGUSR1"):
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, checkpoint)
     try:
-        yield
+        with interruptible():  # Ctrl-C stops the grid even if SIGINT was inherited ignored
+            yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, signal.SIG_DFL if handler is None else handler)

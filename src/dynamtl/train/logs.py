@@ -5,7 +5,8 @@ On resume every log is read whole and rebuilt by parsing (never cut at a byte of
 ``steps.jsonl`` and ``epochs.jsonl`` keep the first intact record of each step (epoch)
 1…N of the checkpoint, in step order, so that the logs of a resumed run hold each step
 once; ``events.jsonl`` keeps all its intact records (the run's history). A line that is
-not a well-typed record (:func:`~dynamtl.report.records.record_problem`) is dropped; a
+not a well-typed record (:func:`~dynamtl.report.records.record_problem`: a field the log
+always writes missing, a value of the wrong type) is dropped; a
 log found missing, with such lines, duplicates, records out of order or records missing
 is reported (what is gone cannot be recreated): see :attr:`RunLog.repairs`. A last line
 cut off after the checkpoint's records (a run killed while writing it) is normal and
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from dynamtl.report.records import parse_records
+from dynamtl.report.records import REQUIRED, parse_records
 from dynamtl.train.folder import RunFolder, write_atomic, write_error
 
 WRITER_CLOSE_SECONDS = 5.0
@@ -115,7 +116,7 @@ class RunLog:
         first of each, in order), or every one when ``key`` is empty (``events.jsonl``);
         say what was wrong in :attr:`repairs`."""
         data = path.read_bytes() if path.is_file() else b""
-        parsed = parse_records(data)
+        parsed = parse_records(data, REQUIRED.get(path.name, ()))
         problems = []
         if not path.is_file() and (count or not key):
             problems.append("is missing")

@@ -37,8 +37,9 @@ def draw_share_comparison(shares: Mapping[str, Sequence[Share]], task: str, out:
 
 def _drawn(draw: Callable[[], list[Path]]) -> list[Path]:
     """The figures ``draw`` wrote; none, with a one-line warning, when matplotlib is
-    missing (said once) or a figure cannot be written (the run's results are kept: plots
-    come after them, and ``dynamtl plot`` draws them again)."""
+    missing (said once), a figure cannot be written (the run's results are kept: plots
+    come after them, and ``dynamtl plot`` draws them again), or the files it reads are
+    missing or damaged (the warning names them)."""
     global _told_about_matplotlib
     try:
         return draw()
@@ -48,4 +49,6 @@ def _drawn(draw: Callable[[], list[Path]]) -> list[Path]:
             _told_about_matplotlib = True
     except FolderWriteError as error:
         logger.warning("plots not drawn: %s (the results are written; `dynamtl plot` draws them again)", error)
+    except (FileNotFoundError, ValueError) as error:  # a log or config.json missing or damaged: named
+        logger.warning("plots not drawn: %s (the results are written)", error)
     return []

@@ -21,7 +21,7 @@ from typing import Any
 
 from dynamtl.command import is_cli, suggested, typed
 from dynamtl.train import checkpoint
-from dynamtl.train.config import ENVIRONMENT, RunConfig, RunPlan, plan, resolved_record
+from dynamtl.train.config import ENVIRONMENT, ConfigError, RunConfig, RunPlan, plan, resolved_record
 from dynamtl.train.folder import (
     RESULTS_FORMAT,
     FolderWriteError,
@@ -73,12 +73,13 @@ def resume(
         raise RunFolderError(f"no folder {folder.root}: give the folder of a run (the --out of `dynamtl train`)")
     with _holding(folder):
         if folder.finished:
+            if folder.checkpoint(which).is_file():
+                _recorded_config(folder, which, trust)  # rewrites a damaged config.json
+            results = folder.read_results()
             if launched_as_main():
                 logger.warning("the run in %s has finished: nothing to resume (results in %s)",
                                folder.root, folder.results)
-            if folder.checkpoint(which).is_file():
-                _recorded_config(folder, which, trust)  # rewrites a damaged config.json
-            return folder.read_json(folder.results)
+            return results
         recorded = _recorded_config(folder, which, trust)
         checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
         if which == "previous":
@@ -111,7 +112,7 @@ def train_or_reuse(config: RunConfig, out: Path, *, progress: bool = True, label
         if unrecorded and launched_as_main():
             logger.warning("%s", checkpoint.unrecorded_note(folder.config, unrecorded))
         if folder.finished:
-            return folder.read_json(folder.results, repair=f"delete {folder.root} to train the run again")
+            return folder.read_results()
         return _execute(checked, folder, display, _continue_from(folder, "last"))
 
 
@@ -131,7 +132,7 @@ def _recorded_config(folder: RunFolder, which: str, trust: bool = False) -> dict
     path = folder.checkpoint(which)
     repair = f"the run saved no checkpoint to rebuild it from: delete {folder.root} and train anew"
     try:
-        recorded = folder.read_json(folder.config, repair=repair)
+        recorded = folder.read_json(folder.config, repair=repair, check=_config_problems)
     except RunFolderError as error:
         if not path.is_file():
             raise
@@ -145,6 +146,20 @@ def _recorded_config(folder: RunFolder, which: str, trust: bool = False) -> dict
             logger.warning("%s; it was rewritten from the checkpoint %s", problem, path)
     recorded.pop(ENVIRONMENT, None)
     return recorded
+
+
+def _config_problems(recorded: dict[str, Any]) -> list[str]:
+    """What makes ``config.json`` not a run's config: a setting missing, unknown or of the
+    wrong type (as :meth:`RunConfig.from_mapping` reads it), an environment that is not a
+    table."""
+    problems = [] if isinstance(recorded.get(ENVIRONMENT, {}), dict) else [f"{ENVIRONMENT!r} is not a table"]
+    if "benchmark" not in recorded:
+        return [*problems, "'benchmark' is missing"]
+    try:
+        RunConfig.from_mapping({key: value for key, value in recorded.items() if key != ENVIRONMENT}, "config.json")
+    except ConfigError as error:
+        problems += error.problems
+    return problems
 
 
 def _set_aside_damaged_last(folder: RunFolder) -> None:

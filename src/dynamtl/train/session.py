@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shlex
 import signal
 import threading
 import time
@@ -36,7 +35,8 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the inst
     raise ModuleNotFoundError("dynamtl.train needs tqdm: pip install 'dynamtl[cli]'") from missing
 
 import dynamtl
-from dynamtl.command import suggested
+from dynamtl._helpers import describe
+from dynamtl.command import suggested, suggested_for
 from dynamtl.data import _progress as data_progress
 from dynamtl.step import MultiTask, NonFiniteLossError
 from dynamtl.train import checkpoint
@@ -192,7 +192,12 @@ class _Session:
             self.log = RunLog(written)
             self.log.event("start", dynamtl=dynamtl.__version__, tasks=list(names))
         else:
-            self._load(state)
+            path = folder.checkpoint(resume_from or "last")
+            self._load(state, path, trust)
+            if trust and processes.main:  # once it is known to be put back whole
+                checkpoint.record_checksum(path)
+                logger.warning("%s was read on trust (--trust-checkpoint): its checksum is recorded anew in %s",
+                               path, path.parent / checkpoint.CHECKSUMS)
             self.log = RunLog(written, True, self.step, self.epoch)
             self.log.event("resume", checkpoint=resume_from, **self._position())
             for change in changes:
@@ -209,10 +214,6 @@ class _Session:
             raise ValueError(f"checkpoint must be 'last' or 'previous', got {which!r}")
         path = self.folder.checkpoint(which)
         state = checkpoint.load(path, trust=trust)
-        if trust and self.processes.main:
-            checkpoint.record_checksum(path)
-            logger.warning("%s was read on trust (--trust-checkpoint): its checksum is recorded anew in %s",
-                           path, path.parent / checkpoint.CHECKSUMS)
         differences, unrecorded = checkpoint.config_differences(
             {**state["config"], ENVIRONMENT: state.get("environment", {})},
             {**self.config.to_dict(), ENVIRONMENT: self.environment},
@@ -234,8 +235,8 @@ class _Session:
         if saved != self.processes.size:
             raise checkpoint.CheckpointError(
                 f"the checkpoint {path} was made by {saved} process(es), this run has {self.processes.size}: the "
-                f"position in the data depends on it; resume with {saved} process(es) "
-                f"(torchrun --nproc_per_node={saved} -m dynamtl.cli resume {shlex.quote(str(self.folder.root))})"
+                f"position in the data depends on it; resume with {saved} process(es): "
+                f"`{suggested_for(saved, 'resume', self.folder.root)}`"
             )
         return state, [*differences, *(f"not recorded: {u}" for u in unrecorded)]
 
@@ -417,18 +418,34 @@ class _Session:
             return {"step": self.step, "epoch": self.epoch, "batch": self.training.per_pass}
         return {"step": self.step, "epoch": self.epoch + 1 if self.step else 0, "batch": self.batch}
 
-    def _load(self, state: dict[str, Any]) -> None:
-        position = state["position"]
-        self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
+    def _load(self, state: dict[str, Any], path: Path, trust: bool) -> None:
+        """Put the run in the state of the checkpoint ``path`` (complete, as
+        :func:`checkpoint.load` checked); ``CheckpointError`` naming the file when a part's
+        content cannot be put back."""
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.mtl.load_state_dict(state["multitask"])
-        except (RuntimeError, ValueError, KeyError) as error:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            previous = path.with_name("previous.pt")
+            other = (f"resume from the checkpoint before it, if only this one was changed "
+                     f"(`{suggested('resume', self.folder.root, '--checkpoint', 'previous')}`), or "
+                     if path.name == "last.pt" and previous.is_file() else "")
             raise checkpoint.CheckpointError(
-                f"the checkpoint in {self.folder.checkpoints} does not fit this run's model or method ({error}): "
-                "it was made by another version of the benchmark or method; start a new run"
+                f"the checkpoint {path} does not fit this run's model or method ({describe(error)}): it was made "
+                f"by another version of the benchmark or method, or changed. It was left as it is: {other}"
+                "start a new run in another folder"
             ) from error
+        try:
+            self._restore(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            raise checkpoint.CheckpointError(checkpoint.damaged(
+                path, f"its content cannot be put back ({describe(error)})", readable=False, trust=trust)) from error
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """The parts of a checkpoint other than the model, optimizer and method."""
+        position = state["position"]
+        self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
