@@ -205,6 +205,12 @@ def load(path: Path, *, trust: bool = False) -> dict[str, Any]:
     message says so and is no verdict on the checkpoint), holds objects other than tensors
     and plain containers, or lacks parts. ``trust``: read it although its checksum is not
     recorded or does not match (still with ``weights_only``, so no code can run)."""
+    if path.exists() and not path.is_file():
+        previous = path.with_name("previous.pt")
+        way_on = (f"then `{_resume_command(path)}` continues from {previous}" if path.name == "last.pt"
+                  and previous.is_file() else "then run the same command again")
+        raise CheckpointError(f"the checkpoint {path} is not a file (a folder or another non-file is in its place): "
+                              f"move it out of the way, {way_on}")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: the run has not saved one yet (it saves at every epoch's end)")
     try:

@@ -1,0 +1,38 @@
+"""A folder where ``checkpoints/last.pt`` should be is named as such, with the way on
+(move it, then ``resume`` continues from ``previous.pt``), not taken for a run that "has
+not saved one yet". Real runs, real folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+DYNAMTL = [sys.executable, "-m", "dynamtl.cli"]
+
+
+def dynamtl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*DYNAMTL, *args], env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_a_folder_in_place_of_last_pt_is_named_and_the_way_on_works(tmp_path):
+    run = tmp_path / "run"
+    trained = dynamtl("train", "--benchmark", "drift", "--limit", "200", "--epochs", "2", "--threads", "1", "--quiet",
+                      "--out", str(run))
+    assert trained.returncode == 0, trained.stderr
+    (run / "results.json").unlink()  # an unfinished run: resume rebuilds it from its checkpoint
+    last = run / "checkpoints" / "last.pt"
+    last.unlink()
+    last.mkdir()
+    refused = dynamtl("resume", str(run), "--quiet")
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert f"{last} is not a file" in refused.stderr, refused.stderr
+    assert "has not saved one yet" not in refused.stderr
+    assert f"`{' '.join(DYNAMTL)} resume {run}` continues from {last.with_name('previous.pt')}" in refused.stderr
+    assert last.is_dir()  # left as it is
+    last.rename(tmp_path / "moved")
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "results.json").is_file() and last.is_file()
