@@ -77,8 +77,9 @@ def resume(
                 _recorded_config(folder, which, trust)  # rewrites a damaged config.json
             results = folder.read_results()
             if launched_as_main():
-                logger.warning("the run in %s has finished: nothing to resume (results in %s)",
-                               folder.root, folder.results)
+                logger.warning("the run in %s has finished: nothing to resume (results in %s); to train longer, "
+                               "start a new run with more --epochs in another --out (its schedule is planned for "
+                               "its number of epochs)", folder.root, folder.results)
             return results
         recorded = _recorded_config(folder, which, trust)
         checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
