@@ -36,3 +36,22 @@ def test_a_folder_in_place_of_last_pt_is_named_and_the_way_on_works(tmp_path):
     resumed = dynamtl("resume", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert (run / "results.json").is_file() and last.is_file()
+
+
+def test_a_damaged_previous_pt_asked_for_leads_to_the_intact_last_pt(tmp_path):
+    run = tmp_path / "run"
+    trained = dynamtl("train", "--benchmark", "drift", "--limit", "200", "--epochs", "2", "--threads", "1", "--quiet",
+                      "--out", str(run))
+    assert trained.returncode == 0, trained.stderr
+    (run / "results.json").unlink()  # an unfinished run: resume rebuilds it from its checkpoint
+    previous = run / "checkpoints" / "previous.pt"
+    previous.write_bytes(previous.read_bytes()[:1000])
+    refused = dynamtl("resume", str(run), "--checkpoint", "previous", "--quiet")
+    assert refused.returncode == 1, refused.stderr
+    assert f"the checkpoint {previous} is damaged" in refused.stderr
+    assert "No intact checkpoint is left" not in refused.stderr, refused.stderr
+    way_on = f"resume from it with `{' '.join(DYNAMTL)} resume {run}`"
+    assert f"The last checkpoint {previous.with_name('last.pt')} is intact: {way_on}" in refused.stderr
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "results.json").is_file()

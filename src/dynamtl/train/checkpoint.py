@@ -259,6 +259,16 @@ def mismatches(path: Path) -> bool:
         return False
 
 
+def _verified(path: Path) -> bool:
+    """Whether the checkpoint ``path`` positively passes its checksum: a file whose SHA-256
+    is in an intact record."""
+    recorded, problem = recorded_checksums(path.parent)
+    try:
+        return not problem and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() in recorded
+    except OSError:
+        return False
+
+
 def _resume_command(path: Path, *flags: str) -> str:
     which = ("--checkpoint", "previous") if path.name == "previous.pt" else ()
     return suggested("resume", path.parent.parent, *which, *flags)
@@ -284,6 +294,9 @@ def damaged(path: Path, why: str, *, changed: bool = False, readable: bool = Tru
     if path.name == "last.pt" and previous.is_file():
         flags = ("--trust-checkpoint",) if trust else ()
         message += f" The checkpoint before it is kept: resume from it with `{_resume_command(previous, *flags)}`."
+    elif path.name == "previous.pt" and _verified(path.with_name("last.pt")):
+        message += (f" The last checkpoint {path.with_name('last.pt')} is intact: resume from it with "
+                    f"`{_resume_command(path.with_name('last.pt'))}`.")
     elif path.name == "previous.pt":
         message += (f" No intact checkpoint is left: delete {path.parent.parent} and train it anew with the same "
                     "settings (the same results)"
