@@ -55,3 +55,25 @@ def test_a_damaged_previous_pt_asked_for_leads_to_the_intact_last_pt(tmp_path):
     resumed = dynamtl("resume", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert (run / "results.json").is_file()
+
+
+def test_a_file_in_place_of_the_checkpoints_folder_is_named_and_the_logs_are_kept(tmp_path):
+    run = tmp_path / "run"
+    trained = dynamtl("train", "--benchmark", "drift", "--limit", "200", "--epochs", "2", "--threads", "1", "--quiet",
+                      "--out", str(run))
+    assert trained.returncode == 0, trained.stderr
+    (run / "results.json").unlink()  # an unfinished run: resume rebuilds it from its checkpoint
+    steps = (run / "steps.jsonl").read_bytes()
+    checkpoints = run / "checkpoints"
+    checkpoints.rename(tmp_path / "away")
+    checkpoints.write_text("not a folder")
+    refused = dynamtl("resume", str(run), "--quiet")
+    assert refused.returncode == 1, refused.stderr
+    assert f"{checkpoints} is not a folder (a file is in its place): move it out of the way" in refused.stderr
+    assert "starting the run over" not in refused.stderr
+    assert (run / "steps.jsonl").read_bytes() == steps  # not rebuilt to step 0
+    checkpoints.unlink()
+    (tmp_path / "away").rename(checkpoints)
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "results.json").is_file()
