@@ -1030,9 +1030,11 @@ def test_every_method_survives_deepcopy_and_pickle(kind, name):
     """copy.deepcopy and pickle rebuild a method bare and put its state back; a method with a
     required option (Static's weights) must survive that too."""
     method = build(kind, name)
+    if kind == "weighting":
+        method.bind(TASKS)
     for twin in (copy.deepcopy(method), pickle.loads(pickle.dumps(method))):
         assert type(twin) is type(method) and repr(twin) == repr(method)
-        assert twin.state_dict().keys() == method.state_dict().keys()
+        assert_same_state(twin.state_dict(), method.state_dict())
 
 
 def test_a_missing_required_option_is_still_named():

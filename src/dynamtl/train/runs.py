@@ -182,6 +182,9 @@ def _continue_from(folder: RunFolder, which: str) -> str | None:
     is there (a run stopped before its first checkpoint, or whose checkpoints were
     removed). Each fallback is said in one line."""
     last, previous = folder.checkpoint("last"), folder.checkpoint("previous")
+    if folder.checkpoints.exists() and not folder.checkpoints.is_dir():  # not "no checkpoint": the logs are kept
+        raise RunFolderError(f"{folder.checkpoints} is not a folder (a file is in its place): move it out of the way "
+                             f"(or put the run's checkpoints folder back), then run the same command again")
     if which == "previous" or last.exists():
         return which
     if previous.exists():
