@@ -12,7 +12,7 @@ import torch
 
 from dynamtl.benchmarks.base import default_root
 from dynamtl.benchmarks.census import Census
-from dynamtl.data._files import find_file
+from dynamtl.data._files import find_file, write_atomically
 from dynamtl.data._tabular import hold_out, open_text
 from dynamtl.data.census import CensusIncome
 from dynamtl.metrics import AUC
@@ -279,3 +279,13 @@ def test_the_defaults_learn_every_task_quickly(root):
         out = model(data.val.inputs)
     auc = {task: AUC.value(out[task], data.val.targets[task]) for task in benchmark.specs}
     assert auc["income"] > 0.88 and auc["marital"] > 0.96 and auc["education"] > 0.75, auc
+
+
+
+def test_a_folder_in_place_of_a_cache_file_is_named_and_nothing_is_left_behind(tmp_path):
+    # the data caches (census-income.pt, qm9-coulomb.pt, overlays) and their .sha256 go through write_atomically
+    cache = tmp_path / "census-income.pt"
+    cache.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"a folder is in the way of the file .*census-income.pt: move it out"):
+        write_atomically(cache, b"cache")
+    assert cache.is_dir() and list(tmp_path.iterdir()) == [cache]

@@ -311,7 +311,9 @@ def test_the_way_on_from_an_incomplete_checkpoint_finishes_the_run_and_an_incomp
     save_recorded(previous, {**torch.load(previous, weights_only=True), "multitask": "none"})
     result = cli("resume", str(run), "--checkpoint", "previous", "--quiet")
     assert result.returncode == 1 and "part 'multitask' is not a table" in result.stderr, result.stderr
-    assert f"No intact checkpoint is left: delete {run} and train it anew" in result.stderr
+    # last.pt (the finished run's) is intact: it is the way on, not training anew
+    assert f"The last checkpoint {last} is intact: resume from it with `" in result.stderr, result.stderr
+    assert "No intact checkpoint is left" not in result.stderr
     assert "--trust-checkpoint" not in result.stderr  # reading it on trust would not help
 
 

@@ -85,6 +85,7 @@ def test_a_finished_run_says_how_to_go_on_and_resume_reports_its_results(tmp_pat
     resumed = cli("resume", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert f"the run in {run} has finished: nothing to resume" in resumed.stderr
+    assert "to train longer, start a new run with more --epochs in another --out" in resumed.stderr
     assert "test metrics:" in resumed.stdout
     assert (run / "results.json").read_text() == results
 
