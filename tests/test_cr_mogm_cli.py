@@ -77,11 +77,22 @@ def test_cr_mogm_wraps_upgrad_from_the_command_line_as_the_python_composition(ce
 def test_repr_shows_the_wrapped_aggregation():
     assert repr(dm.CRMOGM()).startswith("CRMOGM(aggregation=MGDA(") and "None" not in repr(dm.CRMOGM()).split(",")[0]
     by_name = dm.CRMOGM("upgrad", beta=0.8)
-    assert repr(by_name) == "CRMOGM(aggregation=UPGrad(pref=None, reg_eps=0.0001, max_iters=100), beta=0.8)"
+    assert repr(by_name) == "CRMOGM(aggregation=UPGrad(pref=None, reg_eps=0.0001, max_iters=100), beta=0.8, seed=0)"
     assert repr(by_name) == repr(dm.CRMOGM(dm.UPGrad(), beta=0.8))
     assert isinstance(by_name.aggregation, dm.UPGrad)
     built = parse_method("cr-mogm", {"aggregation": "pcgrad"}).build(MethodContext(("a", "b"), ("a", "b"), False, 0))[1]
     assert isinstance(built, dm.CRMOGM) and isinstance(built.aggregation, dm.PCGrad)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "graddrop", "gradvac"])
+def test_a_wrapped_aggregation_that_draws_random_numbers_takes_the_run_s_seed(name):
+    """Seeds 0, 1 and 2 of a comparison must not share the wrapped aggregation's random draws."""
+    built = [parse_method("cr-mogm", {"aggregation": name}).build(MethodContext(("a", "b"), ("a", "b"), False, seed))[1]
+             for seed in (3, 4)]
+    assert [repr(b.aggregation) for b in built] == [repr(AGGREGATIONS[name].factory(seed=s)) for s in (3, 4)]
+    rows = torch.tensor([[1.0, -2.0, 0.5], [-1.0, 1.0, 2.0], [0.3, 0.2, -1.0]])
+    draws = [torch.stack([b.combine(rows) for _ in range(8)]) for b in built]
+    assert not torch.equal(*draws)
 
 
 def test_the_wrappable_names_are_the_per_batch_gradient_aggregations():

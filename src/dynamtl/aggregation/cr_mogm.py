@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
@@ -47,6 +48,8 @@ class CRMOGM(GradientAggregation):
             layer (``GradVac(granularity="layer")``).
         beta: β ∈ [0, 1], the weight of the past (default 0.9, TorchJD's); 0 is the wrapped
             aggregation, 1 freezes the first weights.
+        seed: the seed of an aggregation given by name that draws random numbers (PCGrad,
+            GradDrop, GradVac); the run's seed on the command line. Unused otherwise.
 
     The averaged weights are saved in the state dict (with the wrapped aggregation's state).
     A change in the number of tasks restarts the average.
@@ -66,15 +69,16 @@ class CRMOGM(GradientAggregation):
         "cr-mogm", "CR-MOGM",
         "Zhou et al., On the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond, NeurIPS 2022",
         options=("aggregation", "beta"),
+        context={"seed": "seed"},
     )
 
-    option_ranges = intervals(beta="[0, 1]")
+    option_ranges = intervals(beta="[0, 1]", seed="[0, inf)")
     # a name must be of the per-batch gradient aggregations (checked with beta, in __new__)
     option_checks = MappingProxyType({"aggregation": lambda value: _check_aggregation(value)})
 
-    def __init__(self, aggregation: str | GradientAggregation = "mgda", beta: float = 0.9) -> None:
+    def __init__(self, aggregation: str | GradientAggregation = "mgda", beta: float = 0.9, seed: int = 0) -> None:
         super().__init__()
-        self.aggregation = _wrappable()[aggregation]() if isinstance(aggregation, str) else aggregation
+        self.aggregation = _built(aggregation, seed) if isinstance(aggregation, str) else aggregation
         self._arguments["aggregation"] = self.aggregation  # the repr shows what is smoothed
         self.beta = float(beta)
         self.average: Tensor | None = None
@@ -125,6 +129,13 @@ def _wrappable() -> dict[str, type[GradientAggregation]]:
         if issubclass(method.factory, GradientAggregation) and not method.factory.rows_across_batches
         and not issubclass(method.factory, CRMOGM)
     }
+
+
+def _built(name: str, seed: int) -> GradientAggregation:
+    """The aggregation registered as ``name`` with its default options, seeded with ``seed``
+    where it takes a seed."""
+    factory = _wrappable()[name]
+    return factory(seed=seed) if "seed" in inspect.signature(factory.__init__).parameters else factory()
 
 
 def _check_aggregation(value: Any) -> None:
