@@ -810,6 +810,14 @@ def test_a_string_option_says_to_drop_the_quotes():
     integer = r"AutoLambda's option interval must be an integer, got 2.0 \(float\): write AutoLambda\(interval=2\)"
     with pytest.raises(TypeError, match=integer):
         dm.AutoLambda(interval=2.0)
+    # a word in quotes is not a number in quotes: no 'MoCo(rho=a)' as the fix
+    with pytest.raises(TypeError, match=r"MoCo's option rho must be a number, got 'a' \(str\): give a number such "
+                       r"as MoCo\(rho=0.1\)$"):
+        dm.MoCo(rho="a")
+    with pytest.raises(TypeError, match=r"got 'x' \(str\): give an integer such as FairGrad\(max_iters=100\)$"):
+        dm.FairGrad(max_iters="x")
+    with pytest.raises(TypeError, match=r"FairGrad\(max_iters=3\) without quotes"):
+        dm.FairGrad(max_iters="3")
     assert dm.AutoLambda(lr=torch.tensor(1e-3)).lr == torch.tensor(1e-3)  # a 0-d tensor is a number
     assert dm.AutoLambda(lr=np.float32(1e-3)).lr == np.float32(1e-3)
 
@@ -1472,6 +1480,12 @@ def test_every_wrong_option_of_a_constructor_is_named_at_once():
     with pytest.raises(ValueError) as bound:
         dm.STCH(preference={"a": 1.0, "z": 1.0}, ideal={"y": 0.0}).bind(TASKS)
     assert "preference names task(s) ['z']" in str(bound.value) and "ideal names task(s) ['y']" in str(bound.value)
+    # MultiTask names the weighting's and the aggregation's misfits together, not the first only
+    model = net()
+    with pytest.raises(dm.OptionsError) as both:
+        dm.MultiTask(model, dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)), torch.optim.SGD(model.parameters(), lr=0.1),
+                     weighting=dm.STCH(ideal={"y": 0.0}), aggregation=dm.CRMOGM(dm.UPGrad(pref=[1.0, 2.0])))
+    assert "ideal names task(s) ['y']" in str(both.value) and "UPGrad's option pref has 2 value(s)" in str(both.value)
 
 
 def test_an_option_a_method_does_not_take_is_named_with_the_class_and_its_options():
