@@ -50,6 +50,8 @@ def test_cr_mogm_limits_state_and_bad_input():
         dm.CRMOGM(beta=2.0)
     with pytest.raises(TypeError, match="smooths the weights of a gradient aggregation"):
         dm.CRMOGM(dm.Sum())
+    with pytest.raises(ValueError, match=r"CRMOGM\(aggregation=MGDA\(.*already averages its weights over steps"):
+        dm.CRMOGM(dm.CRMOGM())  # as the name 'cr-mogm' is refused
 
 
 class Net(nn.Module):
