@@ -11,6 +11,7 @@ import copy
 import inspect
 import logging
 import math
+import pickle
 import re
 import warnings
 
@@ -1031,6 +1032,23 @@ def test_every_method_repr_is_one_line_naming_its_options(kind, name):
     assert "\n" not in text
     for option in method_of(kind, name).options:
         assert f"{option}=" in text
+
+
+@pytest.mark.parametrize(("kind", "name"), [(k, n) for k, n, _ in registered()])
+def test_every_method_survives_deepcopy_and_pickle(kind, name):
+    """copy.deepcopy and pickle rebuild a method bare and put its state back; a method with a
+    required option (Static's weights) must survive that too."""
+    method = build(kind, name)
+    if kind == "weighting":
+        method.bind(TASKS)
+    for twin in (copy.deepcopy(method), pickle.loads(pickle.dumps(method))):
+        assert type(twin) is type(method) and repr(twin) == repr(method)
+        assert_same_state(twin.state_dict(), method.state_dict())
+
+
+def test_a_missing_required_option_is_still_named():
+    with pytest.raises(TypeError, match="Static"):
+        dm.Static()
 
 
 def absent_weights_cases():

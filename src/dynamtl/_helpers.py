@@ -467,6 +467,11 @@ class ArgumentsRepr:
         try:
             bound = signature.bind(obj, *args, **kwargs)
         except TypeError as error:  # named by the class the user called, not the base that defines __init__
+            if not args and not kwargs:
+                # copy.deepcopy and pickle make the object bare (``cls.__new__(cls)``) and then
+                # put its state, ``_arguments`` included, back; a call without a required
+                # option fails in ``__init__``, which names the class
+                return obj
             options = [name for name in list(signature.parameters)[1:]
                        if signature.parameters[name].kind not in (inspect.Parameter.VAR_POSITIONAL,
                                                                    inspect.Parameter.VAR_KEYWORD)]

@@ -92,6 +92,9 @@ def write_atomically(path: Path, content: bytes) -> None:
     renamed onto ``path``: a partly written file never carries the final name, and writers
     of the same file at once (the runs of a parallel comparison preparing one data cache)
     never share, truncate or rename each other's temporary file."""
+    if path.is_dir():  # named, before anything is written (os.replace would say only "Is a directory")
+        raise IsADirectoryError(f"a folder is in the way of the file {path}: move it out of the way, then run the same "
+                                "command again")
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".part")
     try:
         with os.fdopen(descriptor, "wb") as file:

@@ -205,6 +205,12 @@ def load(path: Path, *, trust: bool = False) -> dict[str, Any]:
     message says so and is no verdict on the checkpoint), holds objects other than tensors
     and plain containers, or lacks parts. ``trust``: read it although its checksum is not
     recorded or does not match (still with ``weights_only``, so no code can run)."""
+    if path.exists() and not path.is_file():
+        previous = path.with_name("previous.pt")
+        way_on = (f"then `{_resume_command(path)}` continues from {previous}" if path.name == "last.pt"
+                  and previous.is_file() else "then run the same command again")
+        raise CheckpointError(f"the checkpoint {path} is not a file (a folder or another non-file is in its place): "
+                              f"move it out of the way, {way_on}")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: the run has not saved one yet (it saves at every epoch's end)")
     try:
@@ -253,6 +259,16 @@ def mismatches(path: Path) -> bool:
         return False
 
 
+def _verified(path: Path) -> bool:
+    """Whether the checkpoint ``path`` positively passes its checksum: a file whose SHA-256
+    is in an intact record."""
+    recorded, problem = recorded_checksums(path.parent)
+    try:
+        return not problem and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() in recorded
+    except OSError:
+        return False
+
+
 def _resume_command(path: Path, *flags: str) -> str:
     which = ("--checkpoint", "previous") if path.name == "previous.pt" else ()
     return suggested("resume", path.parent.parent, *which, *flags)
@@ -278,6 +294,9 @@ def damaged(path: Path, why: str, *, changed: bool = False, readable: bool = Tru
     if path.name == "last.pt" and previous.is_file():
         flags = ("--trust-checkpoint",) if trust else ()
         message += f" The checkpoint before it is kept: resume from it with `{_resume_command(previous, *flags)}`."
+    elif path.name == "previous.pt" and _verified(path.with_name("last.pt")):
+        message += (f" The last checkpoint {path.with_name('last.pt')} is intact: resume from it with "
+                    f"`{_resume_command(path.with_name('last.pt'))}`.")
     elif path.name == "previous.pt":
         message += (f" No intact checkpoint is left: delete {path.parent.parent} and train it anew with the same "
                     "settings (the same results)"

@@ -77,15 +77,16 @@ def resume(
                 _recorded_config(folder, which, trust)  # rewrites a damaged config.json
             results = folder.read_results()
             if launched_as_main():
-                logger.warning("the run in %s has finished: nothing to resume (results in %s)",
-                               folder.root, folder.results)
+                logger.warning("the run in %s has finished: nothing to resume (results in %s); to train longer, "
+                               "start a new run with more --epochs in another --out (its schedule is planned for "
+                               "its number of epochs)", folder.root, folder.results)
             return results
         recorded = _recorded_config(folder, which, trust)
         checked = plan(RunConfig.from_mapping(recorded, str(folder.config)))
         if which == "previous":
             _set_aside_damaged_last(folder)
-        return _execute(checked, folder, Display(progress), _continue_from(folder, which),
-                        allow_changes=allow_changes, trust=trust)
+        resume_from = None if checked.method.single_task else _continue_from(folder, which)
+        return _execute(checked, folder, Display(progress), resume_from, allow_changes=allow_changes, trust=trust)
 
 
 def train_or_reuse(config: RunConfig, out: Path, *, progress: bool = True, label: str = "") -> dict[str, Any]:
@@ -113,7 +114,8 @@ def train_or_reuse(config: RunConfig, out: Path, *, progress: bool = True, label
             logger.warning("%s", checkpoint.unrecorded_note(folder.config, unrecorded))
         if folder.finished:
             return folder.read_results()
-        return _execute(checked, folder, display, _continue_from(folder, "last"))
+        return _execute(checked, folder, display,
+                        None if checked.method.single_task else _continue_from(folder, "last"))
 
 
 @contextlib.contextmanager
@@ -180,6 +182,9 @@ def _continue_from(folder: RunFolder, which: str) -> str | None:
     is there (a run stopped before its first checkpoint, or whose checkpoints were
     removed). Each fallback is said in one line."""
     last, previous = folder.checkpoint("last"), folder.checkpoint("previous")
+    if folder.checkpoints.exists() and not folder.checkpoints.is_dir():  # not "no checkpoint": the logs are kept
+        raise RunFolderError(f"{folder.checkpoints} is not a folder (a file is in its place): move it out of the way "
+                             f"(or put the run's checkpoints folder back), then run the same command again")
     if which == "previous" or last.exists():
         return which
     if previous.exists():
@@ -232,14 +237,19 @@ def _train_single_task(checked: RunPlan, folder: RunFolder, display: Display, gr
     config = checked.config
     if group.main:
         write_json_atomic(folder.config, config.to_dict())
-    runs = {
-        task: train_or_reuse(
-            config.replace(method="equal", options={}, tasks=(task,), mode="multi-task", primary=None),
-            folder.task_run(task).root,
-            progress=display.progress, label=f"{display.label} {task}".strip(),
-        )
-        for task in checked.context.primary
-    }
+    runs = {}
+    for task in checked.context.primary:
+        try:
+            runs[task] = train_or_reuse(
+                config.replace(method="equal", options={}, tasks=(task,), mode="multi-task", primary=None),
+                folder.task_run(task).root,
+                progress=display.progress, label=f"{display.label} {task}".strip(),
+            )
+        except RunStopped as error:
+            # the way on is the whole baseline's resume (every task's run), not the one task's
+            said = str(error).split(" Continue with: ")[0].split(": nothing to resume")[0].rstrip(".")
+            raise RunStopped(f"{said} (the single-task run of {task!r}). Continue with: "
+                             f"{suggested('resume', folder.root)}" if said else "", error.signal) from None
     results = {
         "format": RESULTS_FORMAT,
         "benchmark": config.benchmark, "method": config.method, "seed": config.seed, "mode": config.mode,
