@@ -50,6 +50,8 @@ def test_cr_mogm_limits_state_and_bad_input():
         dm.CRMOGM(beta=2.0)
     with pytest.raises(TypeError, match="smooths the weights of a gradient aggregation"):
         dm.CRMOGM(dm.Sum())
+    with pytest.raises(ValueError, match=r"CRMOGM\(aggregation=MGDA\(.*already averages its weights over steps"):
+        dm.CRMOGM(dm.CRMOGM())  # as the name 'cr-mogm' is refused
 
 
 class Net(nn.Module):
@@ -184,3 +186,26 @@ def test_cr_mogm_passes_the_layers_on_to_gradvac_per_layer():
     with pytest.raises(ValueError, match=refused):
         dm.OnRepresentation(dm.CRMOGM(dm.GradVac(granularity="layer")))
     dm.OnRepresentation(dm.CRMOGM(dm.GradVac()))  # the whole-model rule has a meaning on the representation
+
+
+def _sqrt_at_zero(prediction, target):
+    """A finite loss whose gradient is NaN: d√|u|/du at u = 0, through the task's head."""
+    return F.mse_loss(prediction, target) + torch.sqrt((prediction - prediction.detach()).sum().abs())
+
+
+@pytest.mark.parametrize("make", [lambda: dm.OnRepresentation(dm.UPGrad()),
+                                  lambda: dm.OnRepresentation(dm.CRMOGM("upgrad")),
+                                  lambda: dm.MGDA(upper_bound=True)], ids=["upgrad", "cr-mogm", "mgda-ub"])
+def test_a_non_finite_gradient_under_a_representation_aggregation_names_its_task(make):
+    """Their single backward pass used to free the graph, so tracing the non-finite combined
+    gradient to its task failed with torch's 'backward through the graph a second time'."""
+    torch.manual_seed(0)
+    model = Net().double()
+    start = copy.deepcopy(model.state_dict())
+    losses = {"a": F.mse_loss, "b": F.mse_loss, "c": _sqrt_at_zero}
+    mtl = dm.MultiTask(model, dm.Tasks(losses), torch.optim.SGD(model.parameters(), lr=0.1),
+                       aggregation=make(), representation="trunk")
+    with pytest.raises(dm.NonFiniteLossError, match=r"step 1 .*task\(s\) \{'c'"):
+        mtl.step(_batch())
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=0)

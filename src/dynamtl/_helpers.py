@@ -406,7 +406,7 @@ def _annotations(cls: type[Any]) -> dict[str, Any]:
     return {p.name: p.annotation for p in parameters}
 
 
-def _fix(cls: type, name: str, kind: str, value: Any) -> str:
+def _fix(cls: type[Any], name: str, kind: str, value: Any) -> str:
     """The corrected call where one can be guessed: quotes dropped, an integral float made an
     int, a word for a flag made a bool."""
     if kind == "bool":
@@ -414,6 +414,13 @@ def _fix(cls: type, name: str, kind: str, value: Any) -> str:
         return f": write {cls.__name__}({name}={_BOOLEAN_WORDS.get(word, True)!r})" if word in _BOOLEAN_WORDS else \
             f": write {cls.__name__}({name}=True) or {cls.__name__}({name}=False)"
     if isinstance(value, str):
+        try:
+            (int if kind == "int" else float)(value.strip())
+        except ValueError:  # not a number in quotes: 'MoCo(rho=a)' would be no fix
+            parameter = inspect.signature(cls.__init__).parameters.get(name)
+            default = None if parameter is None else parameter.default
+            example = f" such as {cls.__name__}({name}={default!r})" if _is_real(default) else ""
+            return f": give {'an integer' if kind == 'int' else 'a number'}{example}"
         return f": write {cls.__name__}({name}={value.strip()}) without quotes"
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return f": write {cls.__name__}({name}={int(value)})"

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynamtl._helpers import check_model_arguments
+from dynamtl._helpers import check_model_arguments, raise_all
 from dynamtl.aggregation.base import Aggregation
 from dynamtl.aggregation.sum import Sum
 from dynamtl.context import StepContext
@@ -139,8 +139,14 @@ class MultiTask:
         self.precision = self.objective.precision = Precision(scaler, self.objective.device.type)
         self.tasks = tasks
         self.optimizer = optimizer
-        self.weighting = _claim(weighting or Equal(), self).bind(tasks)
-        self.aggregation = _claim(aggregation or Sum(), self).bind(tasks)
+        bound, problems = [], []
+        for method in (weighting or Equal(), aggregation or Sum()):
+            try:  # every option of both that does not fit the tasks is named at once
+                bound.append(_claim(method, self).bind(tasks))
+            except (TypeError, ValueError) as error:
+                problems.append(error)
+        raise_all(problems)
+        self.weighting, self.aggregation = bound
         for method in (self.weighting, self.aggregation):
             check_model_arguments(method, tuple(self.objective.params))
         self.check_finite = check_finite

@@ -169,6 +169,11 @@ def _check_aggregation(value: Any) -> None:
             f"CRMOGM smooths the weights of a gradient aggregation (PCGrad, MGDA, UPGrad...), "
             f"not of {type(value).__name__}: give one, or its name (CRMOGM(aggregation='upgrad'))"
         )
+    if isinstance(value, CRMOGM):  # as its registry name 'cr-mogm' is refused
+        raise ValueError(
+            f"CRMOGM smooths the weights an aggregation gives one batch's rows; {value!r} already averages its "
+            "weights over steps: give the inner aggregation to one CRMOGM and raise its beta to smooth more"
+        )
     if value.rows_across_batches:
         raise ValueError(
             f"CRMOGM smooths the weights an aggregation gives one batch's rows; {type(value).__name__} "

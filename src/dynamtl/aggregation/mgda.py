@@ -122,7 +122,8 @@ class MGDA(GradientAggregation):
         ctx.objective.precision.check([gram])
         alpha = self.gram_weights(gram, solver_tolerance(rows))
         self.last_weights = alpha.to(w)
-        ctx.objective.precision.backward((alpha.to(w) * w * ctx.losses).sum())
+        # the graph is kept so that a non-finite gradient can be traced to its task (check_finite)
+        ctx.objective.precision.backward((alpha.to(w) * w * ctx.losses).sum(), retain_graph=ctx.objective.check_finite)
         weighting_backward(ctx, weights, regularizer)
 
     def combine(self, jacobian: Tensor) -> Tensor:

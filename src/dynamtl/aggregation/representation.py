@@ -81,5 +81,7 @@ class OnRepresentation(Aggregation):
         surrogate = (w * ctx.losses).sum()
         for z, piece in zip(ctx.representation, correction):
             surrogate = surrogate + (z * piece.reshape(z.shape).to(z.dtype)).sum()
-        ctx.objective.precision.backward(surrogate)
+        # the graph is kept until the step ends so that a non-finite gradient can be traced to
+        # its task (MultiTask's check_finite), as Sum keeps it
+        ctx.objective.precision.backward(surrogate, retain_graph=ctx.objective.check_finite)
         weighting_backward(ctx, weights, regularizer)
