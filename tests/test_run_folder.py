@@ -226,6 +226,7 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, tmp_path
     assert result.returncode == 1, result.stderr
     assert f"refused to load {run / 'checkpoints' / 'last.pt'}" in result.stderr and "could run code" in result.stderr
     assert "os.system" in result.stderr or "posix.system" in result.stderr  # what it holds is named
+    assert "--checkpoint previous" in result.stderr  # and the checkpoint before it is offered
     assert len(result.stderr.strip().splitlines()) == 1
     assert not marker.exists()
     assert (run / "checkpoints" / "last.pt").read_bytes() == crafted  # left as it is

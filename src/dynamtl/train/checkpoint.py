@@ -233,7 +233,7 @@ def load(path: Path, *, trust: bool = False) -> dict[str, Any]:
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects other than tensors and plain containers ({found}), "
             "which dynamtl never writes; loading it could run code. It was left as it is: do not resume from it "
-            "unless you know where it came from"
+            "unless you know where it came from." + _before_it(path, trust)
         ) from error
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(damaged(path, f"it cannot be read ({error})", trust=trust)) from error
@@ -283,6 +283,16 @@ def _unverifiable(path: Path, problem: str) -> str:
     )
 
 
+def _before_it(path: Path, trust: bool) -> str:
+    """The sentence offering ``previous.pt`` when ``path`` is a refused ``last.pt`` and one is
+    kept (with ``--trust-checkpoint`` kept where it was asked for), else ``""``."""
+    previous = path.with_name("previous.pt")
+    if path.name != "last.pt" or not previous.is_file():
+        return ""
+    flags = ("--trust-checkpoint",) if trust else ()
+    return f" The checkpoint before it is kept: resume from it with `{_resume_command(previous, *flags)}`."
+
+
 def damaged(path: Path, why: str, *, changed: bool = False, readable: bool = True, trust: bool = False) -> str:
     """The message for the checkpoint ``path`` refused because of ``why``, with the way on:
     the checkpoint before it, or training anew. ``changed``: it fails its checksum (reading
@@ -290,10 +300,9 @@ def damaged(path: Path, why: str, *, changed: bool = False, readable: bool = Tru
     one whose content is incomplete); ``trust``: it was asked for with ``--trust-checkpoint``
     (which the command for the previous one keeps)."""
     message = f"the checkpoint {path} is damaged: {why}. It was left as it is."
-    previous = path.with_name("previous.pt")
-    if path.name == "last.pt" and previous.is_file():
-        flags = ("--trust-checkpoint",) if trust else ()
-        message += f" The checkpoint before it is kept: resume from it with `{_resume_command(previous, *flags)}`."
+    offer = _before_it(path, trust)
+    if offer:
+        message += offer
     elif path.name == "previous.pt" and _verified(path.with_name("last.pt")):
         message += (f" The last checkpoint {path.with_name('last.pt')} is intact: resume from it with "
                     f"`{_resume_command(path.with_name('last.pt'))}`.")
