@@ -211,3 +211,12 @@ def test_an_aggregation_that_reads_three_batches_takes_them_from_the_extra_loade
     alone = MultiTaskModule(worker.Net(), worker.tasks(), worker.optimizer, aggregation=dm.MoDo())
     with pytest.raises(ValueError, match=r"'extra': \[2 more loaders"):
         trainer().fit(alone, loaders()["train"])
+
+
+def test_the_weighting_s_and_the_aggregation_s_misfits_are_named_together():
+    """As MultiTask does: every per-task option of both methods that does not fit the tasks."""
+    tasks = worker.tasks()
+    with pytest.raises(dm.OptionsError) as both:
+        MultiTaskModule(worker.Net(), tasks, worker.optimizer, weighting=dm.STCH(ideal={"nope": 0.0}),
+                        aggregation=dm.UPGrad(pref=[1.0] * (len(tasks.names) + 1)))
+    assert "ideal names task(s) ['nope']" in str(both.value) and "UPGrad's option pref has" in str(both.value)

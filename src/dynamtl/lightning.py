@@ -47,7 +47,7 @@ from dynamtl._helpers import check_model_arguments
 from dynamtl.aggregation.base import Aggregation
 from dynamtl.distributed import Replicas
 from dynamtl.objective import Objective
-from dynamtl.step import MultiTask, StepInfo, _claim, _release
+from dynamtl.step import MultiTask, StepInfo, _claim_and_bind, _release
 from dynamtl.tasks import Tasks
 from dynamtl.weighting.base import Weighting
 from dynamtl.weighting.equal import Equal
@@ -99,11 +99,10 @@ class MultiTaskModule(pl.LightningModule):
         self.tasks = tasks
         self.optimizer_factory = optimizer
         # a tuple, so that nn.Module does not register them as submodules (see the module doc)
-        if isinstance(aggregation, Aggregation):  # a per-task option of the wrong length is refused now
-            aggregation.bind(tasks)
-        # one method object per run: refused if another MultiTask(Module) holds it (see _build)
-        self._method = (_claim(weighting or Equal(), self).bind(tasks),
-                        None if aggregation is None else _claim(aggregation, self), representation, check_finite)
+        # one method object per run: refused if another MultiTask(Module) holds it (see _build); a
+        # per-task option of either that does not fit the tasks is refused now, all of them at once
+        methods = _claim_and_bind([weighting or Equal(), *([] if aggregation is None else [aggregation])], self, tasks)
+        self._method = (methods[0], None if aggregation is None else methods[1], representation, check_finite)
         trainable = tuple(name for name, p in model.named_parameters() if p.requires_grad)
         for method in self._method[:2]:
             if method is not None:  # an option naming a parameter the model lacks is refused now

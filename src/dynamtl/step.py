@@ -139,14 +139,7 @@ class MultiTask:
         self.precision = self.objective.precision = Precision(scaler, self.objective.device.type)
         self.tasks = tasks
         self.optimizer = optimizer
-        bound, problems = [], []
-        for method in (weighting or Equal(), aggregation or Sum()):
-            try:  # every option of both that does not fit the tasks is named at once
-                bound.append(_claim(method, self).bind(tasks))
-            except (TypeError, ValueError) as error:
-                problems.append(error)
-        raise_all(problems)
-        self.weighting, self.aggregation = bound
+        self.weighting, self.aggregation = _claim_and_bind((weighting or Equal(), aggregation or Sum()), self, tasks)
         for method in (self.weighting, self.aggregation):
             check_model_arguments(method, tuple(self.objective.params))
         self.check_finite = check_finite
@@ -420,6 +413,20 @@ def _check_kind(value: Any, kind: type, what: str, expected: str) -> None:
 
 
 _OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[Any]] = weakref.WeakKeyDictionary()
+
+
+def _claim_and_bind(methods: Sequence[Any], owner: object, tasks: Tasks | Sequence[str]) -> list[Any]:
+    """``methods`` (a weighting and an aggregation) claimed for ``owner`` (see :func:`_claim`)
+    and bound to ``tasks``; every option of both that does not fit the tasks is named at
+    once (one ``OptionsError`` when there are several)."""
+    bound, problems = [], []
+    for method in methods:
+        try:
+            bound.append(_claim(method, owner).bind(tasks))
+        except (TypeError, ValueError) as error:
+            problems.append(error)
+    raise_all(problems)
+    return bound
 
 
 def _claim(method: nn.Module, owner: object) -> Any:
