@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from dynamtl.cli import main
 from dynamtl.cli.main import MAIN_JOB
 from dynamtl.metrics import MAE, delta_mtl
-from dynamtl.registry import AGGREGATIONS, BENCHMARKS, WEIGHTINGS
+from dynamtl.registry import AGGREGATIONS, BENCHMARKS, PUBLISHED_COMPOSITIONS, WEIGHTINGS, MethodContext, parse_method
 from dynamtl.train.config import read_config_file
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest on a busy machine
@@ -155,6 +155,10 @@ def test_list_names_every_benchmark_and_method():
     for name in [*BENCHMARKS, *WEIGHTINGS, *AGGREGATIONS]:
         assert f"  {name} " in output
     assert "auto-lambda  meta-learning; extra 3" in output and "options: init=0.1, lr=0.0001" in output
+    for name in PUBLISHED_COMPOSITIONS:  # each a composition the command line takes
+        assert f"  {name} " in output
+        weighting, aggregation = parse_method(name).build(MethodContext(("a", "b"), ("a",), False, 0))
+        assert aggregation is not None and weighting is not None
 
 
 @pytest.mark.parametrize(

@@ -185,6 +185,11 @@ def _declared(package: types.ModuleType, base: type[nn.Module], default: str) ->
 
 STL = Facts("stl", "Single-task models", "single-task", "one model per task: the reference of Δ_MTL")
 
+PUBLISHED_COMPOSITIONS: dict[str, str] = {
+    "imtl-l+imtl-g": "IMTL, the hybrid of Liu et al., Towards Impartial Multi-task Learning, ICLR 2021",
+}
+"""A published method that is a weighting composed with an aggregation -> its paper."""
+
 WEIGHTINGS: dict[str, Method] = {
     m.name: m
     for m in [*_declared(_weighting_package, Weighting, "equal"), method_of(Equal, STL, single_task=True)]

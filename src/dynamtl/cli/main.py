@@ -27,6 +27,7 @@ from dynamtl.cli.gather import Gathering, gathering
 from dynamtl.registry import (
     AGGREGATIONS,
     BENCHMARKS,
+    PUBLISHED_COMPOSITIONS,
     WEIGHTINGS,
     Method,
     RegistryError,
@@ -365,6 +366,9 @@ def list_() -> None:
         click.echo(f"\n{title} (extra passes per step: forward / backward, T tasks):")
         for method in table.values():
             click.echo(_method_line(method))
+    click.echo("\nPublished compositions:")
+    for name, paper in PUBLISHED_COMPOSITIONS.items():
+        click.echo(f"  {name:<12} {paper}")
     click.echo("\nCompose as WEIGHTING+AGGREGATION (e.g. auto-lambda+cagrad); set options with --option NAME=VALUE.")
 
 
