@@ -105,7 +105,7 @@ def test_weights_figure_draws_the_logged_weights_one_line_per_task(tmp_path):
         assert list(line.get_xdata()) == [1, 2, 3]
         assert list(line.get_ydata()) == values
     assert len({line.get_color() for line in lines}) == 3
-    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["seg", "depth", "noise"]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["seg", "depth", "noise"]
     title = figure.get_suptitle()
     assert "hydalearn" in title and "nyuv2" in title
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("step", "task weight")
@@ -318,3 +318,29 @@ def test_split_chooses_the_results_read():
 def test_table_errors_name_the_fix(results, message):
     with pytest.raises(ValueError, match=message):
         compare_table(results, {"a": [ACCURACY]})
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@needs_matplotlib
+@pytest.mark.parametrize(
+    ("method", "weights"),
+    [
+        ("upgrad", {"income": [1.0] * 3, "marital": [1.0] * 3, "education": [1.0] * 3}),
+        ("excess-mtl+cr-mogm", {"income": [0.9, 1.1, 1.0], "marital_status_long": [1.0, 0.8, 1.2],
+                                "education": [1.0, 1.0, 0.7]}),
+    ],
+)
+def test_the_weights_title_and_legend_do_not_overlap(tmp_path, method, weights):
+    """A constant-weight run (an aggregation alone) labels its legend with every task: the
+    figure title must not run under that legend (it did: "… (constant over training)")."""
+    import matplotlib.backends.backend_agg as agg
+
+    figure = weights_figure(write_run(tmp_path / "run", weights, method=method, benchmark="census"))
+    renderer = agg.FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    title = figure._suptitle.get_window_extent(renderer)
+    legends = [legend.get_window_extent(renderer) for legend in figure.legends + [a.get_legend() for a in figure.axes if a.get_legend()]]
+    assert legends and not any(_overlap(title, legend) for legend in legends)

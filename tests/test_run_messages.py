@@ -173,7 +173,7 @@ def test_plots_of_a_single_task_baseline_and_of_constant_weights_show_what_they_
     figure = weights_figure(equal)
     lines = figure.axes[0].get_lines()
     assert len(lines) == 1  # three tasks of weight 1: one line, not three drawn over each other
-    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["main, aux, noise: 1"]
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["main, aux, noise: 1"]
     assert "constant over training" in figure._suptitle.get_text()
 
 

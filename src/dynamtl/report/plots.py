@@ -127,12 +127,12 @@ def weights_figure(run_dir: Path, *, smooth: int = 1, aggregation: bool = False)
             axes.plot(log.steps, [value] * len(log.steps), color=colours[tasks[0]], linewidth=1.5,
                       label=f"{', '.join(tasks)}: {value:.3g}")
         axes.grid(alpha=0.3)
-        figure.legend(loc="outside right upper", title="constant weight", fontsize="small")
+        _legend_beside(axes, *axes.get_legend_handles_labels(), title="constant weight")
         figure.suptitle(f"{title} — {_describe(run_dir)} (constant over training)")
         return figure
     _draw_weights(axes, log, colours, smooth)
     figure.suptitle(f"{title} — {_describe(run_dir)}{_smoothing_note(smooth)}")
-    _task_legend(figure, colours)
+    _task_legend(axes, colours)
     return figure
 
 
@@ -380,12 +380,24 @@ def _task_colours(tasks: Sequence[str]) -> dict[str, Any]:
     return {task: colour(i) for i, task in enumerate(tasks)}
 
 
-def _task_legend(figure: Figure, colours: Mapping[str, Any]) -> None:
+def _task_legend(where: Figure | Axes, colours: Mapping[str, Any]) -> None:
+    """The task legend right of the panels: of a figure (several panels) or of one panel's axes."""
     handles = [_matplotlib().lines.Line2D([], [], color=colour, linewidth=2) for colour in colours.values()]
-    figure.legend(
+    if isinstance(where, _matplotlib().axes.Axes):
+        _legend_beside(where, handles, list(colours), title="task", ncols=math.ceil(len(colours) / 20))
+        return
+    where.legend(
         handles, list(colours), loc="outside right upper", title="task", fontsize="small",
         ncols=math.ceil(len(colours) / 20),
     )
+
+
+def _legend_beside(axes: Axes, handles: Sequence[Any], labels: Sequence[str], **options: Any) -> None:
+    """A legend right of one panel, its top at the panel's top: below the figure's title,
+    which a figure legend ("outside right upper") reaches up into when its labels are long
+    (every task named on one line of a constant weight). The constrained layout makes room."""
+    axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                fontsize="small", **options)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -396,6 +408,7 @@ def _matplotlib() -> ModuleType:
     """matplotlib with the submodules used here, or an error saying how to install it."""
     try:
         import matplotlib
+        import matplotlib.axes
         import matplotlib.figure
         import matplotlib.lines
         import matplotlib.ticker
