@@ -38,6 +38,19 @@ METHODS = {
     "nash-mtl": lambda: {"aggregation": dm.NashMTL()},
     "aligned-mtl": lambda: {"aggregation": dm.AlignedMTL()},
     "gradvac": lambda: {"aggregation": dm.GradVac()},
+    "gradvac-layer": lambda: {"aggregation": dm.GradVac(granularity="layer")},
+    "upgrad": lambda: {"aggregation": dm.UPGrad()},
+    "dualproj": lambda: {"aggregation": dm.DualProj()},
+    "config": lambda: {"aggregation": dm.ConFIG()},
+    "moco": lambda: {"aggregation": dm.MoCo()},
+    "fairgrad": lambda: {"aggregation": dm.FairGrad()},
+    "cr-mogm-upgrad": lambda: {"aggregation": dm.CRMOGM(dm.UPGrad())},
+    "upgrad-representation": lambda: {"aggregation": dm.OnRepresentation(dm.UPGrad())},
+    "excess-mtl": lambda: {"weighting": dm.ExcessMTL()},
+    "stch": lambda: {"weighting": dm.STCH()},
+    "db-mtl": lambda: {"weighting": dm.DBMTL()},
+    "gls": lambda: {"weighting": dm.GLS()},
+    "imtl": lambda: {"weighting": dm.IMTLL(), "aggregation": dm.IMTLG()},
 }
 
 
@@ -57,9 +70,13 @@ def batch(seed: int):
     return torch.randn(16, 6, generator=g), {t: torch.randn(16, generator=g) + i for i, t in enumerate(TASKS)}
 
 
-def train(model: torch.nn.Module, module: torch.nn.Module, method: str) -> list[torch.Tensor]:
+def train(model: torch.nn.Module, module: torch.nn.Module, method: str, compile_submodules: bool = False) -> list[torch.Tensor]:
     torch.manual_seed(0)
     module.load_state_dict(Net().state_dict())
+    if compile_submodules:  # through AOTAutograd, as the default backend does
+        module.trunk = torch.compile(module.trunk, backend="aot_eager")
+        for task in TASKS:
+            module.heads[task] = torch.compile(module.heads[task], backend="aot_eager")
     opt = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
     tasks = dm.Tasks(dict.fromkeys(TASKS, F.mse_loss))
     mtl = dm.MultiTask(model, tasks, opt, representation="trunk", **METHODS[method]())
@@ -87,3 +104,44 @@ def test_parameter_names_are_the_modules_own() -> None:
     mtl = dm.MultiTask(torch.compile(module, backend="eager"), dm.Tasks(dict.fromkeys(TASKS, F.mse_loss)),
                        torch.optim.SGD(module.parameters(), lr=0.1), representation="trunk")
     assert set(mtl.objective.params) == {n for n, _ in module.named_parameters()}
+
+
+class TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU())
+        self.a, self.b = torch.nn.Linear(12, 1), torch.nn.Linear(12, 1)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return {"a": self.a(h).squeeze(1), "b": self.b(h).squeeze(1)}
+
+
+@pytest.mark.parametrize("aggregation", [lambda: dm.OnRepresentation(dm.UPGrad()), lambda: dm.MGDA(upper_bound=True)])
+def test_a_representation_aggregation_on_a_model_compiled_as_a_whole_names_the_fix(aggregation) -> None:
+    """Through AOTAutograd (as with the default backend) the hook on the representation
+    module does not run in the compiled graph: the error names torch.compile and how to
+    compile instead (it said to pass ``representation=``, which the user had done)."""
+    torch._dynamo.reset()
+    module = TwoHeads()
+    tasks = dm.Tasks(dict.fromkeys("ab", F.mse_loss))
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    mtl = dm.MultiTask(torch.compile(module, backend="aot_eager"), tasks, opt, aggregation=aggregation(),
+                       representation="trunk")
+    x, y = batch(0)
+    with pytest.raises(ValueError, match=r"compile'd as a whole.*model\.trunk = torch\.compile\(model\.trunk\)"):
+        for _ in range(3):  # the first call traces the model, with the hook; the compiled graph runs without
+            before = [p.detach().clone() for p in module.parameters()]
+            mtl.step((x, {"a": y["a"], "b": y["b"]}))
+    assert all(torch.equal(p, q) for p, q in zip(module.parameters(), before))
+
+
+def test_a_representation_aggregation_trains_with_its_submodules_compiled() -> None:
+    """The fix that message gives: compiled submodules, the model itself uncompiled."""
+    torch._dynamo.reset()
+    module = Net()
+    found = train(module, module, "upgrad-representation", compile_submodules=True)
+    eager = Net()
+    expected = train(eager, eager, "upgrad-representation")
+    for f, e in zip(found, expected):
+        torch.testing.assert_close(f, e)

@@ -159,16 +159,15 @@ class StepContext:
         Z holds this process's samples only: the rows are not averaged (their Gram matrix
         can be)."""
         if not self.representation:
-            raise ValueError(
-                "no shared representation was captured: build MultiTask(..., representation='NAME') "
-                "with the name of the submodule whose output the task heads read"
-            )
+            raise ValueError(self.objective.no_representation())
         rows = []
-        for loss in self.task_losses:
+        for task, loss in zip(self.objective.tasks.names, self.task_losses):
             if not loss.requires_grad:  # no graph in this step: a zero row
                 rows.append(torch.cat([torch.zeros_like(z).reshape(-1) for z in self.representation]))
                 continue
             grads = self.objective.precision.local_gradients(loss, self.representation, retain_graph=True)
+            if all(g is None for g in grads):  # a zero row here would silently freeze the shared layers
+                raise ValueError(self.objective.no_representation(task))
             flat = [(torch.zeros_like(z) if g is None else g).reshape(-1) for z, g in zip(self.representation, grads)]
             rows.append(torch.cat(flat))
         return torch.stack(rows)

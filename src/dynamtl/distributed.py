@@ -52,6 +52,17 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is, or wraps, a ``torch.compile``d module (its forward pass runs as
+    compiled graphs, in which hooks on its submodules do not run as in eager mode)."""
+    while True:
+        if _compiled(model) is not None:
+            return True
+        if not isinstance(model, DistributedDataParallel):
+            return False
+        model = model.module
+
+
 def _compiled(model: nn.Module) -> nn.Module | None:
     """The original module of a ``torch.compile``d one (without importing torch._dynamo:
     nothing was compiled if it is not loaded)."""

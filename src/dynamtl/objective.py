@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from dynamtl.distributed import Replicas, unwrap
+from dynamtl.distributed import Replicas, compiled, unwrap
 from dynamtl.nonfinite import check_losses
 from dynamtl.precision import Precision, float32_loss
 from dynamtl.tasks import Tasks
@@ -82,6 +82,7 @@ class Objective:
         self.replicas = Replicas.of(model)
         self.tasks = tasks
         self.representation: list[Tensor] = []
+        self.representation_name = representation
         self._capturing = False
         if representation is not None:
             _submodule(self.module, representation).register_forward_hook(self._capture)
@@ -150,6 +151,31 @@ class Objective:
         if self.check_finite and not self.replicas.distributed:
             check_losses(losses, self.tasks.names if only is None else only, pass_name)
         return losses
+
+    def no_representation(self, task: str | None = None) -> str:
+        """Why no representation was captured in the step's forward pass (or, with ``task``,
+        why that task's loss does not depend on the captured one), and the fix."""
+        name = self.representation_name
+        if name is None:
+            return (
+                "no shared representation was captured: build MultiTask(..., representation='NAME') "
+                "with the name of the submodule whose output the task heads read"
+            )
+        what = (
+            f"the loss of task {task!r} does not depend on the output of {name!r} captured in the forward pass"
+            if task is not None
+            else f"no shared representation was captured from {name!r}"
+        )
+        if compiled(self.model):
+            return (
+                f"{what}: the model is torch.compile'd as a whole, and inside its compiled graph the hook that reads "
+                f"{name!r}'s output does not see the tensor the heads use; compile its submodules instead "
+                f"(model.{name} = torch.compile(model.{name}), and the heads likewise) and give MultiTask the "
+                "uncompiled model"
+            )
+        if task is not None:
+            return f"{what}: name as representation the submodule whose output every task's head reads"
+        return f"{what}: the submodule {name!r} was not called in the forward pass; name the one the task heads read"
 
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
         """Forward hook of the representation module: keep Z of the real forward pass."""
