@@ -70,7 +70,9 @@ def batch(seed: int):
     return torch.randn(16, 6, generator=g), {t: torch.randn(16, generator=g) + i for i, t in enumerate(TASKS)}
 
 
-def train(model: torch.nn.Module, module: torch.nn.Module, method: str, compile_submodules: bool = False) -> list[torch.Tensor]:
+def train(
+    model: torch.nn.Module, module: torch.nn.Module, method: str, compile_submodules: bool = False
+) -> list[torch.Tensor]:
     torch.manual_seed(0)
     module.load_state_dict(Net().state_dict())
     if compile_submodules:  # through AOTAutograd, as the default backend does

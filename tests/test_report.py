@@ -342,5 +342,6 @@ def test_the_weights_title_and_legend_do_not_overlap(tmp_path, method, weights):
     renderer = agg.FigureCanvasAgg(figure).get_renderer()
     figure.draw(renderer)
     title = figure._suptitle.get_window_extent(renderer)
-    legends = [legend.get_window_extent(renderer) for legend in figure.legends + [a.get_legend() for a in figure.axes if a.get_legend()]]
+    every = figure.legends + [a.get_legend() for a in figure.axes if a.get_legend()]
+    legends = [legend.get_window_extent(renderer) for legend in every]
     assert legends and not any(_overlap(title, legend) for legend in legends)
