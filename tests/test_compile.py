@@ -147,3 +147,61 @@ def test_a_representation_aggregation_trains_with_its_submodules_compiled() -> N
     expected = train(eager, eager, "upgrad-representation")
     for f, e in zip(found, expected):
         torch.testing.assert_close(f, e)
+
+
+@pytest.mark.parametrize("make", [lambda: {"aggregation": dm.UPGrad()}, lambda: {"aggregation": dm.MGDA()},
+                                  lambda: {"weighting": dm.DBMTL()}, lambda: {"weighting": dm.GradNorm()}],
+                         ids=["upgrad", "mgda", "db-mtl", "gradnorm"])
+@pytest.mark.parametrize("in_place", [False, True], ids=["torch.compile", "module.compile"])
+def test_per_task_gradients_on_a_model_compiled_as_a_whole_are_refused(make, in_place) -> None:
+    """Through AOTAutograd (as with the default backend) the backward of a model compiled as a
+    whole is one node: it gives task b's head a zero gradient from task a's loss instead of
+    none, so the heads were taken as shared and weighted like the trunk (a silent wrong
+    step). The step is refused with the fix, the model unchanged; compiling the submodules
+    instead trains as the eager model does."""
+    torch._dynamo.reset()
+    module = TwoHeads()
+    if in_place:
+        module.compile(backend="aot_eager")
+        model = module
+    else:
+        model = torch.compile(module, backend="aot_eager")
+    tasks = dm.Tasks(dict.fromkeys("ab", F.mse_loss))
+    mtl = dm.MultiTask(model, tasks, torch.optim.SGD(module.parameters(), lr=0.1), **make())
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(ValueError, match=r"compile'd as a whole.*compile its submodules instead"):
+        mtl.step(batch(0))
+    assert all(torch.equal(p, q) for p, q in zip(module.parameters(), before))
+
+    torch._dynamo.reset()
+    steps = []
+    for compile_submodules in (True, False):
+        torch.manual_seed(0)
+        net = TwoHeads()
+        if compile_submodules:
+            net.trunk, net.a, net.b = (torch.compile(m, backend="aot_eager") for m in (net.trunk, net.a, net.b))
+        run = dm.MultiTask(net, tasks, torch.optim.SGD(net.parameters(), lr=0.1), **make())
+        for i in range(2):
+            run.step(batch(i))
+        steps.append([p.detach().clone() for p in net.parameters()])
+    for compiled_p, eager_p in zip(*steps):
+        torch.testing.assert_close(compiled_p, eager_p, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [dm.DWA, lambda: dm.HydaLearn(main="a")], ids=["dwa", "hydalearn"])
+def test_a_method_without_the_heads_apart_on_a_model_compiled_as_a_whole_trains_as_the_eager_one(make) -> None:
+    """Loss weightings with Sum need no per-task gradients, HydaLearn's gains are inner
+    products (a zero gradient is as none): nothing is refused, the steps are the eager ones."""
+    torch._dynamo.reset()
+    tasks = dm.Tasks(dict.fromkeys("ab", F.mse_loss))
+    found = []
+    for whole in (True, False):
+        torch.manual_seed(0)
+        net = TwoHeads()
+        model = torch.compile(net, backend="aot_eager") if whole else net
+        run = dm.MultiTask(model, tasks, torch.optim.SGD(net.parameters(), lr=0.1), weighting=make())
+        for i in range(2):
+            run.step(batch(i), meta_batch=batch(100 + i))
+        found.append([p.detach().clone() for p in net.parameters()])
+    for a, b in zip(*found):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dynamtl.distributed import compiled
 from dynamtl.lookahead import LookAhead
 from dynamtl.nonfinite import NonFiniteLossError, check_gradients
 from dynamtl.objective import Objective, RngState
@@ -72,7 +73,7 @@ class StepContext:
         """The current parameter values, detached (for functional evaluations)."""
         return {n: p.detach() for n, p in self.params.items()}
 
-    def task_gradients(self) -> list[Gradients]:
+    def task_gradients(self, heads_apart: bool = True) -> list[Gradients]:
         """∇θ L_k for every task k (``None`` where L_k does not depend on a parameter).
 
         Computed once per step by one backward pass per task through the shared graph
@@ -86,7 +87,15 @@ class StepContext:
         :class:`~dynamtl.NonFiniteLossError` naming the task. Under loss scaling they are
         the true (unscaled) gradients, and a non-finite one is an overflow of the scale:
         :class:`~dynamtl.precision.GradientOverflow` (checked first).
+
+        ``heads_apart``: the caller tells the shared parameters from a task's own ones by
+        which gradients are ``None`` (every gradient aggregation and gradient weighting);
+        ``ValueError`` then for a model ``torch.compile``'d as a whole, whose compiled
+        backward gives every parameter a gradient. ``False`` for a caller to which a zero
+        gradient and none are the same (HydaLearn's gains are inner products).
         """
+        if heads_apart:
+            self._refuse_a_whole_compiled_backward(self.task_losses, "training")
         if self._task_gradients is None:
             self._task_gradients = self._gradients(self.task_losses, "training")
         return self._task_gradients
@@ -101,6 +110,7 @@ class StepContext:
         pass per task. Dropout draws new masks. Errors name the pass
         (``"extra batch 1"``...); a task with no graph on an extra batch has a zero row there.
         """
+        self._refuse_a_whole_compiled_backward(self.task_losses, "training")
         if self._extra_gradients is None:
             params = dict(self.params)  # the parameters themselves: the graph reaches them
             self._extra_gradients = []
@@ -127,6 +137,27 @@ class StepContext:
             check_gradients([list(g.values()) for g in out], self.objective.tasks.names, pass_name)
         return out
 
+    def _refuse_a_whole_compiled_backward(self, task_losses: list[Tensor], pass_name: str) -> None:
+        """``ValueError`` when the model is ``torch.compile``'d as a whole through AOTAutograd
+        (the default backend): its backward is one node, which gives every parameter a
+        gradient, zeros for the heads of the other tasks, instead of none, so the per-task
+        gradients cannot tell a task's head from the shared parameters and the heads would be
+        weighted like them. Checked once per objective (on the first losses with a graph)."""
+        objective = self.objective
+        if objective.whole_compiled_backward is None:
+            if not compiled(objective.model):
+                objective.whole_compiled_backward = False
+            elif any(loss.requires_grad for loss in task_losses):
+                objective.whole_compiled_backward = any(_reaches_compiled_backward(loss) for loss in task_losses)
+        if objective.whole_compiled_backward:
+            raise ValueError(
+                f"{pass_name}: the model is torch.compile'd as a whole, and its compiled backward gives every "
+                "parameter a gradient (zeros where a task's loss does not reach it), so the per-task gradients "
+                "cannot tell a task's head from the shared parameters; compile its submodules instead "
+                "(model.trunk = torch.compile(model.trunk), and each head likewise) and give MultiTask the "
+                "uncompiled model, or use a method that needs no per-task gradients (a loss weighting with Sum)"
+            )
+
     def check_combined_gradient(self, grads: Sequence[Tensor | None], pass_name: str) -> None:
         """With the objective's ``check_finite``: if a gradient combined from the task losses
         (``grads``, one per parameter) holds a NaN or an infinity, raise
@@ -138,7 +169,7 @@ class StepContext:
             return
         if bool(torch.stack([g.isfinite().all() for g in present]).all()):
             return
-        self.task_gradients()  # raises, naming the tasks, if one of theirs is not finite
+        self.task_gradients(heads_apart=False)  # raises, naming the tasks, if one of theirs is not finite
         dtypes = sorted({str(g.dtype).removeprefix("torch.") for g in present})
         error = NonFiniteLossError("combined gradient", pass_name, {})
         error.cause = (
@@ -191,3 +222,17 @@ def widened(values: Tensor) -> Tensor:
     the dtype in which methods take products, norms and differences of a half-precision
     model's gradients and losses."""
     return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+
+
+def _reaches_compiled_backward(loss: Tensor) -> bool:
+    """Whether the autograd graph of ``loss`` holds a node of AOTAutograd's compiled backward."""
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "CompiledFunction" in type(node).__name__:
+            return True
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return False

@@ -56,8 +56,8 @@ def compiled(model: nn.Module) -> bool:
     """Whether ``model`` is, or wraps, a ``torch.compile``d module (its forward pass runs as
     compiled graphs, in which hooks on its submodules do not run as in eager mode)."""
     while True:
-        if _compiled(model) is not None:
-            return True
+        if _compiled(model) is not None or getattr(model, "_compiled_call_impl", None) is not None:
+            return True  # torch.compile(model), or model.compile() in place
         if not isinstance(model, DistributedDataParallel):
             return False
         model = model.module

@@ -94,6 +94,9 @@ class Objective:
         self.device = next(iter(self.params.values())).device
         self.precision = Precision(device_type=self.device.type)  # MultiTask(..., scaler=...) sets its own
         self.check_finite = False
+        # whether the model's backward is one compiled node (torch.compile of the whole model),
+        # which per-task gradients cannot use; None until the first per-task gradients
+        self.whole_compiled_backward: bool | None = None
 
     def losses(
         self,

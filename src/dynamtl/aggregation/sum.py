@@ -23,7 +23,7 @@ class Sum(Aggregation):
     def backward(self, ctx: StepContext, weights: Tensor, regularizer: Tensor | None) -> None:
         self.last_weights = torch.ones_like(weights.detach())
         if ctx.has_task_gradients:
-            accumulate(ctx, combine_gradients(ctx.task_gradients(), weights.detach()))
+            accumulate(ctx, combine_gradients(ctx.task_gradients(heads_apart=False), weights.detach()))
             weighting_backward(ctx, weights, regularizer)
             return
         total = (weights * ctx.losses).sum()

@@ -107,7 +107,7 @@ class HydaLearn(Weighting):
         self.main = task_indices(self.task_names or (), self.main_names, role="main")
 
     def weights(self, ctx: StepContext) -> Tensor:
-        grads = ctx.task_gradients()
+        grads = ctx.task_gradients(heads_apart=False)  # inner products: a zero gradient is as none
         rates = self._step_sizes(ctx)
         if self.gain == "first_order":
             main_grad = self._main_gradient(ctx, grads)
