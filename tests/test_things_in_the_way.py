@@ -1,0 +1,64 @@
+"""A folder in the way of a file of a run folder is named as such, with a way on that
+works: ``checkpoints/checksums.json`` (not "missing", since ``--trust-checkpoint`` could
+not record the checksum there), ``config.json`` and the logs (no "previous version kept"
+when the previous version is that folder). Real runs, real folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+DYNAMTL = [sys.executable, "-m", "dynamtl.cli"]
+
+
+def dynamtl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*DYNAMTL, *args], env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def unfinished_run(tmp_path):
+    run = tmp_path / "run"
+    trained = dynamtl("train", "--benchmark", "drift", "--limit", "200", "--epochs", "2", "--threads", "1", "--quiet",
+                      "--out", str(run))
+    assert trained.returncode == 0, trained.stderr
+    (run / "results.json").unlink()  # an unfinished run: resume rebuilds it from its checkpoint
+    return run
+
+
+def test_a_folder_in_place_of_checksums_json_is_named_and_the_way_on_works(tmp_path):
+    run = unfinished_run(tmp_path)
+    checksums = run / "checkpoints" / "checksums.json"
+    checksums.unlink()
+    checksums.mkdir()
+    refused = dynamtl("resume", str(run), "--quiet")
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert f"{checksums} is not a file (a folder or another non-file is in its place)" in refused.stderr
+    assert "is missing" not in refused.stderr
+    assert f"Move {checksums} out of the way" in refused.stderr
+    trust = f"`{' '.join(DYNAMTL)} resume {run} --trust-checkpoint`"
+    assert trust in refused.stderr
+    assert checksums.is_dir()  # left as it is
+    checksums.rename(tmp_path / "moved")
+    resumed = dynamtl("resume", str(run), "--quiet", "--trust-checkpoint")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "results.json").is_file() and checksums.is_file()
+
+
+def test_a_folder_in_place_of_config_json_or_steps_jsonl_is_not_called_its_previous_version(tmp_path):
+    run = unfinished_run(tmp_path)
+    for name in ("config.json", "steps.jsonl"):
+        path = run / name
+        path.rename(tmp_path / name)
+        path.mkdir()
+        refused = dynamtl("resume", str(run), "--quiet")
+        assert refused.returncode == 1, refused.stderr
+        assert f"cannot write {name} in {run}: a folder is in the way of the file" in refused.stderr
+        assert "previous version is kept" not in refused.stderr, refused.stderr
+        assert f"move {path} out of the way" in refused.stderr
+        path.rmdir()
+        (tmp_path / name).rename(path)
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "results.json").is_file()
