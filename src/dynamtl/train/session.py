@@ -223,7 +223,9 @@ class _Session:
             listed = "".join(f"\n  - {d}" for d in differences)
             raise checkpoint.CheckpointError(
                 f"the checkpoint {path} was made under another configuration or environment:{listed}\n"
-                f"resume with the same settings (OMP_NUM_THREADS, versions), or accept the changes with "
+                "resume with the same settings (put back what changed: a setting edited in config.json — "
+                "`threads` too, which resume takes from config.json, not from OMP_NUM_THREADS — or the dynamtl "
+                f"and torch versions), or accept the changes with "
                 f"`{suggested('resume', self.folder.root, '--allow-changes')}` (results may then differ from an "
                 "uninterrupted run); or start a new run in another folder"
             )

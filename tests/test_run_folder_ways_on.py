@@ -1,10 +1,12 @@
-"""A folder in the way of a file of a run folder is named as such, with a way on that
-works: ``checkpoints/checksums.json`` (not "missing", since ``--trust-checkpoint`` could
-not record the checksum there), ``config.json`` and the logs (no "previous version kept"
-when the previous version is that folder). Real runs, real folders."""
+"""The ways on that run-folder messages give lead somewhere: a folder in the way of
+``checkpoints/checksums.json`` is named as such (not "missing", since ``--trust-checkpoint``
+could not record the checksum there); no "previous version kept" for ``config.json`` or a log
+when that previous version is a folder; a changed thread count points at ``config.json``
+(resume takes it from there), not at ``OMP_NUM_THREADS``. Real runs, real folders."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +64,17 @@ def test_a_folder_in_place_of_config_json_or_steps_jsonl_is_not_called_its_previ
     resumed = dynamtl("resume", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert (run / "results.json").is_file()
+
+
+def test_another_thread_count_in_config_json_is_refused_pointing_at_config_json_not_omp_num_threads(tmp_path):
+    run = unfinished_run(tmp_path)
+    config = run / "config.json"
+    recorded = json.loads(config.read_text())
+    config.write_text(json.dumps({**recorded, "threads": 2}))
+    refused = dynamtl("resume", str(run), "--quiet")
+    assert refused.returncode == 1, refused.stderr
+    assert "threads: 1 before, 2 now" in refused.stderr
+    assert "which resume takes from config.json, not from OMP_NUM_THREADS" in refused.stderr, refused.stderr
+    config.write_text(json.dumps(recorded))  # put back as the message says
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
