@@ -78,3 +78,14 @@ def test_another_thread_count_in_config_json_is_refused_pointing_at_config_json_
     config.write_text(json.dumps(recorded))  # put back as the message says
     resumed = dynamtl("resume", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_an_environment_edited_in_config_json_is_named_and_put_right_on_resume(tmp_path):
+    run = unfinished_run(tmp_path)
+    config = run / "config.json"
+    recorded = json.loads(config.read_text())
+    config.write_text(json.dumps({**recorded, "environment": {**recorded["environment"], "torch": "9.9"}}))
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{config}: its 'environment' block" in resumed.stderr and "'9.9'" in resumed.stderr, resumed.stderr
+    assert json.loads(config.read_text())["environment"] == recorded["environment"]
