@@ -224,28 +224,28 @@ def compare(config_file: Path | None, methods: str | None, seeds: str | None, co
     --benchmark it runs the main job (the embedded main_job.toml). The runs train in
     --jobs worker processes, each with --threads torch threads; the table does not depend
     on --jobs."""
-    main_job = config_file is None and flags.get("benchmark") is None
-    config_file = MAIN_JOB if main_job else config_file
-    with gathering() as problems:
-        values = _settings(config_file, flags, problems)
-        listed = {key: values.pop(key, None) for key in COMPARE_KEYS}
-        method_list = _listed(methods if methods is not None else listed["methods"], "methods", str, problems)
-        seed_list = _listed(seeds if seeds is not None else listed["seeds"], "seeds", int, problems) or [0]
-        base, found = RunConfig.parsed(values, _source(config_file))
-        problems += found
-        variants = listed["variants"] or {}
-        if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
-            problems.append("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
-            variants = {}
-        if methods is not None:  # --methods replaces the file's list: its variants are there to be chosen from
-            variants = {name: variant for name, variant in variants.items() if name in method_list}
-        runner = _engine(engine, jobs, _parse_pairs(engine_options, "--engine-option", problems), problems)
-        plan_comparison(base, method_list, seed_list, variants)
-    if main_job:
-        click.echo(f"no --benchmark given: running the main job ({MAIN_JOB})")
-    out = out or Path("comparisons") / base.benchmark
-    with_controls = controls if controls is not None else listed["controls"] is not False
-    try:
+    try:  # Ctrl-C while the comparison is planned (its data read, its runs looked up) too
+        main_job = config_file is None and flags.get("benchmark") is None
+        config_file = MAIN_JOB if main_job else config_file
+        with gathering() as problems:
+            values = _settings(config_file, flags, problems)
+            listed = {key: values.pop(key, None) for key in COMPARE_KEYS}
+            method_list = _listed(methods if methods is not None else listed["methods"], "methods", str, problems)
+            seed_list = _listed(seeds if seeds is not None else listed["seeds"], "seeds", int, problems) or [0]
+            base, found = RunConfig.parsed(values, _source(config_file))
+            problems += found
+            variants = listed["variants"] or {}
+            if not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values()):
+                problems.append("variants must be a table of tables: [variants.NAME] method = \"SPEC\", OPTION = VALUE")
+                variants = {}
+            if methods is not None:  # --methods replaces the file's list: its variants are there to be chosen from
+                variants = {name: variant for name, variant in variants.items() if name in method_list}
+            runner = _engine(engine, jobs, _parse_pairs(engine_options, "--engine-option", problems), problems)
+            plan_comparison(base, method_list, seed_list, variants)
+        if main_job:
+            click.echo(f"no --benchmark given: running the main job ({MAIN_JOB})")
+        out = out or Path("comparisons") / base.benchmark
+        with_controls = controls if controls is not None else listed["controls"] is not False
         comparison = run_comparison(base, method_list, seed_list, out, progress=not quiet, variants=variants,
                                     controls=with_controls, engine=runner, say=click.echo)
     except RunsFailed as failed:

@@ -54,6 +54,7 @@ IGNORED_FOR_COMPATIBILITY = ("root",)
 """Config fields that may differ between a checkpoint and the run resuming it (the data
 folder may move; the data it holds must not)."""
 CHECKSUMS = "checksums.json"
+NOT_A_FILE = "is not a file (a folder or another non-file is in its place)"
 KEPT_CHECKSUMS = 4
 
 
@@ -166,6 +167,8 @@ def recorded_checksums(checkpoints: Path) -> tuple[list[str], str]:
     is wrong with that record (missing, unreadable, not the JSON dynamtl writes): a record
     that cannot be read says nothing about the checkpoints themselves."""
     path = checkpoints / CHECKSUMS
+    if path.exists() and not path.is_file():
+        return [], NOT_A_FILE
     if not path.is_file():
         return [], "is missing"
     try:
@@ -275,6 +278,14 @@ def _resume_command(path: Path, *flags: str) -> str:
 
 
 def _unverifiable(path: Path, problem: str) -> str:
+    if problem == NOT_A_FILE:  # --trust-checkpoint could not record the checksum anew there
+        return (
+            f"cannot verify the checkpoint {path}: its checksum record {path.parent / CHECKSUMS} {problem}. This "
+            f"says nothing about the checkpoint itself, which was left as it is. Move {path.parent / CHECKSUMS} out "
+            f"of the way (or put the run's checksums.json back), then resume with "
+            f"`{_resume_command(path, '--trust-checkpoint')}` if the run folder has not been tampered with (or "
+            f"`{_resume_command(path)}` if you put the record back)"
+        )
     return (
         f"cannot verify the checkpoint {path}: its checksum record {path.parent / CHECKSUMS} {problem}. This says "
         f"nothing about the checkpoint itself, which was left as it is. If the run folder has not been tampered "

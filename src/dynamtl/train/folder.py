@@ -186,7 +186,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         replace_durably(path, data)
     except OSError as error:
-        raise write_error(path, error, "its previous version is kept" if path.exists() else "") from error
+        raise write_error(path, error, "its previous version is kept" if path.is_file() else "") from error
 
 
 def replace_durably(path: Path, data: bytes) -> None:

@@ -17,6 +17,7 @@ run with :class:`RunStopped`, whose message is the command that continues it. A 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -186,7 +187,7 @@ class _Session:
         self.skipped, self.last_weights = 0, torch.zeros(0)
         self.seconds = {"train": 0.0, "eval": 0.0}
         written = folder if processes.main else None
-        if processes.main and (state is None or changes):
+        if processes.main and (state is None or changes or self._environment_edited(folder)):
             write_json_atomic(folder.config, {**config.to_dict(), ENVIRONMENT: self.environment})
         if state is None:
             self.log = RunLog(written)
@@ -206,6 +207,21 @@ class _Session:
                 logger.warning("%s", repair)
                 self.log.event("log-repair", repair=repair)
 
+    def _environment_edited(self, folder: RunFolder) -> bool:
+        """Whether ``config.json``'s ``environment`` block (a copy for reading: the
+        environment is measured and compared with the checkpoint's record) differs from the
+        one measured now, saying so: it is then rewritten."""
+        try:
+            recorded = json.loads(folder.config.read_text()).get(ENVIRONMENT)
+        except (OSError, ValueError, AttributeError):
+            return False  # a missing or damaged config.json is handled (rewritten) before
+        if recorded == self.environment:
+            return False
+        logger.warning("%s: its %r block (%s) is not this run's environment (%s), which is what resume compares "
+                       "with the checkpoint's record; it was rewritten", folder.config, ENVIRONMENT, recorded,
+                       self.environment)
+        return True
+
     def _checked_checkpoint(self, which: str, allow_changes: bool, trust: bool) -> tuple[dict[str, Any], list[str]]:
         """The checkpoint ``which`` (read although it cannot be verified when ``trust``) and
         the differences of its config and environment from this run's (allowed ones
@@ -223,7 +239,9 @@ class _Session:
             listed = "".join(f"\n  - {d}" for d in differences)
             raise checkpoint.CheckpointError(
                 f"the checkpoint {path} was made under another configuration or environment:{listed}\n"
-                f"resume with the same settings (OMP_NUM_THREADS, versions), or accept the changes with "
+                "resume with the same settings (put back what changed: a setting edited in config.json — "
+                "`threads` too, which resume takes from config.json, not from OMP_NUM_THREADS — or the dynamtl "
+                f"and torch versions), or accept the changes with "
                 f"`{suggested('resume', self.folder.root, '--allow-changes')}` (results may then differ from an "
                 "uninterrupted run); or start a new run in another folder"
             )
