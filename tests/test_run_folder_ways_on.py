@@ -1,4 +1,7 @@
-"""The ways on that run-folder messages give lead somewhere: a folder in the way of
+"""The ways on that run-folder messages give lead somewhere: a folder where
+``checkpoints/last.pt`` should be, or a file in place of ``checkpoints/``, is named with the
+way on (not taken for a run that "has not saved one yet"); a damaged ``previous.pt`` asked
+for leads to an intact ``last.pt``; a folder in the way of
 ``checkpoints/checksums.json`` is named as such (not "missing", since ``--trust-checkpoint``
 could not record the checksum there); no "previous version kept" for ``config.json`` or a log
 when that previous version is a folder; a changed thread count points at ``config.json``
@@ -89,3 +92,54 @@ def test_an_environment_edited_in_config_json_is_named_and_put_right_on_resume(t
     assert resumed.returncode == 0, resumed.stderr
     assert f"{config}: its 'environment' block" in resumed.stderr and "'9.9'" in resumed.stderr, resumed.stderr
     assert json.loads(config.read_text())["environment"] == recorded["environment"]
+
+
+def test_a_folder_in_place_of_last_pt_is_named_and_the_way_on_works(tmp_path):
+    run = unfinished_run(tmp_path)
+    last = run / "checkpoints" / "last.pt"
+    last.unlink()
+    last.mkdir()
+    refused = dynamtl("resume", str(run), "--quiet")
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert f"{last} is not a file" in refused.stderr, refused.stderr
+    assert "has not saved one yet" not in refused.stderr
+    assert f"`{' '.join(DYNAMTL)} resume {run}` continues from {last.with_name('previous.pt')}" in refused.stderr
+    assert last.is_dir()  # left as it is
+    last.rename(tmp_path / "moved")
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "results.json").is_file() and last.is_file()
+
+
+def test_a_damaged_previous_pt_asked_for_leads_to_the_intact_last_pt(tmp_path):
+    run = unfinished_run(tmp_path)
+    previous = run / "checkpoints" / "previous.pt"
+    previous.write_bytes(previous.read_bytes()[:1000])
+    refused = dynamtl("resume", str(run), "--checkpoint", "previous", "--quiet")
+    assert refused.returncode == 1, refused.stderr
+    assert f"the checkpoint {previous} is damaged" in refused.stderr
+    assert "No intact checkpoint is left" not in refused.stderr, refused.stderr
+    way_on = f"resume from it with `{' '.join(DYNAMTL)} resume {run}`"
+    assert f"The last checkpoint {previous.with_name('last.pt')} is intact: {way_on}" in refused.stderr
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "results.json").is_file()
+
+
+def test_a_file_in_place_of_the_checkpoints_folder_is_named_and_the_logs_are_kept(tmp_path):
+    run = unfinished_run(tmp_path)
+    steps = (run / "steps.jsonl").read_bytes()
+    checkpoints = run / "checkpoints"
+    checkpoints.rename(tmp_path / "away")
+    checkpoints.write_text("not a folder")
+    refused = dynamtl("resume", str(run), "--quiet")
+    assert refused.returncode == 1, refused.stderr
+    assert f"{checkpoints} is not a folder (a file is in its place): move it out of the way" in refused.stderr
+    assert "starting the run over" not in refused.stderr
+    assert (run / "steps.jsonl").read_bytes() == steps  # not rebuilt to step 0
+    checkpoints.unlink()
+    (tmp_path / "away").rename(checkpoints)
+    resumed = dynamtl("resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "results.json").is_file()
