@@ -188,10 +188,12 @@ def test_per_task_gradients_on_a_model_compiled_as_a_whole_are_refused(make, in_
         torch.testing.assert_close(compiled_p, eager_p, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("make", [dm.DWA, lambda: dm.HydaLearn(main="a")], ids=["dwa", "hydalearn"])
+@pytest.mark.parametrize("make", [dm.DWA, lambda: dm.HydaLearn(main="a"), lambda: dm.AutoLambda(lr=0.01)],
+                         ids=["dwa", "hydalearn", "auto-lambda"])
 def test_a_method_without_the_heads_apart_on_a_model_compiled_as_a_whole_trains_as_the_eager_one(make) -> None:
-    """Loss weightings with Sum need no per-task gradients, HydaLearn's gains are inner
-    products (a zero gradient is as none): nothing is refused, the steps are the eager ones."""
+    """Loss weightings with Sum and Auto-Lambda need no per-task gradients, HydaLearn's gains
+    are inner products (a zero gradient is as none): nothing is refused, the steps are the
+    eager ones."""
     torch._dynamo.reset()
     tasks = dm.Tasks(dict.fromkeys("ab", F.mse_loss))
     found = []
